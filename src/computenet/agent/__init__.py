@@ -1,0 +1,1 @@
+"""The provider-side daemon: probe, register, heartbeat, take assignments, run them."""

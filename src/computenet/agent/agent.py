@@ -1,0 +1,412 @@
+"""The agent: one per pool. Registers, heartbeats, takes assignments, runs them, reports.
+
+Nothing a job reports is lost while the node is away: results are written to the task's
+working directory first and sent when the node answers again, including after an agent
+restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from computenet import __version__
+from computenet.agent import telemetry
+from computenet.agent.backends import Backend, LaunchError, Outcome, Task
+from computenet.agent.backends import create as create_backend
+from computenet.agent.environment import job_env
+from computenet.agent.identity import Identity
+from computenet.agent.link import NodeLink
+from computenet.agent.logs import Tail
+from computenet.agent.probe import probe_machine, safe_name
+from computenet.model import (
+    Assignment,
+    AttemptRef,
+    Capacity,
+    Directives,
+    Heartbeat,
+    JobState,
+    LogChunk,
+    Machine,
+    PoolInventory,
+    ProviderRegistration,
+    Report,
+    ReportBatch,
+    Usage,
+)
+from computenet.sdk.client import ApiError
+
+log = logging.getLogger("computenet.agent")
+LOG_INTERVAL = 0.5
+MAX_BATCH = 2000
+MAX_BATCH_LOG_CHARS = 2 * 1024 * 1024
+
+
+@dataclass
+class AgentConfig:
+    node_url: str
+    token: str | None
+    state_dir: Path
+    provider: str = "local"
+    pool: str = ""
+    region: str = ""
+    backend: str = "local"
+    labels: dict[str, str] = field(default_factory=dict)
+    heartbeat_interval: float = 5.0
+    capacity: Capacity | None = None
+
+
+class Backoff:
+    def __init__(self, first: float = 0.2, most: float = 10.0) -> None:
+        self.first, self.most, self.current = first, most, first
+
+    def reset(self) -> None:
+        self.current = self.first
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.current * (0.5 + random.random()))
+        self.current = min(self.most, self.current * 2)
+
+
+@dataclass
+class _Running:
+    task: Task
+    tails: tuple[Tail, Tail]
+    future: asyncio.Task[None] | None = None
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, backend: Backend | None = None) -> None:
+        self.cfg = cfg
+        self.identity = Identity.load(cfg.state_dir / "identity")
+        self.jobs_dir = cfg.state_dir / "jobs"
+        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        self.backend = backend or create_backend(cfg.backend)
+        self.link = NodeLink(cfg.node_url, cfg.token, self.identity)
+        self.machine: Machine = probe_machine(data_root=cfg.state_dir)
+        self.pool_name = safe_name(cfg.pool or self.machine.name)
+        self.running: dict[str, _Running] = {}
+        self._seen: OrderedDict[str, None] = OrderedDict()  # attempts taken, newest last
+        self._logs: list[LogChunk] = []
+        self._reports: list[tuple[Report, Path | None]] = []
+        self._dirty = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
+        self._registered = asyncio.Event()
+        self._need_register = asyncio.Event()
+        self._need_register.set()
+        self._seq = 0
+        self.pool_cpi = ""
+        self.fatal: Exception | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self._recover()
+        loops = [
+            asyncio.create_task(self._register_loop(stop), name="register"),
+            asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
+            asyncio.create_task(self._directives_loop(), name="directives"),
+            asyncio.create_task(self._flush_loop(), name="flush"),
+            asyncio.create_task(self._log_loop(), name="logs"),
+        ]
+        await stop.wait()
+        await self._shutdown(loops)
+        if self.fatal is not None:
+            raise self.fatal
+
+    async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
+        """Stops running work (no orphans), then tries briefly to tell the node."""
+        for r in list(self.running.values()):
+            await self.backend.stop(r.task, JobState.FAILED, "the agent was stopped")
+        pending = [r.future for r in self.running.values() if r.future is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=10)
+        if self._registered.is_set() and (self._reports or self._logs):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._flush_once(), 3)
+        for t in loops:
+            t.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await self.link.close()
+        await self.backend.close()
+
+    def inventory(self) -> PoolInventory:
+        return PoolInventory(
+            provider=self.cfg.provider,
+            name=self.pool_name,
+            public_key=self.identity.pool_key.public_key,
+            backend=self.backend.name,
+            region=self.cfg.region,
+            labels=self.cfg.labels,
+            machines=[self.machine],
+            capacity=self.cfg.capacity,
+            agent_version=__version__,
+        )
+
+    async def _register_loop(self, stop: asyncio.Event) -> None:
+        backoff = Backoff(0.2, 5.0)
+        while True:
+            await self._need_register.wait()
+            try:
+                pool = await self.link.register(
+                    ProviderRegistration(
+                        name=self.cfg.provider, public_key=self.identity.provider_key.public_key
+                    ),
+                    self.inventory(),
+                )
+            except httpx.TransportError as e:
+                log.info("node %s not reachable (%s); retrying", self.cfg.node_url, e)
+                await backoff.sleep()
+                continue
+            except ApiError as e:
+                log.error("registration refused: %s", e)
+                if e.status in (401, 403, 409, 422):
+                    self.fatal = e  # retrying cannot help: wrong token, key or inventory
+                    stop.set()
+                    return
+                await backoff.sleep()
+                continue
+            self.pool_cpi = pool.cpi
+            self.identity.save(pool_cpi=pool.cpi, node_url=self.cfg.node_url)
+            log.info("registered pool %s", pool.cpi)
+            self._need_register.clear()
+            self._registered.set()
+            backoff.reset()
+
+    # --- heartbeats ---------------------------------------------------------------------
+
+    async def _heartbeat_loop(self) -> None:
+        await self._registered.wait()
+        telemetry.sample(self.cfg.state_dir, 0)  # primes psutil's CPU counters
+        while True:
+            self._seq = max(self._seq + 1, time.time_ns() // 1_000_000)
+            hb = Heartbeat(
+                seq=self._seq,
+                sent_at=time.time(),
+                sample=telemetry.sample(self.cfg.state_dir, len(self.running)),
+                running=[k for k in self.running],
+            )
+            try:
+                await self.link.heartbeat(hb)
+            except (httpx.TransportError, ApiError) as e:
+                log.debug("heartbeat failed: %s", e)
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    # --- directives ---------------------------------------------------------------------
+
+    async def _directives_loop(self) -> None:
+        await self._registered.wait()
+        backoff = Backoff()
+        resync = True
+        while True:
+            try:
+                d = await self.link.directives(wait=25, resync=resync)
+            except (httpx.TransportError, ApiError) as e:
+                if resync is False:
+                    log.warning("lost the node (%s); reconnecting", e)
+                resync = True
+                if isinstance(e, ApiError) and e.status == 401:
+                    self._registered.clear()  # the node forgot this pool: register again
+                    self._need_register.set()
+                    await self._registered.wait()
+                await backoff.sleep()
+                continue
+            if resync:
+                log.info("connected to %s", self.cfg.node_url)
+                self._dirty.set()  # send what piled up while the node was away
+            resync = False
+            backoff.reset()
+            self.handle(d)
+
+    def handle(self, d: Directives) -> None:
+        for a in d.assign:
+            key = f"{a.job_id}#{a.attempt}"
+            if key in self._seen:
+                continue
+            self._remember(key)
+            self._start(a)
+        for ref in d.cancel:
+            self._cancel(ref)
+
+    def _remember(self, key: str) -> None:
+        self._seen[key] = None
+        while len(self._seen) > 100_000:
+            self._seen.popitem(last=False)
+
+    def _start(self, a: Assignment) -> None:
+        workdir = self.jobs_dir / f"{a.job_id}.{a.attempt}"
+        task = Task(a.job_id, a.attempt, a.tenant, a.spec, a.devices, workdir)
+        run = _Running(task, (Tail(task.stdout), Tail(task.stderr)))
+        self.running[task.key] = run
+        run.future = asyncio.create_task(self._run(run), name=task.key)
+
+    def _cancel(self, ref: AttemptRef) -> None:
+        key = f"{ref.job_id}#{ref.attempt}"
+        run = self.running.get(key)
+        if run is not None:
+            stopping = asyncio.create_task(
+                self.backend.stop(run.task, JobState.CANCELED, "canceled by the user")
+            )
+            self._background.add(stopping)
+            stopping.add_done_callback(self._background.discard)
+        elif key not in self._seen:
+            # Canceled before it reached us: confirm, so the node frees its resources.
+            self._remember(key)
+            now = time.time()
+            self._queue(
+                Report(
+                    job_id=ref.job_id,
+                    attempt=ref.attempt,
+                    state=JobState.CANCELED,
+                    at=now,
+                    reason="canceled before it started",
+                ),
+                None,
+            )
+
+    async def _run(self, run: _Running) -> None:
+        task = run.task
+        try:
+            task.workdir.mkdir(parents=True, exist_ok=True)
+            task.env = job_env(task, self.pool_cpi, self.machine.devices)
+            try:
+                started = await self.backend.start(task)
+            except LaunchError as e:
+                now = time.time()
+                outcome = Outcome(
+                    JobState.FAILED, e.exit_code, e.reason, now, now, Usage(wall_seconds=0)
+                )
+            else:
+                self._queue(
+                    Report(
+                        job_id=task.job_id, attempt=task.attempt, state=JobState.RUNNING, at=started
+                    ),
+                    None,
+                )
+                outcome = await self.backend.wait(task)
+            self._ship(run, final=True)
+            self._finish(task, outcome)
+        except Exception as e:
+            log.exception("task %s failed inside the agent", task.key)
+            now = time.time()
+            self._finish(
+                task,
+                Outcome(
+                    JobState.FAILED, None, f"agent error: {e}", now, now, Usage(wall_seconds=0)
+                ),
+            )
+        finally:
+            self.running.pop(task.key, None)
+
+    def _finish(self, task: Task, outcome: Outcome) -> None:
+        report = Report(
+            job_id=task.job_id,
+            attempt=task.attempt,
+            state=outcome.state,
+            at=outcome.ended_at,
+            exit_code=outcome.exit_code,
+            reason=outcome.reason,
+            usage=outcome.usage,
+        )
+        # On disk first: if the node is away, or this agent restarts, the result survives.
+        result = task.workdir / "result.json"
+        result.write_text(report.model_dump_json())
+        self._queue(report, task.workdir)
+
+    # --- logs and reports ---------------------------------------------------------------
+
+    def _ship(self, run: _Running, final: bool = False) -> None:
+        for tail, stream in zip(run.tails, ("stdout", "stderr"), strict=True):
+            for offset, text in tail.read(final):
+                self._logs.append(
+                    LogChunk(
+                        job_id=run.task.job_id,
+                        attempt=run.task.attempt,
+                        stream=stream,  # type: ignore[arg-type]
+                        offset=offset,
+                        data=text,
+                    )
+                )
+                self._dirty.set()
+
+    async def _log_loop(self) -> None:
+        while True:
+            await asyncio.sleep(LOG_INTERVAL)
+            for run in list(self.running.values()):
+                self._ship(run)
+
+    def _queue(self, report: Report, workdir: Path | None) -> None:
+        self._reports.append((report, workdir))
+        self._dirty.set()
+
+    async def _flush_loop(self) -> None:
+        await self._registered.wait()
+        backoff = Backoff()
+        while True:
+            await self._dirty.wait()
+            self._dirty.clear()
+            while self._reports or self._logs:
+                try:
+                    await self._flush_once()
+                    backoff.reset()
+                except (httpx.TransportError, ApiError) as e:
+                    log.debug("report failed, will retry: %s", e)
+                    await backoff.sleep()
+
+    async def _flush_once(self) -> None:
+        logs, size = [], 0
+        for chunk in self._logs:
+            if len(logs) >= MAX_BATCH or size + len(chunk.data) > MAX_BATCH_LOG_CHARS:
+                break
+            logs.append(chunk)
+            size += len(chunk.data)
+        reports = self._reports[:MAX_BATCH] if len(logs) == len(self._logs) else []
+        result = await self.link.report(ReportBatch(logs=logs, reports=[r for r, _ in reports]))
+        del self._logs[: len(logs)]
+        del self._reports[: len(reports)]
+        for why in result.refused:
+            log.warning("node refused a report: %s", why)
+        for report, workdir in reports:
+            if workdir is not None and report.state.terminal:
+                (workdir / "reported").touch()
+        self.handle(result.directives)
+
+    async def _recover(self) -> None:
+        """Re-queues results the node never acknowledged and stops work left running."""
+        for workdir in sorted(self.jobs_dir.iterdir()):
+            if not workdir.is_dir() or (workdir / "reported").exists():
+                continue
+            result = workdir / "result.json"
+            if result.exists():
+                try:
+                    report = Report.model_validate_json(result.read_text())
+                except ValueError:
+                    continue
+                self._remember(f"{report.job_id}#{report.attempt}")
+                self._reports.append((report, workdir))
+                continue
+            job_id, _, attempt = workdir.name.rpartition(".")
+            if not attempt.isdigit():
+                continue
+            stopped = await self.backend.abandon(workdir)
+            if stopped is None:
+                continue
+            now = time.time()
+            report = Report(
+                job_id=job_id,
+                attempt=int(attempt),
+                state=JobState.FAILED,
+                at=now,
+                reason="the agent restarted while the job ran; it was stopped",
+            )
+            (workdir / "result.json").write_text(report.model_dump_json())
+            self._remember(f"{job_id}#{attempt}")
+            self._reports.append((report, workdir))

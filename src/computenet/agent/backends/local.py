@@ -1,0 +1,218 @@
+"""Runs tasks as processes on the agent's own machine.
+
+Each task is a process group and session of its own, so a time limit or a cancel reaches
+every process it started. The agent learns of an exit through a pidfd (no thread per task)
+and reaps the child with ``wait4`` to get its exit status and resource usage together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+
+from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task
+from computenet.model import JobState, Usage
+
+log = logging.getLogger("computenet.agent")
+KILL_GRACE = 5.0
+
+
+@dataclass
+class _Proc:
+    popen: subprocess.Popen[bytes]
+    started_at: float
+    exited: asyncio.Future[tuple[int, os.struct_rusage | None]]
+    stop_state: JobState | None = None
+    stop_reason: str = ""
+    descendants: list[psutil.Process] = field(default_factory=list)
+
+
+class LocalBackend(Backend):
+    name = "local"
+
+    def __init__(self, kill_grace: float = KILL_GRACE) -> None:
+        self.kill_grace = kill_grace
+        self._procs: dict[str, _Proc] = {}
+
+    async def start(self, task: Task) -> float:
+        task.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
+                popen = subprocess.Popen(
+                    task.spec.command,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=err,
+                    cwd=task.workdir,
+                    env=task.env,
+                    start_new_session=True,
+                    close_fds=True,
+                )
+        except FileNotFoundError as e:
+            raise LaunchError(f"command not found: {task.spec.command[0]}", 127) from e
+        except PermissionError as e:
+            raise LaunchError(f"permission denied: {task.spec.command[0]}: {e}", 126) from e
+        except OSError as e:
+            raise LaunchError(f"cannot start {task.spec.command[0]}: {e}", 126) from e
+        started = time.time()
+        loop = asyncio.get_running_loop()
+        proc = _Proc(popen, started, loop.create_future())
+        self._procs[task.key] = proc
+        _write_pidfile(task.workdir, popen.pid, started)
+        self._watch(proc)
+        return started
+
+    def _watch(self, proc: _Proc) -> None:
+        loop = asyncio.get_running_loop()
+        pid = proc.popen.pid
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):
+            loop.run_in_executor(None, _reap_blocking, proc, loop)
+            return
+
+        def ready() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            _reap(proc)
+
+        loop.add_reader(fd, ready)
+
+    async def wait(self, task: Task) -> Outcome:
+        proc = self._procs[task.key]
+        limit = task.spec.resources.time
+        try:
+            await asyncio.wait_for(asyncio.shield(proc.exited), limit)
+        except TimeoutError:
+            await self._stop(
+                proc, JobState.FAILED, f"time limit of {_fmt_seconds(limit or 0)} exceeded"
+            )
+        status, rusage = await proc.exited
+        ended = time.time()
+        self._procs.pop(task.key, None)
+        _kill_group(proc.popen.pid, signal.SIGKILL)  # stragglers left in the background
+        _signal_all(proc.descendants, signal.SIGKILL)
+        _clear_pidfile(task.workdir)
+        code = os.waitstatus_to_exitcode(status)
+        exit_code = code if code >= 0 else 128 - code
+        usage = Usage(
+            wall_seconds=max(0.0, ended - proc.started_at),
+            cpu_seconds=(rusage.ru_utime + rusage.ru_stime) if rusage else 0.0,
+            max_rss_bytes=(rusage.ru_maxrss * 1024) if rusage else 0,
+        )
+        if proc.stop_state is not None:
+            state, reason = proc.stop_state, proc.stop_reason
+        elif code == 0:
+            state, reason = JobState.COMPLETE, ""
+        elif code < 0:
+            state, reason = JobState.FAILED, f"killed by {signal.Signals(-code).name}"
+        else:
+            state, reason = JobState.FAILED, f"exit code {code}"
+        return Outcome(state, exit_code, reason, proc.started_at, ended, usage)
+
+    async def stop(self, task: Task, state: JobState, reason: str) -> None:
+        proc = self._procs.get(task.key)
+        if proc is not None and not proc.exited.done():
+            await self._stop(proc, state, reason)
+
+    async def _stop(self, proc: _Proc, state: JobState, reason: str) -> None:
+        """SIGTERM to the whole tree, then SIGKILL to whatever is left after the grace."""
+        if proc.stop_state is None:
+            proc.stop_state, proc.stop_reason = state, reason
+        proc.descendants = _descendants(proc.popen.pid)
+        _kill_group(proc.popen.pid, signal.SIGTERM)
+        _signal_all(proc.descendants, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(proc.exited), self.kill_grace)
+        _kill_group(proc.popen.pid, signal.SIGKILL)
+        _signal_all(proc.descendants, signal.SIGKILL)
+
+    async def abandon(self, workdir: Path) -> str | None:
+        info = _read_pidfile(workdir)
+        if info is None:
+            return None
+        pid, started = info
+        try:
+            p = psutil.Process(pid)
+            if abs(p.create_time() - started) > 2:
+                raise psutil.NoSuchProcess(pid)  # the pid was reused by someone else
+        except psutil.Error:
+            _clear_pidfile(workdir)
+            return None
+        procs = [p, *_descendants(pid)]
+        _kill_group(pid, signal.SIGKILL)
+        _signal_all(procs, signal.SIGKILL)
+        _clear_pidfile(workdir)
+        return f"process {pid} stopped"
+
+
+def _reap(proc: _Proc) -> None:
+    try:
+        _pid, status, rusage = os.wait4(proc.popen.pid, 0)
+    except ChildProcessError:
+        status, rusage = 0, None
+    proc.popen.returncode = os.waitstatus_to_exitcode(status)
+    if not proc.exited.done():
+        proc.exited.set_result((status, rusage))
+
+
+def _reap_blocking(proc: _Proc, loop: asyncio.AbstractEventLoop) -> None:
+    try:
+        _pid, status, rusage = os.wait4(proc.popen.pid, 0)
+    except ChildProcessError:
+        status, rusage = 0, None  # type: ignore[assignment]
+
+    def done() -> None:
+        proc.popen.returncode = os.waitstatus_to_exitcode(status)
+        if not proc.exited.done():
+            proc.exited.set_result((status, rusage))
+
+    loop.call_soon_threadsafe(done)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def _kill_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+def _write_pidfile(workdir: Path, pid: int, started: float) -> None:
+    (workdir / "pid.json").write_text(json.dumps({"pid": pid, "started_at": started}))
+
+
+def _read_pidfile(workdir: Path) -> tuple[int, float] | None:
+    try:
+        data = json.loads((workdir / "pid.json").read_text())
+        return int(data["pid"]), float(data["started_at"])
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def _clear_pidfile(workdir: Path) -> None:
+    (workdir / "pid.json").unlink(missing_ok=True)
+
+
+def _fmt_seconds(s: float) -> str:
+    return f"{s:g}s" if s < 120 else f"{s / 60:g}m"

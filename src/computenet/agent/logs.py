@@ -1,0 +1,40 @@
+"""Tails a task's output files into chunks for the node, without splitting a character."""
+
+from __future__ import annotations
+
+import codecs
+from pathlib import Path
+
+from computenet.model.agent import MAX_LOG_CHUNK
+
+READ = MAX_LOG_CHUNK // 4  # leaves room for the worst-case UTF-8 → JSON escaping growth
+
+
+class Tail:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0  # bytes read from the file
+        self.sent = 0  # characters handed out, the offset the node sees
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def read(self, final: bool = False) -> list[tuple[int, str]]:
+        out: list[tuple[int, str]] = []
+        if not self.path.exists():
+            return out
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            while True:
+                raw = f.read(READ)
+                if not raw:
+                    break
+                self.offset += len(raw)
+                text = self._decoder.decode(raw)
+                if text:
+                    out.append((self.sent, text))
+                    self.sent += len(text)
+        if final:
+            rest = self._decoder.decode(b"", final=True)
+            if rest:
+                out.append((self.sent, rest))
+                self.sent += len(rest)
+        return out

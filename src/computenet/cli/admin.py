@@ -1,0 +1,108 @@
+"""Node-wide commands: status, resources, tokens, schemas."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from computenet.cli.output import ago, out
+from computenet.cli.session import client
+from computenet.model import DeviceKind, Role
+from computenet.model.common import format_bytes
+
+token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
+
+
+def status() -> None:
+    """The node, its pools and its jobs at a glance."""
+    with client() as c:
+        s = c.status()
+    out.print(f"node [bold]{s['code']}[/] at {c.url}  (computenet {s['version']}, {s['database']})")
+    pools = ", ".join(f"{n} {k}" for k, n in s["pools"].items()) or "none"
+    jobs = ", ".join(f"{n} {k}" for k, n in sorted(s["jobs"].items())) or "none"
+    out.print(f"pools: {pools}")
+    out.print(f"jobs:  {jobs}")
+
+
+def resources() -> None:
+    """Pools with their machines, devices and free capacity."""
+    with client() as c:
+        pools = c.pools()
+    table = Table(box=None, pad_edge=False)
+    for col in (
+        "POOL",
+        "STATUS",
+        "BACKEND",
+        "REGION",
+        "CPUS FREE/TOTAL",
+        "MEMORY",
+        "ACCELERATORS",
+        "HEARTBEAT",
+    ):
+        table.add_column(col, overflow="fold")
+    for p in pools:
+        accel = [
+            f"{d.vendor} {d.model}"
+            for m in p.machines
+            for d in m.devices
+            if d.kind is not DeviceKind.cpu
+        ]
+        cpu_models = sorted({m.cpu_model for m in p.machines if m.cpu_model})
+        table.add_row(
+            p.cpi,
+            p.status.value,
+            p.backend,
+            p.region or "-",
+            f"{p.free.cpus:g}/{p.capacity.cpus:g}",
+            f"{format_bytes(p.free.memory_bytes)}/{format_bytes(p.capacity.memory_bytes)}",
+            ", ".join(accel) or "none",
+            ago(p.last_heartbeat_at),
+        )
+        if cpu_models:
+            table.add_row("", "", "", "", "[dim]" + "; ".join(cpu_models) + "[/]", "", "", "")
+    out.print(table)
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Argument(help="a name for the token")],
+    tenant: Annotated[str | None, typer.Option(help="tenant (default: the name)")] = None,
+    role: Annotated[Role, typer.Option(help="admin, tenant or provider")] = Role.tenant,
+) -> None:
+    """Create a token; its secret is printed once."""
+    with client() as c:
+        t = c.create_token(name, tenant, role)
+    out.print(f"token {t.id} for tenant {t.tenant} ({t.role.value}); the secret is shown once:")
+    print(t.secret)
+
+
+@token_app.command("list")
+def token_list() -> None:
+    with client() as c:
+        tokens = c.tokens()
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "NAME", "TENANT", "ROLE", "CREATED", "REVOKED"):
+        table.add_column(col)
+    for t in tokens:
+        table.add_row(t.id, t.name, t.tenant, t.role.value, ago(t.created_at), ago(t.revoked_at))
+    out.print(table)
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument(help="token id")]) -> None:
+    with client() as c:
+        t = c.revoke_token(token_id)
+    out.print(f"revoked {t.id} ({t.name})")
+
+
+def schema(
+    directory: Annotated[Path, typer.Argument(help="where to write the schemas")] = Path("schemas"),
+) -> None:
+    """Export the standard interfaces as JSON Schema files."""
+    from computenet.model.schema import export
+
+    for path in export(directory):
+        out.print(str(path))

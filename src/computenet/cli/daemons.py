@@ -1,0 +1,189 @@
+"""Long-running commands: the node, the agent, and both together."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from computenet import config
+from computenet.cli.output import CLIError, err, out
+
+node_app = typer.Typer(help="Run and manage a node.", no_args_is_help=True)
+agent_app = typer.Typer(help="Run an agent that fronts a pool.", no_args_is_help=True)
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+@node_app.command("serve")
+def node_serve(
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="port")] = config.DEFAULT_PORT,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db",
+            envvar="CNET_DATABASE_URL",
+            help="database URL (default: SQLite in the data dir)",
+        ),
+    ] = None,
+    code: Annotated[
+        str, typer.Option(help="this node's code: the authority of its CPIs")
+    ] = "local",
+    data_dir: Annotated[Path | None, typer.Option(help="where the node keeps its files")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Serve the node's API."""
+    from computenet.node.app import serve
+    from computenet.node.settings import Settings
+
+    _logging(log_level)
+    settings = Settings(database_url=db or "", host=host, port=port, code=code)
+    if data_dir is not None:
+        settings.data_dir = data_dir
+    serve(settings, log_level="warning")
+
+
+@agent_app.command("run")
+def agent_run(
+    node: Annotated[
+        str, typer.Option(envvar="CNET_URL", help="the node's URL")
+    ] = config.DEFAULT_URL,
+    token: Annotated[
+        str | None, typer.Option(envvar="CNET_TOKEN", help="a provider or admin token")
+    ] = None,
+    provider: Annotated[str, typer.Option(help="provider name")] = "local",
+    pool: Annotated[str, typer.Option(help="pool name (default: the hostname)")] = "",
+    region: Annotated[str, typer.Option(help="region label, e.g. cn-east")] = "",
+    backend: Annotated[str, typer.Option(help="execution backend")] = "local",
+    state_dir: Annotated[Path | None, typer.Option(help="identity and job directories")] = None,
+    heartbeat: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
+) -> None:
+    """Front this machine as a pool: register, heartbeat, run assignments."""
+    from computenet.agent.agent import Agent, AgentConfig
+
+    _logging(log_level)
+    token = token or config.token_for(node)
+    if not token:
+        raise CLIError(f"no token for {node}: pass --token or set CNET_TOKEN")
+    cfg = AgentConfig(
+        node_url=node,
+        token=token,
+        state_dir=state_dir or config.data_dir() / "agent" / (pool or "default"),
+        provider=provider,
+        pool=pool,
+        region=region,
+        backend=backend,
+        heartbeat_interval=heartbeat,
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await Agent(cfg).run(stop)
+
+    try:
+        asyncio.run(main())
+    except Exception as e:
+        raise CLIError(str(e)) from e
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise CLIError(f"the node exited with code {proc.returncode}; see its output above")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise CLIError(f"the node did not answer at {url} within {timeout:.0f}s")
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _die_with_parent() -> None:
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def up(
+    port: Annotated[int, typer.Option(help="node port")] = config.DEFAULT_PORT,
+    db: Annotated[
+        str | None, typer.Option("--db", envvar="CNET_DATABASE_URL", help="database URL")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+) -> None:
+    """Run a node and a local agent together; Ctrl-C stops both and every job they ran."""
+    url = f"http://127.0.0.1:{port}"
+    exe = [sys.executable, "-m", "computenet.cli.main"]
+    env = dict(os.environ)
+    if db:
+        env["CNET_DATABASE_URL"] = db
+    procs: list[subprocess.Popen[bytes]] = []
+    # Children ignore the terminal's Ctrl-C; this process stops them in order instead, and
+    # they die with it if it is killed outright.
+    quiet: dict[str, Any] = {"start_new_session": True, "preexec_fn": _die_with_parent}
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        node = subprocess.Popen(
+            [*exe, "node", "serve", "--port", str(port), "--log-level", log_level], env=env, **quiet
+        )
+        procs.append(node)
+        _wait_ready(url, node, 60)
+        token = config.token_for(url)
+        if not token:
+            raise CLIError(f"no admin token for {url} in {config.credentials_path()}")
+        agent = subprocess.Popen(
+            [*exe, "agent", "run", "--node", url, "--log-level", log_level],
+            env={**env, "CNET_TOKEN": token},
+            **quiet,
+        )
+        procs.append(agent)
+        out.print(
+            f"computenet node at [bold]{url}[/]  (admin token in {config.credentials_path()})"
+        )
+        out.print(f"token: {token}")
+        out.print("try:   cnet run -- python -c 'print(6*7)'     Ctrl-C stops everything")
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        failed = next(p for p in procs if p.returncode is not None)
+        raise CLIError(f"a component exited with code {failed.returncode}")
+    except KeyboardInterrupt:
+        err.print("stopping…")
+    finally:
+        for p in reversed(procs):  # agent first: it stops its jobs and reports them
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(20)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()

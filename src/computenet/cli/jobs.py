@@ -1,0 +1,162 @@
+"""Job commands: run, submit, ps, logs, cancel."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from pydantic import ValidationError
+from rich.table import Table
+
+from computenet.cli.output import CLIError, ago, duration, err, out, state
+from computenet.cli.session import client
+from computenet.model import Job, JobSpec, JobState
+from computenet.sdk.client import Client
+
+MAX_SPEC_FILE = 1024 * 1024
+
+
+def spec_from(data: dict[str, Any], where: str) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "spec"
+        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise CLIError(f"{where}: {field}: {msg}", 2) from e
+
+
+def attach(c: Client, job: Job) -> int:
+    """Streams the job's output until it ends, then returns the exit code for the shell."""
+    try:
+        for chunk in c.logs(job.id, follow=True):
+            stream = sys.stdout if chunk["stream"] == "stdout" else sys.stderr
+            stream.write(chunk["data"])
+            stream.flush()
+        final = c.wait(job.id)
+    except KeyboardInterrupt:
+        c.cancel(job.id)
+        err.print(f"canceled {job.id}")
+        return 130
+    if final.state is JobState.COMPLETE:
+        return 0
+    err.print(
+        f"{final.id} {final.state.value}: {final.reason or 'no reason given'}", soft_wrap=True
+    )
+    if final.exit_code is not None and final.exit_code != 0:
+        return final.exit_code
+    return 1
+
+
+def run(
+    command: Annotated[list[str], typer.Argument(help="the command, after --")],
+    cpus: Annotated[float, typer.Option(help="CPU cores (fractions allowed)")] = 1.0,
+    mem: Annotated[str, typer.Option(help="memory, e.g. 512M or 4G")] = "0",
+    gpus: Annotated[int, typer.Option(help="accelerators")] = 0,
+    time: Annotated[
+        str | None, typer.Option("--time", help="wall-clock limit, e.g. 90s, 10m")
+    ] = None,
+    name: Annotated[str, typer.Option(help="a name for the job")] = "",
+    env: Annotated[
+        list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")
+    ] = None,
+    pool: Annotated[str | None, typer.Option(help="run on this pool CPI")] = None,
+    detach: Annotated[
+        bool, typer.Option("--detach", "-d", help="print the job id and return")
+    ] = False,
+) -> None:
+    """Run a command on the network: streams its output and exits with its exit code."""
+    envs = {}
+    for item in env or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--env {item!r}: expected KEY=VALUE", 2)
+        envs[key] = value
+    data: dict[str, Any] = {
+        "command": command,
+        "name": name,
+        "env": envs,
+        "resources": {"cpus": cpus, "memory": mem, "gpus": gpus, "time": time},
+        "pool": pool,
+    }
+    submit_spec(spec_from(data, "options"), detach)
+
+
+def submit_spec(spec: JobSpec, detach: bool) -> None:
+    with client() as c:
+        job = c.submit(spec)
+        if detach:
+            out.print(job.id)
+            return
+        code = attach(c, job)
+    raise typer.Exit(code)
+
+
+def submit(
+    file: Annotated[Path, typer.Argument(help="a YAML or JSON job spec", exists=False)],
+    detach: Annotated[bool, typer.Option("--detach", "-d")] = False,
+) -> None:
+    """Submit a job described in a file (the same fields as the REST body)."""
+    try:
+        if file.stat().st_size > MAX_SPEC_FILE:
+            raise CLIError(f"{file}: larger than {MAX_SPEC_FILE} bytes", 2)
+        data = yaml.safe_load(file.read_text())
+    except OSError as e:
+        raise CLIError(f"{file}: {e.strerror}", 2) from e
+    except yaml.YAMLError as e:
+        raise CLIError(f"{file}: not valid YAML: {str(e).splitlines()[0]}", 2) from e
+    if not isinstance(data, dict):
+        raise CLIError(f"{file}: a job spec is a mapping of fields", 2)
+    submit_spec(spec_from(data, str(file)), detach)
+
+
+def ps(
+    state_: Annotated[
+        list[JobState] | None, typer.Option("--state", help="filter by state")
+    ] = None,
+    all_tenants: Annotated[bool, typer.Option("--all", help="every tenant's jobs (admin)")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """List jobs, newest first."""
+    with client() as c:
+        page = c.list(state=state_, limit=limit, all_tenants=all_tenants)
+    table = Table(box=None, pad_edge=False)
+    for col in ("JOB", "NAME / COMMAND", "STATE", "EXIT", "POOL", "SUBMITTED", "RAN"):
+        table.add_column(col, no_wrap=col != "NAME / COMMAND", overflow="fold")
+    for j in page.items:
+        label = j.name or " ".join(j.spec.command)
+        table.add_row(
+            j.id,
+            label[:60],
+            state(j.state),
+            "-" if j.exit_code is None else str(j.exit_code),
+            j.pool or "-",
+            ago(j.created_at),
+            duration(j.started_at, j.ended_at),
+        )
+    out.print(table)
+
+
+def logs(
+    job_id: Annotated[str, typer.Argument(help="job id")],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+) -> None:
+    """Print a job's output."""
+    with client() as c:
+        for chunk in c.logs(job_id, follow=follow):
+            stream = sys.stdout if chunk["stream"] == "stdout" else sys.stderr
+            stream.write(chunk["data"])
+            stream.flush()
+
+
+def cancel(job_ids: Annotated[list[str], typer.Argument(help="job ids")]) -> None:
+    """Cancel jobs: queued ones at once, running ones with their whole process tree."""
+    with client() as c:
+        for job_id in job_ids:
+            job = c.cancel(job_id)
+            if not job.state.terminal:
+                job = c.wait(job_id, timeout=30)
+            out.print(f"{job.id} {state(job.state)}")

@@ -1,0 +1,62 @@
+"""``cnet``: the computenet command line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from computenet import __version__
+from computenet.cli import admin, daemons, jobs
+from computenet.cli.output import CLIError, fail
+from computenet.cli.session import current
+from computenet.sdk.client import ApiError
+
+app = typer.Typer(
+    help="computenet: query, discover and call computing power.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _global(
+    url: Annotated[str | None, typer.Option(envvar="CNET_URL", help="node URL")] = None,
+    token: Annotated[str | None, typer.Option(envvar="CNET_TOKEN", help="API token")] = None,
+    version: Annotated[bool, typer.Option("--version", help="print the version")] = False,
+) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit()
+    current.url, current.token = url, token
+
+
+app.command()(daemons.up)
+app.command()(admin.status)
+app.command()(admin.resources)
+app.command(context_settings={"allow_interspersed_args": False})(jobs.run)
+app.command()(jobs.submit)
+app.command()(jobs.ps)
+app.command()(jobs.logs)
+app.command()(jobs.cancel)
+app.command()(admin.schema)
+app.add_typer(admin.token_app, name="token")
+app.add_typer(daemons.node_app, name="node")
+app.add_typer(daemons.agent_app, name="agent")
+
+
+def main() -> None:
+    try:
+        app()
+    except ApiError as e:
+        fail(str(e), 1)
+    except CLIError as e:
+        fail(str(e), e.code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""How the CLI speaks: Rich tables on stdout, one-line reasons on stderr, exit codes."""
+
+from __future__ import annotations
+
+import sys
+from datetime import UTC, datetime
+
+from rich.console import Console
+
+from computenet.model import JobState
+
+# Piped output keeps whole rows: wrapping at 80 columns would break scripts and grep.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+
+STATE_STYLE = {
+    JobState.QUEUED: "yellow",
+    JobState.SCHEDULED: "cyan",
+    JobState.STAGING: "cyan",
+    JobState.RUNNING: "blue",
+    JobState.COMPLETE: "green",
+    JobState.FAILED: "red",
+    JobState.CANCELED: "magenta",
+}
+
+
+class CLIError(Exception):
+    """Ends the command with a one-line reason and a non-zero exit code."""
+
+    def __init__(self, message: str, code: int = 1) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def fail(message: str, code: int = 1) -> None:
+    err.print(f"[red]error:[/red] {message}", soft_wrap=True)
+    sys.exit(code)
+
+
+def ago(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    secs = (datetime.now(UTC) - when).total_seconds()
+    if secs < 60:
+        return f"{secs:.0f}s ago"
+    if secs < 3600:
+        return f"{secs / 60:.0f}m ago"
+    if secs < 86400:
+        return f"{secs / 3600:.0f}h ago"
+    return when.strftime("%Y-%m-%d %H:%M")
+
+
+def duration(start: datetime | None, end: datetime | None) -> str:
+    if start is None:
+        return "-"
+    secs = ((end or datetime.now(UTC)) - start).total_seconds()
+    if secs < 1:
+        return f"{secs * 1000:.0f}ms"
+    if secs < 120:
+        return f"{secs:.1f}s"
+    return f"{secs / 60:.1f}m"
+
+
+def state(s: JobState) -> str:
+    return f"[{STATE_STYLE[s]}]{s.value}[/]"

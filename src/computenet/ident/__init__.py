@@ -1,0 +1,1 @@
+"""Identity: computing power identifiers (CPIs), keys, signatures."""

@@ -1,0 +1,109 @@
+"""Shared building blocks of the standard interfaces: strict models and human quantities."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+
+class Model(BaseModel):
+    """Base of every wire model: unknown fields are errors, so typos never pass silently."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_MEM_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "ki": 2**10,
+    "kib": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mi": 2**20,
+    "mib": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gi": 2**30,
+    "gib": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "ti": 2**40,
+    "tib": 2**40,
+}
+_MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+# "4G" means 4 GiB, as in Slurm and docker: users size memory in binary units.
+_MEM_SHORT = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+
+
+def parse_memory(value: Any) -> Any:
+    """Accept bytes as an int or a string such as ``512M``, ``4G``, ``4GiB`` or ``4GB``."""
+    if isinstance(value, bool):
+        raise ValueError("memory must be a size such as 512M or 4G")
+    if isinstance(value, int | float):
+        return value
+    if not isinstance(value, str):
+        return value
+    m = _MEM_RE.match(value)
+    if not m:
+        raise ValueError(f"invalid size {value!r}; use a number with K, M, G or T, e.g. 4G")
+    number, unit = float(m.group(1)), m.group(2).lower()
+    factor = _MEM_SHORT.get(unit) or _MEM_UNITS.get(unit)
+    if factor is None:
+        raise ValueError(f"unknown size unit {m.group(2)!r} in {value!r}")
+    return int(number * factor)
+
+
+_DUR_RE = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|ms)?", re.IGNORECASE)
+_DUR_UNITS = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001, None: 1.0}
+
+
+def parse_duration(value: Any) -> Any:
+    """Accept seconds, ``90s``, ``10m``, ``1h30m``, ``2d`` or Slurm's ``HH:MM:SS``."""
+    if isinstance(value, bool):
+        raise ValueError("duration must be such as 30s, 10m or 1h")
+    if isinstance(value, int | float) or not isinstance(value, str):
+        return value
+    text = value.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) > 3 or not all(p.isdigit() for p in parts):
+            raise ValueError(f"invalid duration {value!r}")
+        total = 0.0
+        for p in parts:
+            total = total * 60 + int(p)
+        return total
+    pos, total = 0, 0.0
+    for m in _DUR_RE.finditer(text):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _DUR_UNITS[m.group(2).lower() if m.group(2) else None]
+        pos = m.end()
+    if pos != len(text) or not text:
+        raise ValueError(f"invalid duration {value!r}; use e.g. 30s, 10m, 1h30m or 01:30:00")
+    return total
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+MAX_MEMORY = 2**50  # 1 PiB: larger is a typo, not a request
+MAX_DURATION = 366 * 86400.0
+
+MemoryBytes = Annotated[int, BeforeValidator(parse_memory), Field(ge=0, le=MAX_MEMORY)]
+Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION)]
+Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+Labels = Annotated[dict[str, str], Field(max_length=64)]

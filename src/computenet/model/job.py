@@ -1,0 +1,141 @@
+"""Jobs, their attempts, and the one place where job state changes are judged legal."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+
+from computenet.ident.cpi import CPIStr
+from computenet.model.common import Labels, MemoryBytes, Model, Seconds
+
+MAX_COMMAND_BYTES = 128 * 1024
+MAX_ENV_BYTES = 128 * 1024
+
+
+class JobState(StrEnum):
+    QUEUED = "QUEUED"
+    SCHEDULED = "SCHEDULED"
+    STAGING = "STAGING"
+    RUNNING = "RUNNING"
+    COMPLETE = "COMPLETE"
+    FAILED = "FAILED"
+    CANCELED = "CANCELED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({JobState.COMPLETE, JobState.FAILED, JobState.CANCELED})
+
+# Back to QUEUED is a requeue: the attempt is lost (pool gone) and a new one will follow.
+TRANSITIONS: dict[JobState, frozenset[JobState]] = {
+    JobState.QUEUED: frozenset({JobState.SCHEDULED, JobState.FAILED, JobState.CANCELED}),
+    JobState.SCHEDULED: frozenset(
+        {JobState.STAGING, JobState.RUNNING, JobState.QUEUED, JobState.FAILED, JobState.CANCELED}
+    ),
+    JobState.STAGING: frozenset(
+        {JobState.RUNNING, JobState.QUEUED, JobState.FAILED, JobState.CANCELED}
+    ),
+    JobState.RUNNING: frozenset(
+        {JobState.COMPLETE, JobState.QUEUED, JobState.FAILED, JobState.CANCELED}
+    ),
+    JobState.COMPLETE: frozenset(),
+    JobState.FAILED: frozenset(),
+    JobState.CANCELED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    def __init__(self, old: JobState, new: JobState) -> None:
+        super().__init__(f"a job cannot go from {old.value} to {new.value}")
+        self.old, self.new = old, new
+
+
+def check_transition(old: JobState, new: JobState) -> None:
+    if new not in TRANSITIONS[old]:
+        raise IllegalTransition(old, new)
+
+
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
+
+
+class ResourceRequest(Model):
+    cpus: float = Field(default=1.0, gt=0, le=4096, description="CPU cores; fractions allowed")
+    memory: MemoryBytes = Field(default=0, description="bytes; 0 means no explicit request")
+    gpus: int = Field(default=0, ge=0, le=1024)
+    time: Seconds | None = Field(default=None, description="wall-clock limit in seconds")
+
+
+class JobSpec(Model):
+    """What a user asks for. The same model backs the REST body, the YAML file and the SDK."""
+
+    name: Annotated[str, Field(max_length=128)] = ""
+    command: list[Annotated[str, Field(max_length=MAX_COMMAND_BYTES)]] = Field(
+        min_length=1, max_length=4096
+    )
+    env: dict[EnvName, Annotated[str, Field(max_length=MAX_ENV_BYTES)]] = Field(
+        default_factory=dict, max_length=256
+    )
+    resources: ResourceRequest = Field(default_factory=ResourceRequest)
+    pool: CPIStr | None = Field(default=None, description="pin the job to this pool")
+    priority: int = Field(default=0, ge=-1000, le=1000)
+    labels: Labels = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _command_size(cls, v: list[str]) -> list[str]:
+        if not v[0]:
+            raise ValueError("the program name must not be empty")
+        size = sum(len(a.encode()) + 1 for a in v)
+        if size > MAX_COMMAND_BYTES:
+            raise ValueError(f"command line is {size} bytes; the limit is {MAX_COMMAND_BYTES}")
+        if any("\x00" in a for a in v):
+            raise ValueError("command arguments must not contain NUL bytes")
+        return v
+
+    @model_validator(mode="after")
+    def _env_size(self) -> JobSpec:
+        size = sum(len(k) + len(v.encode()) + 2 for k, v in self.env.items())
+        if size > MAX_ENV_BYTES:
+            raise ValueError(f"env is {size} bytes; the limit is {MAX_ENV_BYTES}")
+        if any("\x00" in v for v in self.env.values()):
+            raise ValueError("env values must not contain NUL bytes")
+        return self
+
+
+class Attempt(Model):
+    number: int
+    pool: str
+    state: JobState
+    scheduled_at: datetime
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: int | None = None
+    reason: str = ""
+
+
+class Job(Model):
+    id: str
+    tenant: str
+    name: str
+    spec: JobSpec
+    state: JobState
+    pool: str | None = None
+    attempt: int = 0
+    exit_code: int | None = None
+    reason: str = ""
+    cancel_requested: bool = False
+    created_at: datetime
+    scheduled_at: datetime | None = None
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    attempts: list[Attempt] = Field(default_factory=list)
+
+
+class JobPage(Model):
+    items: list[Job]
+    next: str | None = Field(default=None, description="cursor for the next page")

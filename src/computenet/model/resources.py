@@ -1,0 +1,137 @@
+"""Providers, pools, machines and devices: what a pool offers, in architecture-neutral terms."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from computenet.ident.cpi import CPIStr
+from computenet.model.common import Labels, MemoryBytes, Model, Name
+
+Precision = Annotated[str, Field(pattern=r"^(fp64|fp32|tf32|fp16|bf16|fp8|int8)$")]
+ShortText = Annotated[str, Field(max_length=128)]
+
+
+class DeviceKind(StrEnum):
+    cpu = "cpu"
+    gpu = "gpu"
+    npu = "npu"
+    fpga = "fpga"
+    other = "other"
+
+
+class PoolStatus(StrEnum):
+    online = "online"
+    suspect = "suspect"
+    offline = "offline"
+
+
+class Device(Model):
+    """One schedulable accelerator (or a CPU socket, for the record)."""
+
+    kind: DeviceKind
+    name: Name
+    index: int = Field(ge=0, le=4096)
+    vendor: ShortText
+    model: ShortText
+    arch: ShortText = ""
+    memory_bytes: MemoryBytes = 0
+    uuid: ShortText = ""
+    peak_tflops: dict[Precision, Annotated[float, Field(ge=0, le=1e6)]] = Field(
+        default_factory=dict
+    )
+    cpi: CPIStr | None = None
+
+
+class Machine(Model):
+    name: Name
+    hostname: ShortText = ""
+    os: ShortText = ""
+    arch: ShortText = ""
+    cpu_model: ShortText = ""
+    cpus: int = Field(ge=1, le=1_000_000)
+    memory_bytes: MemoryBytes
+    disk_bytes: MemoryBytes = 0
+    devices: list[Device] = Field(default_factory=list, max_length=4096)
+    cpi: CPIStr | None = None
+
+
+class Capacity(Model):
+    """The dimensions the scheduler fits on; CPUs are fractional, as in Kubernetes."""
+
+    cpus: float = Field(default=0, ge=0, le=1_000_000)
+    memory_bytes: MemoryBytes = 0
+    gpus: int = Field(default=0, ge=0, le=100_000)
+
+    def fits(self, other: Capacity) -> bool:
+        return (
+            other.cpus <= self.cpus + 1e-9
+            and other.memory_bytes <= self.memory_bytes
+            and other.gpus <= self.gpus
+        )
+
+    def minus(self, other: Capacity) -> Capacity:
+        return Capacity(
+            cpus=max(0.0, round(self.cpus - other.cpus, 6)),
+            memory_bytes=max(0, self.memory_bytes - other.memory_bytes),
+            gpus=max(0, self.gpus - other.gpus),
+        )
+
+
+class ProviderRegistration(Model):
+    name: Name
+    public_key: Annotated[str, Field(min_length=43, max_length=44)]
+    display_name: ShortText = ""
+
+
+class Provider(Model):
+    cpi: CPIStr
+    name: str
+    public_key: str
+    display_name: str = ""
+    created_at: datetime
+
+
+class PoolInventory(Model):
+    """What an agent declares about its pool; signed by the provider's key at registration."""
+
+    provider: Name
+    name: Name
+    public_key: Annotated[str, Field(min_length=43, max_length=44)]
+    backend: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "local"
+    region: Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9-]*$")] = ""
+    labels: Labels = Field(default_factory=dict)
+    machines: list[Machine] = Field(min_length=1, max_length=100_000)
+    capacity: Capacity | None = None
+    agent_version: ShortText = ""
+    runtime: dict[str, ShortText] = Field(default_factory=dict, max_length=64)
+
+
+class PoolRegistration(Model):
+    inventory: PoolInventory
+    signed_at: float
+    signature: Annotated[str, Field(min_length=80, max_length=100)]
+
+
+class Pool(Model):
+    cpi: CPIStr
+    provider: CPIStr
+    name: str
+    backend: str
+    region: str
+    labels: dict[str, str]
+    status: PoolStatus
+    capacity: Capacity
+    allocated: Capacity
+    machines: list[Machine]
+    public_key: str
+    registered_at: datetime
+    last_heartbeat_at: datetime | None = None
+    telemetry: dict[str, object] | None = None
+
+    @property
+    def free(self) -> Capacity:
+        return self.capacity.minus(self.allocated)

@@ -1,0 +1,41 @@
+"""Live state that agents stream to their node."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from computenet.model.common import Model
+
+Percent = Annotated[float, Field(ge=0, le=100_000)]
+
+
+class DeviceSample(Model):
+    index: int = Field(ge=0)
+    utilization_percent: Percent | None = None
+    memory_used_bytes: int | None = Field(default=None, ge=0)
+    memory_total_bytes: int | None = Field(default=None, ge=0)
+    power_watts: float | None = Field(default=None, ge=0)
+    temperature_c: float | None = None
+
+
+class TelemetrySample(Model):
+    time: float
+    cpu_percent: Percent
+    load_1m: float = Field(ge=0)
+    memory_used_bytes: int = Field(ge=0)
+    memory_total_bytes: int = Field(ge=0)
+    disk_used_bytes: int = Field(default=0, ge=0)
+    disk_total_bytes: int = Field(default=0, ge=0)
+    devices: list[DeviceSample] = Field(default_factory=list, max_length=4096)
+    running_jobs: int = Field(default=0, ge=0)
+
+
+class Heartbeat(Model):
+    """Signed by the pool key; ``seq`` only grows, so a captured heartbeat cannot be replayed."""
+
+    seq: int = Field(ge=1)
+    sent_at: float
+    sample: TelemetrySample
+    running: list[str] = Field(default_factory=list, max_length=100_000)

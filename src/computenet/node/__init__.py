@@ -1,0 +1,1 @@
+"""The node: the gateway service that accepts, schedules and tracks work."""

@@ -1,0 +1,114 @@
+"""The node's ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from computenet import __version__
+from computenet.node import problems
+from computenet.node.bootstrap import ensure_admin_token
+from computenet.node.routers import jobs, pools, system, tokens
+from computenet.node.runtime import Node
+from computenet.node.settings import Settings
+
+log = logging.getLogger("computenet.node")
+
+
+class BodyLimit:
+    """Refuses bodies over the limit before they are buffered, declared length or not."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            msg = await receive()
+            seen += len(msg.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        resp = problems.problem_response(
+            413, "Request too large", f"the body exceeds {self.limit} bytes", scope["path"]
+        )
+        await resp(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None, announce: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    node = Node(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await node.db(node.store.migrate)
+        created = await node.db(ensure_admin_token, node)
+        if created and announce:
+            secret, path = created
+            where = f" (saved to {path})" if path else ""
+            print(f"computenet: admin token, shown once{where}:\n  {secret}", file=sys.stderr)
+        tasks = [
+            asyncio.create_task(node.scheduler_loop(), name="scheduler"),
+            asyncio.create_task(node.liveness_loop(), name="liveness"),
+        ]
+        try:
+            yield
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            node.store.close()
+
+    app = FastAPI(
+        title="computenet node",
+        version=__version__,
+        lifespan=lifespan,
+        description="Query, discover and call computing power across providers.",
+    )
+    app.state.node = node
+    problems.install(app)
+    for r in (system.router, tokens.router, pools.router, jobs.router):
+        app.include_router(r)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app
+
+
+def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -> None:
+    import uvicorn
+
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        access_log=False,
+        **uvicorn_args,
+    )

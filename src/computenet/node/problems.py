@@ -1,0 +1,62 @@
+"""Every error leaves the node as RFC 9457 problem+json naming the field; never a traceback."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from computenet.model import FieldError, Problem
+from computenet.node.errors import NodeError
+
+log = logging.getLogger("computenet.node")
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem_response(
+    status: int, title: str, detail: str, instance: str = "", errors: list[FieldError] | None = None
+) -> JSONResponse:
+    body = Problem(
+        title=title, status=status, detail=detail, instance=instance, errors=errors or []
+    )
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    return JSONResponse(
+        body.model_dump(exclude_defaults=False), status, media_type=MEDIA_TYPE, headers=headers
+    )
+
+
+def _field(loc: tuple[object, ...]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(NodeError)
+    async def _node_error(request: Request, exc: NodeError) -> JSONResponse:
+        errors = [FieldError(field=exc.field, message=exc.detail)] if exc.field else []
+        return problem_response(exc.status, exc.title, exc.detail, request.url.path, errors)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = []
+        for e in exc.errors()[:20]:
+            msg = str(e.get("msg", "invalid"))
+            if e.get("type") == "extra_forbidden":
+                msg = "unknown field"
+            errors.append(FieldError(field=_field(tuple(e.get("loc", ()))), message=msg))
+        detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
+        return problem_response(422, "Invalid request", detail, request.url.path, errors)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return problem_response(exc.status_code, str(exc.detail), str(exc.detail), request.url.path)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500, "Internal error", "the node hit an unexpected error; see its log", request.url.path
+        )

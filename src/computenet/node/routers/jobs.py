@@ -1,0 +1,128 @@
+"""Jobs: submit, list, get, wait, cancel, and logs as a stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.responses import StreamingResponse
+
+from computenet.model import Capacity, Job, JobPage, JobSpec, JobState
+from computenet.node.auth import Principal, node_of, principal
+from computenet.node.errors import Conflict
+from computenet.node.runtime import Node
+from computenet.node.sched.binder import ever_fits
+from computenet.node.store import jobs as job_store
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobId = Annotated[str, Path(pattern=r"^j-[0-9a-z]{1,40}$")]
+
+
+@router.post("", status_code=201, response_model=Job)
+async def submit(
+    spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> Job:
+    req = Capacity(
+        cpus=spec.resources.cpus, memory_bytes=spec.resources.memory, gpus=spec.resources.gpus
+    )
+
+    def run() -> Job:
+        with node.store.write() as conn:
+            why = ever_fits(conn, req, spec.pool)
+            if why is not None:
+                raise Conflict(why, field="resources" if not spec.pool else "pool")
+            return job_store.insert(conn, who.tenant, spec)
+
+    job = await node.db(run)
+    node.events.schedule.set()
+    return job
+
+
+@router.get("", response_model=JobPage)
+async def list_jobs(
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+    state: Annotated[list[JobState] | None, Query()] = None,
+    pool: Annotated[str | None, Query(max_length=255)] = None,
+    name: Annotated[str | None, Query(max_length=128)] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(pattern=r"^j-[0-9a-z]{1,40}$")] = None,
+    all_tenants: Annotated[bool, Query(alias="all")] = False,
+) -> JobPage:
+    scope = who.scope if all_tenants else who.tenant
+    return await node.reading(job_store.list_page, scope, state, pool, name, limit, cursor)
+
+
+@router.get("/counts", response_model=dict[str, int])
+async def counts(
+    who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> dict[str, int]:
+    return await node.reading(job_store.count_by_state, who.tenant)
+
+
+@router.get("/{job_id}", response_model=Job)
+async def get_job(
+    job_id: JobId,
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+    wait: Annotated[float, Query(ge=0, le=60, description="long-poll until terminal")] = 0,
+) -> Job:
+    deadline = time.monotonic() + wait
+    while True:
+        seen = node.events.jobs.version(job_id)
+        job = await node.reading(job_store.get, job_id, who.scope)
+        left = deadline - time.monotonic()
+        if job.state.terminal or left <= 0:
+            return job
+        await node.events.jobs.wait(job_id, seen, min(left, 1.0))
+
+
+@router.post("/{job_id}/cancel", response_model=Job)
+async def cancel(
+    job_id: JobId, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> Job:
+    job = await node.writing(job_store.request_cancel, job_id, who.scope, time.time())
+    if job.pool and not job.state.terminal:
+        node.events.pools.notify(job.pool)
+    node.events.jobs.notify(job_id)
+    return job
+
+
+@router.get("/{job_id}/logs")
+async def logs(
+    job_id: JobId,
+    request: Request,
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+    follow: bool = False,
+) -> StreamingResponse:
+    """NDJSON, one ``{"attempt", "stream", "data"}`` object per chunk; with ``follow`` it ends
+    when the job does."""
+    await node.reading(job_store.get, job_id, who.scope)  # 404 for other tenants
+
+    async def chunks() -> AsyncIterator[bytes]:
+        after = 0
+        while True:
+            seen = node.events.jobs.version(job_id)
+            batch = await node.reading(job_store.read_logs, job_id, after)
+            for cid, attempt, stream, data in batch:
+                after = cid
+                line = {"attempt": attempt, "stream": stream, "data": data.decode(errors="replace")}
+                yield (json.dumps(line) + "\n").encode()
+            if batch:
+                continue
+            if not follow:
+                return
+            job = await node.reading(job_store.get, job_id, who.scope)
+            if job.state.terminal:
+                if not await node.reading(job_store.read_logs, job_id, after, 1):
+                    return
+                continue
+            if await request.is_disconnected():
+                return
+            await node.events.jobs.wait(job_id, seen, 1.0)
+
+    return StreamingResponse(chunks(), media_type="application/x-ndjson")

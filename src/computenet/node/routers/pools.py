@@ -1,0 +1,125 @@
+"""Providers and pools, and the agents' side of the API (heartbeats, directives, reports)."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from computenet.ident.cpi import CPIStr
+from computenet.model import (
+    Directives,
+    Heartbeat,
+    Pool,
+    PoolRegistration,
+    Provider,
+    ProviderRegistration,
+    ReportBatch,
+    ReportResult,
+    Role,
+)
+from computenet.node.auth import Principal, node_of, principal, signed_pool
+from computenet.node.errors import Unauthorized
+from computenet.node.runtime import Node
+from computenet.node.store import jobs as job_store
+from computenet.node.store import pools as pool_store
+
+router = APIRouter(prefix="/v1", tags=["pools"])
+PoolPath = Annotated[CPIStr, "pool CPI"]
+
+
+@router.post("/providers", status_code=201, response_model=Provider)
+async def register_provider(
+    body: ProviderRegistration,
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+) -> Provider:
+    who.require(Role.provider)
+    return await node.writing(pool_store.register_provider, node.settings.code, body, who.tenant)
+
+
+@router.get("/providers", response_model=list[Provider])
+async def list_providers(
+    _: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> list[Provider]:
+    return await node.reading(pool_store.list_providers)
+
+
+@router.post("/pools", status_code=201, response_model=Pool)
+async def register_pool(
+    body: PoolRegistration,
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+) -> Pool:
+    who.require(Role.provider)
+    pool = await node.writing(pool_store.register_pool, node.settings.code, body)
+    node.events.schedule.set()
+    return pool
+
+
+@router.get("/pools", response_model=list[Pool])
+async def list_pools(
+    _: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> list[Pool]:
+    return await node.reading(pool_store.list_all)
+
+
+@router.post("/pools/{pool:path}/heartbeat", status_code=204)
+async def heartbeat(
+    pool: PoolPath,
+    hb: Heartbeat,
+    signer: str = Depends(signed_pool),
+    node: Node = Depends(node_of),
+) -> None:
+    if abs(hb.sent_at - time.time()) > 300:
+        raise Unauthorized("heartbeat timestamp outside the accepted window", field="sent_at")
+    came_back = await node.writing(pool_store.heartbeat, signer, hb)
+    if came_back:
+        node.events.schedule.set()
+
+
+@router.get("/pools/{pool:path}/directives", response_model=Directives)
+async def directives(
+    pool: PoolPath,
+    request: Request,
+    wait: Annotated[float, Query(ge=0, le=60)] = 0,
+    resync: bool = False,
+    signer: str = Depends(signed_pool),
+    node: Node = Depends(node_of),
+) -> Directives:
+    """Long poll: answers at once when there is work or a cancel, else within ``wait``."""
+    deadline = time.monotonic() + wait
+    while True:
+        seen = node.events.pools.version(signer)
+        out = await node.writing(job_store.directives, signer, resync)
+        resync = False
+        left = deadline - time.monotonic()
+        if out.assign or out.cancel or left <= 0 or await request.is_disconnected():
+            return out
+        # Re-read at least every second: another replica may have placed work here.
+        await node.events.pools.wait(signer, seen, min(left, 1.0))
+
+
+@router.post("/pools/{pool:path}/reports", response_model=ReportResult)
+async def reports(
+    pool: PoolPath,
+    batch: ReportBatch,
+    signer: str = Depends(signed_pool),
+    node: Node = Depends(node_of),
+) -> ReportResult:
+    """State and log reports; the answer carries new directives, saving the agent a round trip."""
+    applied = await node.writing(job_store.apply_reports, signer, batch)
+    node.events.jobs.notify_many(applied.touched)
+    if applied.released:
+        await node.schedule_now()
+    out = await node.writing(job_store.directives, signer, False)
+    return ReportResult(accepted=applied.accepted, refused=applied.refused, directives=out)
+
+
+# Last: its path pattern would otherwise swallow the routes above.
+@router.get("/pools/{pool:path}", response_model=Pool)
+async def get_pool(
+    pool: PoolPath, _: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> Pool:
+    return await node.reading(pool_store.get, pool)

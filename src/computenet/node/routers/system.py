@@ -1,0 +1,53 @@
+"""Health, node status, and Prometheus metrics."""
+
+from __future__ import annotations
+
+import time
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from computenet import __version__
+from computenet.model import Model
+from computenet.node.auth import Principal, node_of, principal
+from computenet.node.runtime import Node
+from computenet.node.store import jobs as job_store
+from computenet.node.store import pools as pool_store
+
+router = APIRouter(tags=["system"])
+
+
+class NodeStatus(Model):
+    code: str
+    version: str
+    database: str
+    uptime_seconds: float
+    pools: dict[str, int]
+    jobs: dict[str, int]
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/v1/status", response_model=NodeStatus)
+async def status(who: Principal = Depends(principal), node: Node = Depends(node_of)) -> NodeStatus:
+    pools = await node.reading(pool_store.list_all)
+    by_status: dict[str, int] = {}
+    for p in pools:
+        by_status[p.status.value] = by_status.get(p.status.value, 0) + 1
+    return NodeStatus(
+        code=node.settings.code,
+        version=__version__,
+        database=node.store.engine.dialect.name,
+        uptime_seconds=round(time.time() - node.started_at, 1),
+        pools=by_status,
+        jobs=await node.reading(job_store.count_by_state, who.scope),
+    )
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics() -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,119 @@
+"""The running node: settings, store, events and the scheduler, shared by all routers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio
+from anyio import to_thread
+
+from computenet.model import Token
+from computenet.node.sched.binder import PassResult, schedule_pass
+from computenet.node.sched.framework import Profile
+from computenet.node.sched.plugins import default_profile
+from computenet.node.settings import Settings
+from computenet.node.store import pools as pool_store
+from computenet.node.store import tokens as token_store
+from computenet.node.store.db import Store
+
+T = TypeVar("T")
+log = logging.getLogger("computenet.node")
+
+
+class Node:
+    def __init__(self, settings: Settings) -> None:
+        from computenet.node.events import Events
+
+        self.settings = settings
+        self.store = Store(settings.database_url)
+        self.events = Events()
+        self.profile: Profile = default_profile()
+        # SQLite has one writer; more threads would only queue on its lock.
+        self._limiter = anyio.CapacityLimiter(4 if self.store.sqlite else 16)
+        self._token_cache: dict[str, tuple[float, Token]] = {}
+        self._sched_lock = asyncio.Lock()
+        self.started_at = time.time()
+
+    async def db(self, fn: Callable[..., T], *args: Any) -> T:
+        return await to_thread.run_sync(fn, *args, limiter=self._limiter)
+
+    def read(self, fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+        def run() -> T:
+            with self.store.read() as conn:
+                return fn(conn, *args)
+
+        return run
+
+    def write(self, fn: Callable[..., T], *args: Any) -> Callable[[], T]:
+        def run() -> T:
+            with self.store.write() as conn:
+                return fn(conn, *args)
+
+        return run
+
+    async def reading(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.db(self.read(fn, *args))
+
+    async def writing(self, fn: Callable[..., T], *args: Any) -> T:
+        return await self.db(self.write(fn, *args))
+
+    # --- auth -------------------------------------------------------------------------
+
+    async def authenticate(self, presented: str) -> Token:
+        """Tokens are cached briefly: revocation takes effect within ``TOKEN_TTL`` seconds."""
+        hit = self._token_cache.get(presented)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < TOKEN_TTL:
+            return hit[1]
+        token = await self.reading(token_store.authenticate, presented)
+        if len(self._token_cache) > 10_000:
+            self._token_cache.clear()
+        self._token_cache[presented] = (now, token)
+        return token
+
+    def forget_tokens(self) -> None:
+        self._token_cache.clear()
+
+    # --- scheduling -------------------------------------------------------------------
+
+    async def schedule_now(self) -> PassResult:
+        async with self._sched_lock:
+            result = await self.writing(schedule_pass, self.profile)
+        if result.placed:
+            self.events.pools.notify_many(result.pools)
+            self.events.jobs.notify_many(set(result.placed))
+        return result
+
+    async def scheduler_loop(self) -> None:
+        """Runs a pass when woken (submit, release, new pool) and at least every second."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.events.schedule.wait(), 1.0)
+            self.events.schedule.clear()
+            try:
+                await self.schedule_now()
+            except Exception:
+                log.exception("scheduling pass failed")
+                await asyncio.sleep(1.0)
+
+    async def liveness_loop(self) -> None:
+        s = self.settings
+        while True:
+            await asyncio.sleep(min(s.heartbeat_interval, s.suspect_after / 3))
+            try:
+                changed = await self.writing(
+                    pool_store.judge_liveness, s.suspect_after, s.offline_after
+                )
+            except Exception:
+                log.exception("liveness check failed")
+                continue
+            for cpi in changed:
+                log.warning("pool %s missed its heartbeats", cpi)
+
+
+TOKEN_TTL = 2.0

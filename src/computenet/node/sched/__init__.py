@@ -1,0 +1,1 @@
+"""Scheduling: filter → score → reserve → bind, with policies as plugins."""

@@ -1,0 +1,43 @@
+"""A node's configuration: flags, then ``CNET_*`` environment variables, then defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from computenet import config
+from computenet.ident.cpi import check_authority
+from computenet.node.store.db import sqlite_url
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+@dataclass
+class Settings:
+    database_url: str = ""
+    host: str = "127.0.0.1"
+    port: int = config.DEFAULT_PORT
+    code: str = "local"
+    data_dir: Path = field(default_factory=lambda: config.data_dir() / "node")
+    heartbeat_interval: float = field(
+        default_factory=lambda: _env_float("CNET_HEARTBEAT_INTERVAL", 5.0)
+    )
+    suspect_after: float = field(default_factory=lambda: _env_float("CNET_SUSPECT_AFTER", 15.0))
+    offline_after: float = field(default_factory=lambda: _env_float("CNET_OFFLINE_AFTER", 60.0))
+    max_body_bytes: int = 8 * 1024 * 1024
+    write_credentials: bool = True
+
+    def __post_init__(self) -> None:
+        check_authority(self.code)
+        if not self.database_url:
+            self.database_url = os.environ.get("CNET_DATABASE_URL") or sqlite_url(
+                self.data_dir / "computenet.db"
+            )
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"

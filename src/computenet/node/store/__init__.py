@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables, migrations and the one engine a node uses."""

@@ -1,0 +1,187 @@
+"""Providers and pools: signed registration, heartbeats, and liveness."""
+
+from __future__ import annotations
+
+import time
+
+from sqlalchemy import Connection, select, update
+
+from computenet.ident import keys
+from computenet.ident.cpi import CPI
+from computenet.model import (
+    Capacity,
+    DeviceKind,
+    Heartbeat,
+    Pool,
+    PoolRegistration,
+    PoolStatus,
+    Provider,
+    ProviderRegistration,
+)
+from computenet.node.errors import Conflict, Invalid, NotFound, Unauthorized
+from computenet.node.store import rows
+from computenet.node.store.tables import pools, providers
+
+SIGNATURE_WINDOW = 300.0
+
+
+def register_provider(
+    conn: Connection, code: str, reg: ProviderRegistration, owner: str
+) -> Provider:
+    try:
+        keys.public_key(reg.public_key)
+    except keys.SignatureError as e:
+        raise Invalid(str(e), field="public_key") from e
+    row = conn.execute(select(providers).where(providers.c.name == reg.name)).first()
+    if row is not None:
+        if row.public_key != reg.public_key:
+            raise Conflict(f"provider {reg.name!r} exists with another key", field="public_key")
+        return rows.provider(row)
+    cpi = str(CPI(code, (reg.name,)))
+    conn.execute(
+        providers.insert().values(
+            cpi=cpi,
+            name=reg.name,
+            public_key=reg.public_key,
+            display_name=reg.display_name,
+            owner_tenant=owner,
+            created_at=time.time(),
+        )
+    )
+    return rows.provider(conn.execute(select(providers).where(providers.c.cpi == cpi)).one())
+
+
+def signed_payload(reg: PoolRegistration) -> dict[str, object]:
+    return {"inventory": reg.inventory.model_dump(mode="json"), "signed_at": reg.signed_at}
+
+
+def capacity_of(reg: PoolRegistration) -> Capacity:
+    inv = reg.inventory
+    if inv.capacity is not None:
+        return inv.capacity
+    return Capacity(
+        cpus=float(sum(m.cpus for m in inv.machines)),
+        memory_bytes=sum(m.memory_bytes for m in inv.machines),
+        gpus=sum(1 for m in inv.machines for d in m.devices if d.kind is not DeviceKind.cpu),
+    )
+
+
+def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
+    """The provider's signature proves the pool is theirs; the pool key then signs its traffic."""
+    inv = reg.inventory
+    prov = conn.execute(select(providers).where(providers.c.name == inv.provider)).first()
+    if prov is None:
+        raise NotFound(f"no provider {inv.provider!r}; register it first", field="provider")
+    if abs(time.time() - reg.signed_at) > SIGNATURE_WINDOW:
+        raise Unauthorized("registration signature is too old or from the future")
+    try:
+        keys.verify_json(prov.public_key, signed_payload(reg), reg.signature)
+        keys.public_key(inv.public_key)
+    except keys.SignatureError as e:
+        raise Unauthorized(f"registration not signed by provider {inv.provider!r}: {e}") from e
+    pool_cpi = CPI(code, (inv.provider, inv.name))
+    machines = []
+    seen: set[str] = set()
+    for m in inv.machines:
+        if m.name in seen:
+            raise Invalid(f"machine name {m.name!r} appears twice", field="inventory.machines")
+        seen.add(m.name)
+        mcpi = pool_cpi.child(m.name)
+        devs = [d.model_copy(update={"cpi": str(mcpi.child(d.name))}) for d in m.devices]
+        if len({d.name for d in devs}) != len(devs):
+            raise Invalid(f"device names repeat on {m.name!r}", field="inventory.machines")
+        machines.append(m.model_copy(update={"cpi": str(mcpi), "devices": devs}))
+    cap = capacity_of(reg)
+    values = {
+        "provider_cpi": prov.cpi,
+        "name": inv.name,
+        "backend": inv.backend,
+        "region": inv.region,
+        "labels": inv.labels,
+        "public_key": inv.public_key,
+        "machines": [m.model_dump(mode="json") for m in machines],
+        "status": PoolStatus.online.value,
+        "cap_cpus": cap.cpus,
+        "cap_memory": cap.memory_bytes,
+        "cap_gpus": cap.gpus,
+        "last_heartbeat_at": time.time(),
+    }
+    existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()
+    if existing is None:
+        conn.execute(
+            pools.insert().values(
+                cpi=str(pool_cpi),
+                registered_at=time.time(),
+                alloc_cpus=0.0,
+                alloc_memory=0,
+                alloc_gpus=0,
+                last_seq=0,
+                **values,
+            )
+        )
+    else:
+        conn.execute(update(pools).where(pools.c.cpi == str(pool_cpi)).values(**values))
+    return get(conn, str(pool_cpi))
+
+
+def get(conn: Connection, cpi: str) -> Pool:
+    row = conn.execute(select(pools).where(pools.c.cpi == cpi)).first()
+    if row is None:
+        raise NotFound(f"no pool {cpi!r}", field="pool")
+    return rows.pool(row)
+
+
+def public_key(conn: Connection, cpi: str) -> str | None:
+    row = conn.execute(select(pools.c.public_key).where(pools.c.cpi == cpi)).first()
+    return None if row is None else str(row.public_key)
+
+
+def list_all(conn: Connection) -> list[Pool]:
+    return [rows.pool(r) for r in conn.execute(select(pools).order_by(pools.c.registered_at))]
+
+
+def list_providers(conn: Connection) -> list[Provider]:
+    return [rows.provider(r) for r in conn.execute(select(providers).order_by(providers.c.name))]
+
+
+def heartbeat(conn: Connection, cpi: str, hb: Heartbeat) -> bool:
+    """Returns whether the pool came back (it was not online)."""
+    row = conn.execute(select(pools.c.last_seq, pools.c.status).where(pools.c.cpi == cpi)).first()
+    if row is None:
+        raise NotFound(f"no pool {cpi!r}", field="pool")
+    if hb.seq <= row.last_seq:
+        raise Conflict(
+            f"heartbeat seq {hb.seq} is not newer than {row.last_seq}: replayed or reordered",
+            field="seq",
+        )
+    conn.execute(
+        update(pools)
+        .where(pools.c.cpi == cpi)
+        .values(
+            last_seq=hb.seq,
+            last_heartbeat_at=time.time(),
+            telemetry=hb.sample.model_dump(mode="json"),
+            status=PoolStatus.online.value,
+        )
+    )
+    return row.status != PoolStatus.online.value
+
+
+def judge_liveness(conn: Connection, suspect_after: float, offline_after: float) -> list[str]:
+    """Pools whose heartbeats stopped become suspect, then offline; returns changed CPIs."""
+    now = time.time()
+    changed = []
+    for status, age in ((PoolStatus.offline, offline_after), (PoolStatus.suspect, suspect_after)):
+        found = conn.execute(
+            select(pools.c.cpi).where(
+                pools.c.last_heartbeat_at < now - age,
+                pools.c.status.in_(
+                    [PoolStatus.online.value]
+                    + ([PoolStatus.suspect.value] if status is PoolStatus.offline else [])
+                ),
+            )
+        ).all()
+        for r in found:
+            conn.execute(update(pools).where(pools.c.cpi == r.cpi).values(status=status.value))
+            changed.append(r.cpi)
+    return changed

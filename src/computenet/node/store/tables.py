@@ -1,0 +1,165 @@
+"""The node's tables. Alembic migrations in ``migrations/`` are the source of truth on disk;
+these definitions must match them (a test compares the two)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# Times are unix seconds (float): cheap to compare and identical on SQLite and PostgreSQL.
+
+meta = Table(
+    "meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", String(32), primary_key=True),
+    Column("name", String(63), nullable=False),
+    Column("tenant", String(63), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("secret_hash", String(64), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    Column("last_used_at", Float),
+)
+
+providers = Table(
+    "providers",
+    metadata,
+    Column("cpi", String(255), primary_key=True),
+    Column("name", String(63), nullable=False, unique=True),
+    Column("public_key", String(64), nullable=False),
+    Column("display_name", String(128), nullable=False, default=""),
+    Column("owner_tenant", String(63), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+pools = Table(
+    "pools",
+    metadata,
+    Column("cpi", String(255), primary_key=True),
+    Column("provider_cpi", String(255), ForeignKey("providers.cpi"), nullable=False),
+    Column("name", String(63), nullable=False),
+    Column("backend", String(32), nullable=False),
+    Column("region", String(63), nullable=False, default=""),
+    Column("labels", JSON, nullable=False),
+    Column("public_key", String(64), nullable=False),
+    Column("machines", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("cap_cpus", Float, nullable=False),
+    Column("cap_memory", BigInteger, nullable=False),
+    Column("cap_gpus", Integer, nullable=False),
+    Column("alloc_cpus", Float, nullable=False, default=0),
+    Column("alloc_memory", BigInteger, nullable=False, default=0),
+    Column("alloc_gpus", Integer, nullable=False, default=0),
+    Column("registered_at", Float, nullable=False),
+    Column("last_heartbeat_at", Float),
+    Column("last_seq", BigInteger, nullable=False, default=0),
+    Column("telemetry", JSON),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(48), primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("name", String(128), nullable=False, default=""),
+    Column("spec", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("req_cpus", Float, nullable=False),
+    Column("req_memory", BigInteger, nullable=False),
+    Column("req_gpus", Integer, nullable=False),
+    Column("pin_pool", String(255)),
+    Column("pool_cpi", String(255)),
+    Column("attempt", Integer, nullable=False, default=0),
+    Column("exit_code", Integer),
+    Column("reason", Text, nullable=False, default=""),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("created_at", Float, nullable=False),
+    Column("scheduled_at", Float),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_jobs_state_priority", "state", "priority", "created_at"),
+    Index("ix_jobs_tenant_created", "tenant", "created_at"),
+    Index("ix_jobs_pool_state", "pool_cpi", "state"),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("job_id", String(48), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("pool_cpi", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("devices", JSON, nullable=False),
+    Column("delivered", Boolean, nullable=False, default=False),
+    Column("cancel_delivered", Boolean, nullable=False, default=False),
+    Column("scheduled_at", Float, nullable=False),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("exit_code", Integer),
+    Column("reason", Text, nullable=False, default=""),
+    Index("ix_attempts_pool_state", "pool_cpi", "state"),
+)
+
+logs = Table(
+    "logs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("job_id", String(48), ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("stream", String(8), nullable=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Index("ix_logs_job", "job_id", "id"),
+)
+
+usage = Table(
+    "usage",
+    metadata,
+    Column("job_id", String(48), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("pool_cpi", String(255), nullable=False),
+    Column("cpus", Float, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("gpus", Integer, nullable=False),
+    Column("wall_seconds", Float, nullable=False),
+    Column("cpu_seconds", Float, nullable=False),
+    Column("max_rss_bytes", BigInteger, nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=False),
+    Index("ix_usage_tenant", "tenant", "ended_at"),
+)

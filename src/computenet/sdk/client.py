@@ -1,0 +1,406 @@
+"""Sync and async clients for a node's REST API.
+
+Both share one description of each call (``_Call``): the async client is not a wrapper
+around the sync one or the reverse, so neither pays for the other.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import httpx
+from pydantic import BaseModel, TypeAdapter
+
+from computenet import config
+from computenet.model import (
+    Job,
+    JobPage,
+    JobSpec,
+    JobState,
+    Pool,
+    Problem,
+    Provider,
+    Role,
+    Token,
+    TokenCreate,
+    TokenSecret,
+)
+
+T = TypeVar("T")
+TIMEOUT = httpx.Timeout(30.0, connect=5.0)
+
+
+class ApiError(Exception):
+    """A node's problem+json answer, or a failure to reach the node at all."""
+
+    def __init__(self, status: int, problem: Problem) -> None:
+        self.status = status
+        self.problem = problem
+        field = f" ({problem.errors[0].field})" if problem.errors else ""
+        super().__init__(
+            f"{problem.title}{field}: {problem.detail}" if problem.detail else problem.title
+        )
+
+
+class JobFailed(Exception):
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        super().__init__(f"job {job.id} ended {job.state.value}: {job.reason or job.exit_code}")
+
+
+@dataclass
+class _Call:
+    method: str
+    path: str
+    params: dict[str, Any] = field(default_factory=dict)
+    body: Any = None
+    model: Any = None
+    timeout: float | None = None
+
+    def kwargs(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"params": {k: v for k, v in self.params.items() if v is not None}}
+        if self.body is not None:
+            data = (
+                self.body.model_dump(mode="json", exclude_unset=True)
+                if isinstance(self.body, BaseModel)
+                else self.body
+            )
+            out["content"] = json.dumps(data)
+            out["headers"] = {"content-type": "application/json"}
+        if self.timeout is not None:
+            out["timeout"] = httpx.Timeout(self.timeout, connect=5.0)
+        return out
+
+    def parse(self, resp: httpx.Response) -> Any:
+        check(resp)
+        if self.model is None or resp.status_code == 204:
+            return None
+        return TypeAdapter(self.model).validate_json(resp.content)
+
+
+def check(resp: httpx.Response) -> None:
+    if resp.status_code < 400:
+        return
+    try:
+        problem = Problem.model_validate_json(resp.content)
+    except ValueError:
+        text = resp.text[:200] if resp.text else resp.reason_phrase
+        problem = Problem(title=resp.reason_phrase or "error", status=resp.status_code, detail=text)
+    raise ApiError(resp.status_code, problem)
+
+
+def _spec(spec: JobSpec | dict[str, Any] | None, kwargs: dict[str, Any]) -> JobSpec:
+    if spec is None:
+        return JobSpec.model_validate(kwargs)
+    if isinstance(spec, dict):
+        return JobSpec.model_validate({**spec, **kwargs})
+    return spec.model_copy(update=kwargs) if kwargs else spec
+
+
+class _Calls:
+    """Every API call, described once."""
+
+    @staticmethod
+    def submit(spec: JobSpec) -> _Call:
+        return _Call("POST", "/v1/jobs", body=spec, model=Job)
+
+    @staticmethod
+    def get(job_id: str, wait: float = 0) -> _Call:
+        return _Call(
+            "GET", f"/v1/jobs/{job_id}", {"wait": wait or None}, model=Job, timeout=wait + 30
+        )
+
+    @staticmethod
+    def list(
+        state: list[JobState] | None,
+        pool: str | None,
+        name: str | None,
+        limit: int,
+        cursor: str | None,
+        all_tenants: bool,
+    ) -> _Call:
+        params = {
+            "state": [s.value for s in state] if state else None,
+            "pool": pool,
+            "name": name,
+            "limit": limit,
+            "cursor": cursor,
+            "all": all_tenants or None,
+        }
+        return _Call("GET", "/v1/jobs", params, model=JobPage)
+
+    @staticmethod
+    def cancel(job_id: str) -> _Call:
+        return _Call("POST", f"/v1/jobs/{job_id}/cancel", model=Job)
+
+    @staticmethod
+    def counts() -> _Call:
+        return _Call("GET", "/v1/jobs/counts", model=dict[str, int])
+
+    @staticmethod
+    def pools() -> _Call:
+        return _Call("GET", "/v1/pools", model=list[Pool])
+
+    @staticmethod
+    def providers() -> _Call:
+        return _Call("GET", "/v1/providers", model=list[Provider])
+
+    @staticmethod
+    def status() -> _Call:
+        return _Call("GET", "/v1/status", model=dict[str, Any])
+
+    @staticmethod
+    def create_token(name: str, tenant: str | None, role: Role) -> _Call:
+        return _Call(
+            "POST",
+            "/v1/tokens",
+            body=TokenCreate(name=name, tenant=tenant, role=role),
+            model=TokenSecret,
+        )
+
+    @staticmethod
+    def tokens() -> _Call:
+        return _Call("GET", "/v1/tokens", model=list[Token])
+
+    @staticmethod
+    def revoke_token(token_id: str) -> _Call:
+        return _Call("DELETE", f"/v1/tokens/{token_id}", model=Token)
+
+
+def _headers(token: str | None) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _log_line(line: str) -> dict[str, Any] | None:
+    return json.loads(line) if line.strip() else None
+
+
+def _transport_error(url: str, e: httpx.TransportError) -> ApiError:
+    return ApiError(
+        0, Problem(title="Node unreachable", status=0, detail=f"cannot reach {url}: {e}")
+    )
+
+
+class Client:
+    """``Client()`` talks to ``CNET_URL`` (default http://127.0.0.1:8787) with the token from
+    ``CNET_TOKEN`` or the credentials file that ``cnet up`` writes."""
+
+    def __init__(
+        self, url: str | None = None, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        self.url = (url or config.default_url()).rstrip("/")
+        self.token = token or config.token_for(self.url)
+        self._http = httpx.Client(
+            base_url=self.url,
+            headers=_headers(self.token),
+            timeout=httpx.Timeout(timeout, connect=5.0),
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _do(self, call: _Call) -> Any:
+        try:
+            resp = self._http.request(call.method, call.path, **call.kwargs())
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
+        return call.parse(resp)
+
+    def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
+        job: Job = self._do(_Calls.submit(_spec(spec, kwargs)))
+        return job
+
+    def get(self, job_id: str, wait: float = 0) -> Job:
+        job: Job = self._do(_Calls.get(job_id, wait))
+        return job
+
+    def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        import time
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = 30.0 if deadline is None else min(30.0, deadline - time.monotonic())
+            job = self.get(job_id, wait=max(0.0, left))
+            if job.state.terminal or (deadline is not None and time.monotonic() >= deadline):
+                return job
+
+    def list(
+        self,
+        state: list[JobState] | None = None,
+        pool: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        all_tenants: bool = False,
+    ) -> JobPage:
+        page: JobPage = self._do(_Calls.list(state, pool, name, limit, cursor, all_tenants))
+        return page
+
+    def cancel(self, job_id: str) -> Job:
+        job: Job = self._do(_Calls.cancel(job_id))
+        return job
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = self._do(_Calls.counts())
+        return out
+
+    def pools(self) -> list[Pool]:
+        out: list[Pool] = self._do(_Calls.pools())
+        return out
+
+    def providers(self) -> list[Provider]:
+        out: list[Provider] = self._do(_Calls.providers())
+        return out
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = self._do(_Calls.status())
+        return out
+
+    def create_token(
+        self, name: str, tenant: str | None = None, role: Role = Role.tenant
+    ) -> TokenSecret:
+        out: TokenSecret = self._do(_Calls.create_token(name, tenant, role))
+        return out
+
+    def tokens(self) -> list[Token]:
+        out: list[Token] = self._do(_Calls.tokens())
+        return out
+
+    def revoke_token(self, token_id: str) -> Token:
+        out: Token = self._do(_Calls.revoke_token(token_id))
+        return out
+
+    def logs(self, job_id: str, follow: bool = False) -> Iterator[dict[str, Any]]:
+        """Chunks as ``{"attempt", "stream", "data"}``; with ``follow`` until the job ends."""
+        params = {"follow": "true"} if follow else {}
+        try:
+            with self._http.stream(
+                "GET",
+                f"/v1/jobs/{job_id}/logs",
+                params=params,
+                timeout=httpx.Timeout(None, connect=5.0),
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    check(resp)
+                for line in resp.iter_lines():
+                    chunk = _log_line(line)
+                    if chunk is not None:
+                        yield chunk
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
+
+    def run(self, command: list[str], **kwargs: Any) -> Job:
+        """Submit, wait, and return the finished job (raises ``JobFailed`` unless COMPLETE)."""
+        job = self.submit(command=command, **kwargs)
+        job = self.wait(job.id)
+        if job.state is not JobState.COMPLETE:
+            raise JobFailed(job)
+        return job
+
+
+class AsyncClient:
+    def __init__(
+        self,
+        url: str | None = None,
+        token: str | None = None,
+        timeout: float = 30.0,
+        max_connections: int = 100,
+    ) -> None:
+        self.url = (url or config.default_url()).rstrip("/")
+        self.token = token or config.token_for(self.url)
+        self._http = httpx.AsyncClient(
+            base_url=self.url,
+            headers=_headers(self.token),
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=max_connections),
+        )
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def _do(self, call: _Call) -> Any:
+        try:
+            resp = await self._http.request(call.method, call.path, **call.kwargs())
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
+        return call.parse(resp)
+
+    async def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
+        job: Job = await self._do(_Calls.submit(_spec(spec, kwargs)))
+        return job
+
+    async def get(self, job_id: str, wait: float = 0) -> Job:
+        job: Job = await self._do(_Calls.get(job_id, wait))
+        return job
+
+    async def wait(self, job_id: str) -> Job:
+        while True:
+            job = await self.get(job_id, wait=30)
+            if job.state.terminal:
+                return job
+
+    async def list(
+        self,
+        state: list[JobState] | None = None,
+        pool: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+        cursor: str | None = None,
+        all_tenants: bool = False,
+    ) -> JobPage:
+        page: JobPage = await self._do(_Calls.list(state, pool, name, limit, cursor, all_tenants))
+        return page
+
+    async def cancel(self, job_id: str) -> Job:
+        job: Job = await self._do(_Calls.cancel(job_id))
+        return job
+
+    async def counts(self) -> dict[str, int]:
+        out: dict[str, int] = await self._do(_Calls.counts())
+        return out
+
+    async def pools(self) -> list[Pool]:
+        out: list[Pool] = await self._do(_Calls.pools())
+        return out
+
+    async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
+        params = {"follow": "true"} if follow else {}
+        try:
+            async with self._http.stream(
+                "GET",
+                f"/v1/jobs/{job_id}/logs",
+                params=params,
+                timeout=httpx.Timeout(None, connect=5.0),
+            ) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    check(resp)
+                async for line in resp.aiter_lines():
+                    chunk = _log_line(line)
+                    if chunk is not None:
+                        yield chunk
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
+
+    async def run(self, command: list[str], **kwargs: Any) -> Job:
+        job = await self.submit(command=command, **kwargs)
+        job = await self.wait(job.id)
+        if job.state is not JobState.COMPLETE:
+            raise JobFailed(job)
+        return job
