@@ -381,11 +381,11 @@ class SlurmCluster:
         with self._lock:
             if self._procs:
                 return
-            reason = available()
-            if reason is not None:
-                raise SlurmError(reason)
             deadline = time.monotonic() + timeout
             try:
+                reason = available()
+                if reason is not None:
+                    raise SlurmError(reason)
                 self._prepare_dirs()
                 self._start_munged(deadline)
                 for attempt in range(3):

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -62,6 +63,7 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     heartbeat_interval: float = 5.0
     capacity: Capacity | None = None
+    keep_days: float = 7.0
 
 
 class Backoff:
@@ -116,6 +118,7 @@ class Agent:
             asyncio.create_task(self._directives_loop(), name="directives"),
             asyncio.create_task(self._flush_loop(), name="flush"),
             asyncio.create_task(self._log_loop(), name="logs"),
+            asyncio.create_task(self._retention_loop(), name="retention"),
         ]
         await stop.wait()
         await self._shutdown(loops)
@@ -330,7 +333,7 @@ class Agent:
                     LogChunk(
                         job_id=run.task.job_id,
                         attempt=run.task.attempt,
-                        stream=stream,  # type: ignore[arg-type]
+                        stream=stream,
                         offset=offset,
                         data=text,
                     )
@@ -362,7 +365,8 @@ class Agent:
                     await backoff.sleep()
 
     async def _flush_once(self) -> None:
-        logs, size = [], 0
+        logs: list[LogChunk] = []
+        size = 0
         for chunk in self._logs:
             if len(logs) >= MAX_BATCH or size + len(chunk.data) > MAX_BATCH_LOG_CHARS:
                 break
@@ -378,6 +382,18 @@ class Agent:
             if workdir is not None and report.state.terminal:
                 (workdir / "reported").touch()
         self.handle(result.directives)
+
+    async def _retention_loop(self) -> None:
+        """Working directories of reported attempts are kept for ``keep_days``, then removed."""
+        while True:
+            cutoff = time.time() - self.cfg.keep_days * 86400
+            for marker in self.jobs_dir.glob("*/reported"):
+                try:
+                    if marker.stat().st_mtime < cutoff:
+                        shutil.rmtree(marker.parent, ignore_errors=True)
+                except OSError:
+                    continue
+            await asyncio.sleep(3600)
 
     async def _recover(self) -> None:
         """Re-queues results the node never acknowledged and stops work left running."""

@@ -6,6 +6,7 @@ around the sync one or the reverse, so neither pays for the other.
 
 from __future__ import annotations
 
+import builtins
 import json
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -235,7 +236,7 @@ class Client:
 
     def list(
         self,
-        state: list[JobState] | None = None,
+        state: builtins.list[JobState] | None = None,
         pool: str | None = None,
         name: str | None = None,
         limit: int = 100,
@@ -253,12 +254,12 @@ class Client:
         out: dict[str, int] = self._do(_Calls.counts())
         return out
 
-    def pools(self) -> list[Pool]:
-        out: list[Pool] = self._do(_Calls.pools())
+    def pools(self) -> builtins.list[Pool]:
+        out: builtins.list[Pool] = self._do(_Calls.pools())
         return out
 
-    def providers(self) -> list[Provider]:
-        out: list[Provider] = self._do(_Calls.providers())
+    def providers(self) -> builtins.list[Provider]:
+        out: builtins.list[Provider] = self._do(_Calls.providers())
         return out
 
     def status(self) -> dict[str, Any]:
@@ -271,8 +272,8 @@ class Client:
         out: TokenSecret = self._do(_Calls.create_token(name, tenant, role))
         return out
 
-    def tokens(self) -> list[Token]:
-        out: list[Token] = self._do(_Calls.tokens())
+    def tokens(self) -> builtins.list[Token]:
+        out: builtins.list[Token] = self._do(_Calls.tokens())
         return out
 
     def revoke_token(self, token_id: str) -> Token:
@@ -299,7 +300,7 @@ class Client:
         except httpx.TransportError as e:
             raise _transport_error(self.url, e) from e
 
-    def run(self, command: list[str], **kwargs: Any) -> Job:
+    def run(self, command: builtins.list[str], **kwargs: Any) -> Job:
         """Submit, wait, and return the finished job (raises ``JobFailed`` unless COMPLETE)."""
         job = self.submit(command=command, **kwargs)
         job = self.wait(job.id)
@@ -357,7 +358,7 @@ class AsyncClient:
 
     async def list(
         self,
-        state: list[JobState] | None = None,
+        state: builtins.list[JobState] | None = None,
         pool: str | None = None,
         name: str | None = None,
         limit: int = 100,
@@ -375,8 +376,8 @@ class AsyncClient:
         out: dict[str, int] = await self._do(_Calls.counts())
         return out
 
-    async def pools(self) -> list[Pool]:
-        out: list[Pool] = await self._do(_Calls.pools())
+    async def pools(self) -> builtins.list[Pool]:
+        out: builtins.list[Pool] = await self._do(_Calls.pools())
         return out
 
     async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:
@@ -398,7 +399,7 @@ class AsyncClient:
         except httpx.TransportError as e:
             raise _transport_error(self.url, e) from e
 
-    async def run(self, command: list[str], **kwargs: Any) -> Job:
+    async def run(self, command: builtins.list[str], **kwargs: Any) -> Job:
         job = await self.submit(command=command, **kwargs)
         job = await self.wait(job.id)
         if job.state is not JobState.COMPLETE:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -31,7 +32,7 @@ KILL_GRACE = 5.0
 class _Proc:
     popen: subprocess.Popen[bytes]
     started_at: float
-    exited: asyncio.Future[tuple[int, os.struct_rusage | None]]
+    exited: asyncio.Future[tuple[int, Any]]
     stop_state: JobState | None = None
     stop_reason: str = ""
     descendants: list[psutil.Process] = field(default_factory=list)
@@ -170,7 +171,7 @@ def _reap_blocking(proc: _Proc, loop: asyncio.AbstractEventLoop) -> None:
     try:
         _pid, status, rusage = os.wait4(proc.popen.pid, 0)
     except ChildProcessError:
-        status, rusage = 0, None  # type: ignore[assignment]
+        status, rusage = 0, None
 
     def done() -> None:
         proc.popen.returncode = os.waitstatus_to_exitcode(status)

@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 from computenet.model import Capacity, Job, JobPage, JobSpec, JobState
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict
+from computenet.node.metrics import JOBS_SUBMITTED
 from computenet.node.runtime import Node
 from computenet.node.sched.binder import ever_fits
 from computenet.node.store import jobs as job_store
@@ -37,6 +38,7 @@ async def submit(
             return job_store.insert(conn, who.tenant, spec)
 
     job = await node.db(run)
+    JOBS_SUBMITTED.labels(who.tenant).inc()
     node.events.schedule.set()
     return job
 

@@ -21,7 +21,9 @@ from computenet.model import (
 )
 from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.errors import Unauthorized
+from computenet.node.metrics import HEARTBEATS, JOBS_ENDED, REFUSED
 from computenet.node.runtime import Node
+from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
 
@@ -75,6 +77,7 @@ async def heartbeat(
     if abs(hb.sent_at - time.time()) > 300:
         raise Unauthorized("heartbeat timestamp outside the accepted window", field="sent_at")
     came_back = await node.writing(pool_store.heartbeat, signer, hb)
+    HEARTBEATS.inc()
     if came_back:
         node.events.schedule.set()
 
@@ -109,17 +112,17 @@ async def reports(
     node: Node = Depends(node_of),
 ) -> ReportResult:
     """State and log reports; the answer carries new directives, saving the agent a round trip."""
-    applied = await node.writing(job_store.apply_reports, signer, batch)
-    node.events.jobs.notify_many(applied.touched)
-    if applied.released:
-        await node.schedule_now()
-    out = await node.writing(job_store.directives, signer, False)
+
+    def run() -> tuple[job_store.Applied, PassResult, Directives]:
+        with node.store.write() as conn:
+            applied = job_store.apply_reports(conn, signer, batch)
+            placed = schedule_pass(conn, node.profile) if applied.released else PassResult()
+            return applied, placed, job_store.directives(conn, signer, False)
+
+    applied, placed, out = await node.db(run)
+    REFUSED.inc(len(applied.refused))
+    for state, n in applied.ended.items():
+        JOBS_ENDED.labels(state).inc(n)
+    node.events.jobs.notify_many(applied.touched | set(placed.placed))
+    node.events.pools.notify_many(placed.pools - {signer})
     return ReportResult(accepted=applied.accepted, refused=applied.refused, directives=out)
-
-
-# Last: its path pattern would otherwise swallow the routes above.
-@router.get("/pools/{pool:path}", response_model=Pool)
-async def get_pool(
-    pool: PoolPath, _: Principal = Depends(principal), node: Node = Depends(node_of)
-) -> Pool:
-    return await node.reading(pool_store.get, pool)

@@ -10,21 +10,25 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import Connection, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus
+from computenet.node.metrics import PLACED, SCHEDULE_PASS
 from computenet.node.sched.framework import JobView, PoolView, Profile
 from computenet.node.sched.plugins import shortfall
 from computenet.node.store.tables import attempts, jobs, pools
 
-BATCH = 1000
+PAGE = 64
+MAX_SCAN = 10_000  # a pass looks this deep for a job that fits (backfill)
 
 
 @dataclass
 class PassResult:
     placed: dict[str, str] = field(default_factory=dict)  # job id -> pool CPI
     waiting: dict[str, str] = field(default_factory=dict)  # job id -> why
+    scanned: int = 0
 
     @property
     def pools(self) -> set[str]:
@@ -50,48 +54,69 @@ def load_pools(conn: Connection) -> list[PoolView]:
 
 
 def schedule_pass(conn: Connection, profile: Profile) -> PassResult:
+    with SCHEDULE_PASS.time():
+        result = _pass(conn, profile)
+    PLACED.inc(len(result.placed))
+    return result
+
+
+def _pass(conn: Connection, profile: Profile) -> PassResult:
     result = PassResult()
     views = load_pools(conn)
     if not views:
         return result
-    queued = conn.execute(
-        select(
-            jobs.c.id,
-            jobs.c.tenant,
-            jobs.c.req_cpus,
-            jobs.c.req_memory,
-            jobs.c.req_gpus,
-            jobs.c.pin_pool,
-            jobs.c.priority,
-            jobs.c.created_at,
-        )
-        .where(jobs.c.state == JobState.QUEUED.value)
-        .order_by(jobs.c.priority.desc(), jobs.c.id)
-        .limit(BATCH)
-    ).all()
     now = time.time()
-    for row in queued:
-        if not any(v.free.cpus > 0 for v in views):
-            break
-        job = JobView(
-            row.id,
-            row.tenant,
-            Capacity(cpus=row.req_cpus, memory_bytes=row.req_memory, gpus=row.req_gpus),
-            row.pin_pool,
-            row.priority,
-            row.created_at,
-        )
-        ranking = profile.rank(job, views)
-        for view, _score, _parts in ranking.ranked:
-            if _bind(conn, job, view, now):
-                view.free = view.free.minus(job.request)
-                result.placed[job.id] = view.cpi
+    after: tuple[int, str] | None = None
+    while any(v.free.cpus > 0 for v in views):
+        page = _queued_page(conn, after)
+        for row in page:
+            if not any(v.free.cpus > 0 for v in views):
                 break
-        else:
-            result.waiting[job.id] = "; ".join(
-                f"{cpi}: {why}" for cpi, why in list(ranking.rejected.items())[:3]
+            job = JobView(
+                row.id,
+                row.tenant,
+                Capacity(cpus=row.req_cpus, memory_bytes=row.req_memory, gpus=row.req_gpus),
+                row.pin_pool,
+                row.priority,
+                row.created_at,
             )
+            ranking = profile.rank(job, views)
+            for view, _score, _parts in ranking.ranked:
+                if _bind(conn, job, view, now):
+                    view.free = view.free.minus(job.request)
+                    result.placed[job.id] = view.cpi
+                    break
+            else:
+                result.waiting[job.id] = "; ".join(
+                    f"{cpi}: {why}" for cpi, why in list(ranking.rejected.items())[:3]
+                )
+        if len(page) < PAGE or result.scanned + len(page) >= MAX_SCAN:
+            break
+        result.scanned += len(page)
+        after = (page[-1].priority, page[-1].id)
     return result
+
+
+def _queued_page(conn: Connection, after: tuple[int, str] | None) -> list[Any]:
+    """Queued jobs in (priority desc, id) order, one page past ``after``.
+
+    Reading in pages keeps a pass cheap when the queue is long and the pools are full, which
+    is exactly when passes are most frequent.
+    """
+    q = select(
+        jobs.c.id,
+        jobs.c.tenant,
+        jobs.c.req_cpus,
+        jobs.c.req_memory,
+        jobs.c.req_gpus,
+        jobs.c.pin_pool,
+        jobs.c.priority,
+        jobs.c.created_at,
+    ).where(jobs.c.state == JobState.QUEUED.value)
+    if after is not None:
+        prio, job_id = after
+        q = q.where((jobs.c.priority < prio) | ((jobs.c.priority == prio) & (jobs.c.id > job_id)))
+    return list(conn.execute(q.order_by(jobs.c.priority.desc(), jobs.c.id).limit(PAGE)).all())
 
 
 def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, Row, and_, func, select, update
+from sqlalchemy import Connection, and_, func, select, update
 
 from computenet.model import (
     Assignment,
@@ -87,7 +87,7 @@ def get(conn: Connection, job_id: str, tenant: str | None) -> Job:
     att = conn.execute(
         select(attempts).where(attempts.c.job_id == job_id).order_by(attempts.c.number)
     ).all()
-    return rows.job(row, att)
+    return rows.job(row, list(att))
 
 
 def list_page(
@@ -210,6 +210,7 @@ class Applied:
     refused: list[str] = field(default_factory=list)
     released: bool = False
     touched: set[str] = field(default_factory=set)
+    ended: dict[str, int] = field(default_factory=dict)
 
 
 def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applied:
@@ -274,10 +275,11 @@ def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applie
         result.touched.add(rep.job_id)
         if rep.state.terminal:
             result.released = True
+            result.ended[rep.state.value] = result.ended.get(rep.state.value, 0) + 1
     return result
 
 
-def _apply_one(conn: Connection, pool_cpi: str, cur: Row[Any], rep: Report) -> None:
+def _apply_one(conn: Connection, pool_cpi: str, cur: Any, rep: Report) -> None:
     now = time.time()
     job_values: dict[str, object] = {"state": rep.state.value, "updated_at": now}
     att_values: dict[str, object] = {"state": rep.state.value}
@@ -320,7 +322,7 @@ def release(conn: Connection, job_id: str, attempt: int, pool_cpi: str) -> None:
     )
 
 
-def _record_usage(conn: Connection, pool_cpi: str, cur: Row[Any], rep: Report) -> None:
+def _record_usage(conn: Connection, pool_cpi: str, cur: Any, rep: Report) -> None:
     assert rep.usage is not None
     a = conn.execute(
         select(attempts).where(attempts.c.job_id == rep.job_id, attempts.c.number == rep.attempt)

@@ -1,0 +1,201 @@
+"""The foundation's user journey through the CLI and the SDK, with real node and agent
+processes: run, exit codes, ps, logs, time limits, cancel, and the process trees behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import psutil
+import pytest
+
+from computenet import AsyncClient, JobFailed
+from computenet.model import JobState
+from conftest import Network
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_prints_output_and_exits_zero(shared: Network) -> None:
+    r = shared.cnet("run", "--", "python3", "-c", "print(6*7)")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "42\n"
+
+
+def test_run_propagates_exit_code(shared: Network) -> None:
+    r = shared.cnet("run", "--", "sh", "-c", "exit 3")
+    assert r.returncode == 3
+    assert "Traceback" not in r.stderr
+
+
+def test_run_separates_stdout_and_stderr(shared: Network) -> None:
+    r = shared.cnet("run", "--", "sh", "-c", "echo out; echo err >&2")
+    assert r.returncode == 0
+    assert r.stdout == "out\n"
+    assert r.stderr == "err\n"
+
+
+def test_ps_lists_jobs_with_state_pool_and_times(shared: Network) -> None:
+    ok = shared.cnet("run", "--name", "ps-ok", "--", "true")
+    bad = shared.cnet("run", "--name", "ps-bad", "--", "sh", "-c", "exit 3")
+    assert (ok.returncode, bad.returncode) == (0, 3)
+    r = shared.cnet("ps", "--limit", "50")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[1]: line for line in r.stdout.splitlines() if "ps-" in line}
+    pool = shared.wait_pool("alpha")
+    assert "COMPLETE" in rows["ps-ok"] and pool in rows["ps-ok"]
+    assert "FAILED" in rows["ps-bad"] and " 3 " in rows["ps-bad"] and pool in rows["ps-bad"]
+    assert "ago" in rows["ps-ok"]  # submission time is shown
+
+
+def test_command_not_found_is_127_with_reason(shared: Network) -> None:
+    r = shared.cnet("run", "--", "no-such-program-here")
+    assert r.returncode == 127
+    assert "command not found" in r.stderr
+
+
+def test_job_environment_names_job_and_hides_agent_secrets(shared: Network) -> None:
+    r = shared.cnet(
+        "run",
+        "--cpus",
+        "0.5",
+        "-e",
+        "GREETING=hi",
+        "--",
+        "sh",
+        "-c",
+        'echo "$CNET_JOB_ID $CNET_CPUS $GREETING ${CNET_TOKEN:-none}"',
+    )
+    assert r.returncode == 0, r.stderr
+    job_id, cpus, greeting, token = r.stdout.split()
+    assert job_id.startswith("j-") and cpus == "0.5" and greeting == "hi"
+    assert token == "none"
+
+
+def _tree_gone(marker: str, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if marker in " ".join(p.info["cmdline"] or [])
+        ]
+        if not alive:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_time_limit_kills_the_whole_tree_and_says_why(shared: Network) -> None:
+    marker = "sleep 171"
+    start = time.monotonic()
+    r = shared.cnet("run", "--time", "2s", "--", "sh", "-c", f"{marker} & {marker}; echo never")
+    assert time.monotonic() - start < 15
+    assert r.returncode != 0
+    assert "never" not in r.stdout
+    assert "time limit of 2s exceeded" in r.stderr
+    assert _tree_gone(marker)
+    with shared.client() as c:
+        job = c.list(limit=1).items[0]
+    assert job.state is JobState.FAILED
+    assert job.reason == "time limit of 2s exceeded"
+
+
+def test_cancel_kills_running_tree(shared: Network) -> None:
+    marker = "sleep 173"
+    r = shared.cnet("run", "-d", "--", "sh", "-c", f"{marker} & {marker} & wait")
+    job_id = r.stdout.strip()
+    with shared.client() as c:
+        deadline = time.monotonic() + 20
+        while c.get(job_id).state is not JobState.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # let the shell start both children
+        assert not _tree_gone(marker, timeout=0.1)
+        r = shared.cnet("cancel", job_id)
+        assert r.returncode == 0, r.stderr
+        assert "CANCELED" in r.stdout
+        assert _tree_gone(marker)
+        assert c.get(job_id).state is JobState.CANCELED
+
+
+def test_cancel_queued_job_never_runs(shared: Network) -> None:
+    with shared.client() as c:
+        # Fill the pool, then queue one more and cancel it before it can start.
+        pool = c.pools()[0]
+        blocker = c.submit(command=["sleep", "30"], resources={"cpus": pool.capacity.cpus})
+        queued = c.submit(command=["sh", "-c", "echo ran"])
+        assert c.get(queued.id).state is JobState.QUEUED
+        assert c.cancel(queued.id).state is JobState.CANCELED
+        c.cancel(blocker.id)
+        assert c.wait(blocker.id, timeout=20).state is JobState.CANCELED
+        assert list(c.logs(queued.id)) == []
+
+
+def test_logs_follow_streams_while_running(shared: Network) -> None:
+    with shared.client() as c:
+        job = c.submit(command=["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done"])
+        text = "".join(ch["data"] for ch in c.logs(job.id, follow=True))
+        assert text == "line1\nline2\nline3\n"
+        assert c.get(job.id).state is JobState.COMPLETE
+    r = shared.cnet("logs", job.id)
+    assert r.stdout == "line1\nline2\nline3\n"
+
+
+def test_large_output_arrives_whole(shared: Network) -> None:
+    n = 200_000
+    r = shared.cnet("run", "--", "python3", "-c", f"import sys; sys.stdout.write('é' * {n})")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "é" * n
+
+
+def test_submit_yaml_file(shared: Network, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    spec = tmp_path / "job.yaml"
+    spec.write_text(
+        "name: from-file\ncommand: [sh, -c, 'echo $WHO']\nenv: {WHO: yaml}\n"
+        "resources: {cpus: 1, memory: 64M, time: 1m}\n"
+    )
+    r = shared.cnet("submit", str(spec))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "yaml\n"
+    with shared.client() as c:
+        job = c.list(name="from-file").items[0]
+    assert job.spec.resources.memory == 64 * 2**20
+    assert job.spec.resources.time == 60
+
+
+def test_sdk_run_and_usage_fields(shared: Network) -> None:
+    with shared.client() as c:
+        job = c.run(["python3", "-c", "print(1)"])
+        assert job.state is JobState.COMPLETE and job.exit_code == 0
+        assert job.started_at is not None and job.ended_at is not None
+        assert job.created_at <= job.started_at <= job.ended_at
+        assert [a.number for a in job.attempts] == [1]
+        assert job.attempts[0].pool == job.pool
+        with pytest.raises(JobFailed) as info:
+            c.run(["sh", "-c", "exit 5"])
+        assert info.value.job.exit_code == 5
+
+
+def test_async_client_runs_many_jobs(shared: Network) -> None:
+    async def main() -> list[JobState]:
+        async with AsyncClient(shared.url, shared.token) as c:
+            jobs = await asyncio.gather(
+                *(c.submit(command=["true"], resources={"cpus": 0.25}) for _ in range(20))
+            )
+            done = await asyncio.gather(*(c.wait(j.id) for j in jobs))
+            return [j.state for j in done]
+
+    assert asyncio.run(main()) == [JobState.COMPLETE] * 20
+
+
+def test_list_pages_with_cursor(shared: Network) -> None:
+    with shared.client() as c:
+        for _ in range(5):
+            c.submit(command=["true"], name="page-me", resources={"cpus": 0.1})
+        first = c.list(name="page-me", limit=2)
+        second = c.list(name="page-me", limit=2, cursor=first.next)
+        third = c.list(name="page-me", limit=2, cursor=second.next)
+        ids = [j.id for j in first.items + second.items + third.items]
+        assert len(ids) == len(set(ids)) == 5
+        assert ids == sorted(ids, reverse=True)
+        assert third.next is None

@@ -1,0 +1,146 @@
+"""Restarts and outages: history and identity survive, nothing that ran is lost or orphaned."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import httpx
+import psutil
+import pytest
+
+from computenet.model import JobState
+from conftest import PYTHON, Network, free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _wait_state(net: Network, job_id: str, state: JobState, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    with net.client() as c:
+        while time.monotonic() < deadline:
+            if c.get(job_id).state is state:
+                return
+            time.sleep(0.05)
+    raise AssertionError(f"{job_id} never reached {state}")
+
+
+def _procs_with(marker: str) -> list[psutil.Process]:
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        if marker in " ".join(p.info["cmdline"] or []):
+            out.append(p)
+    return out
+
+
+def test_restart_keeps_history_and_pool_identity(network: Network) -> None:
+    network.start_agent("alpha")
+    r = network.cnet("run", "--name", "before-restart", "--", "sh", "-c", "echo kept")
+    assert r.returncode == 0
+    pool_before = network.wait_pool("alpha")
+    network.stop()
+    network.start_node()
+    network.start_agent("alpha")
+    assert network.wait_pool("alpha") == pool_before
+    with network.client() as c:
+        assert len(c.pools()) == 1
+        job = c.list(name="before-restart").items[0]
+        assert job.state is JobState.COMPLETE and job.pool == pool_before
+        assert "".join(ch["data"] for ch in c.logs(job.id)) == "kept\n"
+    r = network.cnet("run", "--", "true")
+    assert r.returncode == 0
+
+
+def test_job_finishing_while_node_is_down_is_reported_when_it_returns(network: Network) -> None:
+    network.start_agent("alpha")
+    with network.client() as c:
+        job = c.submit(command=["sh", "-c", "sleep 2; echo finished"])
+    _wait_state(network, job.id, JobState.RUNNING)
+    assert network.node is not None
+    network.node.kill()  # no goodbye: the agent must notice and retry
+    time.sleep(3)  # the job ends while nobody listens
+    network.start_node()
+    _wait_state(network, job.id, JobState.COMPLETE)
+    with network.client() as c:
+        assert "".join(ch["data"] for ch in c.logs(job.id)) == "finished\n"
+        assert c.get(job.id).exit_code == 0
+        # and the agent takes new work on the same connection logic
+        assert c.run(["true"]).state is JobState.COMPLETE
+
+
+def test_agent_killed_outright_leaves_no_orphan_after_restart(network: Network) -> None:
+    agent = network.start_agent("alpha")
+    marker = "sleep 187"
+    with network.client() as c:
+        job = c.submit(command=["sh", "-c", marker])
+    _wait_state(network, job.id, JobState.RUNNING)
+    agent.kill()
+    assert _procs_with(marker), "the job runs in its own session and outlives a killed agent"
+    network.start_agent("alpha")
+    _wait_state(network, job.id, JobState.FAILED)
+    with network.client() as c:
+        assert "agent restarted" in c.get(job.id).reason
+    deadline = time.monotonic() + 10
+    while _procs_with(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _procs_with(marker)
+
+
+def test_agent_stopped_cleanly_stops_its_jobs_and_reports_them(network: Network) -> None:
+    agent = network.start_agent("alpha")
+    marker = "sleep 189"
+    with network.client() as c:
+        job = c.submit(command=["sh", "-c", marker])
+        _wait_state(network, job.id, JobState.RUNNING)
+        assert agent.stop() == 0
+        assert not _procs_with(marker)
+        final = c.get(job.id)
+        assert final.state is JobState.FAILED
+        assert final.reason == "the agent was stopped"
+
+
+def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    port = free_port()
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CNET_")}
+    env.update(CNET_HOME=str(tmp_path), CNET_URL=f"http://127.0.0.1:{port}")
+    log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
+    up = subprocess.Popen([*PYTHON, "up", "--port", str(port)], env=env, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 60
+        ran = None
+        while time.monotonic() < deadline:
+            ran = subprocess.run(
+                [*PYTHON, "run", "--", "python3", "-c", "print(6*7)"],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            if ran.returncode == 0:
+                break
+            time.sleep(0.5)
+        assert ran is not None and ran.stdout == "42\n", (tmp_path / "up.log").read_text()
+        marker = "sleep 191"
+        subprocess.run(
+            [*PYTHON, "run", "-d", "--", "sh", "-c", marker],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        deadline = time.monotonic() + 20
+        while not _procs_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _procs_with(marker)
+        children = psutil.Process(up.pid).children(recursive=True)
+        assert len(children) >= 3  # node, agent, job
+        up.send_signal(signal.SIGINT)
+        assert up.wait(40) == 0
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, [p.cmdline() for p in alive]
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()

@@ -1,0 +1,223 @@
+"""API tokens through the CLI and the SDK: create, use, list, revoke, and who may do it."""
+
+from __future__ import annotations
+
+import re
+import stat
+import subprocess
+import time
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from computenet.model import Role
+from computenet.sdk.client import ApiError
+
+if TYPE_CHECKING:
+    from conftest import Network
+
+CREATED = re.compile(r"^token ([0-9a-f]+) for tenant (\S+) \((\w+)\); the secret is shown once:$")
+REVOCATION_DEADLINE = 3.0  # the node caches tokens for about 2 s
+
+
+def cli_create(shared: Network, *args: str) -> tuple[str, str]:
+    """``cnet token create ...`` as the admin; returns (id, secret)."""
+    proc = shared.cnet("token", "create", *args)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 2, proc.stdout
+    m = CREATED.match(lines[0])
+    assert m, lines[0]
+    secret = lines[1]
+    assert secret.startswith(f"cnet_{m.group(1)}.")
+    return m.group(1), secret
+
+
+def status_with(shared: Network, token: str) -> httpx.Response:
+    return httpx.get(
+        f"{shared.url}/v1/jobs", headers={"authorization": f"Bearer {token}"}, timeout=10
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_cli_created_token_works(shared: Network) -> None:
+    token_id, secret = cli_create(shared, "ci-bot", "--tenant", "team-x")
+    with shared.client(secret) as c:
+        assert c.counts() == {}
+        job = c.run(["true"])
+    assert job.tenant == "team-x"
+    with shared.client() as admin:
+        (t,) = [t for t in admin.tokens() if t.id == token_id]
+    assert (t.name, t.tenant, t.role) == ("ci-bot", "team-x", Role.tenant)
+    assert t.last_used_at is None or t.last_used_at >= t.created_at
+    # the CLI uses it too
+    proc = shared.cnet("ps", token=secret)
+    assert proc.returncode == 0, proc.stderr
+    assert job.id in proc.stdout
+
+
+def test_cli_create_defaults_tenant_to_name(shared: Network) -> None:
+    proc = shared.cnet("token", "create", "solo")
+    assert proc.returncode == 0, proc.stderr
+    m = CREATED.match(proc.stdout.splitlines()[0])
+    assert m and m.group(2) == "solo" and m.group(3) == "tenant"
+
+
+def test_cli_create_provider_role(shared: Network) -> None:
+    token_id, _ = cli_create(shared, "rack-1", "--role", "provider")
+    with shared.client() as admin:
+        (t,) = [t for t in admin.tokens() if t.id == token_id]
+    assert t.role is Role.provider
+
+
+def test_cli_token_list_shows_it(shared: Network) -> None:
+    token_id, secret = cli_create(shared, "lister", "--tenant", "team-list")
+    proc = shared.cnet("token", "list")
+    assert proc.returncode == 0, proc.stderr
+    header = proc.stdout.splitlines()[0].split()
+    assert header == ["ID", "NAME", "TENANT", "ROLE", "CREATED", "REVOKED"]
+    rows = {line.split()[0]: line.split() for line in proc.stdout.splitlines()[1:]}
+    assert rows[token_id][1:4] == ["lister", "team-list", "tenant"]
+    assert rows[token_id][-1] == "-"  # not revoked
+    # the secret is shown once, at creation, and never listed
+    assert secret.split(".", 1)[1] not in proc.stdout
+
+
+def test_cli_revoke_makes_token_fail(shared: Network) -> None:
+    token_id, secret = cli_create(shared, "short-lived", "--tenant", "team-r")
+    assert status_with(shared, secret).status_code == 200  # now cached by the node
+
+    proc = shared.cnet("token", "revoke", token_id)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"revoked {token_id} (short-lived)"
+
+    deadline = time.monotonic() + REVOCATION_DEADLINE
+    while True:
+        resp = status_with(shared, secret)
+        if resp.status_code == 401 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert resp.status_code == 401
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert resp.json()["detail"] == "token revoked"
+    assert resp.headers["www-authenticate"] == "Bearer"
+
+    one_line_error(shared.cnet("ps", token=secret), "token revoked")
+
+    listed = shared.cnet("token", "list")
+    row = next(line.split() for line in listed.stdout.splitlines() if line.startswith(token_id))
+    assert row[-1] != "-"  # REVOKED column filled in
+    with shared.client() as admin:
+        (t,) = [t for t in admin.tokens() if t.id == token_id]
+        assert t.revoked_at is not None
+        assert admin.counts() is not None  # the admin token is untouched
+
+
+def test_revoke_is_idempotent_and_unknown_is_404(shared: Network) -> None:
+    with shared.client() as admin:
+        t = admin.create_token("twice", "team-twice")
+        first = admin.revoke_token(t.id)
+        again = admin.revoke_token(t.id)
+        assert first.revoked_at is not None
+        assert again.revoked_at == first.revoked_at
+        with pytest.raises(ApiError) as exc:
+            admin.revoke_token("0123456789ab")
+        assert exc.value.status == 404
+    one_line_error(shared.cnet("token", "revoke", "0123456789ab"), "0123456789ab")
+
+
+@pytest.mark.xfail(
+    reason="product bug: the SDK builds TokenCreate locally and the CLI's main() catches only "
+    "ApiError/CLIError, so pydantic's ValidationError escapes as a Python traceback",
+    strict=True,
+)
+@pytest.mark.parametrize("args", [["Bad Name"], ["ok", "--tenant", "Not OK"]])
+def test_cli_create_bad_name(shared: Network, args: list[str]) -> None:
+    one_line_error(shared.cnet("token", "create", *args), "name" if len(args) == 1 else "tenant")
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "Bad Name"}, "name"),
+        ({"name": "ok", "tenant": "Not OK"}, "tenant"),
+        ({"name": "ok", "role": "root"}, "role"),
+        ({"name": "ok", "secret": "chosen"}, "secret"),
+    ],
+)
+def test_api_create_bad_request(shared: Network, body: dict[str, str], field: str) -> None:
+    with shared.client() as admin:
+        before = len(admin.tokens())
+    resp = httpx.post(
+        f"{shared.url}/v1/tokens", json=body, headers={"authorization": f"Bearer {shared.token}"}
+    )
+    assert resp.status_code == 422
+    assert resp.headers["content-type"].startswith("application/problem+json")
+    assert [e["field"] for e in resp.json()["errors"]] == [field]
+    with shared.client() as admin:
+        assert len(admin.tokens()) == before
+
+
+def test_sdk_token_roundtrip(shared: Network) -> None:
+    with shared.client() as admin:
+        t = admin.create_token("sdk-user", "team-sdk")
+        assert t.role is Role.tenant
+        assert t.tenant == "team-sdk"
+        assert t.revoked_at is None
+        listed = {x.id: x for x in admin.tokens()}
+        assert listed[t.id].name == "sdk-user"
+        raw = httpx.get(
+            f"{shared.url}/v1/tokens", headers={"authorization": f"Bearer {shared.token}"}
+        )
+        assert raw.status_code == 200
+        assert t.secret not in raw.text
+        assert t.secret.split(".", 1)[1] not in raw.text
+        assert "secret" not in raw.text
+    with shared.client(t.secret) as c:
+        assert c.list().items == []
+
+
+@pytest.mark.parametrize("role", [Role.tenant, Role.provider])
+def test_non_admin_cannot_manage_tokens(shared: Network, role: Role) -> None:
+    with shared.client() as admin:
+        mine = admin.create_token(f"limited-{role.value}", f"team-{role.value}", role)
+        victim = admin.create_token(f"victim-{role.value}", "team-victim")
+    with shared.client(mine.secret) as c:
+        for call in (
+            lambda: c.create_token("escalate", "anyone"),
+            lambda: c.create_token("root", "admin", Role.admin),
+            lambda: c.tokens(),
+            lambda: c.revoke_token(victim.id),
+        ):
+            with pytest.raises(ApiError) as exc:
+                call()
+            assert exc.value.status == 403
+            assert "admin role" in exc.value.problem.detail
+    # nothing changed: no new token, the victim still works
+    with shared.client() as admin:
+        names = {t.name for t in admin.tokens()}
+        assert "escalate" not in names and "root" not in names
+    assert status_with(shared, victim.secret).status_code == 200
+
+    proc = shared.cnet("token", "create", "escalate", token=mine.secret)
+    one_line_error(proc, "admin role")
+    one_line_error(shared.cnet("token", "list", token=mine.secret), "admin role")
+
+
+def test_admin_token_file_is_private(shared: Network) -> None:
+    path = shared.home / "config" / "credentials.json"
+    assert path.exists()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not path.with_suffix(".tmp").exists()
+    # and what it holds is the working admin token for this node
+    with shared.client(shared.token) as admin:
+        assert any(t.role is Role.admin for t in admin.tokens())
