@@ -50,7 +50,7 @@ class Deployment:
         return env
 
     def __enter__(self) -> Deployment:
-        log = open(self.home / "node.log", "wb")  # noqa: SIM115
+        log = open(self.home / "node.log", "wb")
         self.procs.append(
             subprocess.Popen(
                 [
@@ -80,7 +80,7 @@ class Deployment:
                 time.sleep(0.1)
         creds = json.loads((self.home / "config" / "credentials.json").read_text())
         self.token = creds[self.url]
-        alog = open(self.home / "agent.log", "wb")  # noqa: SIM115
+        alog = open(self.home / "agent.log", "wb")
         self.procs.append(
             subprocess.Popen(
                 [

@@ -19,9 +19,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.harness import Deployment, machine, percentile, write  # noqa: E402
-from computenet import AsyncClient  # noqa: E402
-from computenet.model import Job, JobState  # noqa: E402
+from bench.harness import Deployment, machine, percentile, write
+from computenet import AsyncClient
+from computenet.model import Job, JobState
 
 CONCURRENCY = 32
 
@@ -141,7 +141,7 @@ def table(res: dict[str, Any]) -> str:
         b = sl[key] if isinstance(sl, dict) else float("nan")
         lower_better = "ms" in label
         ratio = (b / a if lower_better else a / b) if b and a else float("nan")
-        lines.append(f"| {label} | {a} | {b} | {ratio:.1f}× |")
+        lines.append(f"| {label} | {a} | {b} | {ratio:.1f}x |")
     lines += [
         "",
         f"Machine limit, bare `subprocess.run(['true'])` loop: {res['bare_true_per_s']:.0f}/s; "

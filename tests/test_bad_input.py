@@ -163,11 +163,6 @@ def test_body_over_8_mib_refused(shared: Network, tenants: Tenants) -> None:
     assert str(8 * MIB) in p["detail"]
 
 
-@pytest.mark.xfail(
-    reason="product bug: without Content-Length, BodyLimit raises inside FastAPI's body read, "
-    "which FastAPI turns into 400 'There was an error parsing the body' instead of 413",
-    strict=True,
-)
 def test_chunked_body_over_8_mib_refused(shared: Network, tenants: Tenants) -> None:
     def chunks() -> Iterator[bytes]:
         yield b'{"command": ["echo", "'

@@ -204,10 +204,6 @@ def test_parse_duration_good(text: str | float, expected: float) -> None:
     assert ResourceRequest(time=text).time == expected
 
 
-@pytest.mark.xfail(
-    reason="product bug: _DUR_RE tries 'm' before 'ms', so the documented ms unit never parses",
-    strict=True,
-)
 def test_parse_duration_milliseconds() -> None:
     assert parse_duration("1500ms") == pytest.approx(1.5)
 

@@ -136,7 +136,7 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # 
         assert len(children) >= 3  # node, agent, job
         up.send_signal(signal.SIGINT)
         assert up.wait(40) == 0
-        gone, alive = psutil.wait_procs(children, timeout=10)
+        _gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, [p.cmdline() for p in alive]
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)

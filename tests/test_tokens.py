@@ -135,11 +135,6 @@ def test_revoke_is_idempotent_and_unknown_is_404(shared: Network) -> None:
     one_line_error(shared.cnet("token", "revoke", "0123456789ab"), "0123456789ab")
 
 
-@pytest.mark.xfail(
-    reason="product bug: the SDK builds TokenCreate locally and the CLI's main() catches only "
-    "ApiError/CLIError, so pydantic's ValidationError escapes as a Python traceback",
-    strict=True,
-)
 @pytest.mark.parametrize("args", [["Bad Name"], ["ok", "--tenant", "Not OK"]])
 def test_cli_create_bad_name(shared: Network, args: list[str]) -> None:
     one_line_error(shared.cnet("token", "create", *args), "name" if len(args) == 1 else "tenant")

@@ -6,6 +6,7 @@ import sys
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 
 from computenet import __version__
 from computenet.cli import admin, daemons, jobs
@@ -54,6 +55,10 @@ def main() -> None:
         fail(str(e), 1)
     except CLIError as e:
         fail(str(e), e.code)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "input"
+        fail(f"{field}: {first['msg']}", 2)
     except KeyboardInterrupt:
         sys.exit(130)
 

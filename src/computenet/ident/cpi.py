@@ -61,7 +61,7 @@ class CPI:
 
 
 def check_authority(authority: str) -> str:
-    if not _AUTHORITY_RE.match(authority):
+    if not isinstance(authority, str) or not _AUTHORITY_RE.fullmatch(authority):
         raise CPIError(
             f"invalid node code {authority!r}: dot-separated labels of a-z, 0-9 and '-', "
             "each 1-32 characters, starting and ending with a letter or digit, at most 8 labels"
@@ -70,7 +70,7 @@ def check_authority(authority: str) -> str:
 
 
 def check_segment(segment: str, level: str = "segment") -> str:
-    if not _SEGMENT_RE.match(segment):
+    if not isinstance(segment, str) or not _SEGMENT_RE.fullmatch(segment):
         raise CPIError(
             f"invalid {level} name {segment!r}: 1-63 characters of a-z, 0-9, '.', '_' and '-', "
             "starting and ending with a letter or digit"

@@ -8,6 +8,7 @@ Heartbeats carry a sequence number too, which closes the window for them entirel
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 
 from computenet.ident.keys import KeyPair, SignatureError, verify
@@ -38,6 +39,6 @@ def check(public_key: str, method: str, target: str, stamp: str, body: bytes, si
         when = float(stamp)
     except ValueError as e:
         raise SignatureError("bad timestamp") from e
-    if abs(time.time() - when) > WINDOW:
+    if not math.isfinite(when) or abs(time.time() - when) > WINDOW:
         raise SignatureError("timestamp outside the accepted window; check the clock")
     verify(public_key, message(method, target, stamp, body), sig)

@@ -23,7 +23,11 @@ log = logging.getLogger("computenet.node")
 
 
 class BodyLimit:
-    """Refuses bodies over the limit before they are buffered, declared length or not."""
+    """Refuses bodies over the limit before they are buffered, declared length or not.
+
+    Without a Content-Length the excess shows only while reading: the app is then told the
+    client left, and this middleware answers 413 in its place.
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app, self.limit = app, limit
@@ -37,29 +41,31 @@ class BodyLimit:
             await self._refuse(scope, receive, send)
             return
         seen = 0
+        refused = False
 
         async def limited() -> Message:
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             msg = await receive()
             seen += len(msg.get("body", b""))
             if seen > self.limit:
-                raise _TooLarge
+                refused = True
+                await self._refuse(scope, receive, send)
+                return {"type": "http.disconnect"}
             return msg
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await self._refuse(scope, receive, send)
+        async def guarded(msg: Message) -> None:
+            if not refused:
+                await send(msg)
+
+        await self.app(scope, limited, guarded)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         resp = problems.problem_response(
             413, "Request too large", f"the body exceeds {self.limit} bytes", scope["path"]
         )
         await resp(scope, receive, send)
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def create_app(settings: Settings | None = None, announce: bool = True) -> FastAPI:

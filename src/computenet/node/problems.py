@@ -44,9 +44,12 @@ def install(app: FastAPI) -> None:
         errors = []
         for e in exc.errors()[:20]:
             msg = str(e.get("msg", "invalid"))
+            field = _field(tuple(e.get("loc", ())))
             if e.get("type") == "extra_forbidden":
                 msg = "unknown field"
-            errors.append(FieldError(field=_field(tuple(e.get("loc", ()))), message=msg))
+            elif e.get("type") == "json_invalid":
+                field, msg = "body", f"not valid JSON: {e.get('ctx', {}).get('error', msg)}"
+            errors.append(FieldError(field=field, message=msg))
         detail = "; ".join(f"{e.field}: {e.message}" for e in errors[:5])
         return problem_response(422, "Invalid request", detail, request.url.path, errors)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Annotated
 
@@ -74,7 +75,7 @@ async def heartbeat(
     signer: str = Depends(signed_pool),
     node: Node = Depends(node_of),
 ) -> None:
-    if abs(hb.sent_at - time.time()) > 300:
+    if not math.isfinite(hb.sent_at) or abs(hb.sent_at - time.time()) > 300:
         raise Unauthorized("heartbeat timestamp outside the accepted window", field="sent_at")
     came_back = await node.writing(pool_store.heartbeat, signer, hb)
     HEARTBEATS.inc()
