@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import Deployment, machine, percentile, write
 from computenet import AsyncClient
-from computenet.model import Job, JobState
+from computenet.model import TERMINAL, Job, JobState
 
 CONCURRENCY = 32
 
@@ -42,29 +43,35 @@ def latencies_ms(jobs: list[Job]) -> list[float]:
     ]
 
 
-async def throughput(c: AsyncClient, n: int) -> dict[str, Any]:
-    sem = asyncio.Semaphore(CONCURRENCY)
+def _ended(counts: dict[str, int]) -> int:
+    return sum(counts.get(s.value, 0) for s in TERMINAL)
 
-    async def one() -> str:
-        async with sem:
-            return (await c.submit(command=["true"])).id
 
+async def throughput(c: AsyncClient, n: int, cpus: float, batch: bool) -> dict[str, Any]:
+    spec = {"command": ["true"], "resources": {"cpus": cpus}}
+    before = _ended(await c.counts())
     t0 = time.perf_counter()
-    ids = await asyncio.gather(*(one() for _ in range(n)))
+    if batch:
+        ids = [j.id for j in await c.submit_many([spec] * n)]
+    else:
+        sem = asyncio.Semaphore(CONCURRENCY)
+
+        async def one() -> str:
+            async with sem:
+                return (await c.submit(spec)).id
+
+        ids = await asyncio.gather(*(one() for _ in range(n)))
     submitted = time.perf_counter()
-    while True:
-        counts = await c.counts()
-        done = sum(counts.get(s.value, 0) for s in (JobState.COMPLETE, JobState.FAILED))
-        if done >= n:
-            break
+    while _ended(await c.counts()) < before + n:
         await asyncio.sleep(0.02)
     finished = time.perf_counter()
     jobs = [await c.get(i) for i in ids]
     lat = latencies_ms(jobs)
-    failed = sum(j.state is not JobState.COMPLETE for j in jobs)
     return {
         "jobs": n,
-        "failed": failed,
+        "cpus_per_job": cpus,
+        "submission": "batch" if batch else f"one request per job, {CONCURRENCY} in flight",
+        "failed": sum(j.state is not JobState.COMPLETE for j in jobs),
         "submit_rate_per_s": round(n / (submitted - t0), 1),
         "throughput_per_s": round(n / (finished - t0), 1),
         "wall_s": round(finished - t0, 3),
@@ -87,13 +94,22 @@ async def latency(c: AsyncClient, n: int) -> dict[str, Any]:
     }
 
 
+SCENARIOS = {
+    "default": (1.0, False),  # what `cnet run -- true` asks for: one CPU, one request
+    "small": (0.1, False),  # a tenth of a CPU each, as a trivial job can honestly ask
+    "batch": (0.1, True),  # the same, submitted with submit_many
+}
+
+
 async def computenet(n: int, probes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
     with Deployment() as d:
         async with AsyncClient(d.url, d.token, max_connections=CONCURRENCY) as c:
             await latency(c, 10)  # warm up connections and code paths
-            lat = await latency(c, probes)
-            thr = await throughput(c, n)
-    return {**thr, **lat}
+            out["latency"] = await latency(c, probes)
+            for name, (cpus, batch) in SCENARIOS.items():
+                out[name] = await throughput(c, n, cpus, batch)
+    return out
 
 
 def slurm(n: int, probes: int) -> dict[str, Any] | str:
@@ -121,32 +137,62 @@ def slurm(n: int, probes: int) -> dict[str, Any] | str:
 
 def table(res: dict[str, Any]) -> str:
     cn, sl = res["computenet"], res["slurm"]
-    rows = [
-        ("submit rate (jobs/s)", "submit_rate_per_s"),
-        ("end-to-end throughput (jobs/s)", "throughput_per_s"),
-        ("submit→start p50, idle (ms)", "submit_to_start_p50_ms"),
-        ("submit→start p99, idle (ms)", "submit_to_start_p99_ms"),
-        ("submit→start p50, under load (ms)", "submit_to_start_under_load_p50_ms"),
-        ("submit→start p99, under load (ms)", "submit_to_start_under_load_p99_ms"),
-    ]
+    slurm_ok = isinstance(sl, dict)
+
+    def row(label: str, ours: float, theirs: float | None, lower_better: bool) -> str:
+        if theirs is None or not ours:
+            return f"| {label} | {ours} | - | - |"
+        ratio = theirs / ours if lower_better else ours / theirs
+        return f"| {label} | {ours} | {theirs} | {ratio:.0f}x |"
+
+    s = sl if slurm_ok else {}
     lines = [
-        f"# Jobs: computenet vs Slurm ({cn['jobs']} vs "
-        f"{sl['jobs'] if isinstance(sl, dict) else 0} trivial jobs)",
+        f"# Jobs: computenet vs Slurm, trivial jobs (`true`), {res['machine']['cpus']} CPUs",
         "",
-        "| metric | computenet | slurm | ratio |",
+        "| metric | computenet | slurm | computenet's advantage |",
         "|---|---:|---:|---:|",
+        row(
+            "submit→start p50, idle (ms)",
+            cn["latency"]["submit_to_start_p50_ms"],
+            s.get("submit_to_start_p50_ms"),
+            True,
+        ),
+        row(
+            "submit→start p99, idle (ms)",
+            cn["latency"]["submit_to_start_p99_ms"],
+            s.get("submit_to_start_p99_ms"),
+            True,
+        ),
     ]
-    for label, key in rows:
-        a = cn[key]
-        b = sl[key] if isinstance(sl, dict) else float("nan")
-        lower_better = "ms" in label
-        ratio = (b / a if lower_better else a / b) if b and a else float("nan")
-        lines.append(f"| {label} | {a} | {b} | {ratio:.1f}x |")
+    for name, label in (
+        ("default", "1 CPU each"),
+        ("small", "0.1 CPU each"),
+        ("batch", "0.1 CPU each, submit_many"),
+    ):
+        r = cn[name]
+        lines.append(
+            row(
+                f"submit rate, {label} (jobs/s)",
+                r["submit_rate_per_s"],
+                s.get("submit_rate_per_s"),
+                False,
+            )
+        )
+        lines.append(
+            row(
+                f"end-to-end throughput, {label} (jobs/s)",
+                r["throughput_per_s"],
+                s.get("throughput_per_s"),
+                False,
+            )
+        )
     lines += [
         "",
-        f"Machine limit, bare `subprocess.run(['true'])` loop: {res['bare_true_per_s']:.0f}/s; "
-        f"computenet reaches {res['fraction_of_machine_limit']:.0%} of it end to end.",
-        "Ratios are computenet's advantage (higher is better for computenet).",
+        f"computenet ran {cn['default']['jobs']} jobs per scenario; Slurm "
+        f"{s.get('jobs', 0)} jobs (1 CPU each, one `sbatch --wrap=true` per job; Slurm cannot "
+        "grant a fraction of a CPU) and "
+        f"{s.get('probes', 0)} idle probes. Machine limit, a bare `subprocess.run(['true'])` "
+        f"loop: {res['bare_true_per_s']:.0f}/s.",
         "",
     ]
     return "\n".join(lines)
@@ -166,26 +212,26 @@ def main() -> None:
     }
     res["bare_true_per_s"] = round(bare_loop(), 1)
     res["computenet"] = asyncio.run(computenet(args.jobs, args.probes))
-    res["fraction_of_machine_limit"] = (
-        res["computenet"]["throughput_per_s"] / res["bare_true_per_s"]
-    )
     res["slurm"] = "skipped" if args.no_slurm else slurm(args.slurm_jobs, args.slurm_probes)
     cn, sl = res["computenet"], res["slurm"]
+    best = max(cn[k]["throughput_per_s"] for k in SCENARIOS)
     if isinstance(sl, dict):
         res["ratios"] = {
-            "throughput": round(cn["throughput_per_s"] / sl["throughput_per_s"], 1),
-            "submit_rate": round(cn["submit_rate_per_s"] / sl["submit_rate_per_s"], 1),
-            "submit_to_start_p50": round(
-                sl["submit_to_start_p50_ms"] / cn["submit_to_start_p50_ms"], 1
-            ),
+            f"throughput_{k}": round(cn[k]["throughput_per_s"] / sl["throughput_per_s"], 1)
+            for k in SCENARIOS
         }
+        res["ratios"]["submit_to_start_p50"] = round(
+            sl["submit_to_start_p50_ms"] / cn["latency"]["submit_to_start_p50_ms"], 1
+        )
     res["targets"] = {
-        "throughput_per_s>=300": cn["throughput_per_s"] >= 300,
-        "submit_to_start_p50_ms<=20": cn["submit_to_start_p50_ms"] <= 20,
+        "throughput_per_s>=300 (default)": cn["default"]["throughput_per_s"] >= 300,
+        "throughput_per_s>=300 (best scenario)": best >= 300,
+        "submit_to_start_p50_ms<=20": cn["latency"]["submit_to_start_p50_ms"] <= 20,
     }
     text = table(res)
     write("jobs", res, text)
     print(text)
+    print(json.dumps(res["targets"], indent=2))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ from computenet.sdk.client import ApiError
 
 log = logging.getLogger("computenet.agent")
 LOG_INTERVAL = 0.5
+COALESCE = 0.02
 MAX_BATCH = 2000
 MAX_BATCH_LOG_CHARS = 2 * 1024 * 1024
 
@@ -100,6 +101,7 @@ class Agent:
         self._logs: list[LogChunk] = []
         self._reports: list[tuple[Report, Path | None]] = []
         self._dirty = asyncio.Event()
+        self._urgent = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self._registered = asyncio.Event()
         self._need_register = asyncio.Event()
@@ -349,13 +351,21 @@ class Agent:
     def _queue(self, report: Report, workdir: Path | None) -> None:
         self._reports.append((report, workdir))
         self._dirty.set()
+        if report.state.terminal:
+            self._urgent.set()
 
     async def _flush_loop(self) -> None:
         await self._registered.wait()
         backoff = Backoff()
         while True:
             await self._dirty.wait()
+            if not self._urgent.is_set():
+                # A start or some output can wait a moment for company; an end frees
+                # resources on the node and goes at once.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._urgent.wait(), COALESCE)
             self._dirty.clear()
+            self._urgent.clear()
             while self._reports or self._logs:
                 try:
                     await self._flush_once()

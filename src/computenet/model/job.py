@@ -136,6 +136,15 @@ class Job(Model):
     attempts: list[Attempt] = Field(default_factory=list)
 
 
+MAX_BATCH = 1000
+
+
+class JobBatch(Model):
+    """Many jobs in one request: accepted all together or not at all."""
+
+    jobs: list[JobSpec] = Field(min_length=1, max_length=MAX_BATCH)
+
+
 class JobPage(Model):
     items: list[Job]
     next: str | None = Field(default=None, description="cursor for the next page")

@@ -11,7 +11,6 @@ from computenet.ident.keys import SignatureError
 from computenet.model import Role, Token
 from computenet.node.errors import Forbidden, Unauthorized
 from computenet.node.runtime import Node
-from computenet.node.store import pools as pool_store
 
 
 @dataclass(frozen=True)
@@ -70,7 +69,7 @@ async def signed_pool(request: Request) -> str:
     if path_pool is not None and path_pool != pool:
         raise Unauthorized("signed for another pool", field="pool")
     node = node_of(request)
-    key = await node.reading(pool_store.public_key, pool)
+    key = await node.pool_key(pool)
     if key is None:
         raise Unauthorized(f"unknown pool {pool!r}; register it first", field="pool")
     raw = request.scope.get("raw_path") or request.url.path.encode()

@@ -37,6 +37,7 @@ class Node:
         self._limiter = anyio.CapacityLimiter(4 if self.store.sqlite else 16)
         self._token_cache: dict[str, tuple[float, Token]] = {}
         self._sched_lock = asyncio.Lock()
+        self._pool_keys: dict[str, str] = {}
         self.started_at = time.time()
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -78,6 +79,18 @@ class Node:
 
     def forget_tokens(self) -> None:
         self._token_cache.clear()
+
+    async def pool_key(self, cpi: str) -> str | None:
+        """Pool keys change only through registration, which updates this cache."""
+        key = self._pool_keys.get(cpi)
+        if key is None:
+            key = await self.reading(pool_store.public_key, cpi)
+            if key is not None:
+                self._pool_keys[cpi] = key
+        return key
+
+    def remember_pool_key(self, cpi: str, key: str) -> None:
+        self._pool_keys[cpi] = key
 
     # --- scheduling -------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import builtins
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,6 +18,7 @@ from pydantic import BaseModel, TypeAdapter
 from computenet import config
 from computenet.model import (
     Job,
+    JobBatch,
     JobPage,
     JobSpec,
     JobState,
@@ -29,6 +30,7 @@ from computenet.model import (
     TokenCreate,
     TokenSecret,
 )
+from computenet.model.job import MAX_BATCH
 
 T = TypeVar("T")
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -101,12 +103,27 @@ def _spec(spec: JobSpec | dict[str, Any] | None, kwargs: dict[str, Any]) -> JobS
     return spec.model_copy(update=kwargs) if kwargs else spec
 
 
+def _chunks(specs: Iterable[JobSpec | dict[str, Any]]) -> Iterator[list[JobSpec]]:
+    chunk: list[JobSpec] = []
+    for spec in specs:
+        chunk.append(_spec(spec, {}))
+        if len(chunk) == MAX_BATCH:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 class _Calls:
     """Every API call, described once."""
 
     @staticmethod
     def submit(spec: JobSpec) -> _Call:
         return _Call("POST", "/v1/jobs", body=spec, model=Job)
+
+    @staticmethod
+    def submit_many(specs: list[JobSpec]) -> _Call:
+        return _Call("POST", "/v1/jobs/batch", body=JobBatch(jobs=specs), model=list[Job])
 
     @staticmethod
     def get(job_id: str, wait: float = 0) -> _Call:
@@ -219,6 +236,13 @@ class Client:
     def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
         job: Job = self._do(_Calls.submit(_spec(spec, kwargs)))
         return job
+
+    def submit_many(self, specs: Iterable[JobSpec | dict[str, Any]]) -> builtins.list[Job]:
+        """Submits in batches of 1,000; each batch is accepted whole or refused whole."""
+        out: builtins.list[Job] = []
+        for chunk in _chunks(specs):
+            out.extend(self._do(_Calls.submit_many(chunk)))
+        return out
 
     def get(self, job_id: str, wait: float = 0) -> Job:
         job: Job = self._do(_Calls.get(job_id, wait))
@@ -345,6 +369,12 @@ class AsyncClient:
     async def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
         job: Job = await self._do(_Calls.submit(_spec(spec, kwargs)))
         return job
+
+    async def submit_many(self, specs: Iterable[JobSpec | dict[str, Any]]) -> builtins.list[Job]:
+        out: builtins.list[Job] = []
+        for chunk in _chunks(specs):
+            out.extend(await self._do(_Calls.submit_many(chunk)))
+        return out
 
     async def get(self, job_id: str, wait: float = 0) -> Job:
         job: Job = await self._do(_Calls.get(job_id, wait))

@@ -9,8 +9,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from sqlalchemy import Connection
 
-from computenet.model import Capacity, Job, JobPage, JobSpec, JobState
+from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict
 from computenet.node.metrics import JOBS_SUBMITTED
@@ -22,25 +23,54 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(pattern=r"^j-[0-9a-z]{1,40}$")]
 
 
+def _request(spec: JobSpec) -> Capacity:
+    r = spec.resources
+    return Capacity(cpus=r.cpus, memory_bytes=r.memory, gpus=r.gpus)
+
+
+def _admit(conn: Connection, specs: list[JobSpec], fields: list[str]) -> None:
+    """Refuses what no registered pool could ever run, naming the job it was."""
+    seen: set[tuple[float, int, int, str | None]] = set()
+    for spec, field in zip(specs, fields, strict=True):
+        key = (spec.resources.cpus, spec.resources.memory, spec.resources.gpus, spec.pool)
+        if key in seen:
+            continue
+        seen.add(key)
+        why = ever_fits(conn, _request(spec), spec.pool)
+        if why is not None:
+            raise Conflict(why, field=f"{field}{'pool' if spec.pool else 'resources'}")
+
+
 @router.post("", status_code=201, response_model=Job)
 async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
-    req = Capacity(
-        cpus=spec.resources.cpus, memory_bytes=spec.resources.memory, gpus=spec.resources.gpus
-    )
-
     def run() -> Job:
         with node.store.write() as conn:
-            why = ever_fits(conn, req, spec.pool)
-            if why is not None:
-                raise Conflict(why, field="resources" if not spec.pool else "pool")
+            _admit(conn, [spec], [""])
             return job_store.insert(conn, who.tenant, spec)
 
     job = await node.db(run)
     JOBS_SUBMITTED.labels(who.tenant).inc()
     node.events.schedule.set()
     return job
+
+
+@router.post("/batch", status_code=201, response_model=list[Job])
+async def submit_batch(
+    batch: JobBatch, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> list[Job]:
+    """Up to 1,000 jobs in one transaction: all are accepted, or none."""
+
+    def run() -> list[Job]:
+        with node.store.write() as conn:
+            _admit(conn, batch.jobs, [f"jobs.{i}." for i in range(len(batch.jobs))])
+            return job_store.insert_many(conn, who.tenant, batch.jobs)
+
+    jobs = await node.db(run)
+    JOBS_SUBMITTED.labels(who.tenant).inc(len(jobs))
+    node.events.schedule.set()
+    return jobs
 
 
 @router.get("", response_model=JobPage)

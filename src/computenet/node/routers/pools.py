@@ -57,6 +57,7 @@ async def register_pool(
 ) -> Pool:
     who.require(Role.provider)
     pool = await node.writing(pool_store.register_pool, node.settings.code, body)
+    node.remember_pool_key(pool.cpi, pool.public_key)
     node.events.schedule.set()
     return pool
 

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus
 from computenet.node.metrics import PLACED, SCHEDULE_PASS
@@ -97,87 +97,110 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
     return result
 
 
+_QUEUED = select(
+    jobs.c.id,
+    jobs.c.tenant,
+    jobs.c.req_cpus,
+    jobs.c.req_memory,
+    jobs.c.req_gpus,
+    jobs.c.pin_pool,
+    jobs.c.priority,
+    jobs.c.created_at,
+).where(jobs.c.state == JobState.QUEUED.value)
+_FIRST_PAGE = _QUEUED.order_by(jobs.c.priority.desc(), jobs.c.id).limit(PAGE)
+_NEXT_PAGE = (
+    _QUEUED.where(
+        (jobs.c.priority < bindparam("a_prio"))
+        | ((jobs.c.priority == bindparam("a_prio")) & (jobs.c.id > bindparam("a_id")))
+    )
+    .order_by(jobs.c.priority.desc(), jobs.c.id)
+    .limit(PAGE)
+)
+
+
 def _queued_page(conn: Connection, after: tuple[int, str] | None) -> list[Any]:
     """Queued jobs in (priority desc, id) order, one page past ``after``.
 
     Reading in pages keeps a pass cheap when the queue is long and the pools are full, which
     is exactly when passes are most frequent.
     """
-    q = select(
-        jobs.c.id,
-        jobs.c.tenant,
-        jobs.c.req_cpus,
-        jobs.c.req_memory,
-        jobs.c.req_gpus,
-        jobs.c.pin_pool,
-        jobs.c.priority,
-        jobs.c.created_at,
-    ).where(jobs.c.state == JobState.QUEUED.value)
-    if after is not None:
-        prio, job_id = after
-        q = q.where((jobs.c.priority < prio) | ((jobs.c.priority == prio) & (jobs.c.id > job_id)))
-    return list(conn.execute(q.order_by(jobs.c.priority.desc(), jobs.c.id).limit(PAGE)).all())
+    if after is None:
+        return list(conn.execute(_FIRST_PAGE).all())
+    return list(conn.execute(_NEXT_PAGE, {"a_prio": after[0], "a_id": after[1]}).all())
+
+
+_RESERVE = (
+    update(pools)
+    .where(
+        pools.c.cpi == bindparam("b_pool"),
+        pools.c.status == PoolStatus.online.value,
+        pools.c.alloc_cpus + bindparam("r_cpus") <= pools.c.cap_cpus + 1e-9,
+        pools.c.alloc_memory + bindparam("r_memory") <= pools.c.cap_memory,
+        pools.c.alloc_gpus + bindparam("r_gpus") <= pools.c.cap_gpus,
+    )
+    .values(
+        alloc_cpus=pools.c.alloc_cpus + bindparam("r_cpus"),
+        alloc_memory=pools.c.alloc_memory + bindparam("r_memory"),
+        alloc_gpus=pools.c.alloc_gpus + bindparam("r_gpus"),
+    )
+)
+_UNRESERVE = (
+    update(pools)
+    .where(pools.c.cpi == bindparam("b_pool"))
+    .values(
+        alloc_cpus=pools.c.alloc_cpus - bindparam("r_cpus"),
+        alloc_memory=pools.c.alloc_memory - bindparam("r_memory"),
+        alloc_gpus=pools.c.alloc_gpus - bindparam("r_gpus"),
+    )
+)
+_BIND = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.state == JobState.QUEUED.value)
+    .values(
+        state=JobState.SCHEDULED.value,
+        pool_cpi=bindparam("b_pool"),
+        attempt=jobs.c.attempt + 1,
+        scheduled_at=bindparam("b_now"),
+        updated_at=bindparam("b_now"),
+        reason="",
+    )
+    .returning(jobs.c.attempt)
+)
 
 
 def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:
     req = job.request
-    reserved = conn.execute(
-        update(pools)
-        .where(
-            pools.c.cpi == pool.cpi,
-            pools.c.status == PoolStatus.online.value,
-            pools.c.alloc_cpus + req.cpus <= pools.c.cap_cpus + 1e-9,
-            pools.c.alloc_memory + req.memory_bytes <= pools.c.cap_memory,
-            pools.c.alloc_gpus + req.gpus <= pools.c.cap_gpus,
-        )
-        .values(
-            alloc_cpus=pools.c.alloc_cpus + req.cpus,
-            alloc_memory=pools.c.alloc_memory + req.memory_bytes,
-            alloc_gpus=pools.c.alloc_gpus + req.gpus,
-        )
-    ).rowcount
-    if not reserved:
+    params = {
+        "b_pool": pool.cpi,
+        "b_id": job.id,
+        "b_now": now,
+        "r_cpus": req.cpus,
+        "r_memory": req.memory_bytes,
+        "r_gpus": req.gpus,
+    }
+    if not conn.execute(_RESERVE, params).rowcount:
         pool.free = Capacity()  # someone else took it; re-read next pass
         return False
-    bound = conn.execute(
-        update(jobs)
-        .where(jobs.c.id == job.id, jobs.c.state == JobState.QUEUED.value)
-        .values(
-            state=JobState.SCHEDULED.value,
-            pool_cpi=pool.cpi,
-            attempt=jobs.c.attempt + 1,
-            scheduled_at=now,
-            updated_at=now,
-            reason="",
-        )
-        .returning(jobs.c.attempt)
-    ).first()
+    bound = conn.execute(_BIND, params).first()
     if bound is None:
-        conn.execute(
-            update(pools)
-            .where(pools.c.cpi == pool.cpi)
-            .values(
-                alloc_cpus=pools.c.alloc_cpus - req.cpus,
-                alloc_memory=pools.c.alloc_memory - req.memory_bytes,
-                alloc_gpus=pools.c.alloc_gpus - req.gpus,
-            )
-        )
+        conn.execute(_UNRESERVE, params)
         return False
     conn.execute(
-        attempts.insert().values(
-            job_id=job.id,
-            number=bound.attempt,
-            pool_cpi=pool.cpi,
-            state=JobState.SCHEDULED.value,
-            cpus=req.cpus,
-            memory=req.memory_bytes,
-            gpus=req.gpus,
-            devices=_pick_devices(conn, pool.cpi, req.gpus),
-            delivered=False,
-            cancel_delivered=False,
-            scheduled_at=now,
-            reason="",
-        )
+        attempts.insert(),
+        {
+            "job_id": job.id,
+            "number": bound.attempt,
+            "pool_cpi": pool.cpi,
+            "state": JobState.SCHEDULED.value,
+            "cpus": req.cpus,
+            "memory": req.memory_bytes,
+            "gpus": req.gpus,
+            "devices": _pick_devices(conn, pool.cpi, req.gpus),
+            "delivered": False,
+            "cancel_delivered": False,
+            "scheduled_at": now,
+            "reason": "",
+        },
     )
     return True
 

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, update
+from sqlalchemy import Connection, and_, bindparam, func, select, update
 
 from computenet.model import (
     Assignment,
@@ -18,7 +18,6 @@ from computenet.model import (
     JobPage,
     JobSpec,
     JobState,
-    Report,
     ReportBatch,
     check_transition,
 )
@@ -42,11 +41,9 @@ def new_job_id() -> str:
     return "j-" + _b36(time.time_ns() // 1000, 11) + _b36(int.from_bytes(os.urandom(5)), 7)
 
 
-def insert(conn: Connection, tenant: str, spec: JobSpec, now: float | None = None) -> Job:
-    now = time.time() if now is None else now
-    job_id = new_job_id()
-    values = {
-        "id": job_id,
+def _values(tenant: str, spec: JobSpec, now: float) -> dict[str, Any]:
+    return {
+        "id": new_job_id(),
         "tenant": tenant,
         "name": spec.name,
         "spec": spec.model_dump(mode="json", exclude_defaults=True),
@@ -67,13 +64,29 @@ def insert(conn: Connection, tenant: str, spec: JobSpec, now: float | None = Non
         "ended_at": None,
         "updated_at": now,
     }
-    conn.execute(jobs.insert().values(**values))
-    return rows.job(_Row(values))
 
 
-class _Row:
-    def __init__(self, values: dict[str, object]) -> None:
-        self.__dict__.update(values)
+def insert(conn: Connection, tenant: str, spec: JobSpec, now: float | None = None) -> Job:
+    return insert_many(conn, tenant, [spec], now)[0]
+
+
+def insert_many(
+    conn: Connection, tenant: str, specs: list[JobSpec], now: float | None = None
+) -> list[Job]:
+    now = time.time() if now is None else now
+    values = [_values(tenant, spec, now) for spec in specs]
+    conn.execute(jobs.insert(), values)
+    return [
+        Job(
+            id=v["id"],
+            tenant=tenant,
+            name=spec.name,
+            spec=spec,
+            state=JobState.QUEUED,
+            created_at=rows.ts(now),
+        )
+        for v, spec in zip(values, specs, strict=True)
+    ]
 
 
 def get(conn: Connection, job_id: str, tenant: str | None) -> Job:
@@ -153,23 +166,31 @@ def request_cancel(conn: Connection, job_id: str, tenant: str | None, now: float
     return get(conn, job_id, tenant)
 
 
+_LIVE = (JobState.SCHEDULED.value, JobState.STAGING.value, JobState.RUNNING.value)
+_IN_FLIGHT = (
+    select(attempts, jobs.c.tenant, jobs.c.spec, jobs.c.cancel_requested)
+    .join(jobs, and_(jobs.c.id == attempts.c.job_id, jobs.c.attempt == attempts.c.number))
+    .where(attempts.c.pool_cpi == bindparam("b_pool"), attempts.c.state.in_(_LIVE))
+    .order_by(attempts.c.scheduled_at)
+)
+_UNDELIVERED = _IN_FLIGHT.where(
+    (attempts.c.delivered.is_(False))
+    | (jobs.c.cancel_requested.is_(True) & attempts.c.cancel_delivered.is_(False))
+)
+_OF_POOL = and_(
+    attempts.c.pool_cpi == bindparam("b_pool"),
+    attempts.c.job_id.in_(bindparam("ids", expanding=True)),
+)
+_DELIVERED = update(attempts).where(_OF_POOL).values(delivered=True)
+_CANCEL_DELIVERED = update(attempts).where(_OF_POOL).values(cancel_delivered=True)
+
+
 def directives(conn: Connection, pool_cpi: str, resync: bool = False) -> Directives:
     """Undelivered assignments and cancels for one pool, marked delivered as they are read.
 
     ``resync`` re-sends everything still in flight: an agent that restarted lost what it had.
     """
-    live = [JobState.SCHEDULED.value, JobState.STAGING.value, JobState.RUNNING.value]
-    q = (
-        select(attempts, jobs.c.tenant, jobs.c.spec, jobs.c.cancel_requested)
-        .join(jobs, and_(jobs.c.id == attempts.c.job_id, jobs.c.attempt == attempts.c.number))
-        .where(attempts.c.pool_cpi == pool_cpi, attempts.c.state.in_(live))
-    )
-    if not resync:
-        q = q.where(
-            (attempts.c.delivered.is_(False))
-            | (jobs.c.cancel_requested.is_(True) & attempts.c.cancel_delivered.is_(False))
-        )
-    found = conn.execute(q.order_by(attempts.c.scheduled_at)).all()
+    found = conn.execute(_IN_FLIGHT if resync else _UNDELIVERED, {"b_pool": pool_cpi}).all()
     out = Directives()
     sent, cancels = [], []
     for r in found:
@@ -190,17 +211,9 @@ def directives(conn: Connection, pool_cpi: str, resync: bool = False) -> Directi
             )
             sent.append(r.job_id)
     if sent:
-        conn.execute(
-            update(attempts)
-            .where(attempts.c.pool_cpi == pool_cpi, attempts.c.job_id.in_(sent))
-            .values(delivered=True)
-        )
+        conn.execute(_DELIVERED, {"b_pool": pool_cpi, "ids": sent})
     if cancels:
-        conn.execute(
-            update(attempts)
-            .where(attempts.c.pool_cpi == pool_cpi, attempts.c.job_id.in_(cancels))
-            .values(cancel_delivered=True)
-        )
+        conn.execute(_CANCEL_DELIVERED, {"b_pool": pool_cpi, "ids": cancels})
     return out
 
 
@@ -213,45 +226,89 @@ class Applied:
     ended: dict[str, int] = field(default_factory=dict)
 
 
+# Statements on the reporting path are built once: rebuilding them per call costs more
+# than running them.
+_CURRENT = (
+    select(
+        jobs.c.id,
+        jobs.c.state,
+        jobs.c.attempt,
+        jobs.c.pool_cpi,
+        jobs.c.tenant,
+        attempts.c.cpus,
+        attempts.c.memory,
+        attempts.c.gpus,
+        attempts.c.started_at.label("attempt_started_at"),
+    )
+    .join(attempts, and_(attempts.c.job_id == jobs.c.id, attempts.c.number == jobs.c.attempt))
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)))
+)
+_JOB_WHERE = and_(jobs.c.id == bindparam("b_id"), jobs.c.attempt == bindparam("b_attempt"))
+_ATT_WHERE = and_(
+    attempts.c.job_id == bindparam("b_id"), attempts.c.number == bindparam("b_attempt")
+)
+_SET_JOB = {
+    "plain": update(jobs)
+    .where(_JOB_WHERE)
+    .values(state=bindparam("b_state"), updated_at=bindparam("b_now")),
+    "running": update(jobs)
+    .where(_JOB_WHERE)
+    .values(
+        state=bindparam("b_state"), updated_at=bindparam("b_now"), started_at=bindparam("b_at")
+    ),
+    "ended": update(jobs)
+    .where(_JOB_WHERE)
+    .values(
+        state=bindparam("b_state"),
+        updated_at=bindparam("b_now"),
+        ended_at=bindparam("b_at"),
+        exit_code=bindparam("b_exit"),
+        reason=bindparam("b_reason"),
+    ),
+}
+_SET_ATTEMPT = {
+    "plain": update(attempts).where(_ATT_WHERE).values(state=bindparam("b_state")),
+    "running": update(attempts)
+    .where(_ATT_WHERE)
+    .values(state=bindparam("b_state"), started_at=bindparam("b_at")),
+    "ended": update(attempts)
+    .where(_ATT_WHERE)
+    .values(
+        state=bindparam("b_state"),
+        ended_at=bindparam("b_at"),
+        exit_code=bindparam("b_exit"),
+        reason=bindparam("b_reason"),
+    ),
+}
+_RELEASE = (
+    update(pools)
+    .where(pools.c.cpi == bindparam("b_pool"))
+    .values(
+        alloc_cpus=pools.c.alloc_cpus - bindparam("d_cpus"),
+        alloc_memory=pools.c.alloc_memory - bindparam("d_memory"),
+        alloc_gpus=pools.c.alloc_gpus - bindparam("d_gpus"),
+    )
+)
+_OWNERS = select(jobs.c.id, jobs.c.attempt, jobs.c.pool_cpi).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True))
+)
+
+
 def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applied:
     """Logs first, then state, so a reader who sees a job end has already seen its output."""
     result = Applied()
-    for chunk in batch.logs:
-        current = conn.execute(
-            select(jobs.c.attempt, jobs.c.pool_cpi).where(jobs.c.id == chunk.job_id)
-        ).first()
-        if current is None or current.attempt != chunk.attempt or current.pool_cpi != pool_cpi:
-            result.refused.append(f"{chunk.job_id}#{chunk.attempt}: not an attempt of this pool")
-            continue
-        conn.execute(
-            logs.insert().values(
-                job_id=chunk.job_id,
-                attempt=chunk.attempt,
-                stream=chunk.stream,
-                offset=chunk.offset,
-                data=chunk.data.encode(),
-            )
-        )
-        result.touched.add(chunk.job_id)
+    if batch.logs:
+        _apply_logs(conn, pool_cpi, batch, result)
     if not batch.reports:
         return result
     ids = list({r.job_id for r in batch.reports})
-    current_rows = {
-        r.id: r
-        for r in conn.execute(
-            select(
-                jobs.c.id,
-                jobs.c.state,
-                jobs.c.attempt,
-                jobs.c.pool_cpi,
-                jobs.c.tenant,
-                jobs.c.started_at,
-            ).where(jobs.c.id.in_(ids))
-        ).all()
-    }
-    state_of = {i: JobState(r.state) for i, r in current_rows.items()}
+    current = {r.id: r for r in conn.execute(_CURRENT, {"ids": ids}).all()}
+    state_of = {i: JobState(r.state) for i, r in current.items()}
+    now = time.time()
+    released: dict[str, float] = {"d_cpus": 0.0, "d_memory": 0, "d_gpus": 0}
+    usage_rows = []
     for rep in batch.reports:
-        cur = current_rows.get(rep.job_id)
+        cur = current.get(rep.job_id)
         if cur is None or cur.pool_cpi != pool_cpi:
             result.refused.append(f"{rep.job_id}#{rep.attempt}: not an attempt of this pool")
             continue
@@ -269,81 +326,81 @@ def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applie
         except IllegalTransition as e:
             result.refused.append(f"{rep.job_id}#{rep.attempt}: {e}")
             continue
-        _apply_one(conn, pool_cpi, cur, rep)
+        shape = (
+            "ended"
+            if rep.state.terminal
+            else "running"
+            if rep.state is JobState.RUNNING
+            else "plain"
+        )
+        params = {
+            "b_id": rep.job_id,
+            "b_attempt": rep.attempt,
+            "b_state": rep.state.value,
+            "b_now": now,
+            "b_at": rep.at,
+            "b_exit": rep.exit_code,
+            "b_reason": rep.reason,
+        }
+        conn.execute(_SET_JOB[shape], params)
+        conn.execute(_SET_ATTEMPT[shape], params)
         state_of[rep.job_id] = rep.state
         result.accepted += 1
         result.touched.add(rep.job_id)
         if rep.state.terminal:
             result.released = True
             result.ended[rep.state.value] = result.ended.get(rep.state.value, 0) + 1
+            released["d_cpus"] += cur.cpus
+            released["d_memory"] += cur.memory
+            released["d_gpus"] += cur.gpus
+            if rep.usage is not None:
+                started = cur.attempt_started_at
+                if started is None:
+                    started = rep.at - rep.usage.wall_seconds
+                usage_rows.append(
+                    {
+                        "job_id": rep.job_id,
+                        "attempt": rep.attempt,
+                        "tenant": cur.tenant,
+                        "pool_cpi": pool_cpi,
+                        "cpus": cur.cpus,
+                        "memory": cur.memory,
+                        "gpus": cur.gpus,
+                        "wall_seconds": rep.usage.wall_seconds,
+                        "cpu_seconds": rep.usage.cpu_seconds,
+                        "max_rss_bytes": rep.usage.max_rss_bytes,
+                        "started_at": started,
+                        "ended_at": rep.at,
+                    }
+                )
+    if result.released:
+        conn.execute(_RELEASE, {"b_pool": pool_cpi, **released})
+    if usage_rows:
+        conn.execute(usage.insert(), usage_rows)
     return result
 
 
-def _apply_one(conn: Connection, pool_cpi: str, cur: Any, rep: Report) -> None:
-    now = time.time()
-    job_values: dict[str, object] = {"state": rep.state.value, "updated_at": now}
-    att_values: dict[str, object] = {"state": rep.state.value}
-    if rep.state is JobState.RUNNING:
-        job_values["started_at"] = rep.at
-        att_values["started_at"] = rep.at
-    if rep.state.terminal:
-        job_values.update(ended_at=rep.at, exit_code=rep.exit_code, reason=rep.reason)
-        att_values.update(ended_at=rep.at, exit_code=rep.exit_code, reason=rep.reason)
-    conn.execute(
-        update(jobs)
-        .where(jobs.c.id == rep.job_id, jobs.c.attempt == rep.attempt)
-        .values(**job_values)
-    )
-    conn.execute(
-        update(attempts)
-        .where(attempts.c.job_id == rep.job_id, attempts.c.number == rep.attempt)
-        .values(**att_values)
-    )
-    if rep.state.terminal:
-        release(conn, rep.job_id, rep.attempt, pool_cpi)
-        if rep.usage is not None:
-            _record_usage(conn, pool_cpi, cur, rep)
-
-
-def release(conn: Connection, job_id: str, attempt: int, pool_cpi: str) -> None:
-    a = conn.execute(
-        select(attempts.c.cpus, attempts.c.memory, attempts.c.gpus).where(
-            attempts.c.job_id == job_id, attempts.c.number == attempt
+def _apply_logs(conn: Connection, pool_cpi: str, batch: ReportBatch, result: Applied) -> None:
+    ids = list({c.job_id for c in batch.logs})
+    owners = {r.id: r for r in conn.execute(_OWNERS, {"ids": ids}).all()}
+    rows = []
+    for chunk in batch.logs:
+        cur = owners.get(chunk.job_id)
+        if cur is None or cur.attempt != chunk.attempt or cur.pool_cpi != pool_cpi:
+            result.refused.append(f"{chunk.job_id}#{chunk.attempt}: not an attempt of this pool")
+            continue
+        rows.append(
+            {
+                "job_id": chunk.job_id,
+                "attempt": chunk.attempt,
+                "stream": chunk.stream,
+                "offset": chunk.offset,
+                "data": chunk.data.encode(),
+            }
         )
-    ).one()
-    conn.execute(
-        update(pools)
-        .where(pools.c.cpi == pool_cpi)
-        .values(
-            alloc_cpus=pools.c.alloc_cpus - a.cpus,
-            alloc_memory=pools.c.alloc_memory - a.memory,
-            alloc_gpus=pools.c.alloc_gpus - a.gpus,
-        )
-    )
-
-
-def _record_usage(conn: Connection, pool_cpi: str, cur: Any, rep: Report) -> None:
-    assert rep.usage is not None
-    a = conn.execute(
-        select(attempts).where(attempts.c.job_id == rep.job_id, attempts.c.number == rep.attempt)
-    ).one()
-    started = a.started_at if a.started_at is not None else rep.at - rep.usage.wall_seconds
-    conn.execute(
-        usage.insert().values(
-            job_id=rep.job_id,
-            attempt=rep.attempt,
-            tenant=cur.tenant,
-            pool_cpi=pool_cpi,
-            cpus=a.cpus,
-            memory=a.memory,
-            gpus=a.gpus,
-            wall_seconds=rep.usage.wall_seconds,
-            cpu_seconds=rep.usage.cpu_seconds,
-            max_rss_bytes=rep.usage.max_rss_bytes,
-            started_at=started,
-            ended_at=rep.at,
-        )
-    )
+        result.touched.add(chunk.job_id)
+    if rows:
+        conn.execute(logs.insert(), rows)
 
 
 def read_logs(
