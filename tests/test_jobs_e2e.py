@@ -11,6 +11,7 @@ import pytest
 
 from computenet import AsyncClient, JobFailed
 from computenet.model import JobState
+from computenet.sdk import ApiError
 from conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -199,3 +200,25 @@ def test_list_pages_with_cursor(shared: Network) -> None:
         assert len(ids) == len(set(ids)) == 5
         assert ids == sorted(ids, reverse=True)
         assert third.next is None
+
+
+def test_submit_many_is_all_or_nothing(shared: Network) -> None:
+    with shared.client() as c:
+        before = c.counts()
+        specs = [
+            {"command": ["sh", "-c", f"echo {i}"], "resources": {"cpus": 0.1}} for i in range(50)
+        ]
+        jobs = c.submit_many(specs)
+        assert len({j.id for j in jobs}) == 50
+        done = [c.wait(j.id, timeout=60) for j in jobs]
+        assert all(j.state is JobState.COMPLETE for j in done)
+        outputs = ["".join(ch["data"] for ch in c.logs(j.id)) for j in jobs]
+        assert outputs == [f"{i}\n" for i in range(50)]
+        # One impossible job refuses the whole batch, naming which one.
+        bad = [*specs[:3], {"command": ["true"], "resources": {"cpus": 4000}}]
+        with pytest.raises(ApiError) as info:
+            c.submit_many(bad)
+        assert info.value.status == 409
+        assert info.value.problem.errors[0].field == "jobs.3.resources"
+        after = c.counts()
+        assert sum(after.values()) == sum(before.values()) + 50

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from typing import Annotated
@@ -23,7 +24,7 @@ from computenet.model import (
 from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.errors import Unauthorized
 from computenet.node.metrics import HEARTBEATS, JOBS_ENDED, REFUSED
-from computenet.node.runtime import Node
+from computenet.node.runtime import GATHER, Node
 from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
@@ -103,7 +104,8 @@ async def directives(
         if out.assign or out.cancel or left <= 0 or await request.is_disconnected():
             return out
         # Re-read at least every second: another replica may have placed work here.
-        await node.events.pools.wait(signer, seen, min(left, 1.0))
+        if await node.events.pools.wait(signer, seen, min(left, 1.0)):
+            await asyncio.sleep(GATHER)  # let the rest of a burst land in the same answer
 
 
 @router.post("/pools/{pool:path}/reports", response_model=ReportResult)
