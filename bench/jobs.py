@@ -143,7 +143,7 @@ def table(res: dict[str, Any]) -> str:
         if theirs is None or not ours:
             return f"| {label} | {ours} | - | - |"
         ratio = theirs / ours if lower_better else ours / theirs
-        return f"| {label} | {ours} | {theirs} | {ratio:.0f}x |"
+        return f"| {label} | {ours} | {theirs} | {ratio:.1f}x |"
 
     s = sl if slurm_ok else {}
     lines = [
