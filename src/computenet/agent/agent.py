@@ -12,22 +12,24 @@ import contextlib
 import logging
 import random
 import shutil
+import socket
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from computenet import __version__
-from computenet.agent import telemetry
 from computenet.agent.backends import Backend, LaunchError, Outcome, Task
 from computenet.agent.backends import create as create_backend
 from computenet.agent.environment import job_env
 from computenet.agent.identity import Identity
 from computenet.agent.link import NodeLink
 from computenet.agent.logs import Tail
-from computenet.agent.probe import probe_machine, safe_name
+from computenet.agent.probe import safe_name
 from computenet.model import (
     Assignment,
     AttemptRef,
@@ -94,8 +96,8 @@ class Agent:
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or create_backend(cfg.backend)
         self.link = NodeLink(cfg.node_url, cfg.token, self.identity)
-        self.machine: Machine = probe_machine(data_root=cfg.state_dir)
-        self.pool_name = safe_name(cfg.pool or self.machine.name)
+        self.machines: list[Machine] = []
+        self.pool_name = safe_name(cfg.pool or socket.gethostname())
         self.running: dict[str, _Running] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()  # attempts taken, newest last
         self._logs: list[LogChunk] = []
@@ -113,6 +115,8 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self.backend.open(self.cfg.state_dir)
+        self.machines = await self.backend.inventory(self.cfg.state_dir)
         await self._recover()
         loops = [
             asyncio.create_task(self._register_loop(stop), name="register"),
@@ -151,7 +155,7 @@ class Agent:
             backend=self.backend.name,
             region=self.cfg.region,
             labels=self.cfg.labels,
-            machines=[self.machine],
+            machines=self.machines,
             capacity=self.cfg.capacity,
             agent_version=__version__,
         )
@@ -190,13 +194,13 @@ class Agent:
 
     async def _heartbeat_loop(self) -> None:
         await self._registered.wait()
-        telemetry.sample(self.cfg.state_dir, 0)  # primes psutil's CPU counters
+        await self.backend.sample(self.cfg.state_dir, 0)  # primes CPU counters
         while True:
             self._seq = max(self._seq + 1, time.time_ns() // 1_000_000)
             hb = Heartbeat(
                 seq=self._seq,
                 sent_at=time.time(),
-                sample=telemetry.sample(self.cfg.state_dir, len(self.running)),
+                sample=await self.backend.sample(self.cfg.state_dir, len(self.running)),
                 running=[k for k in self.running],
             )
             try:
@@ -249,9 +253,12 @@ class Agent:
     def _start(self, a: Assignment) -> None:
         workdir = self.jobs_dir / f"{a.job_id}.{a.attempt}"
         task = Task(a.job_id, a.attempt, a.tenant, a.spec, a.devices, workdir)
+        self._follow(task, self._run)
+
+    def _follow(self, task: Task, how: Callable[[_Running], Coroutine[Any, Any, None]]) -> None:
         run = _Running(task, (Tail(task.stdout), Tail(task.stderr)))
         self.running[task.key] = run
-        run.future = asyncio.create_task(self._run(run), name=task.key)
+        run.future = asyncio.create_task(how(run), name=task.key)
 
     def _cancel(self, ref: AttemptRef) -> None:
         key = f"{ref.job_id}#{ref.attempt}"
@@ -281,7 +288,9 @@ class Agent:
         task = run.task
         try:
             task.workdir.mkdir(parents=True, exist_ok=True)
-            task.env = job_env(task, self.pool_cpi, self.machine.devices)
+            # Written before launch, so that a restarted agent knows what it was running.
+            (task.workdir / "assignment.json").write_text(_assignment(task).model_dump_json())
+            task.env = job_env(task, self.pool_cpi, [d for m in self.machines for d in m.devices])
             try:
                 started = await self.backend.start(task)
             except LaunchError as e:
@@ -406,7 +415,8 @@ class Agent:
             await asyncio.sleep(3600)
 
     async def _recover(self) -> None:
-        """Re-queues results the node never acknowledged and stops work left running."""
+        """Re-queues results the node never acknowledged; re-attaches to work still running
+        where the backend can follow it, and reports the rest as lost."""
         for workdir in sorted(self.jobs_dir.iterdir()):
             if not workdir.is_dir() or (workdir / "reported").exists():
                 continue
@@ -419,20 +429,53 @@ class Agent:
                 self._remember(f"{report.job_id}#{report.attempt}")
                 self._reports.append((report, workdir))
                 continue
-            job_id, _, attempt = workdir.name.rpartition(".")
-            if not attempt.isdigit():
+            try:
+                a = Assignment.model_validate_json((workdir / "assignment.json").read_text())
+            except (OSError, ValueError):
                 continue
-            stopped = await self.backend.abandon(workdir)
-            if stopped is None:
+            task = Task(a.job_id, a.attempt, a.tenant, a.spec, a.devices, workdir)
+            self._remember(task.key)
+            if await self.backend.recover(task):
+                log.info("re-attached to %s", task.key)
+                self._follow(task, self._resume)
                 continue
             now = time.time()
-            report = Report(
-                job_id=job_id,
-                attempt=int(attempt),
-                state=JobState.FAILED,
-                at=now,
-                reason="the agent restarted while the job ran; it was stopped",
+            self._finish(
+                task,
+                Outcome(
+                    JobState.FAILED,
+                    None,
+                    "the agent restarted while the job ran; it was stopped",
+                    now,
+                    now,
+                    Usage(wall_seconds=0),
+                ),
             )
-            (workdir / "result.json").write_text(report.model_dump_json())
-            self._remember(f"{job_id}#{attempt}")
-            self._reports.append((report, workdir))
+
+    async def _resume(self, run: _Running) -> None:
+        """Follows a task re-attached after a restart; its output is shipped from the start."""
+        try:
+            outcome = await self.backend.wait(run.task)
+            self._ship(run, final=True)
+            self._finish(run.task, outcome)
+        except Exception as e:
+            log.exception("task %s failed inside the agent", run.task.key)
+            now = time.time()
+            self._finish(
+                run.task,
+                Outcome(
+                    JobState.FAILED, None, f"agent error: {e}", now, now, Usage(wall_seconds=0)
+                ),
+            )
+        finally:
+            self.running.pop(run.task.key, None)
+
+
+def _assignment(task: Task) -> Assignment:
+    return Assignment(
+        job_id=task.job_id,
+        attempt=task.attempt,
+        tenant=task.tenant,
+        spec=task.spec,
+        devices=task.devices,
+    )

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from computenet.model import JobSpec, JobState, Usage
+from computenet.model import JobSpec, JobState, Machine, TelemetrySample, Usage
 
 
 class LaunchError(Exception):
@@ -57,7 +57,28 @@ class Outcome:
 
 
 class Backend(ABC):
+    """Launch, wait, stop, and describe what the pool has. Everything else is the agent's.
+
+    A backend that fronts a cluster (Ray, Slurm) answers ``inventory`` and ``sample`` from
+    the cluster's own view; the defaults describe the agent's machine.
+    """
+
     name: str
+
+    async def open(self, state_dir: Path) -> None:  # noqa: B027 - optional hook
+        """Connects to, or starts, the engine; called once before anything else."""
+
+    async def inventory(self, state_dir: Path) -> list[Machine]:
+        """The machines (with their devices) this pool offers."""
+        from computenet.agent.probe import probe_machine
+
+        return [probe_machine(data_root=state_dir)]
+
+    async def sample(self, state_dir: Path, running: int) -> TelemetrySample:
+        """Live state for the next heartbeat."""
+        from computenet.agent import telemetry
+
+        return telemetry.sample(state_dir, running)
 
     @abstractmethod
     async def start(self, task: Task) -> float:
@@ -72,11 +93,12 @@ class Backend(ABC):
         """Stops the task and everything it started; ``wait`` then returns ``state``."""
 
     @abstractmethod
-    async def abandon(self, workdir: Path) -> str | None:
-        """Cleans up what a previous agent process left running in ``workdir``.
+    async def recover(self, task: Task) -> bool:
+        """Re-attaches to a task that a previous agent process started.
 
-        Returns a description of what was stopped, or None when nothing was running.
+        True when the task is still known to the engine and ``wait`` will report its end;
+        False when it is gone, or cannot be followed and was stopped instead.
         """
 
     async def close(self) -> None:  # noqa: B027 - optional hook
-        """Releases the backend's own resources; running tasks are left to ``abandon``."""
+        """Releases the backend's own resources; running tasks are left to ``recover``."""

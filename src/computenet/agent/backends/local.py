@@ -138,23 +138,25 @@ class LocalBackend(Backend):
         _kill_group(proc.popen.pid, signal.SIGKILL)
         _signal_all(proc.descendants, signal.SIGKILL)
 
-    async def abandon(self, workdir: Path) -> str | None:
-        info = _read_pidfile(workdir)
+    async def recover(self, task: Task) -> bool:
+        """A process started by an earlier agent is no longer this one's child: its exit
+        status cannot be collected, so it is stopped and reported as lost."""
+        info = _read_pidfile(task.workdir)
         if info is None:
-            return None
+            return False
         pid, started = info
+        _clear_pidfile(task.workdir)
         try:
             p = psutil.Process(pid)
             if abs(p.create_time() - started) > 2:
-                raise psutil.NoSuchProcess(pid)  # the pid was reused by someone else
+                return False  # the pid now belongs to someone else
         except psutil.Error:
-            _clear_pidfile(workdir)
-            return None
+            return False
         procs = [p, *_descendants(pid)]
         _kill_group(pid, signal.SIGKILL)
         _signal_all(procs, signal.SIGKILL)
-        _clear_pidfile(workdir)
-        return f"process {pid} stopped"
+        log.warning("stopped %s (pid %d), left running by an earlier agent", task.key, pid)
+        return False
 
 
 def _reap(proc: _Proc) -> None:
