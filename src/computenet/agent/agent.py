@@ -66,6 +66,8 @@ class AgentConfig:
     labels: dict[str, str] = field(default_factory=dict)
     heartbeat_interval: float = 5.0
     capacity: Capacity | None = None
+    options: dict[str, str] = field(default_factory=dict)
+    machines: list[Machine] | None = None  # declared instead of asked of the backend
     keep_days: float = 7.0
 
 
@@ -94,7 +96,7 @@ class Agent:
         self.identity = Identity.load(cfg.state_dir / "identity")
         self.jobs_dir = cfg.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
-        self.backend = backend or create_backend(cfg.backend)
+        self.backend = backend or create_backend(cfg.backend, cfg.options)
         self.link = NodeLink(cfg.node_url, cfg.token, self.identity)
         self.machines: list[Machine] = []
         self.pool_name = safe_name(cfg.pool or socket.gethostname())
@@ -116,7 +118,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.backend.open(self.cfg.state_dir)
-        self.machines = await self.backend.inventory(self.cfg.state_dir)
+        self.machines = self.cfg.machines or await self.backend.inventory(self.cfg.state_dir)
         await self._recover()
         loops = [
             asyncio.create_task(self._register_loop(stop), name="register"),

@@ -14,9 +14,12 @@ from typing import Annotated, Any
 
 import httpx
 import typer
+import yaml
+from pydantic import ValidationError
 
 from computenet import config
 from computenet.cli.output import CLIError, err, out
+from computenet.model import PoolConfig
 
 node_app = typer.Typer(help="Run and manage a node.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run an agent that fronts a pool.", no_args_is_help=True)
@@ -60,6 +63,23 @@ def node_serve(
     serve(settings, log_level="warning")
 
 
+def _pool_config(path: Path | None) -> PoolConfig:
+    if path is None:
+        return PoolConfig()
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+        return PoolConfig.model_validate(data)
+    except OSError as e:
+        raise CLIError(f"{path}: {e.strerror}", 2) from e
+    except yaml.YAMLError as e:
+        raise CLIError(f"{path}: not valid YAML: {str(e).splitlines()[0]}", 2) from e
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "config"
+        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
+        raise CLIError(f"{path}: {field}: {msg}", 2) from e
+
+
 @agent_app.command("run")
 def agent_run(
     node: Annotated[
@@ -68,30 +88,56 @@ def agent_run(
     token: Annotated[
         str | None, typer.Option(envvar="CNET_TOKEN", help="a provider or admin token")
     ] = None,
-    provider: Annotated[str, typer.Option(help="provider name")] = "local",
-    pool: Annotated[str, typer.Option(help="pool name (default: the hostname)")] = "",
-    region: Annotated[str, typer.Option(help="region label, e.g. cn-east")] = "",
-    backend: Annotated[str, typer.Option(help="execution backend")] = "local",
+    config_file: Annotated[
+        Path | None, typer.Option("--config", help="a pool configuration file (YAML)")
+    ] = None,
+    provider: Annotated[str | None, typer.Option(help="provider name")] = None,
+    pool: Annotated[str | None, typer.Option(help="pool name (default: the hostname)")] = None,
+    region: Annotated[str | None, typer.Option(help="region label, e.g. cn-east")] = None,
+    backend: Annotated[str | None, typer.Option(help="local, ray or slurm")] = None,
+    ray_address: Annotated[
+        str | None, typer.Option(help="join this Ray cluster (default: start a local head)")
+    ] = None,
+    partition: Annotated[str | None, typer.Option(help="Slurm partition to submit to")] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help="backend setting KEY=VALUE")
+    ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="identity and job directories")] = None,
-    heartbeat: Annotated[float, typer.Option(help="seconds between heartbeats")] = 5.0,
+    heartbeat: Annotated[float | None, typer.Option(help="seconds between heartbeats")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
-    """Front this machine as a pool: register, heartbeat, run assignments."""
+    """Front a pool (this machine, or a Ray or Slurm cluster): register, heartbeat, run work."""
     from computenet.agent.agent import Agent, AgentConfig
 
     _logging(log_level)
     token = token or config.token_for(node)
     if not token:
         raise CLIError(f"no token for {node}: pass --token or set CNET_TOKEN")
+    pc = _pool_config(config_file)
+    options = dict(pc.options)
+    if ray_address:
+        options["address"] = ray_address
+    if partition:
+        options["partition"] = partition
+    for item in option or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CLIError(f"--option {item!r}: expected KEY=VALUE", 2)
+        options[key] = value
+    pool_name = pool or pc.pool or ""
     cfg = AgentConfig(
         node_url=node,
         token=token,
-        state_dir=state_dir or config.data_dir() / "agent" / (pool or "default"),
-        provider=provider,
-        pool=pool,
-        region=region,
-        backend=backend,
-        heartbeat_interval=heartbeat,
+        state_dir=state_dir or config.data_dir() / "agent" / (pool_name or "default"),
+        provider=provider or pc.provider,
+        pool=pool_name,
+        region=region if region is not None else pc.region,
+        backend=backend or pc.backend,
+        options=options,
+        labels=pc.labels,
+        machines=pc.machines,
+        capacity=pc.capacity,
+        heartbeat_interval=heartbeat or pc.heartbeat,
     )
 
     async def main() -> None:

@@ -135,3 +135,23 @@ class Pool(Model):
     @property
     def free(self) -> Capacity:
         return self.capacity.minus(self.allocated)
+
+
+class PoolConfig(Model):
+    """An agent's pool configuration file (YAML): who owns the pool, which backend runs its
+    work and, for a pool that fronts a cluster or is described rather than probed, its
+    declared machines."""
+
+    provider: Name = "local"
+    pool: Name | None = None
+    region: Annotated[str, Field(max_length=63, pattern=r"^[a-z0-9-]*$")] = ""
+    labels: Labels = Field(default_factory=dict)
+    backend: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = "local"
+    options: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$")], ShortText] = Field(
+        default_factory=dict, description="backend settings, e.g. address or partition"
+    )
+    machines: list[Machine] | None = Field(
+        default=None, description="declared inventory; probed or read from the engine if absent"
+    )
+    capacity: Capacity | None = None
+    heartbeat: Annotated[float, Field(gt=0, le=3600)] = 5.0

@@ -1,14 +1,35 @@
 """Execution backends: where an agent's assignments actually run."""
 
+import importlib
+import inspect
+
 from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task
 
 __all__ = ["Backend", "LaunchError", "Outcome", "Task", "create"]
 
 
-def create(name: str) -> Backend:
-    """Backends are looked up by name so that a new one touches only its own module."""
-    if name == "local":
-        from computenet.agent.backends.local import LocalBackend
+BACKENDS = {
+    "local": "computenet.agent.backends.local:LocalBackend",
+    "ray": "computenet.agent.backends.ray:RayBackend",
+    "slurm": "computenet.agent.backends.slurm:SlurmBackend",
+}
 
-        return LocalBackend()
-    raise ValueError(f"unknown backend {name!r}; available: local")
+
+def create(name: str, options: dict[str, str] | None = None) -> Backend:
+    """Backends are found by name and imported only when used, so that an agent needs an
+    engine's client library only if it fronts that engine."""
+    target = BACKENDS.get(name)
+    if target is None:
+        raise ValueError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
+    module_name, _, cls_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    cls = getattr(module, cls_name)
+    known = set(inspect.signature(cls).parameters)
+    unknown = set(options or {}) - known
+    if unknown:
+        raise ValueError(
+            f"backend {name!r} has no option {', '.join(sorted(unknown))}; "
+            f"it takes: {', '.join(sorted(known)) or 'none'}"
+        )
+    backend: Backend = cls(**(options or {}))
+    return backend

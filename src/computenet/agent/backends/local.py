@@ -41,8 +41,8 @@ class _Proc:
 class LocalBackend(Backend):
     name = "local"
 
-    def __init__(self, kill_grace: float = KILL_GRACE) -> None:
-        self.kill_grace = kill_grace
+    def __init__(self, kill_grace: float | str = KILL_GRACE) -> None:
+        self.kill_grace = float(kill_grace)
         self._procs: dict[str, _Proc] = {}
 
     async def start(self, task: Task) -> float:
