@@ -108,6 +108,7 @@ class Network:
     port: int = field(default_factory=free_port)
     node: Proc | None = None
     agents: dict[str, Proc] = field(default_factory=dict)
+    overrides: dict[str, str] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -123,6 +124,7 @@ class Network:
             CNET_OFFLINE_AFTER="20",
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.overrides)
         return env
 
     @property

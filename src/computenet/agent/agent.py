@@ -22,7 +22,7 @@ from typing import Any
 
 import httpx
 
-from computenet import __version__
+from computenet import __version__, config
 from computenet.agent.backends import Backend, LaunchError, Outcome, Task
 from computenet.agent.backends import create as create_backend
 from computenet.agent.environment import job_env
@@ -69,6 +69,7 @@ class AgentConfig:
     options: dict[str, str] = field(default_factory=dict)
     machines: list[Machine] | None = None  # declared instead of asked of the backend
     keep_days: float = 7.0
+    provider_key: Path | None = None
 
 
 class Backoff:
@@ -93,7 +94,10 @@ class _Running:
 class Agent:
     def __init__(self, cfg: AgentConfig, backend: Backend | None = None) -> None:
         self.cfg = cfg
-        self.identity = Identity.load(cfg.state_dir / "identity")
+        self.identity = Identity.load(
+            cfg.state_dir / "identity",
+            cfg.provider_key or config.data_dir() / "providers" / f"{cfg.provider}.key",
+        )
         self.jobs_dir = cfg.state_dir / "jobs"
         self.jobs_dir.mkdir(parents=True, exist_ok=True)
         self.backend = backend or create_backend(cfg.backend, cfg.options)
@@ -206,9 +210,12 @@ class Agent:
                 running=[k for k in self.running],
             )
             try:
-                await self.link.heartbeat(hb)
+                ack = await self.link.heartbeat(hb)
             except (httpx.TransportError, ApiError) as e:
                 log.debug("heartbeat failed: %s", e)
+            else:
+                for ref in ack.stop:
+                    self._fence(ref)
             await asyncio.sleep(self.cfg.heartbeat_interval)
 
     # --- directives ---------------------------------------------------------------------
@@ -231,7 +238,6 @@ class Agent:
                 await backoff.sleep()
                 continue
             if resync:
-                log.info("connected to %s", self.cfg.node_url)
                 self._dirty.set()  # send what piled up while the node was away
             resync = False
             backoff.reset()
@@ -266,11 +272,9 @@ class Agent:
         key = f"{ref.job_id}#{ref.attempt}"
         run = self.running.get(key)
         if run is not None:
-            stopping = asyncio.create_task(
+            self._in_background(
                 self.backend.stop(run.task, JobState.CANCELED, "canceled by the user")
             )
-            self._background.add(stopping)
-            stopping.add_done_callback(self._background.discard)
         elif key not in self._seen:
             # Canceled before it reached us: confirm, so the node frees its resources.
             self._remember(key)
@@ -285,6 +289,21 @@ class Agent:
                 ),
                 None,
             )
+
+    def _fence(self, ref: AttemptRef) -> None:
+        """The node gave this attempt to another pool while we were out of touch: stop it."""
+        run = self.running.get(f"{ref.job_id}#{ref.attempt}")
+        if run is None:
+            return
+        log.warning("stopping %s: the node requeued it elsewhere", run.task.key)
+        self._in_background(
+            self.backend.stop(run.task, JobState.FAILED, "fenced: the job was requeued elsewhere")
+        )
+
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _run(self, run: _Running) -> None:
         task = run.task

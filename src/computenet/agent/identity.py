@@ -21,12 +21,14 @@ class Identity:
     pool_key: KeyPair
 
     @classmethod
-    def load(cls, root: Path) -> Identity:
+    def load(cls, root: Path, provider_key: Path) -> Identity:
+        """The pool key is the pool's own; the provider key is shared by all the provider's
+        pools (one per agent), so it lives outside any one agent's state directory."""
         root.mkdir(parents=True, exist_ok=True)
         os.chmod(root, 0o700)
         return cls(
             root,
-            KeyPair.load_or_create(root / "provider.key"),
+            KeyPair.load_or_create(provider_key),
             KeyPair.load_or_create(root / "pool.key"),
         )
 

@@ -14,6 +14,7 @@ from computenet.ident import requests as signed
 from computenet.model import (
     Directives,
     Heartbeat,
+    HeartbeatAck,
     Pool,
     PoolInventory,
     PoolRegistration,
@@ -71,8 +72,9 @@ class NodeLink:
         check(resp)
         return resp
 
-    async def heartbeat(self, hb: Heartbeat) -> None:
-        await self._signed("POST", f"/v1/pools/{self.pool_cpi}/heartbeat", _json(hb))
+    async def heartbeat(self, hb: Heartbeat) -> HeartbeatAck:
+        resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/heartbeat", _json(hb))
+        return HeartbeatAck.model_validate_json(resp.content)
 
     async def directives(self, wait: float, resync: bool) -> Directives:
         path = f"/v1/pools/{self.pool_cpi}/directives?wait={wait:g}"

@@ -103,6 +103,10 @@ def agent_run(
         list[str] | None, typer.Option("--option", "-o", help="backend setting KEY=VALUE")
     ] = None,
     state_dir: Annotated[Path | None, typer.Option(help="identity and job directories")] = None,
+    provider_key: Annotated[
+        Path | None,
+        typer.Option(help="the provider's Ed25519 key (default: shared in the data directory)"),
+    ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="seconds between heartbeats")] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
@@ -138,6 +142,7 @@ def agent_run(
         machines=pc.machines,
         capacity=pc.capacity,
         heartbeat_interval=heartbeat or pc.heartbeat,
+        provider_key=provider_key,
     )
 
     async def main() -> None:

@@ -59,3 +59,10 @@ class ReportResult(Model):
     accepted: int
     refused: list[str] = Field(default_factory=list, description="why reports were refused")
     directives: Directives = Field(default_factory=Directives)
+
+
+class HeartbeatAck(Model):
+    """The node's answer to a heartbeat: attempts the pool must stop, because they were
+    taken away from it (requeued elsewhere) while it was out of touch."""
+
+    stop: list[AttemptRef] = Field(default_factory=list)

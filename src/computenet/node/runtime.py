@@ -12,11 +12,12 @@ from typing import Any, TypeVar
 import anyio
 from anyio import to_thread
 
-from computenet.model import Token
+from computenet.model import PoolStatus, Token
 from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.sched.framework import Profile
 from computenet.node.sched.plugins import default_profile
 from computenet.node.settings import Settings
+from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
 from computenet.node.store import tokens as token_store
 from computenet.node.store.db import Store
@@ -117,18 +118,27 @@ class Node:
                 await asyncio.sleep(1.0)
 
     async def liveness_loop(self) -> None:
+        """Judges pools by their heartbeats; work on a pool that went offline is requeued."""
         s = self.settings
         while True:
             await asyncio.sleep(min(s.heartbeat_interval, s.suspect_after / 3))
             try:
-                changed = await self.writing(
-                    pool_store.judge_liveness, s.suspect_after, s.offline_after
-                )
+                await self.check_liveness()
             except Exception:
                 log.exception("liveness check failed")
+
+    async def check_liveness(self) -> None:
+        s = self.settings
+        changed = await self.writing(pool_store.judge_liveness, s.suspect_after, s.offline_after)
+        for cpi, status in changed.items():
+            log.warning("pool %s is %s: no heartbeat", cpi, status.value)
+            if status is not PoolStatus.offline:
                 continue
-            for cpi in changed:
-                log.warning("pool %s missed its heartbeats", cpi)
+            moved = await self.writing(job_store.requeue_pool, cpi, s.max_attempts)
+            if moved:
+                log.warning("requeued %d job(s) from %s", len(moved), cpi)
+                self.events.jobs.notify_many(set(moved))
+                self.events.schedule.set()
 
 
 TOKEN_TTL = 2.0

@@ -28,6 +28,7 @@ class Settings:
     )
     suspect_after: float = field(default_factory=lambda: _env_float("CNET_SUSPECT_AFTER", 15.0))
     offline_after: float = field(default_factory=lambda: _env_float("CNET_OFFLINE_AFTER", 60.0))
+    max_attempts: int = field(default_factory=lambda: int(os.environ.get("CNET_MAX_ATTEMPTS", "3")))
     max_body_bytes: int = 8 * 1024 * 1024
     write_credentials: bool = True
 

@@ -11,8 +11,10 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from computenet.ident.cpi import CPIStr
 from computenet.model import (
+    AttemptRef,
     Directives,
     Heartbeat,
+    HeartbeatAck,
     Pool,
     PoolRegistration,
     Provider,
@@ -70,19 +72,26 @@ async def list_pools(
     return await node.reading(pool_store.list_all)
 
 
-@router.post("/pools/{pool:path}/heartbeat", status_code=204)
+@router.post("/pools/{pool:path}/heartbeat", response_model=HeartbeatAck)
 async def heartbeat(
     pool: PoolPath,
     hb: Heartbeat,
     signer: str = Depends(signed_pool),
     node: Node = Depends(node_of),
-) -> None:
+) -> HeartbeatAck:
     if not math.isfinite(hb.sent_at) or abs(hb.sent_at - time.time()) > 300:
         raise Unauthorized("heartbeat timestamp outside the accepted window", field="sent_at")
-    came_back = await node.writing(pool_store.heartbeat, signer, hb)
+
+    def run() -> tuple[bool, list[AttemptRef]]:
+        with node.store.write() as conn:
+            came_back = pool_store.heartbeat(conn, signer, hb)
+            return came_back, job_store.stale_attempts(conn, signer, hb.running)
+
+    came_back, stale = await node.db(run)
     HEARTBEATS.inc()
     if came_back:
         node.events.schedule.set()
+    return HeartbeatAck(stop=stale)
 
 
 @router.get("/pools/{pool:path}/directives", response_model=Directives)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +27,7 @@ from computenet.node.store import rows
 from computenet.node.store.tables import attempts, jobs, logs, pools, usage
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_JOB_ID = re.compile(r"j-[0-9a-z]{1,40}")
 
 
 def _b36(n: int, width: int) -> str:
@@ -401,6 +403,78 @@ def _apply_logs(conn: Connection, pool_cpi: str, batch: ReportBatch, result: App
         result.touched.add(chunk.job_id)
     if rows:
         conn.execute(logs.insert(), rows)
+
+
+def requeue_pool(conn: Connection, pool_cpi: str, max_attempts: int) -> dict[str, str]:
+    """Takes every live attempt away from a pool that went offline.
+
+    Each job goes back to the queue for a new attempt, or fails once it has used
+    ``max_attempts``. The old attempt is closed here; should its agent come back, its
+    reports are refused (the attempt number is the fence) and its heartbeat answer tells it
+    to stop the process. Returns job id -> its new state.
+    """
+    found = conn.execute(
+        select(
+            jobs.c.id,
+            jobs.c.attempt,
+            jobs.c.state,
+            attempts.c.cpus,
+            attempts.c.memory,
+            attempts.c.gpus,
+        )
+        .join(attempts, and_(attempts.c.job_id == jobs.c.id, attempts.c.number == jobs.c.attempt))
+        .where(jobs.c.pool_cpi == pool_cpi, jobs.c.state.in_(_LIVE))
+    ).all()
+    now = time.time()
+    out: dict[str, str] = {}
+    freed = {"d_cpus": 0.0, "d_memory": 0, "d_gpus": 0}
+    for r in found:
+        reason = f"pool {pool_cpi} went offline"
+        give_up = r.attempt >= max_attempts
+        new_state = JobState.FAILED if give_up else JobState.QUEUED
+        check_transition(JobState(r.state), new_state)
+        values: dict[str, Any] = {"state": new_state.value, "updated_at": now}
+        if give_up:
+            values.update(ended_at=now, reason=f"{reason}; gave up after {r.attempt} attempts")
+        else:
+            values.update(pool_cpi=None, reason=f"requeued: {reason}")
+        moved = conn.execute(
+            update(jobs)
+            .where(jobs.c.id == r.id, jobs.c.attempt == r.attempt, jobs.c.state == r.state)
+            .values(**values)
+        ).rowcount
+        if not moved:
+            continue  # another replica got there first
+        conn.execute(
+            update(attempts)
+            .where(attempts.c.job_id == r.id, attempts.c.number == r.attempt)
+            .values(state=JobState.FAILED.value, ended_at=now, reason=f"lost: {reason}")
+        )
+        freed["d_cpus"] += r.cpus
+        freed["d_memory"] += r.memory
+        freed["d_gpus"] += r.gpus
+        out[r.id] = new_state.value
+    if out:
+        conn.execute(_RELEASE, {"b_pool": pool_cpi, **freed})
+    return out
+
+
+def stale_attempts(conn: Connection, pool_cpi: str, running: list[str]) -> list[AttemptRef]:
+    """Of the attempts an agent says it runs, those that are no longer current on its pool."""
+    refs = []
+    for key in running:
+        job_id, _, number = key.partition("#")
+        if _JOB_ID.fullmatch(job_id) and number.isdigit() and 0 < int(number) < 2**31:
+            refs.append((job_id, int(number)))
+    if not refs:
+        return []
+    current = {r.id: r for r in conn.execute(_OWNERS, {"ids": list({j for j, _ in refs})}).all()}
+    stale = []
+    for job_id, attempt in refs:
+        cur = current.get(job_id)
+        if cur is None or cur.attempt != attempt or cur.pool_cpi != pool_cpi:
+            stale.append(AttemptRef(job_id=job_id, attempt=attempt))
+    return stale
 
 
 def read_logs(

@@ -167,21 +167,29 @@ def heartbeat(conn: Connection, cpi: str, hb: Heartbeat) -> bool:
     return row.status != PoolStatus.online.value
 
 
-def judge_liveness(conn: Connection, suspect_after: float, offline_after: float) -> list[str]:
-    """Pools whose heartbeats stopped become suspect, then offline; returns changed CPIs."""
+def judge_liveness(
+    conn: Connection, suspect_after: float, offline_after: float
+) -> dict[str, PoolStatus]:
+    """Pools whose heartbeats stopped become suspect, then offline; returns what changed."""
     now = time.time()
-    changed = []
-    for status, age in ((PoolStatus.offline, offline_after), (PoolStatus.suspect, suspect_after)):
+    changed: dict[str, PoolStatus] = {}
+    steps = (
+        (PoolStatus.offline, offline_after, [PoolStatus.online, PoolStatus.suspect]),
+        (PoolStatus.suspect, suspect_after, [PoolStatus.online]),
+    )
+    for status, age, before in steps:
         found = conn.execute(
             select(pools.c.cpi).where(
                 pools.c.last_heartbeat_at < now - age,
-                pools.c.status.in_(
-                    [PoolStatus.online.value]
-                    + ([PoolStatus.suspect.value] if status is PoolStatus.offline else [])
-                ),
+                pools.c.status.in_([b.value for b in before]),
             )
         ).all()
         for r in found:
-            conn.execute(update(pools).where(pools.c.cpi == r.cpi).values(status=status.value))
-            changed.append(r.cpi)
+            n = conn.execute(
+                update(pools)
+                .where(pools.c.cpi == r.cpi, pools.c.status.in_([b.value for b in before]))
+                .values(status=status.value)
+            ).rowcount
+            if n:
+                changed[r.cpi] = status
     return changed

@@ -1,0 +1,115 @@
+"""Failure detection: a pool that stops heartbeating goes suspect, then offline; its work
+is requeued with a new attempt and completes elsewhere, and the old attempt is fenced."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import psutil
+import pytest
+
+from computenet.model import JobState, PoolStatus
+from conftest import Network
+
+pytestmark = pytest.mark.slow
+
+
+def _procs_with(marker: str) -> list[psutil.Process]:
+    return [
+        p for p in psutil.process_iter(["cmdline"]) if marker in " ".join(p.info["cmdline"] or [])
+    ]
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def quick(network: Network) -> Network:
+    """The same node, restarted with short heartbeat timeouts."""
+    network.stop()
+    network.overrides.update(CNET_SUSPECT_AFTER="2", CNET_OFFLINE_AFTER="4")
+    network.start_node()
+    return network
+
+
+def test_frozen_agent_job_requeued_elsewhere_and_fenced_on_return(quick: Network) -> None:
+    network = quick
+    first = network.start_agent("first")
+    network.start_agent("second")
+    marker = "sleep 60.193"  # only on the first pool: the second finishes at once
+    with network.client() as c:
+        pools = {p.name: p.cpi for p in c.pools()}
+        job = c.submit(
+            command=[
+                "sh",
+                "-c",
+                f"case $CNET_POOL in */first) {marker};; esac; echo done-by-$CNET_POOL",
+            ]
+        )
+        _wait(lambda: c.get(job.id).state is JobState.RUNNING, 20, "the job to start")
+        victim = c.get(job.id).pool
+        assert victim == pools["first"]  # first-fit: registered first
+        assert first.popen is not None
+        os.kill(first.popen.pid, signal.SIGSTOP)  # alive but silent: no heartbeats
+        try:
+            _wait(lambda: c.get(job.id).attempt == 2, 30, "the requeue")
+            statuses = {p.name: p.status for p in c.pools()}
+            assert statuses["first"] is PoolStatus.offline
+            done = c.wait(job.id, timeout=30)
+            assert done.state is JobState.COMPLETE
+            assert done.pool == pools["second"]
+            assert [a.number for a in done.attempts] == [1, 2]
+            assert done.attempts[0].state is JobState.FAILED
+            assert "went offline" in done.attempts[0].reason
+            assert _procs_with(marker), "the first attempt still runs on the frozen pool"
+        finally:
+            os.kill(first.popen.pid, signal.SIGCONT)
+        # Back in touch: the first pool is told to stop its stale attempt.
+        _wait(lambda: not _procs_with(marker), 20, "the stale attempt to be stopped")
+        _wait(
+            lambda: {p.name: p.status for p in c.pools()}["first"] is PoolStatus.online,
+            20,
+            "the first pool to come back",
+        )
+        time.sleep(1.5)  # let the fenced attempt's report reach the node and be refused
+        final = c.get(job.id)
+        assert final.state is JobState.COMPLETE and final.pool == pools["second"]
+        assert [a.state for a in final.attempts] == [JobState.FAILED, JobState.COMPLETE]
+        out = "".join(ch["data"] for ch in c.logs(job.id))
+        assert out.count("done-by-") == 1 and pools["second"] in out
+        # and the first pool's capacity is whole again
+        first_pool = next(p for p in c.pools() if p.name == "first")
+        assert first_pool.allocated.cpus == 0
+
+
+def test_job_gives_up_after_max_attempts(quick: Network) -> None:
+    network = quick
+    agent = network.start_agent("lonely")
+    with network.client() as c:
+        job = c.submit(command=["sleep", "60"])
+        _wait(lambda: c.get(job.id).state is JobState.RUNNING, 20, "the job to start")
+        for attempt in (1, 2, 3):
+            assert agent.popen is not None
+            agent.kill()
+            if attempt < 3:
+                _wait(lambda: c.get(job.id).state is JobState.QUEUED, 30, "the requeue")
+                agent = network.start_agent("lonely")
+                _wait(
+                    lambda attempt=attempt: (
+                        c.get(job.id).attempt == attempt + 1
+                        and c.get(job.id).state is JobState.RUNNING
+                    ),
+                    30,
+                    "the next attempt",
+                )
+        final = c.wait(job.id, timeout=40)
+        assert final.state is JobState.FAILED
+        assert "gave up after 3 attempts" in final.reason
