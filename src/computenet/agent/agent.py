@@ -40,6 +40,7 @@ from computenet.model import (
     LogChunk,
     Machine,
     PoolInventory,
+    Price,
     ProviderRegistration,
     Report,
     ReportBatch,
@@ -70,6 +71,8 @@ class AgentConfig:
     machines: list[Machine] | None = None  # declared instead of asked of the backend
     keep_days: float = 7.0
     provider_key: Path | None = None
+    price: Price | None = None
+    carbon_intensity: float | None = None
 
 
 class Backoff:
@@ -163,6 +166,8 @@ class Agent:
             labels=self.cfg.labels,
             machines=self.machines,
             capacity=self.cfg.capacity,
+            price=self.cfg.price,
+            carbon_intensity=self.cfg.carbon_intensity,
             agent_version=__version__,
         )
 

@@ -106,3 +106,60 @@ def schema(
 
     for path in export(directory):
         out.print(str(path))
+
+
+def find(
+    query: Annotated[
+        str, typer.Argument(help="e.g. 'gpu>=2 mem>=40G region=cn-east price<=3'")
+    ] = "",
+    order: Annotated[str | None, typer.Option(help="price, -scu, cpus, gpus, mem, carbon")] = None,
+    all_pools: Annotated[bool, typer.Option("--all", help="include suspect and offline")] = False,
+    limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="follow changes live")] = False,
+) -> None:
+    """Discover pools that can take the given resources now."""
+    with client() as c:
+        if watch:
+            for s in c.watch(query):
+                free = f"{s.free.cpus:g}/{s.capacity.cpus:g} cpus, {s.free.gpus}/{s.capacity.gpus} gpus"
+                out.print(f"{ago(s.last_heartbeat_at):>9}  {s.status.value:<8} {s.cpi}  {free}")
+            return
+        page = c.discover(query, order, all_pools, limit)
+    table = Table(box=None, pad_edge=False)
+    for col in (
+        "POOL",
+        "STATUS",
+        "REGION",
+        "CPUS",
+        "MEMORY",
+        "ACCELERATORS",
+        "PRICE/H",
+        "SCU",
+        "gCO2/kWh",
+    ):
+        table.add_column(col, overflow="fold")
+    for s in page.items:
+        accel = ", ".join(
+            f"{g.count}x {g.vendor} {g.model}"
+            + (f" {format_bytes(g.memory_bytes)}" if g.memory_bytes else "")
+            for g in s.accelerators
+        )
+        price = "-"
+        if s.price is not None:
+            price = f"{s.price.cpu_hour:g}/cpu"
+            if s.capacity.gpus:
+                price += f" {s.price.gpu_hour:g}/gpu"
+            price += f" {s.price.currency}"
+        table.add_row(
+            s.cpi,
+            s.status.value,
+            s.region or "-",
+            f"{s.free.cpus:g}/{s.capacity.cpus:g}",
+            f"{format_bytes(s.free.memory_bytes)}/{format_bytes(s.capacity.memory_bytes)}",
+            (f"{s.free.gpus}/{s.capacity.gpus} free: " + accel) if accel else "none",
+            price,
+            "-" if s.scu is None else f"{s.scu:.3g}",
+            "-" if s.carbon_intensity is None else f"{s.carbon_intensity:g}",
+        )
+    out.print(table)
+    out.print(f"[dim]{page.total} pool(s) matched in {page.took_ms:.2f} ms[/]")

@@ -143,6 +143,8 @@ def agent_run(
         capacity=pc.capacity,
         heartbeat_interval=heartbeat or pc.heartbeat,
         provider_key=provider_key,
+        price=pc.price,
+        carbon_intensity=pc.carbon_intensity,
     )
 
     async def main() -> None:

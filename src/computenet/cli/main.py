@@ -37,6 +37,7 @@ def _global(
 app.command()(daemons.up)
 app.command()(admin.status)
 app.command()(admin.resources)
+app.command()(admin.find)
 app.command(context_settings={"allow_interspersed_args": False})(jobs.run)
 app.command()(jobs.submit)
 app.command()(jobs.ps)

@@ -35,6 +35,7 @@ from computenet.model.resources import (
     PoolInventory,
     PoolRegistration,
     PoolStatus,
+    Price,
     Provider,
     ProviderRegistration,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "PoolInventory",
     "PoolRegistration",
     "PoolStatus",
+    "Price",
     "Problem",
     "Provider",
     "ProviderRegistration",

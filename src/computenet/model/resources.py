@@ -81,6 +81,30 @@ class Capacity(Model):
         )
 
 
+class Price(Model):
+    """What one hour of a pool's resources costs, in the provider's currency.
+
+    A job's estimated cost is its request times these rates times its time limit; divided
+    by the pool's SCU it becomes a price per standard compute unit, comparable across
+    architectures.
+    """
+
+    currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] = "CNY"
+    cpu_hour: float = Field(default=0.0, ge=0, le=1e6)
+    gpu_hour: float = Field(default=0.0, ge=0, le=1e6)
+    memory_gib_hour: float = Field(default=0.0, ge=0, le=1e6)
+
+    def per_hour(self, cpus: float, gpus: int, memory_bytes: int) -> float:
+        return (
+            cpus * self.cpu_hour
+            + gpus * self.gpu_hour
+            + memory_bytes / 2**30 * self.memory_gib_hour
+        )
+
+
+Carbon = Annotated[float, Field(ge=0, le=5000, description="grams CO2e per kWh")]
+
+
 class ProviderRegistration(Model):
     name: Name
     public_key: Annotated[str, Field(min_length=43, max_length=44)]
@@ -106,6 +130,8 @@ class PoolInventory(Model):
     labels: Labels = Field(default_factory=dict)
     machines: list[Machine] = Field(min_length=1, max_length=100_000)
     capacity: Capacity | None = None
+    price: Price | None = None
+    carbon_intensity: Carbon | None = None
     agent_version: ShortText = ""
     runtime: dict[str, ShortText] = Field(default_factory=dict, max_length=64)
 
@@ -131,6 +157,9 @@ class Pool(Model):
     registered_at: datetime
     last_heartbeat_at: datetime | None = None
     telemetry: dict[str, object] | None = None
+    price: Price | None = None
+    carbon_intensity: float | None = None
+    scu: float | None = Field(default=None, description="standard compute units, measured")
 
     @property
     def free(self) -> Capacity:
@@ -154,4 +183,6 @@ class PoolConfig(Model):
         default=None, description="declared inventory; probed or read from the engine if absent"
     )
     capacity: Capacity | None = None
+    price: Price | None = None
+    carbon_intensity: Carbon | None = None
     heartbeat: Annotated[float, Field(gt=0, le=3600)] = 5.0

@@ -13,6 +13,7 @@ import anyio
 from anyio import to_thread
 
 from computenet.model import PoolStatus, Token
+from computenet.node.index import LiveIndex
 from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.sched.framework import Profile
 from computenet.node.sched.plugins import default_profile
@@ -39,6 +40,7 @@ class Node:
         self._token_cache: dict[str, tuple[float, Token]] = {}
         self._sched_lock = asyncio.Lock()
         self._pool_keys: dict[str, str] = {}
+        self.index = LiveIndex()
         self.started_at = time.time()
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -101,7 +103,28 @@ class Node:
         if result.placed:
             self.events.pools.notify_many(result.pools)
             self.events.jobs.notify_many(set(result.placed))
+            await self.reindex(result.pools)
         return result
+
+    # --- live index ---------------------------------------------------------------------
+
+    async def load_index(self) -> None:
+        self.index.load(await self.reading(pool_store.list_all))
+
+    async def reindex(self, cpis: set[str] | list[str]) -> None:
+        for cpi, (alloc, status) in (
+            await self.reading(pool_store.allocations, list(cpis))
+        ).items():
+            self.index.allocation(cpi, alloc, status)
+
+    async def index_loop(self) -> None:
+        """A full re-read now and then picks up what other replicas changed."""
+        while True:
+            await asyncio.sleep(INDEX_REFRESH)
+            try:
+                await self.load_index()
+            except Exception:
+                log.exception("reloading the live index failed")
 
     async def scheduler_loop(self) -> None:
         """Runs a pass when woken (submit, release, new pool) and at least every second."""
@@ -130,16 +153,20 @@ class Node:
     async def check_liveness(self) -> None:
         s = self.settings
         changed = await self.writing(pool_store.judge_liveness, s.suspect_after, s.offline_after)
+        if changed:
+            await self.reindex(set(changed))
         for cpi, status in changed.items():
             log.warning("pool %s is %s: no heartbeat", cpi, status.value)
             if status is not PoolStatus.offline:
                 continue
             moved = await self.writing(job_store.requeue_pool, cpi, s.max_attempts)
             if moved:
+                await self.reindex([cpi])
                 log.warning("requeued %d job(s) from %s", len(moved), cpi)
                 self.events.jobs.notify_many(set(moved))
                 self.events.schedule.set()
 
 
 TOKEN_TTL = 2.0
+INDEX_REFRESH = 5.0
 GATHER = 0.002  # seconds a wake-up waits for company before doing the work

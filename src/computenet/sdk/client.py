@@ -30,6 +30,7 @@ from computenet.model import (
     TokenCreate,
     TokenSecret,
 )
+from computenet.model.discovery import DiscoverPage, PoolSummary
 from computenet.model.job import MAX_BATCH
 
 T = TypeVar("T")
@@ -159,6 +160,11 @@ class _Calls:
         return _Call("GET", "/v1/jobs/counts", model=dict[str, int])
 
     @staticmethod
+    def discover(q: str, order: str | None, include_all: bool, limit: int) -> _Call:
+        params = {"q": q or None, "order": order, "all": include_all or None, "limit": limit}
+        return _Call("GET", "/v1/discover", params, model=DiscoverPage)
+
+    @staticmethod
     def pools() -> _Call:
         return _Call("GET", "/v1/pools", model=list[Pool])
 
@@ -281,6 +287,32 @@ class Client:
     def pools(self) -> builtins.list[Pool]:
         out: builtins.list[Pool] = self._do(_Calls.pools())
         return out
+
+    def discover(
+        self, q: str = "", order: str | None = None, include_all: bool = False, limit: int = 100
+    ) -> DiscoverPage:
+        """Pools that can take the query's resources now, e.g. ``gpu>=2 region=cn-east``."""
+        page: DiscoverPage = self._do(_Calls.discover(q, order, include_all, limit))
+        return page
+
+    def watch(self, q: str = "") -> Iterator[PoolSummary]:
+        """Every matching pool, then each change as it happens (server-sent events)."""
+        params = {"q": q} if q else {}
+        try:
+            with self._http.stream(
+                "GET",
+                "/v1/discover/stream",
+                params=params,
+                timeout=httpx.Timeout(None, connect=5.0),
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    check(resp)
+                for line in resp.iter_lines():
+                    if line.startswith("data: ") and line != "data: {}":
+                        yield PoolSummary.model_validate_json(line[6:])
+        except httpx.TransportError as e:
+            raise _transport_error(self.url, e) from e
 
     def providers(self) -> builtins.list[Provider]:
         out: builtins.list[Provider] = self._do(_Calls.providers())

@@ -17,6 +17,7 @@ from computenet.model import (
     HeartbeatAck,
     Pool,
     PoolRegistration,
+    PoolStatus,
     Provider,
     ProviderRegistration,
     ReportBatch,
@@ -61,6 +62,7 @@ async def register_pool(
     who.require(Role.provider)
     pool = await node.writing(pool_store.register_pool, node.settings.code, body)
     node.remember_pool_key(pool.cpi, pool.public_key)
+    node.index.put(pool)
     node.events.schedule.set()
     return pool
 
@@ -89,6 +91,7 @@ async def heartbeat(
 
     came_back, stale = await node.db(run)
     HEARTBEATS.inc()
+    node.index.heartbeat(signer, hb.sample.model_dump(mode="json"), PoolStatus.online)
     if came_back:
         node.events.schedule.set()
     return HeartbeatAck(stop=stale)
@@ -133,6 +136,8 @@ async def reports(
             return applied, placed, job_store.directives(conn, signer, False)
 
     applied, placed, out = await node.db(run)
+    if applied.released or placed.placed:
+        await node.reindex(placed.pools | {signer})
     REFUSED.inc(len(applied.refused))
     for state, n in applied.ended.items():
         JOBS_ENDED.labels(state).inc(n)

@@ -105,6 +105,8 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
         "cap_memory": cap.memory_bytes,
         "cap_gpus": cap.gpus,
         "last_heartbeat_at": time.time(),
+        "price": inv.price.model_dump(mode="json") if inv.price else None,
+        "carbon_intensity": inv.carbon_intensity,
     }
     existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()
     if existing is None:
@@ -193,3 +195,29 @@ def judge_liveness(
             if n:
                 changed[r.cpi] = status
     return changed
+
+
+def allocations(conn: Connection, cpis: list[str]) -> dict[str, tuple[Capacity, PoolStatus]]:
+    """What each pool has handed out now, for the live index."""
+    if not cpis:
+        return {}
+    found = conn.execute(
+        select(
+            pools.c.cpi,
+            pools.c.alloc_cpus,
+            pools.c.alloc_memory,
+            pools.c.alloc_gpus,
+            pools.c.status,
+        ).where(pools.c.cpi.in_(cpis))
+    ).all()
+    return {
+        r.cpi: (
+            Capacity(
+                cpus=max(0.0, round(r.alloc_cpus, 6)),
+                memory_bytes=max(0, r.alloc_memory),
+                gpus=max(0, r.alloc_gpus),
+            ),
+            PoolStatus(r.status),
+        )
+        for r in found
+    }

@@ -14,6 +14,7 @@ from computenet.model import (
     Machine,
     Pool,
     PoolStatus,
+    Price,
     Provider,
     Token,
 )
@@ -74,6 +75,9 @@ def pool(row: Any) -> Pool:
         registered_at=ts(row.registered_at),
         last_heartbeat_at=ts(row.last_heartbeat_at),
         telemetry=row.telemetry,
+        price=Price.model_validate(row.price) if row.price else None,
+        carbon_intensity=row.carbon_intensity,
+        scu=row.scu,
     )
 
 

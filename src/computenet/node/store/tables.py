@@ -83,6 +83,10 @@ pools = Table(
     Column("last_heartbeat_at", Float),
     Column("last_seq", BigInteger, nullable=False, default=0),
     Column("telemetry", JSON),
+    Column("price", JSON),
+    Column("carbon_intensity", Float),
+    Column("scu", Float),
+    Column("calibration", JSON),
 )
 
 jobs = Table(

@@ -1,0 +1,76 @@
+"""Discovery: which pools can take what, now, from the live index; and as a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+
+from computenet.model.discovery import DiscoverPage
+from computenet.node.auth import Principal, node_of, principal
+from computenet.node.query import parse, parse_order
+from computenet.node.runtime import Node
+
+router = APIRouter(prefix="/v1/discover", tags=["discovery"])
+KEEPALIVE = 15.0
+
+
+@router.get("", response_model=DiscoverPage)
+async def discover(
+    q: Annotated[
+        str, Query(max_length=2000, description="e.g. gpu>=2 mem>=40G region=cn-east")
+    ] = "",
+    order: Annotated[str | None, Query(max_length=32, description="price, -scu, cpus, ...")] = None,
+    all_pools: Annotated[
+        bool, Query(alias="all", description="include suspect and offline")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+    _: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+) -> DiscoverPage:
+    start = time.perf_counter()
+    query = parse(q)
+    items, total = node.index.query(query, parse_order(order) if order else None, all_pools, limit)
+    took = (time.perf_counter() - start) * 1000
+    return DiscoverPage(items=items, total=total, took_ms=round(took, 3))
+
+
+@router.get("/stream")
+async def stream(
+    request: Request,
+    q: Annotated[str, Query(max_length=2000)] = "",
+    _: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+) -> StreamingResponse:
+    """Server-sent events: every matching pool first, then each change as it happens.
+
+    A pool that stops matching (it went offline, or its capacity was taken) is sent once
+    more with its new state, so that a subscriber sees capacity vanish as well as appear.
+    """
+    query = parse(q)
+    sub = node.index.subscribe(query)
+
+    async def events() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(sub.queue.get(), KEEPALIVE)
+                except TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    yield b": keepalive\n\n"
+                    continue
+                if item is None:
+                    yield b"event: overflow\ndata: {}\n\n"
+                    return
+                yield b"event: pool\ndata: " + item.model_dump_json().encode() + b"\n\n"
+        finally:
+            node.index.unsubscribe(sub)
+
+    return StreamingResponse(
+        events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+    )
