@@ -116,8 +116,17 @@ def find(
     all_pools: Annotated[bool, typer.Option("--all", help="include suspect and offline")] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="follow changes live")] = False,
+    for_job: Annotated[
+        Path | None, typer.Option("--for", help="show the optimizer table for this job file")
+    ] = None,
 ) -> None:
     """Discover pools that can take the given resources now."""
+    if for_job is not None:
+        from computenet.cli.jobs import load_spec, show_plan
+
+        with client() as c:
+            show_plan(c.plan(load_spec(for_job)))
+        return
     with client() as c:
         if watch:
             for s in c.watch(query):

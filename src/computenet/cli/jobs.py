@@ -14,6 +14,7 @@ from rich.table import Table
 from computenet.cli.output import CLIError, ago, duration, err, out, state
 from computenet.cli.session import client
 from computenet.model import Job, JobSpec, JobState
+from computenet.model.plan import Plan
 from computenet.sdk.client import Client
 
 MAX_SPEC_FILE = 1024 * 1024
@@ -64,6 +65,15 @@ def run(
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")
     ] = None,
     pool: Annotated[str | None, typer.Option(help="run on this pool CPI")] = None,
+    optimize: Annotated[
+        str | None, typer.Option(help="favour cost, time, carbon or balanced")
+    ] = None,
+    region: Annotated[
+        list[str] | None, typer.Option("--region", help="allowed region, repeatable")
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="show the candidate pools and stop")
+    ] = False,
     detach: Annotated[
         bool, typer.Option("--detach", "-d", help="print the job id and return")
     ] = False,
@@ -81,8 +91,41 @@ def run(
         "env": envs,
         "resources": {"cpus": cpus, "memory": mem, "gpus": gpus, "time": time},
         "pool": pool,
+        "regions": region or [],
+        "optimize": optimize,
     }
-    submit_spec(spec_from(data, "options"), detach)
+    spec = spec_from(data, "options")
+    if dry_run:
+        with client() as c:
+            show_plan(c.plan(spec))
+        return
+    submit_spec(spec, detach)
+
+
+def show_plan(plan: Plan) -> None:
+    """SkyPilot-style: every candidate with its estimates, the choice, and the rejects."""
+    table = Table(box=None, pad_edge=False, title=f"goal: {plan.goal}", title_justify="left")
+    for col in ("", "POOL", "REGION", "NOW", "START", "COST", "SCU", "SCORE", "PARTS"):
+        table.add_column(col, overflow="fold")
+    for cand in plan.candidates:
+        mark = "→" if cand.pool == plan.choice else ""
+        cost = "-" if cand.est_cost is None else f"{cand.est_cost:.4g} {cand.currency or ''}"
+        parts = " ".join(f"{k}={v:.0f}" for k, v in cand.parts.items())
+        table.add_row(
+            mark,
+            cand.pool,
+            cand.region or "-",
+            "yes" if cand.fits_now else "no",
+            f"{cand.est_start_s:.0f}s",
+            cost,
+            "-" if cand.scu is None else f"{cand.scu:.3g}",
+            f"{cand.score:.1f}",
+            parts,
+        )
+    out.print(table)
+    for r in plan.rejected:
+        out.print(f"[dim]rejected {r.pool}: {r.reason}[/]")
+    out.print(plan.decision)
 
 
 def submit_spec(spec: JobSpec, detach: bool) -> None:
@@ -100,6 +143,10 @@ def submit(
     detach: Annotated[bool, typer.Option("--detach", "-d")] = False,
 ) -> None:
     """Submit a job described in a file (the same fields as the REST body)."""
+    submit_spec(load_spec(file), detach)
+
+
+def load_spec(file: Path) -> JobSpec:
     try:
         if file.stat().st_size > MAX_SPEC_FILE:
             raise CLIError(f"{file}: larger than {MAX_SPEC_FILE} bytes", 2)
@@ -110,7 +157,7 @@ def submit(
         raise CLIError(f"{file}: not valid YAML: {str(e).splitlines()[0]}", 2) from e
     if not isinstance(data, dict):
         raise CLIError(f"{file}: a job spec is a mapping of fields", 2)
-    submit_spec(spec_from(data, str(file)), detach)
+    return spec_from(data, str(file))
 
 
 def ps(

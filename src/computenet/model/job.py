@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -82,6 +82,12 @@ class JobSpec(Model):
     )
     resources: ResourceRequest = Field(default_factory=ResourceRequest)
     pool: CPIStr | None = Field(default=None, description="pin the job to this pool")
+    regions: list[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,63}$")]] = Field(
+        default_factory=list, max_length=64, description="run only in these regions"
+    )
+    optimize: Literal["balanced", "cost", "time", "carbon"] | None = Field(
+        default=None, description="what the scheduler favours; the node's default if unset"
+    )
     priority: int = Field(default=0, ge=-1000, le=1000)
     labels: Labels = Field(default_factory=dict)
 

@@ -16,7 +16,7 @@ from computenet.model import PoolStatus, Token
 from computenet.node.index import LiveIndex
 from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.sched.framework import Profile
-from computenet.node.sched.plugins import default_profile
+from computenet.node.sched.profile import default_profile
 from computenet.node.settings import Settings
 from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
@@ -34,7 +34,9 @@ class Node:
         self.settings = settings
         self.store = Store(settings.database_url)
         self.events = Events()
-        self.profile: Profile = default_profile()
+        self.profile: Profile = default_profile(settings.weights)
+        self.profile.default_goal = settings.goal
+        self.profile.region, self.profile.latency = settings.region, settings.latency
         # SQLite has one writer; more threads would only queue on its lock.
         self._limiter = anyio.CapacityLimiter(4 if self.store.sqlite else 16)
         self._token_cache: dict[str, tuple[float, Token]] = {}

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from computenet import config
 from computenet.ident.cpi import check_authority
 from computenet.node.store.db import sqlite_url
@@ -30,10 +32,17 @@ class Settings:
     offline_after: float = field(default_factory=lambda: _env_float("CNET_OFFLINE_AFTER", 60.0))
     max_attempts: int = field(default_factory=lambda: int(os.environ.get("CNET_MAX_ATTEMPTS", "3")))
     max_body_bytes: int = 8 * 1024 * 1024
+    region: str = ""
+    goal: str = "balanced"
+    weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    latency: dict[str, dict[str, float]] = field(default_factory=dict)
     write_credentials: bool = True
 
     def __post_init__(self) -> None:
         check_authority(self.code)
+        scheduling = os.environ.get("CNET_SCHEDULING")
+        if scheduling:
+            self.load_scheduling(Path(scheduling))
         if not self.database_url:
             self.database_url = os.environ.get("CNET_DATABASE_URL") or sqlite_url(
                 self.data_dir / "computenet.db"
@@ -42,3 +51,23 @@ class Settings:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def load_scheduling(self, path: Path) -> None:
+        """A YAML file: ``region``, ``goal``, ``weights: {goal: {score: w}}`` and
+        ``latency: {region: {region: ms}}`` (the network-distance matrix)."""
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping")
+        unknown = set(data) - {"region", "goal", "weights", "latency"}
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+        self.region = str(data.get("region", self.region))
+        self.goal = str(data.get("goal", self.goal))
+        self.weights = {
+            str(g): {str(k): float(v) for k, v in w.items()}
+            for g, w in (data.get("weights") or {}).items()
+        }
+        self.latency = {
+            str(a): {str(b): float(ms) for b, ms in row.items()}
+            for a, row in (data.get("latency") or {}).items()
+        }

@@ -32,6 +32,7 @@ from computenet.model import (
 )
 from computenet.model.discovery import DiscoverPage, PoolSummary
 from computenet.model.job import MAX_BATCH
+from computenet.model.plan import Plan
 
 T = TypeVar("T")
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -121,6 +122,10 @@ class _Calls:
     @staticmethod
     def submit(spec: JobSpec) -> _Call:
         return _Call("POST", "/v1/jobs", body=spec, model=Job)
+
+    @staticmethod
+    def plan(spec: JobSpec) -> _Call:
+        return _Call("POST", "/v1/jobs/plan", body=spec, model=Plan)
 
     @staticmethod
     def submit_many(specs: list[JobSpec]) -> _Call:
@@ -242,6 +247,11 @@ class Client:
     def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
         job: Job = self._do(_Calls.submit(_spec(spec, kwargs)))
         return job
+
+    def plan(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Plan:
+        """The optimizer table for a job, without submitting it."""
+        out: Plan = self._do(_Calls.plan(_spec(spec, kwargs)))
+        return out
 
     def submit_many(self, specs: Iterable[JobSpec | dict[str, Any]]) -> builtins.list[Job]:
         """Submits in batches of 1,000; each batch is accepted whole or refused whole."""

@@ -12,11 +12,14 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
 
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
+from computenet.model.plan import Plan
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict
 from computenet.node.metrics import JOBS_SUBMITTED
 from computenet.node.runtime import Node
 from computenet.node.sched.binder import ever_fits
+from computenet.node.sched.binder import plan as plan_job
+from computenet.node.sched.framework import JobView
 from computenet.node.store import jobs as job_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -54,6 +57,26 @@ async def submit(
     JOBS_SUBMITTED.labels(who.tenant).inc()
     node.events.schedule.set()
     return job
+
+
+@router.post("/plan", response_model=Plan)
+async def plan(
+    spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> Plan:
+    """The optimizer table for a job: candidates with estimated start, cost and score parts,
+    the rejected pools with reasons, and what the scheduler would do. Nothing is submitted."""
+    view = JobView(
+        "j-plan",
+        who.tenant,
+        _request(spec),
+        spec.pool,
+        spec.priority,
+        time.time(),
+        time_limit=spec.resources.time,
+        optimize=spec.optimize,
+        regions=tuple(spec.regions),
+    )
+    return await node.reading(plan_job, node.profile, view)
 
 
 @router.post("/batch", status_code=201, response_model=list[Job])

@@ -12,12 +12,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, select, update
 
-from computenet.model import Capacity, JobState, PoolStatus
+from computenet.model import Capacity, JobState, PoolStatus, Price
+from computenet.model.plan import Plan, PlanCandidate, PlanRejection
 from computenet.node.metrics import PLACED, SCHEDULE_PASS
-from computenet.node.sched.framework import JobView, PoolView, Profile
-from computenet.node.sched.plugins import shortfall
+from computenet.node.sched.filters import shortfall
+from computenet.node.sched.framework import (
+    DEFAULT_HOURS,
+    Context,
+    JobView,
+    PoolView,
+    Profile,
+    Ranking,
+)
 from computenet.node.store.tables import attempts, jobs, pools
 
 PAGE = 64
@@ -35,22 +43,157 @@ class PassResult:
         return set(self.placed.values())
 
 
+_POOLS = (
+    select(
+        pools.c.cpi,
+        pools.c.region,
+        pools.c.labels,
+        pools.c.cap_cpus,
+        pools.c.cap_memory,
+        pools.c.cap_gpus,
+        pools.c.alloc_cpus,
+        pools.c.alloc_memory,
+        pools.c.alloc_gpus,
+        pools.c.price,
+        pools.c.carbon_intensity,
+        pools.c.scu,
+    )
+    .where(pools.c.status == PoolStatus.online.value)
+    .order_by(pools.c.registered_at)
+)
+
+
 def load_pools(conn: Connection) -> list[PoolView]:
-    found = conn.execute(
-        select(pools)
-        .where(pools.c.status == PoolStatus.online.value)
-        .order_by(pools.c.registered_at)
-    ).all()
     out = []
-    for i, r in enumerate(found):
+    for i, r in enumerate(conn.execute(_POOLS).all()):
         cap = Capacity(cpus=r.cap_cpus, memory_bytes=r.cap_memory, gpus=r.cap_gpus)
         alloc = Capacity(
             cpus=max(0.0, r.alloc_cpus),
             memory_bytes=max(0, r.alloc_memory),
             gpus=max(0, r.alloc_gpus),
         )
-        out.append(PoolView(r.cpi, r.region, r.labels, cap, cap.minus(alloc), i))
+        price = Price.model_validate(r.price) if r.price else None
+        out.append(
+            PoolView(
+                r.cpi,
+                r.region,
+                r.labels,
+                cap,
+                cap.minus(alloc),
+                i,
+                price,
+                r.carbon_intensity,
+                r.scu,
+            )
+        )
     return out
+
+
+_RUNNING = (
+    select(
+        attempts.c.pool_cpi,
+        attempts.c.cpus,
+        attempts.c.memory,
+        attempts.c.gpus,
+        attempts.c.started_at,
+        attempts.c.scheduled_at,
+        jobs.c.spec,
+    )
+    .join(jobs, and_(jobs.c.id == attempts.c.job_id, jobs.c.attempt == attempts.c.number))
+    .where(
+        attempts.c.state.in_(
+            [JobState.SCHEDULED.value, JobState.STAGING.value, JobState.RUNNING.value]
+        )
+    )
+)
+
+
+class Releases:
+    """When each pool's running work ends, read once per pass and only if asked."""
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._by_pool: dict[str, list[tuple[float, Capacity]]] | None = None
+
+    def _load(self) -> dict[str, list[tuple[float, Capacity]]]:
+        by_pool: dict[str, list[tuple[float, Capacity]]] = {}
+        now = time.time()
+        for r in self._conn.execute(_RUNNING).all():
+            limit = (r.spec.get("resources") or {}).get("time") or DEFAULT_HOURS * 3600
+            began = r.started_at or r.scheduled_at or now
+            by_pool.setdefault(r.pool_cpi, []).append(
+                (max(now, began + limit), Capacity(cpus=r.cpus, memory_bytes=r.memory, gpus=r.gpus))
+            )
+        for ends in by_pool.values():
+            ends.sort(key=lambda e: e[0])
+        return by_pool
+
+    def start_estimate(self, pool: PoolView, request: Capacity) -> float:
+        """Seconds until enough of the pool's running work has ended for ``request``."""
+        if self._by_pool is None:
+            self._by_pool = self._load()
+        free, now = pool.free, time.time()
+        for ends_at, cap in self._by_pool.get(pool.cpi, []):
+            free = Capacity(
+                cpus=free.cpus + cap.cpus,
+                memory_bytes=free.memory_bytes + cap.memory_bytes,
+                gpus=free.gpus + cap.gpus,
+            )
+            if free.fits(request):
+                return round(ends_at - now, 3)
+        return DEFAULT_HOURS * 3600  # placed by this pass, not yet visible: a guess
+
+
+def context(conn: Connection, profile: Profile) -> Context:
+    return Context(start_estimate=Releases(conn).start_estimate, latency_ms=profile.latency_ms)
+
+
+def job_view(row: Any) -> JobView:
+    spec = row.spec or {}
+    return JobView(
+        row.id,
+        row.tenant,
+        Capacity(cpus=row.req_cpus, memory_bytes=row.req_memory, gpus=row.req_gpus),
+        row.pin_pool,
+        row.priority,
+        row.created_at,
+        time_limit=(spec.get("resources") or {}).get("time"),
+        optimize=spec.get("optimize"),
+        regions=tuple(spec.get("regions") or ()),
+    )
+
+
+def plan(conn: Connection, profile: Profile, job: JobView) -> Plan:
+    """What a pass would do with this job now, without doing it."""
+    ranking = profile.rank(job, load_pools(conn), context(conn, profile))
+    choice, decision = None, "no pool can run it"
+    for cand in ranking.candidates:
+        if not cand.fits_now:
+            decision = f"would wait for {cand.pool.cpi} (about {cand.est_start_s:.0f}s)"
+            break
+        choice, decision = cand.pool.cpi, f"would run on {cand.pool.cpi} now"
+        break
+    return Plan(
+        goal=job.optimize or profile.default_goal,
+        choice=choice,
+        decision=decision,
+        candidates=[
+            PlanCandidate(
+                pool=c.pool.cpi,
+                region=c.pool.region,
+                fits_now=c.fits_now,
+                est_start_s=c.est_start_s,
+                est_cost=None if c.est_cost is None else round(c.est_cost, 4),
+                currency=c.pool.price.currency if c.pool.price else None,
+                scu=c.pool.scu,
+                score=c.total,
+                parts=c.parts,
+                raw={k: (None if v is None else round(v, 4)) for k, v in c.raw.items()},
+            )
+            for c in ranking.candidates
+        ],
+        rejected=[PlanRejection(pool=p, reason=r) for p, r in ranking.rejected.items()],
+    )
 
 
 def schedule_pass(conn: Connection, profile: Profile) -> PassResult:
@@ -65,6 +208,7 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
     views = load_pools(conn)
     if not views:
         return result
+    ctx = context(conn, profile)
     now = time.time()
     after: tuple[int, str] | None = None
     while any(v.free.cpus > 0 for v in views):
@@ -72,24 +216,12 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         for row in page:
             if not any(v.free.cpus > 0 for v in views):
                 break
-            job = JobView(
-                row.id,
-                row.tenant,
-                Capacity(cpus=row.req_cpus, memory_bytes=row.req_memory, gpus=row.req_gpus),
-                row.pin_pool,
-                row.priority,
-                row.created_at,
-            )
-            ranking = profile.rank(job, views)
-            for view, _score, _parts in ranking.ranked:
-                if _bind(conn, job, view, now):
-                    view.free = view.free.minus(job.request)
-                    result.placed[job.id] = view.cpi
-                    break
+            job = job_view(row)
+            placed, why = _place(conn, job, profile.rank(job, views, ctx), now)
+            if placed is not None:
+                result.placed[job.id] = placed
             else:
-                result.waiting[job.id] = "; ".join(
-                    f"{cpi}: {why}" for cpi, why in list(ranking.rejected.items())[:3]
-                )
+                result.waiting[job.id] = why
         if len(page) < PAGE or result.scanned + len(page) >= MAX_SCAN:
             break
         result.scanned += len(page)
@@ -106,6 +238,7 @@ _QUEUED = select(
     jobs.c.pin_pool,
     jobs.c.priority,
     jobs.c.created_at,
+    jobs.c.spec,
 ).where(jobs.c.state == JobState.QUEUED.value)
 _FIRST_PAGE = _QUEUED.order_by(jobs.c.priority.desc(), jobs.c.id).limit(PAGE)
 _NEXT_PAGE = (
@@ -127,6 +260,24 @@ def _queued_page(conn: Connection, after: tuple[int, str] | None) -> list[Any]:
     if after is None:
         return list(conn.execute(_FIRST_PAGE).all())
     return list(conn.execute(_NEXT_PAGE, {"a_prio": after[0], "a_id": after[1]}).all())
+
+
+def _place(conn: Connection, job: JobView, ranking: Ranking, now: float) -> tuple[str | None, str]:
+    """Binds the best candidate that fits now, unless a better one is worth waiting for.
+
+    A candidate that does not fit now but outranks every one that does holds the job: under
+    ``--optimize cost`` the cheapest feasible pool is worth a wait.
+    """
+    if not ranking.candidates:
+        reasons = "; ".join(f"{cpi}: {why}" for cpi, why in list(ranking.rejected.items())[:3])
+        return None, f"no pool can run it: {reasons}" if reasons else "no pool online"
+    for cand in ranking.candidates:
+        if not cand.fits_now:
+            return None, f"waiting for {cand.pool.cpi} (about {cand.est_start_s:.0f}s)"
+        if _bind(conn, job, cand.pool, now):
+            cand.pool.free = cand.pool.free.minus(job.request)
+            return cand.pool.cpi, ""
+    return None, "every candidate was taken meanwhile"
 
 
 _RESERVE = (

@@ -1,10 +1,10 @@
-"""The first policies: hard fit, pinning, and first-fit order."""
+"""Hard requirements: a pool that fails one is not a candidate at all."""
 
 from __future__ import annotations
 
 from computenet.model import Capacity
 from computenet.model.common import format_bytes
-from computenet.node.sched.framework import JobView, PoolView, Profile
+from computenet.node.sched.framework import JobView, PoolView
 
 
 class Pinned:
@@ -16,22 +16,25 @@ class Pinned:
         return None
 
 
-class FitsNow:
-    """Free resources right now; a job that fits only later waits in the queue."""
+class Regions:
+    """Data residency and placement policy: only the regions the job allows."""
 
-    name = "fits"
+    name = "regions"
 
     def filter(self, job: JobView, pool: PoolView) -> str | None:
-        return shortfall(job.request, pool.free, "free")
+        if job.regions and pool.region not in job.regions:
+            return f"region {pool.region or '(none)'} is not one of {', '.join(job.regions)}"
+        return None
 
 
-class FirstFit:
-    """Prefers the pool registered first, so placement is predictable when nothing else differs."""
+class Capacious:
+    """Big enough when empty. Whether it is free *now* is a score (start time), not a filter,
+    so that a job can choose to wait for a better pool."""
 
-    name = "first-fit"
+    name = "capacity"
 
-    def score(self, job: JobView, pool: PoolView) -> float:
-        return 100.0 / (1 + pool.order)
+    def filter(self, job: JobView, pool: PoolView) -> str | None:
+        return shortfall(job.request, pool.capacity, "the pool has")
 
 
 def shortfall(request: Capacity, have: Capacity, what: str) -> str | None:
@@ -45,7 +48,3 @@ def shortfall(request: Capacity, have: Capacity, what: str) -> str | None:
     if request.gpus > have.gpus:
         return f"needs {request.gpus} GPUs, {what} {have.gpus}"
     return None
-
-
-def default_profile() -> Profile:
-    return Profile(filters=[Pinned(), FitsNow()], scores=[(FirstFit(), 1.0)])

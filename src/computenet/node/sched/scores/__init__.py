@@ -1,0 +1,1 @@
+"""Score plugins, one per module. ``profile.py`` weighs them per optimisation goal."""
