@@ -14,6 +14,40 @@ from computenet.model import DeviceKind, Role
 from computenet.model.common import format_bytes
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
+tenant_app = typer.Typer(help="Tenants' fair-share weights and quotas.", no_args_is_help=True)
+
+
+@tenant_app.command("list")
+def tenant_list() -> None:
+    """Tenants with their weights, quotas and what they hold now."""
+    with client() as c:
+        tenants = c.tenants()
+    table = Table(box=None, pad_edge=False)
+    for col in ("TENANT", "WEIGHT", "CPUS IN USE", "MAX CPUS", "GPUS IN USE", "MAX GPUS"):
+        table.add_column(col)
+    for t in tenants:
+        table.add_row(
+            t.name,
+            f"{t.weight:g}",
+            f"{t.cpus_in_use:g}",
+            "-" if t.max_cpus is None else f"{t.max_cpus:g}",
+            str(t.gpus_in_use),
+            "-" if t.max_gpus is None else str(t.max_gpus),
+        )
+    out.print(table)
+
+
+@tenant_app.command("set")
+def tenant_set(
+    name: Annotated[str, typer.Argument(help="tenant")],
+    weight: Annotated[float, typer.Option(help="share under contention, relative")] = 1.0,
+    max_cpus: Annotated[float | None, typer.Option(help="CPUs it may hold at once")] = None,
+    max_gpus: Annotated[int | None, typer.Option(help="accelerators it may hold at once")] = None,
+) -> None:
+    """Set a tenant's weight and quotas (admin)."""
+    with client() as c:
+        t = c.set_tenant(name, weight, max_cpus, max_gpus)
+    out.print(f"{t.name}: weight {t.weight:g}, max cpus {t.max_cpus}, max gpus {t.max_gpus}")
 
 
 def status() -> None:

@@ -45,6 +45,7 @@ app.command()(jobs.logs)
 app.command()(jobs.cancel)
 app.command()(admin.schema)
 app.add_typer(admin.token_app, name="token")
+app.add_typer(admin.tenant_app, name="tenant")
 app.add_typer(daemons.node_app, name="node")
 app.add_typer(daemons.agent_app, name="agent")
 

@@ -10,7 +10,7 @@ from computenet.model.agent import (
     ReportBatch,
     ReportResult,
 )
-from computenet.model.auth import Role, Token, TokenCreate, TokenSecret
+from computenet.model.auth import Role, Tenant, TenantPolicy, Token, TokenCreate, TokenSecret
 from computenet.model.common import Model, parse_duration, parse_memory
 from computenet.model.job import (
     TERMINAL,
@@ -79,6 +79,8 @@ __all__ = [
     "ResourceRequest",
     "Role",
     "TelemetrySample",
+    "Tenant",
+    "TenantPolicy",
     "Token",
     "TokenCreate",
     "TokenSecret",

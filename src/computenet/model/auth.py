@@ -34,3 +34,22 @@ class Token(Model):
 
 class TokenSecret(Token):
     secret: str = Field(description="shown once; only its hash is stored")
+
+
+class TenantPolicy(Model):
+    """How much of the network a tenant may hold, and its weight when capacity is contended.
+
+    Shares are dominant-resource shares (DRF): a tenant's share is the largest fraction of
+    any resource (CPUs, accelerators) it holds. Under contention the scheduler serves the
+    tenant whose share divided by its weight is smallest.
+    """
+
+    weight: float = Field(default=1.0, gt=0, le=1_000_000)
+    max_cpus: float | None = Field(default=None, ge=0, le=10_000_000)
+    max_gpus: int | None = Field(default=None, ge=0, le=10_000_000)
+
+
+class Tenant(TenantPolicy):
+    name: str
+    cpus_in_use: float = 0.0
+    gpus_in_use: int = 0

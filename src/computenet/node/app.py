@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from computenet import __version__
 from computenet.node import problems
 from computenet.node.bootstrap import ensure_admin_token
-from computenet.node.routers import discover, jobs, pools, system, tokens
+from computenet.node.routers import discover, jobs, pools, system, tenants, tokens
 from computenet.node.runtime import Node
 from computenet.node.settings import Settings
 
@@ -102,7 +102,14 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
     )
     app.state.node = node
     problems.install(app)
-    for r in (system.router, tokens.router, discover.router, pools.router, jobs.router):
+    for r in (
+        system.router,
+        tokens.router,
+        tenants.router,
+        discover.router,
+        pools.router,
+        jobs.router,
+    ):
         app.include_router(r)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     return app

@@ -26,6 +26,8 @@ from computenet.model import (
     Problem,
     Provider,
     Role,
+    Tenant,
+    TenantPolicy,
     Token,
     TokenCreate,
     TokenSecret,
@@ -191,6 +193,14 @@ class _Calls:
         )
 
     @staticmethod
+    def tenants() -> _Call:
+        return _Call("GET", "/v1/tenants", model=list[Tenant])
+
+    @staticmethod
+    def set_tenant(name: str, policy: TenantPolicy) -> _Call:
+        return _Call("PUT", f"/v1/tenants/{name}", body=policy, model=Tenant)
+
+    @staticmethod
     def tokens() -> _Call:
         return _Call("GET", "/v1/tokens", model=list[Token])
 
@@ -336,6 +346,22 @@ class Client:
         self, name: str, tenant: str | None = None, role: Role = Role.tenant
     ) -> TokenSecret:
         out: TokenSecret = self._do(_Calls.create_token(name, tenant, role))
+        return out
+
+    def tenants(self) -> builtins.list[Tenant]:
+        out: builtins.list[Tenant] = self._do(_Calls.tenants())
+        return out
+
+    def set_tenant(
+        self,
+        name: str,
+        weight: float = 1.0,
+        max_cpus: float | None = None,
+        max_gpus: int | None = None,
+    ) -> Tenant:
+        """Weight for fair share and quotas (admin)."""
+        policy = TenantPolicy(weight=weight, max_cpus=max_cpus, max_gpus=max_gpus)
+        out: Tenant = self._do(_Calls.set_tenant(name, policy))
         return out
 
     def tokens(self) -> builtins.list[Token]:

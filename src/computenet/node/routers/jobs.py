@@ -21,6 +21,7 @@ from computenet.node.sched.binder import ever_fits
 from computenet.node.sched.binder import plan as plan_job
 from computenet.node.sched.framework import JobView
 from computenet.node.store import jobs as job_store
+from computenet.node.store import tenants as tenant_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(pattern=r"^j-[0-9a-z]{1,40}$")]
@@ -31,10 +32,23 @@ def _request(spec: JobSpec) -> Capacity:
     return Capacity(cpus=r.cpus, memory_bytes=r.memory, gpus=r.gpus)
 
 
-def _admit(conn: Connection, specs: list[JobSpec], fields: list[str]) -> None:
-    """Refuses what no registered pool could ever run, naming the job it was."""
+def _admit(conn: Connection, tenant: str, specs: list[JobSpec], fields: list[str]) -> None:
+    """Refuses what no registered pool could ever run, or what the tenant's quota could never
+    allow, naming the job it was."""
+    policy = tenant_store.policies(conn).get(tenant)
     seen: set[tuple[float, int, int, str | None]] = set()
     for spec, field in zip(specs, fields, strict=True):
+        r = spec.resources
+        if policy is not None and policy.max_cpus is not None and r.cpus > policy.max_cpus:
+            raise Conflict(
+                f"tenant {tenant} may hold at most {policy.max_cpus:g} CPUs",
+                field=f"{field}resources.cpus",
+            )
+        if policy is not None and policy.max_gpus is not None and r.gpus > policy.max_gpus:
+            raise Conflict(
+                f"tenant {tenant} may hold at most {policy.max_gpus} GPUs",
+                field=f"{field}resources.gpus",
+            )
         key = (spec.resources.cpus, spec.resources.memory, spec.resources.gpus, spec.pool)
         if key in seen:
             continue
@@ -50,7 +64,7 @@ async def submit(
 ) -> Job:
     def run() -> Job:
         with node.store.write() as conn:
-            _admit(conn, [spec], [""])
+            _admit(conn, who.tenant, [spec], [""])
             return job_store.insert(conn, who.tenant, spec)
 
     job = await node.db(run)
@@ -87,7 +101,7 @@ async def submit_batch(
 
     def run() -> list[Job]:
         with node.store.write() as conn:
-            _admit(conn, batch.jobs, [f"jobs.{i}." for i in range(len(batch.jobs))])
+            _admit(conn, who.tenant, batch.jobs, [f"jobs.{i}." for i in range(len(batch.jobs))])
             return job_store.insert_many(conn, who.tenant, batch.jobs)
 
     jobs = await node.db(run)

@@ -26,6 +26,7 @@ from computenet.node.sched.framework import (
     Profile,
     Ranking,
 )
+from computenet.node.store import tenants as tenant_store
 from computenet.node.store.tables import attempts, jobs, pools
 
 PAGE = 64
@@ -209,23 +210,24 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
     if not views:
         return result
     ctx = context(conn, profile)
+    share = FairShare(conn, views)
     now = time.time()
-    after: tuple[int, str] | None = None
-    while any(v.free.cpus > 0 for v in views):
-        page = _queued_page(conn, after)
-        for row in page:
-            if not any(v.free.cpus > 0 for v in views):
-                break
-            job = job_view(row)
-            placed, why = _place(conn, job, profile.rank(job, views, ctx), now)
-            if placed is not None:
-                result.placed[job.id] = placed
-            else:
-                result.waiting[job.id] = why
-        if len(page) < PAGE or result.scanned + len(page) >= MAX_SCAN:
+    while share.queues and any(v.free.cpus > 0 for v in views):
+        tenant = share.next_tenant()
+        job = job_view(share.pop(tenant))
+        over = share.over_quota(tenant, job.request)
+        if over is not None:
+            result.waiting[job.id] = over
+            continue
+        placed, why = _place(conn, job, profile.rank(job, views, ctx), now)
+        if placed is not None:
+            result.placed[job.id] = placed
+            share.charge(tenant, job.request)
+        else:
+            result.waiting[job.id] = why
+        result.scanned += 1
+        if result.scanned >= MAX_SCAN:
             break
-        result.scanned += len(page)
-        after = (page[-1].priority, page[-1].id)
     return result
 
 
@@ -239,7 +241,7 @@ _QUEUED = select(
     jobs.c.priority,
     jobs.c.created_at,
     jobs.c.spec,
-).where(jobs.c.state == JobState.QUEUED.value)
+).where(jobs.c.state == JobState.QUEUED.value, jobs.c.tenant == bindparam("t"))
 _FIRST_PAGE = _QUEUED.order_by(jobs.c.priority.desc(), jobs.c.id).limit(PAGE)
 _NEXT_PAGE = (
     _QUEUED.where(
@@ -249,17 +251,90 @@ _NEXT_PAGE = (
     .order_by(jobs.c.priority.desc(), jobs.c.id)
     .limit(PAGE)
 )
+_QUEUED_TENANTS = select(jobs.c.tenant).where(jobs.c.state == JobState.QUEUED.value).distinct()
 
 
-def _queued_page(conn: Connection, after: tuple[int, str] | None) -> list[Any]:
-    """Queued jobs in (priority desc, id) order, one page past ``after``.
+class FairShare:
+    """Weighted dominant-resource fair share between tenants, with quotas.
 
-    Reading in pages keeps a pass cheap when the queue is long and the pools are full, which
-    is exactly when passes are most frequent.
+    Each tenant's queue is read a page at a time in its own priority order, which keeps a
+    pass cheap when queues are long and pools full. The next job comes from the tenant whose
+    dominant share (the largest fraction of CPUs or accelerators it holds), divided by its
+    weight, is smallest.
     """
-    if after is None:
-        return list(conn.execute(_FIRST_PAGE).all())
-    return list(conn.execute(_NEXT_PAGE, {"a_prio": after[0], "a_id": after[1]}).all())
+
+    def __init__(self, conn: Connection, views: list[PoolView]) -> None:
+        self._conn = conn
+        self.policies = tenant_store.policies(conn)
+        self.usage = {t: [c, float(g)] for t, (c, g) in tenant_store.usage(conn).items()}
+        self.total_cpus = sum(v.capacity.cpus for v in views) or 1.0
+        self.total_gpus = float(sum(v.capacity.gpus for v in views))
+        self.queues: dict[str, list[Any]] = {}
+        self._more: dict[str, tuple[int, str] | None] = {}
+        for (tenant,) in conn.execute(_QUEUED_TENANTS).all():
+            self._read(tenant, None)
+
+    def _read(self, tenant: str, after: tuple[int, str] | None) -> None:
+        if after is None:
+            page = self._conn.execute(_FIRST_PAGE, {"t": tenant}).all()
+        else:
+            params = {"t": tenant, "a_prio": after[0], "a_id": after[1]}
+            page = self._conn.execute(_NEXT_PAGE, params).all()
+        if not page:
+            self.queues.pop(tenant, None)
+            return
+        self.queues[tenant] = list(page)
+        full = len(page) == PAGE
+        self._more[tenant] = (page[-1].priority, page[-1].id) if full else None
+
+    def weight(self, tenant: str) -> float:
+        policy = self.policies.get(tenant)
+        return policy.weight if policy is not None else 1.0
+
+    def dominant(self, tenant: str, cpus: float = 0.0, gpus: int = 0) -> float:
+        """The tenant's weighted dominant share, counting ``cpus``/``gpus`` more."""
+        held_cpus, held_gpus = self.usage.get(tenant, [0.0, 0.0])
+        share = (held_cpus + cpus) / self.total_cpus
+        if self.total_gpus:
+            share = max(share, (held_gpus + gpus) / self.total_gpus)
+        return share / self.weight(tenant)
+
+    def next_tenant(self) -> str:
+        """The tenant that would stand lowest after its next job: judging after the
+        allocation, not before, keeps ties from drifting toward light tenants."""
+
+        def key(t: str) -> tuple[float, str]:
+            head = self.queues[t][0]
+            return (self.dominant(t, head.req_cpus, head.req_gpus), head.id)
+
+        return min(self.queues, key=key)
+
+    def pop(self, tenant: str) -> Any:
+        queue = self.queues[tenant]
+        row = queue.pop(0)
+        if not queue:
+            after = self._more.get(tenant)
+            if after is None:
+                del self.queues[tenant]
+            else:
+                self._read(tenant, after)
+        return row
+
+    def over_quota(self, tenant: str, request: Capacity) -> str | None:
+        policy = self.policies.get(tenant)
+        if policy is None:
+            return None
+        cpus, gpus = self.usage.get(tenant, [0.0, 0.0])
+        if policy.max_cpus is not None and cpus + request.cpus > policy.max_cpus + 1e-9:
+            return f"tenant {tenant} quota: {cpus:g} of {policy.max_cpus:g} CPUs in use"
+        if policy.max_gpus is not None and gpus + request.gpus > policy.max_gpus:
+            return f"tenant {tenant} quota: {gpus:g} of {policy.max_gpus} GPUs in use"
+        return None
+
+    def charge(self, tenant: str, request: Capacity) -> None:
+        use = self.usage.setdefault(tenant, [0.0, 0.0])
+        use[0] += request.cpus
+        use[1] += request.gpus
 
 
 def _place(conn: Connection, job: JobView, ranking: Ranking, now: float) -> tuple[str | None, str]:

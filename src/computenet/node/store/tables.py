@@ -167,3 +167,14 @@ usage = Table(
     Column("ended_at", Float, nullable=False),
     Index("ix_usage_tenant", "tenant", "ended_at"),
 )
+
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("weight", Float, nullable=False, default=1.0),
+    Column("max_cpus", Float),
+    Column("max_gpus", Integer),
+    Column("updated_at", Float, nullable=False),
+)
