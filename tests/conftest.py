@@ -109,6 +109,7 @@ class Network:
     node: Proc | None = None
     agents: dict[str, Proc] = field(default_factory=dict)
     overrides: dict[str, str] = field(default_factory=dict)
+    admin_token: str | None = None  # a replica shares its database's tokens
 
     @property
     def url(self) -> str:
@@ -129,7 +130,7 @@ class Network:
 
     @property
     def token(self) -> str:
-        return load_credentials_at(self.home)[self.url]
+        return self.admin_token or load_credentials_at(self.home)[self.url]
 
     def start_node(self) -> None:
         self.node = Proc(
