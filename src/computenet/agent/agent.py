@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 
 from computenet import __version__, config
+from computenet.agent import calibrate as calibration
 from computenet.agent.backends import Backend, LaunchError, Outcome, Task
 from computenet.agent.backends import create as create_backend
 from computenet.agent.environment import job_env
@@ -73,6 +74,8 @@ class AgentConfig:
     provider_key: Path | None = None
     price: Price | None = None
     carbon_intensity: float | None = None
+    calibrate: bool = True
+    calibrate_seconds: float = 2.0
 
 
 class Backoff:
@@ -126,6 +129,8 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         await self.backend.open(self.cfg.state_dir)
         self.machines = self.cfg.machines or await self.backend.inventory(self.cfg.state_dir)
+        if self.cfg.calibrate and not self.cfg.machines and self.backend.name == "local":
+            self.machines = [await self._calibrated(m) for m in self.machines]
         await self._recover()
         loops = [
             asyncio.create_task(self._register_loop(stop), name="register"),
@@ -141,7 +146,16 @@ class Agent:
             raise self.fatal
 
     async def _shutdown(self, loops: list[asyncio.Task[None]]) -> None:
-        """Stops running work (no orphans), then tries briefly to tell the node."""
+        """Stops running work (no orphans), then tries briefly to tell the node.
+
+        Work that lives in an engine of its own (a Slurm job) is left to run: the next agent
+        adopts it, and the node hears of its end then.
+        """
+        if self.backend.survives_agent:
+            following = [r.future for r in self.running.values() if r.future is not None]
+            for f in following:
+                f.cancel()
+            await asyncio.gather(*following, return_exceptions=True)
         for r in list(self.running.values()):
             await self.backend.stop(r.task, JobState.FAILED, "the agent was stopped")
         pending = [r.future for r in self.running.values() if r.future is not None]
@@ -155,6 +169,19 @@ class Agent:
         await asyncio.gather(*loops, return_exceptions=True)
         await self.link.close()
         await self.backend.close()
+
+    async def _calibrated(self, machine: Machine) -> Machine:
+        """Only a pool that is this machine is measured here; a cluster's nodes are not."""
+        cpus = int(self.cfg.capacity.cpus) if self.cfg.capacity else machine.cpus
+        cal = await asyncio.to_thread(
+            calibration.cached,
+            config.data_dir() / "calibration",
+            max(1, cpus),
+            machine.name,
+            self.cfg.calibrate_seconds,
+        )
+        log.info("calibrated %s: %.3g SCU", machine.name, cal.scu)
+        return machine.model_copy(update={"calibration": cal})
 
     def inventory(self) -> PoolInventory:
         return PoolInventory(
@@ -483,6 +510,16 @@ class Agent:
         try:
             outcome = await self.backend.wait(run.task)
             self._ship(run, final=True)
+            # The node may never have heard that it started (a repeat is harmless).
+            self._queue(
+                Report(
+                    job_id=run.task.job_id,
+                    attempt=run.task.attempt,
+                    state=JobState.RUNNING,
+                    at=outcome.started_at,
+                ),
+                None,
+            )
             self._finish(run.task, outcome)
         except Exception as e:
             log.exception("task %s failed inside the agent", run.task.key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -10,7 +11,7 @@ from rich.table import Table
 
 from computenet.cli.output import ago, out
 from computenet.cli.session import client
-from computenet.model import DeviceKind, Role
+from computenet.model import DeviceKind, Pool, Role
 from computenet.model.common import format_bytes
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
@@ -93,11 +94,23 @@ def resources() -> None:
             f"{p.free.cpus:g}/{p.capacity.cpus:g}",
             f"{format_bytes(p.free.memory_bytes)}/{format_bytes(p.capacity.memory_bytes)}",
             ", ".join(accel) or "none",
+            _scu(p),
             ago(p.last_heartbeat_at),
         )
         if cpu_models:
-            table.add_row("", "", "", "", "[dim]" + "; ".join(cpu_models) + "[/]", "", "", "")
+            table.add_row("", "", "", "", "[dim]" + "; ".join(cpu_models) + "[/]", "", "", "", "")
     out.print(table)
+
+
+def _scu(pool: Pool) -> str:
+    """The SCU figure and where it came from: measured (with its age) or nominal."""
+    if pool.scu is None:
+        return "-"
+    cals = [m.calibration for m in pool.machines if m.calibration is not None]
+    if not cals:
+        return f"{pool.scu:.3g} nominal"
+    newest = max(c.at for c in cals)
+    return f"{pool.scu:.3g} measured {ago(datetime.fromtimestamp(newest, UTC))}"
 
 
 @token_app.command("create")

@@ -108,6 +108,9 @@ def agent_run(
         typer.Option(help="the provider's Ed25519 key (default: shared in the data directory)"),
     ] = None,
     heartbeat: Annotated[float | None, typer.Option(help="seconds between heartbeats")] = None,
+    calibrate: Annotated[
+        bool, typer.Option(help="measure this machine at start (cached for a day)")
+    ] = True,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Front a pool (this machine, or a Ray or Slurm cluster): register, heartbeat, run work."""
@@ -145,6 +148,7 @@ def agent_run(
         provider_key=provider_key,
         price=pc.price,
         carbon_intensity=pc.carbon_intensity,
+        calibrate=calibrate,
     )
 
     async def main() -> None:
@@ -158,6 +162,52 @@ def agent_run(
         asyncio.run(main())
     except Exception as e:
         raise CLIError(str(e)) from e
+
+
+@agent_app.command("calibrate")
+def agent_calibrate(
+    cpus: Annotated[int | None, typer.Option(help="threads to measure with (default: all)")] = None,
+    seconds: Annotated[float, typer.Option(help="time budget per device")] = 2.0,
+    as_json: Annotated[bool, typer.Option("--json", help="print the record as JSON")] = False,
+) -> None:
+    """Measure this machine (matmul per precision, memory bandwidth) and print its SCU.
+
+    The result replaces the cached calibration that agents on this machine register with.
+    """
+    from rich.table import Table
+
+    from computenet.agent import calibrate as calibration
+    from computenet.agent.probe import probe_machine, usable_cpus
+
+    machine = probe_machine()
+    cal = calibration.cached(
+        config.data_dir() / "calibration",
+        cpus or usable_cpus(),
+        machine.name,
+        seconds,
+        refresh=True,
+    )
+    if as_json:
+        print(cal.model_dump_json(indent=2))
+        return
+    table = Table(
+        box=None, pad_edge=False, title=f"{machine.name}: {cal.scu:.3g} SCU v{cal.scu_version}"
+    )
+    for col in ("LEVEL", "METRIC", "VALUE", "UNIT", "DETAIL"):
+        table.add_column(col)
+    for m in cal.metrics:
+        detail = " ".join(
+            f"{k}={v}"
+            for k, v in (
+                ("device", m.device),
+                ("precision", m.precision),
+                ("size", m.size),
+                ("repeats", m.repeats),
+            )
+            if v is not None
+        )
+        table.add_row(m.level.value, m.name, f"{m.value:.4g}", m.unit, detail)
+    out.print(table)
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float) -> None:

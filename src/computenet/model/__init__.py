@@ -24,6 +24,7 @@ from computenet.model.job import (
     ResourceRequest,
     check_transition,
 )
+from computenet.model.metrics import Calibration, Metric, MetricLevel, MetricSource
 from computenet.model.problem import FieldError, Problem
 from computenet.model.resources import (
     Capacity,
@@ -47,6 +48,7 @@ __all__ = [
     "Assignment",
     "Attempt",
     "AttemptRef",
+    "Calibration",
     "Capacity",
     "Device",
     "DeviceKind",
@@ -63,6 +65,9 @@ __all__ = [
     "JobState",
     "LogChunk",
     "Machine",
+    "Metric",
+    "MetricLevel",
+    "MetricSource",
     "Model",
     "Pool",
     "PoolConfig",

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from computenet.ident.cpi import CPIStr
 from computenet.model.common import Labels, MemoryBytes, Model, Name
+from computenet.model.metrics import Calibration
 
 Precision = Annotated[str, Field(pattern=r"^(fp64|fp32|tf32|fp16|bf16|fp8|int8)$")]
 ShortText = Annotated[str, Field(max_length=128)]
@@ -56,6 +57,9 @@ class Machine(Model):
     memory_bytes: MemoryBytes
     disk_bytes: MemoryBytes = 0
     devices: list[Device] = Field(default_factory=list, max_length=4096)
+    calibration: Calibration | None = Field(
+        default=None, description="measured by the agent; signed with the inventory"
+    )
     cpi: CPIStr | None = None
 
 

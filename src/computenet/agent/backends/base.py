@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from computenet.model import JobSpec, JobState, Machine, TelemetrySample, Usage
 
@@ -56,6 +57,11 @@ class Outcome:
     usage: Usage
 
 
+def format_seconds(s: float) -> str:
+    """How a time limit reads in reasons, the same for every backend: ``90s``, ``10m``."""
+    return f"{s:g}s" if s < 120 else f"{s / 60:g}m"
+
+
 class Backend(ABC):
     """Launch, wait, stop, and describe what the pool has. Everything else is the agent's.
 
@@ -64,6 +70,9 @@ class Backend(ABC):
     """
 
     name: str
+    # Work that outlives the agent process (a Slurm job) is left running when the agent
+    # stops cleanly; its successor adopts it through ``recover``.
+    survives_agent: ClassVar[bool] = False
 
     async def open(self, state_dir: Path) -> None:  # noqa: B027 - optional hook
         """Connects to, or starts, the engine; called once before anything else."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import psutil
 
-from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task
+from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task, format_seconds
 from computenet.model import JobState, Usage
 
 log = logging.getLogger("computenet.agent")
@@ -96,7 +96,7 @@ class LocalBackend(Backend):
             await asyncio.wait_for(asyncio.shield(proc.exited), limit)
         except TimeoutError:
             await self._stop(
-                proc, JobState.FAILED, f"time limit of {_fmt_seconds(limit or 0)} exceeded"
+                proc, JobState.FAILED, f"time limit of {format_seconds(limit or 0)} exceeded"
             )
         status, rusage = await proc.exited
         ended = time.time()
@@ -217,5 +217,4 @@ def _clear_pidfile(workdir: Path) -> None:
     (workdir / "pid.json").unlink(missing_ok=True)
 
 
-def _fmt_seconds(s: float) -> str:
-    return f"{s:g}s" if s < 120 else f"{s / 60:g}m"
+_fmt_seconds = format_seconds  # the name other backends imported first

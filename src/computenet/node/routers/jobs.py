@@ -19,7 +19,7 @@ from computenet.node.metrics import JOBS_SUBMITTED
 from computenet.node.runtime import Node
 from computenet.node.sched.binder import ever_fits
 from computenet.node.sched.binder import plan as plan_job
-from computenet.node.sched.framework import JobView
+from computenet.node.sched.framework import JobView, Profile
 from computenet.node.store import jobs as job_store
 from computenet.node.store import tenants as tenant_store
 
@@ -32,11 +32,27 @@ def _request(spec: JobSpec) -> Capacity:
     return Capacity(cpus=r.cpus, memory_bytes=r.memory, gpus=r.gpus)
 
 
-def _admit(conn: Connection, tenant: str, specs: list[JobSpec], fields: list[str]) -> None:
+def _view(spec: JobSpec, tenant: str, job_id: str = "j-new") -> JobView:
+    return JobView(
+        job_id,
+        tenant,
+        _request(spec),
+        spec.pool,
+        spec.priority,
+        time.time(),
+        time_limit=spec.resources.time,
+        optimize=spec.optimize,
+        regions=tuple(spec.regions),
+    )
+
+
+def _admit(
+    conn: Connection, profile: Profile, tenant: str, specs: list[JobSpec], fields: list[str]
+) -> None:
     """Refuses what no registered pool could ever run, or what the tenant's quota could never
     allow, naming the job it was."""
     policy = tenant_store.policies(conn).get(tenant)
-    seen: set[tuple[float, int, int, str | None]] = set()
+    seen: set[str] = set()
     for spec, field in zip(specs, fields, strict=True):
         r = spec.resources
         if policy is not None and policy.max_cpus is not None and r.cpus > policy.max_cpus:
@@ -49,13 +65,14 @@ def _admit(conn: Connection, tenant: str, specs: list[JobSpec], fields: list[str
                 f"tenant {tenant} may hold at most {policy.max_gpus} GPUs",
                 field=f"{field}resources.gpus",
             )
-        key = (spec.resources.cpus, spec.resources.memory, spec.resources.gpus, spec.pool)
+        key = spec.model_dump_json(include={"resources", "pool", "regions"})
         if key in seen:
             continue
         seen.add(key)
-        why = ever_fits(conn, _request(spec), spec.pool)
+        why = ever_fits(conn, profile, _view(spec, tenant))
         if why is not None:
-            raise Conflict(why, field=f"{field}{'pool' if spec.pool else 'resources'}")
+            where = "pool" if spec.pool else "regions" if spec.regions else "resources"
+            raise Conflict(why, field=f"{field}{where}")
 
 
 @router.post("", status_code=201, response_model=Job)
@@ -64,7 +81,7 @@ async def submit(
 ) -> Job:
     def run() -> Job:
         with node.store.write() as conn:
-            _admit(conn, who.tenant, [spec], [""])
+            _admit(conn, node.profile, who.tenant, [spec], [""])
             return job_store.insert(conn, who.tenant, spec)
 
     job = await node.db(run)
@@ -79,17 +96,7 @@ async def plan(
 ) -> Plan:
     """The optimizer table for a job: candidates with estimated start, cost and score parts,
     the rejected pools with reasons, and what the scheduler would do. Nothing is submitted."""
-    view = JobView(
-        "j-plan",
-        who.tenant,
-        _request(spec),
-        spec.pool,
-        spec.priority,
-        time.time(),
-        time_limit=spec.resources.time,
-        optimize=spec.optimize,
-        regions=tuple(spec.regions),
-    )
+    view = _view(spec, who.tenant, "j-plan")
     return await node.reading(plan_job, node.profile, view)
 
 
@@ -101,7 +108,8 @@ async def submit_batch(
 
     def run() -> list[Job]:
         with node.store.write() as conn:
-            _admit(conn, who.tenant, batch.jobs, [f"jobs.{i}." for i in range(len(batch.jobs))])
+            fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
+            _admit(conn, node.profile, who.tenant, batch.jobs, fields)
             return job_store.insert_many(conn, who.tenant, batch.jobs)
 
     jobs = await node.db(run)

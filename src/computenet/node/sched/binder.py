@@ -17,7 +17,6 @@ from sqlalchemy import Connection, and_, bindparam, select, update
 from computenet.model import Capacity, JobState, PoolStatus, Price
 from computenet.model.plan import Plan, PlanCandidate, PlanRejection
 from computenet.node.metrics import PLACED, SCHEDULE_PASS
-from computenet.node.sched.filters import shortfall
 from computenet.node.sched.framework import (
     DEFAULT_HOURS,
     Context,
@@ -212,23 +211,34 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
     ctx = context(conn, profile)
     share = FairShare(conn, views)
     now = time.time()
+    changed: list[dict[str, str]] = []
     while share.queues and any(v.free.cpus > 0 for v in views):
         tenant = share.next_tenant()
-        job = job_view(share.pop(tenant))
-        over = share.over_quota(tenant, job.request)
-        if over is not None:
-            result.waiting[job.id] = over
-            continue
-        placed, why = _place(conn, job, profile.rank(job, views, ctx), now)
-        if placed is not None:
-            result.placed[job.id] = placed
-            share.charge(tenant, job.request)
-        else:
+        row = share.pop(tenant)
+        job = job_view(row)
+        why = share.over_quota(tenant, job.request)
+        if why is None:
+            placed, why = _place(conn, job, profile.rank(job, views, ctx), now)
+            if placed is not None:
+                result.placed[job.id] = placed
+                share.charge(tenant, job.request)
+        if why:
             result.waiting[job.id] = why
+            if why != row.reason:
+                changed.append({"b_id": job.id, "b_reason": why})
         result.scanned += 1
         if result.scanned >= MAX_SCAN:
             break
+    if changed:  # tell the user why a job waits (only when the reason changed)
+        conn.execute(_WAIT_REASON, changed)
     return result
+
+
+_WAIT_REASON = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("b_id"), jobs.c.state == JobState.QUEUED.value)
+    .values(reason=bindparam("b_reason"))
+)
 
 
 _QUEUED = select(
@@ -241,6 +251,7 @@ _QUEUED = select(
     jobs.c.priority,
     jobs.c.created_at,
     jobs.c.spec,
+    jobs.c.reason,
 ).where(jobs.c.state == JobState.QUEUED.value, jobs.c.tenant == bindparam("t"))
 _FIRST_PAGE = _QUEUED.order_by(jobs.c.priority.desc(), jobs.c.id).limit(PAGE)
 _NEXT_PAGE = (
@@ -447,21 +458,39 @@ def _pick_devices(conn: Connection, pool_cpi: str, count: int) -> list[int]:
     return [next(free) for _ in range(count)]
 
 
-def ever_fits(conn: Connection, request: Capacity, pin: str | None) -> str | None:
-    """Why no registered pool could ever run this request, or None if one could."""
-    q = select(pools.c.cpi, pools.c.cap_cpus, pools.c.cap_memory, pools.c.cap_gpus)
-    if pin:
-        q = q.where(pools.c.cpi == pin)
-    found = conn.execute(q).all()
-    if pin and not found:
-        return f"no pool {pin}"
+_REGISTERED = select(
+    pools.c.cpi,
+    pools.c.region,
+    pools.c.labels,
+    pools.c.cap_cpus,
+    pools.c.cap_memory,
+    pools.c.cap_gpus,
+)
+
+
+def ever_fits(conn: Connection, profile: Profile, job: JobView) -> str | None:
+    """Why no registered pool, online or not, could ever run this job; None if one could.
+
+    The profile's own filters decide, so that admission and placement never disagree: a
+    job accepted at submit can be placed once capacity frees up.
+    """
+    found = conn.execute(_REGISTERED).all()
+    if job.pool and not any(r.cpi == job.pool for r in found):
+        return f"no pool {job.pool}"
     if not found:
-        return None
-    reasons = []
-    for r in found:
-        cap = Capacity(cpus=r.cap_cpus, memory_bytes=r.cap_memory, gpus=r.cap_gpus)
-        why = shortfall(request, cap, "the pool has")
-        if why is None:
+        return None  # nothing registered yet: the job waits for the first pool
+    views = [PoolView(r.cpi, r.region, r.labels, _cap(r), _cap(r), i) for i, r in enumerate(found)]
+    rejected: dict[str, str] = {}
+    for view in views:
+        reason = next((w for f in profile.filters if (w := f.filter(job, view))), None)
+        if reason is None:
             return None
-        reasons.append(f"{r.cpi} {why}")
-    return "no pool can ever run it: " + "; ".join(reasons[:3])
+        rejected[view.cpi] = reason
+    shown = [
+        f"{cpi} {why}" for cpi, why in rejected.items() if not why.startswith("the job is pinned")
+    ]
+    return "no pool can ever run it: " + "; ".join(shown[:3])
+
+
+def _cap(r: Any) -> Capacity:
+    return Capacity(cpus=r.cap_cpus, memory_bytes=r.cap_memory, gpus=r.cap_gpus)

@@ -382,22 +382,45 @@ def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applie
     return result
 
 
+_LOG_ENDS = select(logs.c.job_id, logs.c.attempt, logs.c.stream, logs.c.offset, logs.c.data).where(
+    logs.c.id.in_(
+        select(func.max(logs.c.id))
+        .where(logs.c.job_id.in_(bindparam("ids", expanding=True)))
+        .group_by(logs.c.job_id, logs.c.attempt, logs.c.stream)
+    )
+)
+
+
 def _apply_logs(conn: Connection, pool_cpi: str, batch: ReportBatch, result: Applied) -> None:
+    """Chunks carry their character offset in the stream, so a chunk sent twice (a retried
+    report, an agent that re-read its files after a restart) is stored once."""
     ids = list({c.job_id for c in batch.logs})
     owners = {r.id: r for r in conn.execute(_OWNERS, {"ids": ids}).all()}
+    ends = {
+        (r.job_id, r.attempt, r.stream): r.offset + len(r.data.decode(errors="replace"))
+        for r in conn.execute(_LOG_ENDS, {"ids": ids}).all()
+    }
     rows = []
     for chunk in batch.logs:
         cur = owners.get(chunk.job_id)
         if cur is None or cur.attempt != chunk.attempt or cur.pool_cpi != pool_cpi:
             result.refused.append(f"{chunk.job_id}#{chunk.attempt}: not an attempt of this pool")
             continue
+        key = (chunk.job_id, chunk.attempt, chunk.stream)
+        end = ends.get(key, 0)
+        text, offset = chunk.data, chunk.offset
+        if offset < end:  # already stored, in whole or in part
+            text, offset = text[end - offset :], end
+        if not text:
+            continue
+        ends[key] = offset + len(text)
         rows.append(
             {
                 "job_id": chunk.job_id,
                 "attempt": chunk.attempt,
                 "stream": chunk.stream,
-                "offset": chunk.offset,
-                "data": chunk.data.encode(),
+                "offset": offset,
+                "data": text.encode(),
             }
         )
         result.touched.add(chunk.job_id)

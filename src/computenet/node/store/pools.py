@@ -12,12 +12,14 @@ from computenet.model import (
     Capacity,
     DeviceKind,
     Heartbeat,
+    Machine,
     Pool,
     PoolRegistration,
     PoolStatus,
     Provider,
     ProviderRegistration,
 )
+from computenet.model.units import SCU_VERSION, scu_from_fp32_tflops
 from computenet.node.errors import Conflict, Invalid, NotFound, Unauthorized
 from computenet.node.store import rows
 from computenet.node.store.tables import pools, providers
@@ -66,6 +68,25 @@ def capacity_of(reg: PoolRegistration) -> Capacity:
     )
 
 
+def scu_of(machines: list[Machine]) -> tuple[float | None, list[dict[str, object]]]:
+    """The pool's standard compute units: measured where the agent calibrated (current SCU
+    version only), else the accelerators' nominal FP32 peaks where the inventory states them.
+    """
+    total, found, records = 0.0, False, []
+    for m in machines:
+        cal = m.calibration
+        if cal is not None and cal.scu_version == SCU_VERSION:
+            total += cal.scu
+            found = True
+            records.append(cal.model_dump(mode="json"))
+            continue
+        nominal = [d.peak_tflops["fp32"] for d in m.devices if "fp32" in d.peak_tflops]
+        if nominal:
+            total += sum(scu_from_fp32_tflops(x) for x in nominal)
+            found = True
+    return (round(total, 6) if found else None), records
+
+
 def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
     """The provider's signature proves the pool is theirs; the pool key then signs its traffic."""
     inv = reg.inventory
@@ -108,6 +129,7 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
         "price": inv.price.model_dump(mode="json") if inv.price else None,
         "carbon_intensity": inv.carbon_intensity,
     }
+    values["scu"], values["calibration"] = scu_of(machines)
     existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()
     if existing is None:
         conn.execute(
