@@ -85,6 +85,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             asyncio.create_task(node.scheduler_loop(), name="scheduler"),
             asyncio.create_task(node.liveness_loop(), name="liveness"),
             asyncio.create_task(node.index_loop(), name="index"),
+            asyncio.create_task(node.beats.loop(), name="heartbeats"),
         ]
         try:
             yield
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await node.beats.flush()
             node.store.close()
 
     app = FastAPI(

@@ -17,6 +17,7 @@ from typing import Any
 
 from computenet.model import Capacity, DeviceKind, Pool, PoolStatus
 from computenet.model.discovery import AcceleratorGroup, PoolSummary
+from computenet.node.columns import Columns
 from computenet.node.query import OPS, Query, Term
 
 QUEUE_SIZE = 1000
@@ -174,6 +175,7 @@ class LiveIndex:
         self.entries: dict[str, Entry] = {}
         self.subscribers: set[Subscriber] = set()
         self.loaded_at = 0.0
+        self._columns: Columns | None = None  # rebuilt lazily after pools come or go
 
     def load(self, pools: list[Pool]) -> None:
         seen = set()
@@ -182,13 +184,31 @@ class LiveIndex:
             self.put(p)
         for cpi in set(self.entries) - seen:
             del self.entries[cpi]
+            self._columns = None
         self.loaded_at = time.monotonic()
+
+    def refresh(self, states: dict[str, tuple[Capacity, PoolStatus]]) -> list[str]:
+        """Applies every pool's allocation and status; returns the pools it does not know
+        (registered through another replica), for the caller to load in full."""
+        for cpi in set(self.entries) - set(states):
+            del self.entries[cpi]
+            self._columns = None
+        unknown = []
+        for cpi, (alloc, status) in states.items():
+            entry = self.entries.get(cpi)
+            if entry is None:
+                unknown.append(cpi)
+            elif entry.pool.allocated != alloc or entry.pool.status is not status:
+                self.allocation(cpi, alloc, status)
+        self.loaded_at = time.monotonic()
+        return unknown
 
     def put(self, pool: Pool) -> None:
         """Adds or replaces a pool, telling subscribers when what they see has changed."""
         old = self.entries.get(pool.cpi)
         entry = Entry.of(pool)
         self.entries[pool.cpi] = entry
+        self._columns = None
         if old is None or _visible(old.pool) != _visible(pool):
             self._publish(entry)
 
@@ -222,24 +242,24 @@ class LiveIndex:
             old.max_device_memory,
         )
         self.entries[pool.cpi] = entry
+        cols = self._columns
+        if cols is not None and (i := cols.pos.get(pool.cpi)) is not None:
+            cols.update(i, entry)
         if _visible(old.pool) != _visible(pool):
             self._publish(entry)
+
+    def columns(self) -> Columns:
+        if self._columns is None:
+            self._columns = Columns(list(self.entries.values()))
+        return self._columns
 
     def query(
         self, query: Query, order: tuple[str, bool] | None, include_all: bool, limit: int
     ) -> tuple[list[PoolSummary], int]:
-        found = [
-            e
-            for e in self.entries.values()
-            if (include_all or query.wants("status") or e.pool.status is PoolStatus.online)
-            and e.matches(query)
-        ]
-        if order is not None:
-            key, desc = order
-            found.sort(key=lambda e: _sort_key(e, key, query, desc))
-        else:
-            found.sort(key=lambda e: (-e.free.gpus, -e.free.cpus, e.pool.cpi))
-        return [e.to_summary() for e in found[:limit]], len(found)
+        cols = self.columns()
+        found = cols.select(query, include_all)
+        rows = cols.ordered(found, order, query, limit)
+        return [cols.entries[i].to_summary() for i in rows], len(found)
 
     def subscribe(self, query: Query) -> Subscriber:
         sub = Subscriber(query)
@@ -275,16 +295,6 @@ class LiveIndex:
 def _visible(p: Pool) -> tuple[object, ...]:
     """What a subscriber is told about: presence, status and free capacity."""
     return (p.status, p.free.cpus, p.free.gpus, p.free.memory_bytes)
-
-
-def _sort_key(e: Entry, key: str, query: Query, desc: bool) -> tuple[int, Any, str]:
-    if key in ("name", "region"):
-        v: Any = e.text(key)[0]
-        return (0, v, e.pool.cpi)
-    num = e.value(key, query)
-    if num is None:
-        return (1, 0.0, e.pool.cpi)  # unknown values last, whatever the direction
-    return (0, -num if desc else num, e.pool.cpi)
 
 
 def _now() -> datetime:

@@ -13,6 +13,7 @@ import anyio
 from anyio import to_thread
 
 from computenet.model import PoolStatus, Token
+from computenet.node.beats import Beats
 from computenet.node.index import LiveIndex
 from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.sched.framework import Profile
@@ -43,6 +44,7 @@ class Node:
         self._sched_lock = asyncio.Lock()
         self._pool_keys: dict[str, str] = {}
         self.index = LiveIndex()
+        self.beats = Beats(self)
         self.started_at = time.time()
 
     async def db(self, fn: Callable[..., T], *args: Any) -> T:
@@ -120,13 +122,17 @@ class Node:
             self.index.allocation(cpi, alloc, status)
 
     async def index_loop(self) -> None:
-        """A full re-read now and then picks up what other replicas changed."""
+        """A re-read now and then picks up what other replicas changed: allocations and
+        statuses of every pool, and the full record only of pools it has not seen."""
         while True:
             await asyncio.sleep(INDEX_REFRESH)
             try:
-                await self.load_index()
+                unknown = self.index.refresh(await self.reading(pool_store.states))
+                if unknown:
+                    for pool in await self.reading(pool_store.get_many, unknown):
+                        self.index.put(pool)
             except Exception:
-                log.exception("reloading the live index failed")
+                log.exception("refreshing the live index failed")
 
     async def scheduler_loop(self) -> None:
         """Runs a pass when woken (submit, release, new pool) and at least every second."""
@@ -154,6 +160,7 @@ class Node:
 
     async def check_liveness(self) -> None:
         s = self.settings
+        await self.beats.flush()  # judge by the latest contact, not the last batch written
         changed = await self.writing(pool_store.judge_liveness, s.suspect_after, s.offline_after)
         if changed:
             await self.reindex(set(changed))

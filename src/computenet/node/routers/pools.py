@@ -11,7 +11,6 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from computenet.ident.cpi import CPIStr
 from computenet.model import (
-    AttemptRef,
     Directives,
     Heartbeat,
     HeartbeatAck,
@@ -84,16 +83,20 @@ async def heartbeat(
     if not math.isfinite(hb.sent_at) or abs(hb.sent_at - time.time()) > 300:
         raise Unauthorized("heartbeat timestamp outside the accepted window", field="sent_at")
 
-    def run() -> tuple[bool, list[AttemptRef]]:
-        with node.store.write() as conn:
-            came_back = pool_store.heartbeat(conn, signer, hb)
-            return came_back, job_store.stale_attempts(conn, signer, hb.running)
-
-    came_back, stale = await node.db(run)
+    entry = node.index.entries.get(signer)
+    if entry is None or entry.pool.status is not PoolStatus.online:
+        # Back from suspect or offline (or unknown here): through the store, at once.
+        node.beats.pending.pop(signer, None)
+        came_back = await node.writing(pool_store.heartbeat, signer, hb)
+        node.beats.seq[signer] = hb.seq
+        if came_back:
+            node.events.schedule.set()
+            await node.reindex([signer])
+    else:
+        await node.beats.accept(signer, hb)
     HEARTBEATS.inc()
     node.index.heartbeat(signer, hb.sample.model_dump(mode="json"), PoolStatus.online)
-    if came_back:
-        node.events.schedule.set()
+    stale = await node.reading(job_store.stale_attempts, signer, hb.running) if hb.running else []
     return HeartbeatAck(stop=stale)
 
 

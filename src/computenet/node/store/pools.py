@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, bindparam, select, update
 
 from computenet.ident import keys
 from computenet.ident.cpi import CPI
@@ -191,6 +192,29 @@ def heartbeat(conn: Connection, cpi: str, hb: Heartbeat) -> bool:
     return row.status != PoolStatus.online.value
 
 
+def last_seq(conn: Connection, cpi: str) -> int:
+    row = conn.execute(select(pools.c.last_seq).where(pools.c.cpi == cpi)).first()
+    if row is None:
+        raise NotFound(f"no pool {cpi!r}", field="pool")
+    return int(row.last_seq)
+
+
+_BEAT = (
+    update(pools)
+    .where(pools.c.cpi == bindparam("b_cpi"))
+    .values(
+        last_seq=bindparam("b_seq"),
+        last_heartbeat_at=bindparam("b_at"),
+        telemetry=bindparam("b_telemetry"),
+    )
+)
+
+
+def record_beats(conn: Connection, beats: list[dict[str, Any]]) -> None:
+    """Persists the newest heartbeat of each pool, a batch at a time (see Beats)."""
+    conn.execute(_BEAT, beats)
+
+
 def judge_liveness(
     conn: Connection, suspect_after: float, offline_after: float
 ) -> dict[str, PoolStatus]:
@@ -217,6 +241,35 @@ def judge_liveness(
             if n:
                 changed[r.cpi] = status
     return changed
+
+
+def states(conn: Connection) -> dict[str, tuple[Capacity, PoolStatus]]:
+    """Every pool's allocation and status: the cheap half of the live index's refresh."""
+    found = conn.execute(
+        select(
+            pools.c.cpi,
+            pools.c.alloc_cpus,
+            pools.c.alloc_memory,
+            pools.c.alloc_gpus,
+            pools.c.status,
+        )
+    ).all()
+    return {r.cpi: _state(r) for r in found}
+
+
+def get_many(conn: Connection, cpis: list[str]) -> list[Pool]:
+    return [rows.pool(r) for r in conn.execute(select(pools).where(pools.c.cpi.in_(cpis)))]
+
+
+def _state(r: Any) -> tuple[Capacity, PoolStatus]:
+    return (
+        Capacity(
+            cpus=max(0.0, round(r.alloc_cpus, 6)),
+            memory_bytes=max(0, r.alloc_memory),
+            gpus=max(0, r.alloc_gpus),
+        ),
+        PoolStatus(r.status),
+    )
 
 
 def allocations(conn: Connection, cpis: list[str]) -> dict[str, tuple[Capacity, PoolStatus]]:
