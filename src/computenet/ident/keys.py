@@ -62,17 +62,20 @@ class KeyPair:
             return cls(key)
         pair = cls.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
-        pem = pair._private.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
+        pem = pair.private_pem()
         tmp = path.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
         os.replace(tmp, path)
         return pair
+
+    def private_pem(self) -> bytes:
+        return self._private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
 
     def sign(self, message: bytes) -> str:
         return b64e(self._private.sign(message))

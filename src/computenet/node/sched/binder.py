@@ -354,10 +354,10 @@ def _place(conn: Connection, job: JobView, ranking: Ranking, now: float) -> tupl
     A candidate that does not fit now but outranks every one that does holds the job: under
     ``--optimize cost`` the cheapest feasible pool is worth a wait.
     """
-    if not ranking.candidates:
+    if not ranking:
         reasons = "; ".join(f"{cpi}: {why}" for cpi, why in list(ranking.rejected.items())[:3])
         return None, f"no pool can run it: {reasons}" if reasons else "no pool online"
-    for cand in ranking.candidates:
+    for cand in ranking.ordered():
         if not cand.fits_now:
             return None, f"waiting for {cand.pool.cpi} (about {cand.est_start_s:.0f}s)"
         if _bind(conn, job, cand.pool, now):

@@ -10,9 +10,12 @@ new module under ``scores/`` or one class in ``filters.py``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
 
 from computenet.model import Capacity, Price
 
@@ -50,6 +53,19 @@ class JobView:
     regions: tuple[str, ...] = ()
 
     @property
+    def shape(self) -> tuple[object, ...]:
+        r = self.request
+        return (
+            r.cpus,
+            r.memory_bytes,
+            r.gpus,
+            self.pool,
+            self.regions,
+            self.time_limit,
+            self.optimize,
+        )
+
+    @property
     def hours(self) -> float:
         return (self.time_limit or DEFAULT_HOURS * 3600) / 3600
 
@@ -60,6 +76,12 @@ class Context:
 
     start_estimate: Callable[[PoolView, Capacity], float] = lambda pool, req: 0.0
     latency_ms: Callable[[str], float | None] = lambda region: None
+    # Within one pass, jobs of the same shape see the same filters and, on pools whose
+    # free capacity has not changed, the same raw scores: computed once, looked up after.
+    filtered: dict[tuple[object, ...], tuple[list[int], dict[str, str]]] = field(
+        default_factory=dict
+    )
+    raw: dict[tuple[object, ...], list[float]] = field(default_factory=dict)
 
 
 class FilterPlugin(Protocol):
@@ -90,8 +112,51 @@ class Candidate:
 
 @dataclass
 class Ranking:
-    candidates: list[Candidate] = field(default_factory=list)
+    """Scores in arrays, candidates built only as far as someone reads them: a placement
+    usually needs the first one, the optimizer table all of them."""
+
+    job: JobView | None = None
+    ctx: Context | None = None
+    feasible: list[PoolView] = field(default_factory=list)
+    names: list[str] = field(default_factory=list)
+    raw: npt.NDArray[np.float64] | None = None
+    norm: npt.NDArray[np.float64] | None = None
+    totals: npt.NDArray[np.float64] | None = None
+    fits: npt.NDArray[np.bool_] | None = None
+    order: list[int] = field(default_factory=list)
     rejected: dict[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.order)
+
+    def ordered(self) -> Iterator[Candidate]:
+        for i in self.order:
+            yield self._candidate(i)
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return list(self.ordered())
+
+    def _candidate(self, i: int) -> Candidate:
+        assert self.job is not None and self.ctx is not None
+        assert self.raw is not None and self.norm is not None
+        assert self.totals is not None and self.fits is not None
+        pool, job, fits = self.feasible[i], self.job, bool(self.fits[i])
+        r = job.request
+        return Candidate(
+            pool,
+            round(float(self.totals[i]), 3),
+            {n: round(float(self.norm[k, i]), 3) for k, n in enumerate(self.names)},
+            {
+                n: (None if np.isnan(v := self.raw[k, i]) else float(v))
+                for k, n in enumerate(self.names)
+            },
+            fits,
+            0.0 if fits else self.ctx.start_estimate(pool, r),
+            pool.price.per_hour(r.cpus, r.gpus, r.memory_bytes) * job.hours
+            if pool.price is not None
+            else None,
+        )
 
 
 @dataclass
@@ -119,56 +184,57 @@ class Profile:
         return self.weights.get(goal or self.default_goal, self.weights[self.default_goal])
 
     def rank(self, job: JobView, pools: list[PoolView], ctx: Context) -> Ranking:
-        out = Ranking()
-        feasible = []
-        for pool in pools:
-            reason = next((r for f in self.filters if (r := f.filter(job, pool))), None)
-            if reason is not None:
-                out.rejected[pool.cpi] = reason
-            else:
-                feasible.append(pool)
+        shape = job.shape
+        hit = ctx.filtered.get(shape)
+        if hit is None:
+            feasible_idx, rejected = [], {}
+            for i, pool in enumerate(pools):
+                reason = next((r for f in self.filters if (r := f.filter(job, pool))), None)
+                if reason is None:
+                    feasible_idx.append(i)
+                else:
+                    rejected[pool.cpi] = reason
+            hit = ctx.filtered[shape] = (feasible_idx, rejected)
+        feasible = [pools[i] for i in hit[0]]
+        out = Ranking(
+            job=job,
+            ctx=ctx,
+            feasible=feasible,
+            rejected=hit[1],
+            names=[s.name for s in self.scores],
+        )
         if not feasible:
             return out
-        raw = {s.name: [s.raw(job, p, ctx) for p in feasible] for s in self.scores}
-        norm = {s.name: _normalise(raw[s.name], s.higher_is_better) for s in self.scores}
+        raw = np.empty((len(self.scores), len(feasible)))
+        for j, pool in enumerate(feasible):
+            key = (shape, pool.cpi, pool.free.cpus, pool.free.memory_bytes, pool.free.gpus)
+            row = ctx.raw.get(key)
+            if row is None:
+                row = ctx.raw[key] = [
+                    np.nan if (v := s.raw(job, pool, ctx)) is None else v for s in self.scores
+                ]
+            raw[:, j] = row
+        norm = _normalise(raw, np.array([s.higher_is_better for s in self.scores]))
         weights = self.goal_weights(job.optimize)
-        for i, pool in enumerate(feasible):
-            parts = {name: norm[name][i] for name in norm}
-            total = sum(parts[n] * weights.get(n, 0.0) for n in parts)
-            est_cost = (
-                pool.price.per_hour(job.request.cpus, job.request.gpus, job.request.memory_bytes)
-                * job.hours
-                if pool.price is not None
-                else None
-            )
-            fits = pool.fits_now(job.request)
-            out.candidates.append(
-                Candidate(
-                    pool,
-                    round(total, 3),
-                    parts,
-                    {n: raw[n][i] for n in raw},
-                    fits,
-                    0.0 if fits else ctx.start_estimate(pool, job.request),
-                    est_cost,
-                )
-            )
-        out.candidates.sort(key=lambda c: (-c.total, not c.fits_now, c.pool.order))
+        w = np.array([weights.get(s.name, 0.0) for s in self.scores])
+        totals = w @ norm
+        fits = np.array([p.fits_now(job.request) for p in feasible])
+        orders = np.array([p.order for p in feasible])
+        out.raw, out.norm, out.totals, out.fits = raw, norm, totals, fits
+        out.order = [int(i) for i in np.lexsort((orders, ~fits, -np.round(totals, 6)))]
         return out
 
 
-def _normalise(values: list[float | None], higher_is_better: bool) -> list[float]:
-    known = [v for v in values if v is not None]
-    if not known:
-        return [50.0] * len(values)
-    lo, hi = min(known), max(known)
-    out = []
-    for v in values:
-        if v is None:
-            out.append(50.0)
-        elif hi == lo:
-            out.append(100.0)
-        else:
-            frac = (v - lo) / (hi - lo)
-            out.append(round(100.0 * (frac if higher_is_better else 1 - frac), 3))
-    return out
+def _normalise(
+    raw: npt.NDArray[np.float64], higher: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.float64]:
+    """Each score to 0..100 across the candidates (best 100); unknown values are neutral."""
+    known = ~np.isnan(raw)
+    with np.errstate(all="ignore"):
+        lo = np.min(np.where(known, raw, np.inf), axis=1, keepdims=True)
+        hi = np.max(np.where(known, raw, -np.inf), axis=1, keepdims=True)
+        span = hi - lo
+        frac = np.where(span > 0, (raw - lo) / np.where(span > 0, span, 1.0), 1.0)
+    score = 100.0 * np.where(higher[:, None], frac, 1.0 - frac)
+    score = np.where(span > 0, score, 100.0)
+    return np.where(known, score, 50.0)
