@@ -128,10 +128,14 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.backend.open(self.cfg.state_dir)
-        self.machines = self.cfg.machines or await self.backend.inventory(self.cfg.state_dir)
-        if self.cfg.calibrate and not self.cfg.machines and self.backend.name == "local":
-            self.machines = [await self._calibrated(m) for m in self.machines]
-        await self._recover()
+        try:
+            self.machines = self.cfg.machines or await self.backend.inventory(self.cfg.state_dir)
+            if self.cfg.calibrate and not self.cfg.machines and self.backend.name == "local":
+                self.machines = [await self._calibrated(m) for m in self.machines]
+            await self._recover()
+        except BaseException:
+            await self.backend.close()  # an engine it started (a Ray head) must not linger
+            raise
         loops = [
             asyncio.create_task(self._register_loop(stop), name="register"),
             asyncio.create_task(self._heartbeat_loop(), name="heartbeat"),
