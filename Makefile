@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test test-fast lint bench bench-jobs clean
+.PHONY: up test test-heavy test-fast lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,9 +16,14 @@ $(STAMP): pyproject.toml
 up: $(STAMP)
 	$(BIN)/cnet up
 
-# The whole suite runs against SQLite and PostgreSQL (each database is a fixture parameter).
+# The suite runs against SQLite and PostgreSQL (each database is a fixture parameter).
+# Suites that start whole engines (Ray, Slurm) or tens of agents are `test-heavy`; CI runs both.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not heavy"
+
+test-heavy: $(STAMP)
+	bash bench/peers/install_slurm.sh
+	$(BIN)/python -m pytest -q -m heavy
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
@@ -31,6 +36,8 @@ lint: $(STAMP)
 bench: $(STAMP)
 	bash bench/peers/install_slurm.sh
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/discovery.py
+	$(BIN)/python bench/backends.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -34,7 +34,7 @@ from computenet.model import JobSpec, JobState, Machine
 from computenet.sdk import ApiError
 from conftest import DATABASES, Network, _network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 START_TIMEOUT = 240.0  # a Ray head on a busy 2-core machine
 RUN_TIMEOUT = 180.0

@@ -30,6 +30,8 @@ from computenet.agent.backends.slurm import (
 from computenet.model import DeviceKind, JobSpec, JobState
 from conftest import DATABASES, Network, _network
 
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+
 # More CPUs than this machine has: a pool that shows them can only have asked Slurm.
 SLURM_CPUS = max(3, (os.cpu_count() or 1) + 1)
 POOL = "slurm"

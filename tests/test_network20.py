@@ -15,7 +15,7 @@ from computenet import AsyncClient
 from computenet.model import JobState, Pool
 from conftest import Network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 REGIONS = ("cn-north", "cn-east", "cn-south", "cn-west")
 ACCELERATORS = [

@@ -12,7 +12,7 @@ from bench.peers.slurm import SlurmCluster, available
 from computenet.model import JobState
 from conftest import DATABASES, Network, _network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 LOCAL_CPUS = len(os.sched_getaffinity(0))
 SLURM_CPUS = LOCAL_CPUS + 1

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import websockets
 
 from computenet import __version__, config
 from computenet.agent import calibrate as calibration
@@ -28,7 +29,7 @@ from computenet.agent.backends import Backend, LaunchError, Outcome, Task
 from computenet.agent.backends import create as create_backend
 from computenet.agent.environment import job_env
 from computenet.agent.identity import Identity
-from computenet.agent.link import NodeLink
+from computenet.agent.link import BeatRefused, NodeLink
 from computenet.agent.logs import Tail
 from computenet.agent.probe import safe_name
 from computenet.model import (
@@ -37,6 +38,7 @@ from computenet.model import (
     Capacity,
     Directives,
     Heartbeat,
+    HeartbeatAck,
     JobState,
     LogChunk,
     Machine,
@@ -235,24 +237,37 @@ class Agent:
     # --- heartbeats ---------------------------------------------------------------------
 
     async def _heartbeat_loop(self) -> None:
+        """Heartbeats go over a WebSocket while it stays up, else one POST each."""
         await self._registered.wait()
         await self.backend.sample(self.cfg.state_dir, 0)  # primes CPU counters
         while True:
-            self._seq = max(self._seq + 1, time.time_ns() // 1_000_000)
-            hb = Heartbeat(
-                seq=self._seq,
-                sent_at=time.time(),
-                sample=await self.backend.sample(self.cfg.state_dir, len(self.running)),
-                running=[k for k in self.running],
-            )
             try:
-                ack = await self.link.heartbeat(hb)
+                async with self.link.beats() as channel:
+                    while True:
+                        self._fence_all(await channel.send(await self._beat()))
+                        await asyncio.sleep(self.cfg.heartbeat_interval)
+            except BeatRefused as e:
+                log.warning("heartbeat refused: %s", e)
+            except (OSError, TimeoutError, websockets.WebSocketException) as e:
+                log.debug("heartbeat channel down (%s); posting instead", e)
+            try:
+                self._fence_all(await self.link.heartbeat(await self._beat()))
             except (httpx.TransportError, ApiError) as e:
                 log.debug("heartbeat failed: %s", e)
-            else:
-                for ref in ack.stop:
-                    self._fence(ref)
             await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    async def _beat(self) -> Heartbeat:
+        self._seq = max(self._seq + 1, time.time_ns() // 1_000_000)
+        return Heartbeat(
+            seq=self._seq,
+            sent_at=time.time(),
+            sample=await self.backend.sample(self.cfg.state_dir, len(self.running)),
+            running=list(self.running),
+        )
+
+    def _fence_all(self, ack: HeartbeatAck) -> None:
+        for ref in ack.stop:
+            self._fence(ref)
 
     # --- directives ---------------------------------------------------------------------
 

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
 import httpx
+import websockets
 from pydantic import BaseModel
 
 from computenet.agent.identity import Identity
 from computenet.ident import requests as signed
+from computenet.ident.keys import KeyPair
 from computenet.model import (
     Directives,
     Heartbeat,
@@ -76,6 +79,11 @@ class NodeLink:
         resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/heartbeat", _json(hb))
         return HeartbeatAck.model_validate_json(resp.content)
 
+    def beats(self) -> BeatChannel:
+        """Heartbeats over one WebSocket: each still signed, none paying for a request."""
+        ws_url = "ws" + self.url[len("http") :] + f"/v1/pools/{self.pool_cpi}/beats"
+        return BeatChannel(ws_url, self.identity.pool_key)
+
     async def directives(self, wait: float, resync: bool) -> Directives:
         path = f"/v1/pools/{self.pool_cpi}/directives?wait={wait:g}"
         if resync:
@@ -90,3 +98,31 @@ class NodeLink:
 
 def _json(model: BaseModel) -> bytes:
     return json.dumps(model.model_dump(mode="json"), separators=(",", ":")).encode()
+
+
+class BeatChannel:
+    def __init__(self, url: str, key: KeyPair) -> None:
+        self.url, self.key = url, key
+        self._ws: Any = None
+
+    async def __aenter__(self) -> BeatChannel:
+        self._ws = await websockets.connect(self.url, open_timeout=10, max_size=2**20)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+
+    async def send(self, hb: Heartbeat, timeout: float = 10.0) -> HeartbeatAck:
+        raw = hb.model_dump_json()
+        await self._ws.send(
+            json.dumps({"heartbeat": raw, "signature": self.key.sign(raw.encode())})
+        )
+        reply = json.loads(await asyncio.wait_for(self._ws.recv(), timeout))
+        if "error" in reply:
+            raise BeatRefused(str(reply["error"]))
+        return HeartbeatAck.model_validate({"stop": reply.get("stop", [])})
+
+
+class BeatRefused(Exception):
+    """The node read the heartbeat and refused it (replayed, unsigned, out of window)."""

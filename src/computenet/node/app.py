@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from computenet import __version__
 from computenet.node import problems
 from computenet.node.bootstrap import ensure_admin_token
-from computenet.node.routers import discover, jobs, pools, system, tenants, tokens
+from computenet.node.routers import beats, discover, jobs, pools, system, tenants, tokens
 from computenet.node.runtime import Node
 from computenet.node.settings import Settings
 
@@ -110,6 +110,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
         tokens.router,
         tenants.router,
         discover.router,
+        beats.router,
         pools.router,
         jobs.router,
     ):

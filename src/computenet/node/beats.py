@@ -15,8 +15,10 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from computenet.model import Heartbeat
+from computenet.model import AttemptRef, Heartbeat, PoolStatus
 from computenet.node.errors import Conflict
+from computenet.node.metrics import HEARTBEATS
+from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
 
 if TYPE_CHECKING:
@@ -67,3 +69,26 @@ class Beats:
                 await self.flush()
             except Exception:
                 log.exception("persisting heartbeats failed")
+
+
+async def take(node: Node, pool: str, hb: Heartbeat) -> list[AttemptRef]:
+    """One verified heartbeat, however it arrived; returns the attempts the pool must stop.
+
+    A pool back from suspect or offline (or not yet in this replica's index) goes through
+    the store at once, so that the scheduler can use it again.
+    """
+    entry = node.index.entries.get(pool)
+    if entry is None or entry.pool.status is not PoolStatus.online:
+        node.beats.pending.pop(pool, None)
+        came_back = await node.writing(pool_store.heartbeat, pool, hb)
+        node.beats.seq[pool] = hb.seq
+        if came_back:
+            node.events.schedule.set()
+            await node.reindex([pool])
+    else:
+        await node.beats.accept(pool, hb)
+    HEARTBEATS.inc()
+    node.index.heartbeat(pool, hb.sample.model_dump(mode="json"), PoolStatus.online)
+    if not hb.running:
+        return []
+    return await node.reading(job_store.stale_attempts, pool, hb.running)

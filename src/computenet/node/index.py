@@ -187,19 +187,23 @@ class LiveIndex:
             self._columns = None
         self.loaded_at = time.monotonic()
 
-    def refresh(self, states: dict[str, tuple[Capacity, PoolStatus]]) -> list[str]:
+    def refresh(self, states: dict[str, tuple[float, int, int, str]]) -> list[str]:
         """Applies every pool's allocation and status; returns the pools it does not know
         (registered through another replica), for the caller to load in full."""
         for cpi in set(self.entries) - set(states):
             del self.entries[cpi]
             self._columns = None
         unknown = []
-        for cpi, (alloc, status) in states.items():
+        for cpi, state in states.items():
             entry = self.entries.get(cpi)
             if entry is None:
                 unknown.append(cpi)
-            elif entry.pool.allocated != alloc or entry.pool.status is not status:
-                self.allocation(cpi, alloc, status)
+                continue
+            a, st = entry.pool.allocated, entry.pool.status
+            if state != (a.cpus, a.memory_bytes, a.gpus, st.value):
+                cpus, mem, gpus, status = state
+                alloc = Capacity(cpus=max(0.0, cpus), memory_bytes=max(0, mem), gpus=max(0, gpus))
+                self.allocation(cpi, alloc, PoolStatus(status))
         self.loaded_at = time.monotonic()
         return unknown
 

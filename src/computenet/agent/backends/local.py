@@ -215,6 +215,3 @@ def _read_pidfile(workdir: Path) -> tuple[int, float] | None:
 
 def _clear_pidfile(workdir: Path) -> None:
     (workdir / "pid.json").unlink(missing_ok=True)
-
-
-_fmt_seconds = format_seconds  # the name other backends imported first

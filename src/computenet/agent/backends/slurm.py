@@ -29,8 +29,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task
-from computenet.agent.backends.local import _fmt_seconds
+from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task, format_seconds
 from computenet.agent.probe import safe_name
 from computenet.model import Device, DeviceKind, JobState, Machine, TelemetrySample, Usage
 
@@ -498,7 +497,7 @@ class SlurmBackend(Backend):
         while not job.ended.done():
             remaining = self._deadline(job, limit) - time.time()
             if remaining <= 0:
-                reason = f"time limit of {_fmt_seconds(limit)} exceeded"
+                reason = f"time limit of {format_seconds(limit)} exceeded"
                 if job.stop_state is None:
                     job.stop_state, job.stop_reason = JobState.FAILED, reason
                 await self._scancel(job)
@@ -840,7 +839,7 @@ def verdict(
     if end.state == "COMPLETED" and not end.exit_code:
         return JobState.COMPLETE, ""
     if end.state == "TIMEOUT":
-        what = f"time limit of {_fmt_seconds(limit)}" if limit else "Slurm's time limit"
+        what = f"time limit of {format_seconds(limit)}" if limit else "Slurm's time limit"
         return JobState.FAILED, f"{what} exceeded"
     if end.state == "CANCELLED":
         if stop_state is not None:

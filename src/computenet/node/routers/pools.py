@@ -16,7 +16,6 @@ from computenet.model import (
     HeartbeatAck,
     Pool,
     PoolRegistration,
-    PoolStatus,
     Provider,
     ProviderRegistration,
     ReportBatch,
@@ -24,8 +23,9 @@ from computenet.model import (
     Role,
 )
 from computenet.node.auth import Principal, node_of, principal, signed_pool
+from computenet.node.beats import take
 from computenet.node.errors import Unauthorized
-from computenet.node.metrics import HEARTBEATS, JOBS_ENDED, REFUSED
+from computenet.node.metrics import JOBS_ENDED, REFUSED
 from computenet.node.runtime import GATHER, Node
 from computenet.node.sched.binder import PassResult, schedule_pass
 from computenet.node.store import jobs as job_store
@@ -83,21 +83,7 @@ async def heartbeat(
     if not math.isfinite(hb.sent_at) or abs(hb.sent_at - time.time()) > 300:
         raise Unauthorized("heartbeat timestamp outside the accepted window", field="sent_at")
 
-    entry = node.index.entries.get(signer)
-    if entry is None or entry.pool.status is not PoolStatus.online:
-        # Back from suspect or offline (or unknown here): through the store, at once.
-        node.beats.pending.pop(signer, None)
-        came_back = await node.writing(pool_store.heartbeat, signer, hb)
-        node.beats.seq[signer] = hb.seq
-        if came_back:
-            node.events.schedule.set()
-            await node.reindex([signer])
-    else:
-        await node.beats.accept(signer, hb)
-    HEARTBEATS.inc()
-    node.index.heartbeat(signer, hb.sample.model_dump(mode="json"), PoolStatus.online)
-    stale = await node.reading(job_store.stale_attempts, signer, hb.running) if hb.running else []
-    return HeartbeatAck(stop=stale)
+    return HeartbeatAck(stop=await take(node, signer, hb))
 
 
 @router.get("/pools/{pool:path}/directives", response_model=Directives)

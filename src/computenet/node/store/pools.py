@@ -243,8 +243,9 @@ def judge_liveness(
     return changed
 
 
-def states(conn: Connection) -> dict[str, tuple[Capacity, PoolStatus]]:
-    """Every pool's allocation and status: the cheap half of the live index's refresh."""
+def states(conn: Connection) -> dict[str, tuple[float, int, int, str]]:
+    """Every pool's allocation and status as plain values: the cheap half of the live
+    index's refresh, cheap enough to run over 100,000 pools every few seconds."""
     found = conn.execute(
         select(
             pools.c.cpi,
@@ -254,7 +255,7 @@ def states(conn: Connection) -> dict[str, tuple[Capacity, PoolStatus]]:
             pools.c.status,
         )
     ).all()
-    return {r.cpi: _state(r) for r in found}
+    return {r.cpi: (round(r.alloc_cpus, 6), r.alloc_memory, r.alloc_gpus, r.status) for r in found}
 
 
 def get_many(conn: Connection, cpis: list[str]) -> list[Pool]:
