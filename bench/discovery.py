@@ -374,7 +374,7 @@ def main() -> None:
     res: dict[str, Any] = {"machine": machine(), "time": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
     res["discovery"] = [discovery(int(n), args.repeats) for n in args.sizes.split(",")]
     res["heartbeats"] = heartbeats(
-        args.heartbeat_pools, args.heartbeat_workers, args.heartbeat_seconds
+        args.heartbeat_pools, args.heartbeat_workers, args.heartbeat_rounds
     )
     res["placements"] = placements(args.placement_pools, args.placement_jobs)
     big = max(res["discovery"], key=lambda d: d["pools"])

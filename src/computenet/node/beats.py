@@ -34,7 +34,7 @@ class Beats:
         self.seq: dict[str, int] = {}
         self.pending: dict[str, dict[str, Any]] = {}
 
-    async def accept(self, cpi: str, hb: Heartbeat) -> None:
+    async def accept(self, cpi: str, hb: Heartbeat, telemetry: dict[str, Any]) -> None:
         last = self.seq.get(cpi)
         if last is None:
             last = await self.node.reading(pool_store.last_seq, cpi)
@@ -48,7 +48,7 @@ class Beats:
             "b_cpi": cpi,
             "b_seq": hb.seq,
             "b_at": time.time(),
-            "b_telemetry": hb.sample.model_dump(mode="json"),
+            "b_telemetry": telemetry,
         }
 
     async def flush(self) -> None:
@@ -77,6 +77,7 @@ async def take(node: Node, pool: str, hb: Heartbeat) -> list[AttemptRef]:
     A pool back from suspect or offline (or not yet in this replica's index) goes through
     the store at once, so that the scheduler can use it again.
     """
+    telemetry = hb.sample.model_dump(mode="json")
     entry = node.index.entries.get(pool)
     if entry is None or entry.pool.status is not PoolStatus.online:
         node.beats.pending.pop(pool, None)
@@ -86,9 +87,9 @@ async def take(node: Node, pool: str, hb: Heartbeat) -> list[AttemptRef]:
             node.events.schedule.set()
             await node.reindex([pool])
     else:
-        await node.beats.accept(pool, hb)
+        await node.beats.accept(pool, hb, telemetry)
     HEARTBEATS.inc()
-    node.index.heartbeat(pool, hb.sample.model_dump(mode="json"), PoolStatus.online)
+    node.index.heartbeat(pool, telemetry, PoolStatus.online)
     if not hb.running:
         return []
     return await node.reading(job_store.stale_attempts, pool, hb.running)

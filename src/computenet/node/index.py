@@ -34,6 +34,10 @@ class Entry:
     kinds: frozenset[str]
     max_device_memory: int
     summary: PoolSummary | None = None
+    # Heartbeats land here, not in ``pool``: copying a whole pool record for each one
+    # would cost more than everything else a heartbeat does.
+    telemetry: dict[str, Any] | None = None
+    last_contact: datetime | None = None
 
     @classmethod
     def of(cls, pool: Pool) -> Entry:
@@ -67,7 +71,7 @@ class Entry:
     def to_summary(self) -> PoolSummary:
         if self.summary is None:
             p = self.pool
-            tele = p.telemetry or {}
+            tele = self.telemetry or p.telemetry or {}
             per_scu = None
             if p.price is not None and p.scu:
                 c = p.capacity
@@ -90,7 +94,7 @@ class Entry:
                 scu=p.scu,
                 cpu_percent=_float(tele.get("cpu_percent")),
                 running_jobs=_int(tele.get("running_jobs")),
-                last_heartbeat_at=p.last_heartbeat_at,
+                last_heartbeat_at=self.last_contact or p.last_heartbeat_at,
             )
         return self.summary
 
@@ -228,10 +232,11 @@ class LiveIndex:
         entry = self.entries.get(cpi)
         if entry is None:
             return
-        pool = entry.pool.model_copy(
-            update={"telemetry": telemetry, "status": status, "last_heartbeat_at": _now()}
-        )
-        self.put_entry(entry, pool)
+        if entry.pool.status is not status:  # visible: through the full path
+            pool = entry.pool.model_copy(update={"status": status})
+            self.put_entry(entry, pool)
+            entry = self.entries[cpi]
+        entry.telemetry, entry.last_contact, entry.summary = telemetry, _now(), None
 
     def put_entry(self, old: Entry, pool: Pool) -> None:
         """Replaces a pool whose inventory did not change, without re-deriving it."""
