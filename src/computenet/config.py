@@ -63,7 +63,8 @@ def save_token(url: str, token: str) -> Path:
 
 
 def default_url() -> str:
-    return os.environ.get("CNET_URL", DEFAULT_URL)
+    url = os.environ.get("CNET_URL", DEFAULT_URL).strip()
+    return url if "://" in url else f"http://{url}"
 
 
 def token_for(url: str) -> str | None:

@@ -170,6 +170,9 @@ class Agent:
         if self._registered.is_set() and (self._reports or self._logs):
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._flush_once(), 3)
+        if self._registered.is_set():
+            with contextlib.suppress(Exception):
+                await self.link.leave()
         for t in loops:
             t.cancel()
         await asyncio.gather(*loops, return_exceptions=True)

@@ -79,6 +79,9 @@ class NodeLink:
         resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/heartbeat", _json(hb))
         return HeartbeatAck.model_validate_json(resp.content)
 
+    async def leave(self) -> None:
+        await self._signed("POST", f"/v1/pools/{self.pool_cpi}/leave", timeout=3)
+
     def beats(self) -> BeatChannel:
         """Heartbeats over one WebSocket: each still signed, none paying for a request."""
         ws_url = "ws" + self.url[len("http") :] + f"/v1/pools/{self.pool_cpi}/beats"

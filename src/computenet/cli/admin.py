@@ -41,14 +41,25 @@ def tenant_list() -> None:
 @tenant_app.command("set")
 def tenant_set(
     name: Annotated[str, typer.Argument(help="tenant")],
-    weight: Annotated[float, typer.Option(help="share under contention, relative")] = 1.0,
+    weight: Annotated[float | None, typer.Option(help="share under contention, relative")] = None,
     max_cpus: Annotated[float | None, typer.Option(help="CPUs it may hold at once")] = None,
     max_gpus: Annotated[int | None, typer.Option(help="accelerators it may hold at once")] = None,
+    no_limits: Annotated[bool, typer.Option("--no-limits", help="remove both quotas")] = False,
 ) -> None:
-    """Set a tenant's weight and quotas (admin)."""
+    """Change a tenant's weight and quotas (admin); what you leave out stays as it was."""
     with client() as c:
-        t = c.set_tenant(name, weight, max_cpus, max_gpus)
-    out.print(f"{t.name}: weight {t.weight:g}, max cpus {t.max_cpus}, max gpus {t.max_gpus}")
+        now = next((t for t in c.tenants() if t.name == name), None)
+        keep_cpus = None if no_limits or now is None else now.max_cpus
+        keep_gpus = None if no_limits or now is None else now.max_gpus
+        t = c.set_tenant(
+            name,
+            weight if weight is not None else (now.weight if now else 1.0),
+            max_cpus if max_cpus is not None else keep_cpus,
+            max_gpus if max_gpus is not None else keep_gpus,
+        )
+    cpus = "-" if t.max_cpus is None else f"{t.max_cpus:g}"
+    gpus = "-" if t.max_gpus is None else str(t.max_gpus)
+    out.print(f"{t.name}: weight {t.weight:g}, max cpus {cpus}, max gpus {gpus}")
 
 
 def status() -> None:
@@ -75,6 +86,7 @@ def resources() -> None:
         "CPUS FREE/TOTAL",
         "MEMORY",
         "ACCELERATORS",
+        "SCU",
         "HEARTBEAT",
     ):
         table.add_column(col, overflow="fold")

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -247,6 +248,9 @@ def up(
     """Run a node and a local agent together; Ctrl-C stops both and every job they ran."""
     url = f"http://127.0.0.1:{port}"
     exe = [sys.executable, "-m", "computenet.cli.main"]
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", port)) == 0:
+            raise CLIError(f"port {port} is in use (another node?); pass --port to use another")
     env = dict(os.environ)
     if db:
         env["CNET_DATABASE_URL"] = db
@@ -255,6 +259,7 @@ def up(
     # they die with it if it is killed outright.
     quiet: dict[str, Any] = {"start_new_session": True, "preexec_fn": _die_with_parent}
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)  # even where a shell started us ignoring it
     try:
         node = subprocess.Popen(
             [*exe, "node", "serve", "--port", str(port), "--log-level", log_level], env=env, **quiet
@@ -274,7 +279,9 @@ def up(
             f"computenet node at [bold]{url}[/]  (admin token in {config.credentials_path()})"
         )
         out.print(f"token: {token}")
-        out.print("try:   cnet run -- python -c 'print(6*7)'     Ctrl-C stops everything")
+        if port != config.DEFAULT_PORT:
+            out.print(f"first: export CNET_URL={url}")
+        out.print("try:   cnet run -- python3 -c 'print(6*7)'     Ctrl-C stops everything")
         while all(p.poll() is None for p in procs):
             time.sleep(0.2)
         failed = next(p for p in procs if p.returncode is not None)

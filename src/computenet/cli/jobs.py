@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 from rich.table import Table
 
-from computenet.cli.output import CLIError, ago, duration, err, out, state
+from computenet.cli.output import CLIError, ago, duration, err, friendly, out, state
 from computenet.cli.session import client
 from computenet.model import Job, JobSpec, JobState
 from computenet.model.plan import Plan
@@ -26,8 +26,8 @@ def spec_from(data: dict[str, Any], where: str) -> JobSpec:
     except ValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "spec"
-        msg = "unknown field" if first["type"] == "extra_forbidden" else first["msg"]
-        raise CLIError(f"{where}: {field}: {msg}", 2) from e
+        prefix = f"{where}: " if where else ""
+        raise CLIError(f"{prefix}{field}: {friendly(first)}", 2) from e
 
 
 def attach(c: Client, job: Job) -> int:
@@ -68,6 +68,7 @@ def run(
     optimize: Annotated[
         str | None, typer.Option(help="favour cost, time, carbon or balanced")
     ] = None,
+    priority: Annotated[int, typer.Option(help="-1000..1000, higher first among yours")] = 0,
     region: Annotated[
         list[str] | None, typer.Option("--region", help="allowed region, repeatable")
     ] = None,
@@ -93,13 +94,23 @@ def run(
         "pool": pool,
         "regions": region or [],
         "optimize": optimize,
+        "priority": priority,
     }
-    spec = spec_from(data, "options")
+    spec = spec_from(data, "")
     if dry_run:
         with client() as c:
-            show_plan(c.plan(spec))
+            plan = c.plan(spec)
+        show_plan(plan)
+        if not plan.candidates:
+            raise typer.Exit(1)
         return
     submit_spec(spec, detach)
+
+
+def _wait(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    return f"{seconds / 60:.0f}m" if seconds < 7200 else f"{seconds / 3600:.1f}h"
 
 
 def show_plan(plan: Plan) -> None:
@@ -207,3 +218,22 @@ def cancel(job_ids: Annotated[list[str], typer.Argument(help="job ids")]) -> Non
             if not job.state.terminal:
                 job = c.wait(job_id, timeout=30)
             out.print(f"{job.id} {state(job.state)}")
+
+
+def show(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
+    """One job in full: state and why, pool, exit code, times, and every attempt."""
+    with client() as c:
+        j = c.get(job_id)
+    out.print(f"[bold]{j.id}[/] {j.name or ' '.join(j.spec.command)[:80]}")
+    out.print(f"state:     {state(j.state)}" + (f"  ({j.reason})" if j.reason else ""))
+    out.print(f"exit code: {'-' if j.exit_code is None else j.exit_code}")
+    out.print(f"pool:      {j.pool or '-'}")
+    r = j.spec.resources
+    out.print(
+        f"request:   {r.cpus:g} CPUs, {r.memory} bytes, {r.gpus} GPUs"
+        + (f", time {r.time:g}s" if r.time else "")
+    )
+    out.print(f"submitted: {ago(j.created_at)}; ran {duration(j.started_at, j.ended_at)}")
+    for a in j.attempts:
+        reason = f" ({a.reason})" if a.reason else ""
+        out.print(f"  attempt {a.number} on {a.pool}: {state(a.state)}{reason}")

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 
 from computenet import __version__
 from computenet.cli import admin, daemons, jobs
-from computenet.cli.output import CLIError, fail
+from computenet.cli.output import CLIError, fail, friendly
 from computenet.cli.session import current
 from computenet.sdk.client import ApiError
 
@@ -22,8 +22,9 @@ app = typer.Typer(
 )
 
 
-@app.callback()
+@app.callback(invoke_without_command=True)
 def _global(
+    ctx: typer.Context,
     url: Annotated[str | None, typer.Option(envvar="CNET_URL", help="node URL")] = None,
     token: Annotated[str | None, typer.Option(envvar="CNET_TOKEN", help="API token")] = None,
     version: Annotated[bool, typer.Option("--version", help="print the version")] = False,
@@ -31,6 +32,9 @@ def _global(
     if version:
         print(__version__)
         raise typer.Exit()
+    if ctx.invoked_subcommand is None:
+        print(ctx.get_help())
+        raise typer.Exit(2)
     current.url, current.token = url, token
 
 
@@ -42,6 +46,7 @@ app.command(context_settings={"allow_interspersed_args": False})(jobs.run)
 app.command()(jobs.submit)
 app.command()(jobs.ps)
 app.command()(jobs.logs)
+app.command()(jobs.show)
 app.command()(jobs.cancel)
 app.command()(admin.schema)
 app.add_typer(admin.token_app, name="token")
@@ -60,7 +65,7 @@ def main() -> None:
     except ValidationError as e:
         first = e.errors()[0]
         field = ".".join(str(p) for p in first["loc"]) or "input"
-        fail(f"{field}: {first['msg']}", 2)
+        fail(f"{field}: {friendly(first)}", 2)
     except KeyboardInterrupt:
         sys.exit(130)
 

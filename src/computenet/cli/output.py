@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from datetime import UTC, datetime
+from typing import Any
 
 from rich.console import Console
 
@@ -63,3 +64,15 @@ def duration(start: datetime | None, end: datetime | None) -> str:
 
 def state(s: JobState) -> str:
     return f"[{STATE_STYLE[s]}]{s.value}[/]"
+
+
+def friendly(error: Any) -> str:
+    """A pydantic error as a person would say it: no 'Value error,' and no regexes."""
+    kind, msg = error.get("type", ""), str(error.get("msg", "invalid"))
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "string_pattern_mismatch":
+        return f"{error.get('input')!r} is not in the allowed form"
+    if kind == "string_type" and isinstance(error.get("input"), bool):
+        return 'expected text; in YAML write it in quotes ("true"), or it reads as a boolean'
+    return msg.removeprefix("Value error, ")

@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from computenet import config
 from computenet.model import (
+    FieldError,
     Job,
     JobBatch,
     JobPage,
@@ -100,11 +101,25 @@ def check(resp: httpx.Response) -> None:
 
 
 def _spec(spec: JobSpec | dict[str, Any] | None, kwargs: dict[str, Any]) -> JobSpec:
-    if spec is None:
-        return JobSpec.model_validate(kwargs)
-    if isinstance(spec, dict):
-        return JobSpec.model_validate({**spec, **kwargs})
-    return spec.model_copy(update=kwargs) if kwargs else spec
+    """Checked here with the node's own model, and refused the way the node would refuse it."""
+    try:
+        if spec is None:
+            return JobSpec.model_validate(kwargs)
+        if isinstance(spec, dict):
+            return JobSpec.model_validate({**spec, **kwargs})
+        return JobSpec.model_validate({**spec.model_dump(), **kwargs}) if kwargs else spec
+    except ValidationError as e:
+        errors = [
+            FieldError(
+                field=".".join(str(p) for p in err["loc"]) or "spec",
+                message=str(err["msg"]).removeprefix("Value error, "),
+            )
+            for err in e.errors()[:20]
+        ]
+        detail = "; ".join(f"{x.field}: {x.message}" for x in errors[:5])
+        raise ApiError(
+            422, Problem(title="Invalid request", status=422, detail=detail, errors=errors)
+        ) from None
 
 
 def _chunks(specs: Iterable[JobSpec | dict[str, Any]]) -> Iterator[list[JobSpec]]:

@@ -62,7 +62,7 @@ class LocalBackend(Backend):
         except FileNotFoundError as e:
             raise LaunchError(f"command not found: {task.spec.command[0]}", 127) from e
         except PermissionError as e:
-            raise LaunchError(f"permission denied: {task.spec.command[0]}: {e}", 126) from e
+            raise LaunchError(f"permission denied: {task.spec.command[0]}", 126) from e
         except OSError as e:
             raise LaunchError(f"cannot start {task.spec.command[0]}: {e}", 126) from e
         started = time.time()

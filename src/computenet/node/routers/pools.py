@@ -86,6 +86,15 @@ async def heartbeat(
     return HeartbeatAck(stop=await take(node, signer, hb))
 
 
+@router.post("/pools/{pool:path}/leave", status_code=204)
+async def leave(
+    pool: PoolPath, signer: str = Depends(signed_pool), node: Node = Depends(node_of)
+) -> None:
+    """The agent is stopping: its pool takes no new work until it heartbeats again."""
+    if await node.writing(pool_store.leave, signer):
+        await node.reindex([signer])
+
+
 @router.get("/pools/{pool:path}/directives", response_model=Directives)
 async def directives(
     pool: PoolPath,

@@ -297,3 +297,19 @@ def allocations(conn: Connection, cpis: list[str]) -> dict[str, tuple[Capacity, 
         )
         for r in found
     }
+
+
+def leave(conn: Connection, cpi: str) -> bool:
+    """An agent that says goodbye: no new work for its pool from now on.
+
+    Suspect rather than offline: work that outlives the agent (a Slurm job) keeps running
+    for its successor to adopt, and only if none comes back in time does the pool go
+    offline and its work get requeued, as for any silent pool.
+    """
+    return bool(
+        conn.execute(
+            update(pools)
+            .where(pools.c.cpi == cpi, pools.c.status == PoolStatus.online.value)
+            .values(status=PoolStatus.suspect.value)
+        ).rowcount
+    )
