@@ -14,19 +14,37 @@ from test_calibration import _independent_fp32_tflops
 pytestmark = pytest.mark.slow
 
 
-def test_registered_calibration_agrees_with_an_independent_measurement(shared: Network) -> None:
-    with shared.client() as c:
+def _registered_fp32(net: Network) -> tuple[float, int]:
+    with net.client() as c:
         pool = next(p for p in c.pools() if p.name == "alpha")
     cal = pool.machines[0].calibration
     assert cal is not None and pool.scu == pytest.approx(cal.scu, rel=1e-4)
     fp32 = next(m for m in cal.metrics if m.name == "matmul" and m.precision == "fp32")
     assert fp32.source.value == "measured" and fp32.level is MetricLevel.L0
-    # The registered figure was taken when the agent started; the test's own is taken now,
-    # best of a few rounds, with the same number of threads.
-    independent = max(_independent_fp32_tflops(cal.cpus) for _ in range(4))
-    ratio = fp32.value / independent
-    assert abs(ratio - 1) <= 0.20, f"registered {fp32.value:.4f} vs now {independent:.4f}"
+    return fp32.value, cal.cpus
 
+
+def test_registered_calibration_agrees_with_an_independent_measurement(shared: Network) -> None:
+    """The figure a pool registers is the agent's own measurement. A neighbour that loads
+    the machine while it measures lowers it, so a disagreement is retried: the test's own
+    timing brackets a fresh calibration (``cnet agent calibrate``, which the restarted
+    agent then registers), and each side keeps its best. A systematic error (a wrong flop
+    count, thread limits not applied) stays off in every round."""
+    registered, cpus = _registered_fp32(shared)
+    independent = max(_independent_fp32_tflops(cpus) for _ in range(3))
+    for _ in range(3):
+        if abs(registered / independent - 1) <= 0.20:
+            break
+        assert shared.cnet("agent", "calibrate", "--json", timeout=120).returncode == 0
+        shared.agents["alpha"].stop()
+        shared.start_agent("alpha")
+        registered = max(registered, _registered_fp32(shared)[0])
+        independent = max(independent, _independent_fp32_tflops(cpus))
+    ratio = registered / independent
+    assert abs(ratio - 1) <= 0.20, f"registered {registered:.4f} vs now {independent:.4f}"
+
+    with shared.client() as c:
+        pool = next(p for p in c.pools() if p.name == "alpha")
     r = shared.cnet("resources")
     assert r.returncode == 0, r.stderr
     row = next(line for line in r.stdout.splitlines() if pool.cpi in line)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -231,3 +232,52 @@ def find(
         )
     out.print(table)
     out.print(f"[dim]{page.total} pool(s) matched in {page.took_ms:.2f} ms[/]")
+
+
+def catalog(
+    vendor: Annotated[
+        str | None, typer.Option(help="only this vendor, e.g. nvidia, huawei")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="entries this name resolves to, e.g. H100")
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="the entries as JSON, with sources")
+    ] = False,
+) -> None:
+    """The accelerators and CPUs computenet knows: memory, dense peaks per precision, power."""
+    from computenet.catalog import load
+
+    cat = load()
+    entries = list(cat.entries)
+    if vendor:
+        entries = cat.by_vendor(vendor)
+    if name:
+        found = {e.id for e in cat.find(name)}
+        entries = [e for e in entries if e.id in found]
+    if as_json:
+        print(json.dumps([e.model_dump(mode="json") for e in entries], indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("ID", "VENDOR", "MODEL", "ARCH", "MEMORY", "FP64", "FP32", "BF16", "INT8", "W"):
+        table.add_column(col, overflow="fold")
+
+    def peak(e: object, p: str) -> str:
+        v = getattr(e, "peak_tflops", {}).get(p)
+        return "-" if v is None else f"{v:g}"
+
+    for e in entries:
+        table.add_row(
+            e.id,
+            e.vendor,
+            e.model,
+            e.arch,
+            "-" if e.memory_bytes is None else format_bytes(e.memory_bytes),
+            peak(e, "fp64"),
+            peak(e, "fp32"),
+            peak(e, "bf16"),
+            peak(e, "int8"),
+            "-" if e.tdp_watts is None else f"{e.tdp_watts:g}",
+        )
+    out.print(table)
+    out.print("[dim]dense peaks, TFLOPS (INT8: TOPS), per package; sources: cnet catalog --json[/]")

@@ -1,0 +1,36 @@
+"""The command line where no node is needed: version, help, the catalog, bad options."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+from conftest import PYTHON
+
+
+def cnet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*PYTHON, *args], capture_output=True, text=True, timeout=60)
+
+
+def test_version_and_bare_help() -> None:
+    r = cnet("--version")
+    assert r.returncode == 0 and r.stdout.strip().count(".") == 2
+    bare = cnet()
+    assert bare.returncode == 2 and "Commands" in bare.stdout
+
+
+def test_catalog_lists_and_resolves_names() -> None:
+    r = cnet("catalog", "--name", "H100", "--json")
+    assert r.returncode == 0, r.stderr
+    ids = {e["id"] for e in json.loads(r.stdout)}
+    assert "nvidia-h100-sxm5-80gb" in ids and all(i.startswith("nvidia-h100") for i in ids)
+    table = cnet("catalog", "--vendor", "huawei")
+    assert table.returncode == 0 and "Ascend 910B" in table.stdout
+
+
+def test_bad_options_fail_in_one_line_without_traceback() -> None:
+    for args in (("run", "--mem", "5Q", "--", "true"), ("run", "-e", "1BAD=x", "--", "true")):
+        r = cnet(*args)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        assert "Value error" not in r.stderr
