@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psycopg
@@ -271,3 +272,19 @@ def shared(
 def network(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Network]:
     """A fresh node without agents, for tests that restart or break things."""
     yield from _network(request.param, tmp_path, request)
+
+
+def slurm_cluster(cpus: int) -> Iterator[Any]:
+    """A throwaway single-node Slurm for a module's tests (skipped, loudly, only where
+    Slurm cannot run at all)."""
+    from bench.peers.slurm import SlurmCluster, available
+
+    reason = available()
+    if reason is not None:
+        pytest.skip(f"Slurm cannot run here: {reason}")
+    cluster = SlurmCluster(cpus=cpus)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from bench.peers.slurm import SlurmCluster, available
+from bench.peers.slurm import SlurmCluster
 
 from computenet.agent.backends.base import Task
 from computenet.agent.backends.slurm import (
@@ -28,7 +28,7 @@ from computenet.agent.backends.slurm import (
     verdict,
 )
 from computenet.model import DeviceKind, JobSpec, JobState
-from conftest import DATABASES, Network, _network
+from conftest import DATABASES, Network, _network, slurm_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -39,15 +39,7 @@ POOL = "slurm"
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[SlurmCluster]:
-    reason = available()
-    if reason is not None:
-        pytest.skip(f"Slurm cannot run here: {reason}")
-    c = SlurmCluster(cpus=SLURM_CPUS)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from slurm_cluster(SLURM_CPUS)
 
 
 def agent_args(cluster: SlurmCluster) -> list[str]:

@@ -7,10 +7,10 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from bench.peers.slurm import SlurmCluster, available
+from bench.peers.slurm import SlurmCluster
 
 from computenet.model import JobState
-from conftest import DATABASES, Network, _network
+from conftest import DATABASES, Network, _network, slurm_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -21,15 +21,7 @@ RAY_CPUS = LOCAL_CPUS + 3
 
 @pytest.fixture(scope="module")
 def slurm() -> Iterator[SlurmCluster]:
-    reason = available()
-    if reason is not None:
-        pytest.skip(f"Slurm cannot run here: {reason}")
-    c = SlurmCluster(cpus=SLURM_CPUS)
-    c.start()
-    try:
-        yield c
-    finally:
-        c.stop()
+    yield from slurm_cluster(SLURM_CPUS)
 
 
 @pytest.fixture(scope="module", params=DATABASES)
