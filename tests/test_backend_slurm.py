@@ -442,3 +442,25 @@ def test_final_states_map_to_the_agents_terms() -> None:
     assert verdict(end("NODE_FAIL"), None, "", None, "")[0] is JobState.FAILED
     rows = parse_queue("7|FAILED|768|100|101|NonZeroExitCode|cnet:j-x#1|a|b|\n")
     assert rows["7"].comment == "cnet:j-x#1|a|b" and split_status(rows["7"].status) == (3, 0)
+
+
+def test_slurm_queues_more_than_it_runs(net: Network, cpi: str, cluster: SlurmCluster) -> None:
+    """The pool accepts work beyond its size into Slurm's own queue (``queue`` option), so
+    Slurm starts the next job on its own tick instead of waiting for the node."""
+    n = SLURM_CPUS * 3
+    with net.client() as c:
+        jobs = c.submit_many(
+            [{"command": ["sleep", "1.5"], "resources": {"cpus": 1}, "pool": cpi}] * n
+        )
+        most = 0
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            lines = squeue(cluster, "--Format=JobID:|,State:|,Comment:|").splitlines()
+            most = max(most, sum("cnet:" in line for line in lines))
+            if all(c.get(j.id).state.terminal for j in jobs):
+                break
+            time.sleep(0.2)
+        assert most > SLURM_CPUS, f"Slurm never held more than {most} of our jobs"
+        assert all(c.get(j.id).state is JobState.COMPLETE for j in jobs)
+        pool = next(p for p in c.pools() if p.cpi == cpi)
+        assert pool.allocated.cpus == 0  # everything released again

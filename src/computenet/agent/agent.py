@@ -202,6 +202,7 @@ class Agent:
             labels=self.cfg.labels,
             machines=self.machines,
             capacity=self.cfg.capacity,
+            queue_factor=self.backend.queue_factor,
             price=self.cfg.price,
             carbon_intensity=self.cfg.carbon_intensity,
             agent_version=__version__,

@@ -134,6 +134,12 @@ class PoolInventory(Model):
     labels: Labels = Field(default_factory=dict)
     machines: list[Machine] = Field(min_length=1, max_length=100_000)
     capacity: Capacity | None = None
+    queue_factor: float = Field(
+        default=0.0,
+        ge=0,
+        le=100,
+        description="work beyond capacity the engine queues itself, as a multiple of capacity",
+    )
     price: Price | None = None
     carbon_intensity: Carbon | None = None
     agent_version: ShortText = ""
@@ -164,6 +170,7 @@ class Pool(Model):
     price: Price | None = None
     carbon_intensity: float | None = None
     scu: float | None = Field(default=None, description="standard compute units, measured")
+    queue_factor: float = 0.0
 
     @property
     def free(self) -> Capacity:

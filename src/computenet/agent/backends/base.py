@@ -73,6 +73,10 @@ class Backend(ABC):
     # Work that outlives the agent process (a Slurm job) is left running when the agent
     # stops cleanly; its successor adopts it through ``recover``.
     survives_agent: ClassVar[bool] = False
+    # An engine with a queue of its own (Slurm) is sent more than it can run at once, as a
+    # multiple of its capacity, so that it starts the next job on its own schedule instead
+    # of waiting for a round trip to the node. 0 for backends that start what they receive.
+    queue_factor: float = 0.0
 
     async def open(self, state_dir: Path) -> None:  # noqa: B027 - optional hook
         """Connects to, or starts, the engine; called once before anything else."""

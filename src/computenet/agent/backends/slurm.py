@@ -144,7 +144,9 @@ class SlurmBackend(Backend):
     ``partition`` to submit to (default: the cluster's default partition); ``conf``, the
     slurm.conf to use (default: ``$SLURM_CONF``, else Slurm's built-in path); ``bin_dir``
     where the Slurm commands are (default: ``$PATH``); ``account`` and ``qos`` for sbatch;
-    ``poll``, seconds between squeue calls; ``timeout``, seconds any one command may take.
+    ``poll``, seconds between squeue calls; ``timeout``, seconds any one command may take;
+    ``queue``, how much work beyond the partition's size to keep waiting in Slurm's own
+    queue, as a multiple of it (default 2).
     """
 
     name = "slurm"
@@ -161,7 +163,9 @@ class SlurmBackend(Backend):
         qos: str = "",
         poll: float | str = 1.0,
         timeout: float | str = 30.0,
+        queue: float | str = 2.0,
     ) -> None:
+        self.queue_factor = max(0.0, float(queue))
         self.partition = partition
         self.account = account
         self.qos = qos

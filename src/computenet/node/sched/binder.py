@@ -57,6 +57,7 @@ _POOLS = (
         pools.c.price,
         pools.c.carbon_intensity,
         pools.c.scu,
+        pools.c.queue_factor,
     )
     .where(pools.c.status == PoolStatus.online.value)
     .order_by(pools.c.registered_at)
@@ -73,13 +74,17 @@ def load_pools(conn: Connection) -> list[PoolView]:
             gpus=max(0, r.alloc_gpus),
         )
         price = Price.model_validate(r.price) if r.price else None
+        q = 1 + r.queue_factor
+        room = Capacity(
+            cpus=cap.cpus * q, memory_bytes=int(cap.memory_bytes * q), gpus=int(cap.gpus * q)
+        )
         out.append(
             PoolView(
                 r.cpi,
                 r.region,
                 r.labels,
                 cap,
-                cap.minus(alloc),
+                room.minus(alloc),
                 i,
                 price,
                 r.carbon_intensity,
@@ -371,9 +376,12 @@ _RESERVE = (
     .where(
         pools.c.cpi == bindparam("b_pool"),
         pools.c.status == PoolStatus.online.value,
-        pools.c.alloc_cpus + bindparam("r_cpus") <= pools.c.cap_cpus + 1e-9,
-        pools.c.alloc_memory + bindparam("r_memory") <= pools.c.cap_memory,
-        pools.c.alloc_gpus + bindparam("r_gpus") <= pools.c.cap_gpus,
+        # An engine with its own queue may hold more than it runs (``queue_factor``).
+        pools.c.alloc_cpus + bindparam("r_cpus")
+        <= pools.c.cap_cpus * (1 + pools.c.queue_factor) + 1e-9,
+        pools.c.alloc_memory + bindparam("r_memory")
+        <= pools.c.cap_memory * (1 + pools.c.queue_factor),
+        pools.c.alloc_gpus + bindparam("r_gpus") <= pools.c.cap_gpus * (1 + pools.c.queue_factor),
     )
     .values(
         alloc_cpus=pools.c.alloc_cpus + bindparam("r_cpus"),

@@ -129,6 +129,7 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
         "last_heartbeat_at": time.time(),
         "price": inv.price.model_dump(mode="json") if inv.price else None,
         "carbon_intensity": inv.carbon_intensity,
+        "queue_factor": inv.queue_factor,
     }
     values["scu"], values["calibration"] = scu_of(machines)
     existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()

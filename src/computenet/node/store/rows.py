@@ -78,6 +78,7 @@ def pool(row: Any) -> Pool:
         price=Price.model_validate(row.price) if row.price else None,
         carbon_intensity=row.carbon_intensity,
         scu=row.scu,
+        queue_factor=row.queue_factor,
     )
 
 

@@ -87,6 +87,7 @@ pools = Table(
     Column("carbon_intensity", Float),
     Column("scu", Float),
     Column("calibration", JSON),
+    Column("queue_factor", Float, nullable=False, server_default="0"),
 )
 
 jobs = Table(
