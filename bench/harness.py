@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +37,19 @@ def percentile(values: list[float], pct: float) -> float:
 
 
 class Deployment:
-    def __init__(self, db_url: str | None = None) -> None:
+    """A node and one agent. ``agent_args`` are appended to ``cnet agent run`` (e.g.
+    ``--backend slurm -o conf=...``), so one harness serves every backend; the agent gets
+    ``ready_timeout`` seconds to register, since a cluster-fronting one may start an engine."""
+
+    def __init__(
+        self,
+        db_url: str | None = None,
+        agent_args: Sequence[str] = (),
+        ready_timeout: float = 300.0,
+    ) -> None:
         self.home = Path(tempfile.mkdtemp(prefix="cnet-bench-"))
+        self.agent_args = list(agent_args)
+        self.ready_timeout = ready_timeout
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.db_url = db_url or f"sqlite:///{self.home}/node.db"
@@ -50,23 +62,18 @@ class Deployment:
         return env
 
     def __enter__(self) -> Deployment:
-        log = open(self.home / "node.log", "wb")
+        try:
+            self._start()
+        except BaseException:
+            self.__exit__()  # a failed start must not leave a node or agent running
+            raise
+        return self
+
+    def _start(self) -> None:
         self.procs.append(
-            subprocess.Popen(
-                [
-                    *CLI,
-                    "node",
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--db",
-                    self.db_url,
-                    "--log-level",
-                    "warning",
-                ],
-                env=self.env(),
-                stdout=log,
-                stderr=log,
+            self._spawn(
+                "node.log",
+                ["node", "serve", "--port", str(self.port), "--db", self.db_url],
             )
         )
         deadline = time.monotonic() + 60
@@ -80,11 +87,10 @@ class Deployment:
                 time.sleep(0.1)
         creds = json.loads((self.home / "config" / "credentials.json").read_text())
         self.token = creds[self.url]
-        alog = open(self.home / "agent.log", "wb")
         self.procs.append(
-            subprocess.Popen(
+            self._spawn(
+                "agent.log",
                 [
-                    *CLI,
                     "agent",
                     "run",
                     "--node",
@@ -93,18 +99,45 @@ class Deployment:
                     self.token,
                     "--state-dir",
                     str(self.home / "agent"),
-                    "--log-level",
-                    "warning",
+                    *self.agent_args,
                 ],
-                env=self.env(),
-                stdout=alog,
-                stderr=alog,
             )
         )
         headers = {"authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + self.ready_timeout
         while not httpx.get(f"{self.url}/v1/pools", headers=headers).json():
+            self._check_agent(deadline)
             time.sleep(0.1)
-        return self
+
+    def _spawn(self, log_name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.home / log_name, "wb") as log:
+            return subprocess.Popen(
+                [*CLI, *args, "--log-level", "warning"],
+                env=self.env(),
+                stdout=log,
+                stderr=log,
+            )
+
+    def _check_agent(self, deadline: float) -> None:
+        """An agent that exits or never registers would otherwise leave the wait spinning
+        for ever; its log says why."""
+        agent = self.procs[-1]
+        if agent.poll() is None and time.monotonic() < deadline:
+            return
+        why = "exited" if agent.poll() is not None else "did not register in time"
+        tail = (self.home / "agent.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"the agent {why}:\n{tail}")
+
+    def pool(self, timeout: float = 120.0) -> str:
+        """The CPI of the agent's pool once it is online, to pin jobs to it."""
+        headers = {"authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + timeout
+        while True:
+            for p in httpx.get(f"{self.url}/v1/pools", headers=headers).json():
+                if p.get("status") == "online":
+                    return str(p["cpi"])
+            self._check_agent(deadline)
+            time.sleep(0.1)
 
     def __exit__(self, *exc: object) -> None:
         for p in reversed(self.procs):
