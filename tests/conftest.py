@@ -207,7 +207,7 @@ class Network:
     def cnet(
         self, *args: str, token: str | None = None, timeout: float = 60, input: str | None = None
     ) -> subprocess.CompletedProcess[str]:
-        env = self.env
+        env = dict(self.env)
         if token:
             env["CNET_TOKEN"] = token
         return subprocess.run(

@@ -297,6 +297,14 @@ def test_job_waiting_in_slurms_queue_is_not_yet_running(
         wait_for("Slurm to queue the job", lambda: slurm_state(cluster, job.id) == "PENDING")
         time.sleep(1)  # a few polls: the agent must not call a queued job running
         assert c.get(job.id).state is JobState.SCHEDULED
+
+        def queue_seen() -> bool:  # the engine's queue reaches discovery through heartbeats
+            s = next(p for p in c.discover(include_all=True).items if p.cpi == cpi)
+            return s.queued_jobs == 1
+
+        wait_for("the heartbeat to carry Slurm's queue", queue_seen, 15)
+        tele = c.pool(cpi).telemetry or {}
+        assert tele.get("free_cpus") == 0 and tele.get("queued_jobs") == 1
         released = time.time()
         scancel(cluster, blocker)
         final = c.wait(job.id, timeout=30)
@@ -460,7 +468,10 @@ def test_slurm_queues_more_than_it_runs(net: Network, cpi: str, cluster: SlurmCl
             if all(c.get(j.id).state.terminal for j in jobs):
                 break
             time.sleep(0.2)
-        assert most > SLURM_CPUS, f"Slurm never held more than {most} of our jobs"
+        assert most > SLURM_CPUS, (
+            f"Slurm never held more than {most} of our jobs: "
+            + "; ".join(f"{j.state.value} {j.reason}" for j in (c.get(j.id) for j in jobs[:4]))
+        )
         assert all(c.get(j.id).state is JobState.COMPLETE for j in jobs)
         pool = next(p for p in c.pools() if p.cpi == cpi)
         assert pool.allocated.cpus == 0  # everything released again

@@ -57,3 +57,32 @@ def test_agent_calibrate_prints_the_levels(shared: Network) -> None:
     record = json.loads(r.stdout)
     levels = {m["level"] for m in record["metrics"]}
     assert levels == {"L0", "L1", "L2"} and record["scu"] > 0
+
+
+def test_pool_calibrate_measures_again_on_demand(shared: Network) -> None:
+    """`cnet pool calibrate` reaches the agent through its directives; the agent measures
+    afresh (not from its daily cache) and registers, and the command prints the new SCU."""
+    with shared.client() as c:
+        pool = next(p for p in c.pools() if p.name == "alpha")
+    before = pool.machines[0].calibration
+    assert before is not None
+    r = shared.cnet("pool", "calibrate", pool.cpi, "--wait", "150", timeout=200)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert pool.cpi in r.stdout and "measured" in r.stdout
+    with shared.client() as c:
+        after = c.pool(pool.cpi)
+    cal = after.machines[0].calibration
+    assert cal is not None and cal.at > before.at
+    assert after.scu == pytest.approx(cal.scu, rel=1e-4)
+
+
+def test_pool_calibrate_refuses_what_it_cannot_do(shared: Network) -> None:
+    with shared.client() as c:
+        pool = next(p for p in c.pools() if p.name == "alpha")
+        user = c.create_token("calib-user", "calib-user").secret
+    r = shared.cnet("pool", "calibrate", pool.cpi, token=user)
+    assert r.returncode != 0 and "provider" in r.stderr and "Traceback" not in r.stderr
+    r = shared.cnet("pool", "calibrate", pool.cpi.replace("alpha", "nosuch"))
+    assert r.returncode != 0 and "no pool" in r.stderr and len(r.stderr.splitlines()) == 1
+    r = shared.cnet("pool", "calibrate", "not a cpi")
+    assert r.returncode != 0 and "Traceback" not in r.stderr

@@ -3,14 +3,26 @@ is requeued with a new attempt and completes elsewhere, and the old attempt is f
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
-from computenet.model import JobState, PoolStatus
+from computenet.agent.identity import Identity
+from computenet.agent.link import NodeLink
+from computenet.model import (
+    Heartbeat,
+    JobState,
+    Machine,
+    PoolInventory,
+    PoolStatus,
+    ProviderRegistration,
+    TelemetrySample,
+)
 from conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -113,3 +125,45 @@ def test_job_gives_up_after_max_attempts(quick: Network) -> None:
         final = c.wait(job.id, timeout=40)
         assert final.state is JobState.FAILED
         assert "gave up after 3 attempts" in final.reason
+
+
+def test_assignment_lost_on_the_way_is_sent_again(network: Network, tmp_path: Path) -> None:
+    """A long poll can take an assignment and then have nobody to hand it to (its agent
+    died while it waited). The pool's heartbeats keep saying it does not hold the job, so
+    the node sends the assignment again, and the job is not stranded as SCHEDULED."""
+
+    async def scenario() -> None:
+        ident = Identity.load(tmp_path / "identity", tmp_path / "provider.key")
+        link = NodeLink(network.url, network.token, ident)
+        try:
+            pool = await link.register(
+                ProviderRegistration(name="ghosts", public_key=ident.provider_key.public_key),
+                PoolInventory(
+                    provider="ghosts",
+                    name="ghost",
+                    public_key=ident.pool_key.public_key,
+                    machines=[Machine(name="m0", cpus=1, memory_bytes=2**30)],
+                ),
+            )
+            with network.client() as c:
+                job = c.submit(command=["true"], pool=pool.cpi)
+            taken = await link.directives(wait=10, resync=False)
+            assert [a.job_id for a in taken.assign] == [job.id]  # ...and dropped on the floor
+            sample = TelemetrySample(
+                time=time.time(), cpu_percent=0, load_1m=0, memory_used_bytes=0,
+                memory_total_bytes=2**30,
+            )  # fmt: skip
+            deadline = time.monotonic() + 45
+            while time.monotonic() < deadline:
+                await link.heartbeat(
+                    Heartbeat(seq=time.time_ns() // 1000, sent_at=time.time(), sample=sample)
+                )
+                again = await link.directives(wait=1, resync=False)
+                if again.assign:
+                    assert [(a.job_id, a.attempt) for a in again.assign] == [(job.id, 1)]
+                    return
+            pytest.fail("the lost assignment was never sent again")
+        finally:
+            await link.close()
+
+    asyncio.run(scenario())

@@ -179,7 +179,7 @@ class Agent:
         await self.link.close()
         await self.backend.close()
 
-    async def _calibrated(self, machine: Machine) -> Machine:
+    async def _calibrated(self, machine: Machine, refresh: bool = False) -> Machine:
         """Only a pool that is this machine is measured here; a cluster's nodes are not."""
         cpus = int(self.cfg.capacity.cpus) if self.cfg.capacity else machine.cpus
         cal = await asyncio.to_thread(
@@ -188,6 +188,7 @@ class Agent:
             max(1, cpus),
             machine.name,
             self.cfg.calibrate_seconds,
+            refresh=refresh,
         )
         log.info("calibrated %s: %.3g SCU", machine.name, cal.scu)
         return machine.model_copy(update={"calibration": cal})
@@ -283,8 +284,7 @@ class Agent:
             try:
                 d = await self.link.directives(wait=25, resync=resync)
             except (httpx.TransportError, ApiError) as e:
-                if resync is False:
-                    log.warning("lost the node (%s); reconnecting", e)
+                log.warning("directives: %s; trying again", e)
                 resync = True
                 if isinstance(e, ApiError) and e.status == 401:
                     self._registered.clear()  # the node forgot this pool: register again
@@ -307,6 +307,20 @@ class Agent:
             self._start(a)
         for ref in d.cancel:
             self._cancel(ref)
+        if d.calibrate:
+            self._in_background(self._recalibrate())
+
+    async def _recalibrate(self) -> None:
+        """Asked by the node (``cnet pool calibrate``): measure afresh, register again."""
+        if self.cfg.machines or self.backend.name != "local":
+            log.warning("calibration asked, but this pool's machines are declared, not measured")
+            return
+        try:
+            self.machines = [await self._calibrated(m, refresh=True) for m in self.machines]
+        except Exception:
+            log.exception("calibration failed")
+            return
+        self._need_register.set()
 
     def _remember(self, key: str) -> None:
         self._seen[key] = None

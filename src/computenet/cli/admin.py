@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -10,13 +11,49 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from computenet.cli.output import ago, out
+from computenet.cli.output import ago, fail, out
 from computenet.cli.session import client
 from computenet.model import DeviceKind, Pool, Role
 from computenet.model.common import format_bytes
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants' fair-share weights and quotas.", no_args_is_help=True)
+pool_app = typer.Typer(help="One pool: its record, and measuring it again.", no_args_is_help=True)
+
+
+@pool_app.command("show")
+def pool_show(cpi: Annotated[str, typer.Argument(help="pool CPI")]) -> None:
+    """The pool's whole record as JSON: inventory, calibration, price, state."""
+    with client() as c:
+        print(c.pool(cpi).model_dump_json(indent=2))
+
+
+@pool_app.command("calibrate")
+def pool_calibrate(
+    cpi: Annotated[str, typer.Argument(help="pool CPI")],
+    wait: Annotated[
+        float, typer.Option(help="seconds to wait for the new figures; 0: don't")
+    ] = 120,
+) -> None:
+    """Ask the pool's agent to measure its machine again (provider or admin).
+
+    The agent runs the same measurement as at registration and registers the result; this
+    waits for it and prints the new SCU. Jobs running on the machine meanwhile lower it.
+    """
+    with client() as c:
+        req = c.calibrate(cpi)
+        if wait <= 0:
+            out.print(f"calibration asked of {cpi}")
+            return
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            pool = c.pool(cpi)
+            cals = [m.calibration for m in pool.machines if m.calibration is not None]
+            if cals and min(cal.at for cal in cals) > req.requested_at:
+                out.print(f"{cpi}: {_scu(pool)}")
+                return
+            time.sleep(0.5)
+    fail(f"{cpi} reported no new calibration within {wait:g} s")
 
 
 @tenant_app.command("list")

@@ -52,6 +52,7 @@ app.command()(admin.schema)
 app.command()(admin.catalog)
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.tenant_app, name="tenant")
+app.add_typer(admin.pool_app, name="pool")
 app.add_typer(daemons.node_app, name="node")
 app.add_typer(daemons.agent_app, name="agent")
 

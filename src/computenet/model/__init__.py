@@ -24,7 +24,13 @@ from computenet.model.job import (
     ResourceRequest,
     check_transition,
 )
-from computenet.model.metrics import Calibration, Metric, MetricLevel, MetricSource
+from computenet.model.metrics import (
+    Calibration,
+    CalibrationRequest,
+    Metric,
+    MetricLevel,
+    MetricSource,
+)
 from computenet.model.problem import FieldError, Problem
 from computenet.model.resources import (
     Capacity,
@@ -49,6 +55,7 @@ __all__ = [
     "Attempt",
     "AttemptRef",
     "Calibration",
+    "CalibrationRequest",
     "Capacity",
     "Device",
     "DeviceKind",

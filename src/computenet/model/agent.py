@@ -32,6 +32,10 @@ class Directives(Model):
 
     assign: list[Assignment] = Field(default_factory=list)
     cancel: list[AttemptRef] = Field(default_factory=list)
+    calibrate: bool = Field(
+        default=False,
+        description="measure the pool's machines again and register the new figures",
+    )
 
 
 class Report(AttemptRef):

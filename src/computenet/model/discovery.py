@@ -37,6 +37,7 @@ class PoolSummary(Model):
     scu: float | None = None
     cpu_percent: float | None = None
     running_jobs: int | None = None
+    queued_jobs: int | None = Field(default=None, description="waiting in the engine's queue")
     last_heartbeat_at: datetime | None = None
 
 

@@ -59,6 +59,14 @@ class Metric(Model):
     )
 
 
+class CalibrationRequest(Model):
+    """A calibration asked of a pool (``cnet pool calibrate``): the pool's agent measures
+    and registers again; a calibration with ``at`` after ``requested_at`` is the answer."""
+
+    pool: str
+    requested_at: float
+
+
 class Calibration(Model):
     """What one calibration found about a machine's devices, in SCU and in raw figures."""
 

@@ -30,6 +30,16 @@ class TelemetrySample(Model):
     disk_total_bytes: int = Field(default=0, ge=0)
     devices: list[DeviceSample] = Field(default_factory=list, max_length=4096)
     running_jobs: int = Field(default=0, ge=0)
+    queued_jobs: int = Field(
+        default=0,
+        ge=0,
+        description="jobs waiting in the engine's own queue, other users' included (Slurm)",
+    )
+    free_cpus: float | None = Field(
+        default=None,
+        ge=0,
+        description="CPUs the engine has not handed out, other users' work included",
+    )
 
 
 class Heartbeat(Model):

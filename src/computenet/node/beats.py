@@ -33,6 +33,8 @@ class Beats:
         self.node = node
         self.seq: dict[str, int] = {}
         self.pending: dict[str, dict[str, Any]] = {}
+        # What each pool's latest heartbeat said it runs, and when it came.
+        self.holding: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def accept(self, cpi: str, hb: Heartbeat, telemetry: dict[str, Any]) -> None:
         last = self.seq.get(cpi)
@@ -89,6 +91,7 @@ async def take(node: Node, pool: str, hb: Heartbeat) -> list[AttemptRef]:
     else:
         await node.beats.accept(pool, hb, telemetry)
     HEARTBEATS.inc()
+    node.beats.holding[pool] = (time.time(), frozenset(hb.running))
     node.index.heartbeat(pool, telemetry, PoolStatus.online)
     if not hb.running:
         return []

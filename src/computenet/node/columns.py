@@ -111,16 +111,30 @@ class Columns:
         if len(found) == 0:
             return []
         if order is None:
-            keys = (found, -self.num["cpus"][found], -self.num["gpus"][found])
-            idx = np.lexsort(keys)  # last key first: free GPUs, then CPUs, then position
+            # Most free GPUs, then most free CPUs; one key keeps it a single partition.
+            key = -(self.num["gpus"][found] * _WIDE + self.num["cpus"][found])
         else:
-            key, desc = order
-            if key in ("name", "region"):
-                words = [self.entries[i].text(key)[0] for i in found]
-                idx = np.array(sorted(range(len(found)), key=lambda j: words[j], reverse=desc))
-            else:
-                col = self._numeric(key, query)[found]
-                unknown = np.isnan(col)
-                value = np.where(unknown, 0.0, -col if desc else col)
-                idx = np.lexsort((found, value, unknown))  # unknowns last in either direction
-        return [int(found[j]) for j in idx[:limit]]
+            name, desc = order
+            if name in ("name", "region"):
+                words = [self.entries[i].text(name)[0] for i in found]
+                idx = sorted(range(len(found)), key=lambda j: words[j], reverse=desc)
+                return [int(found[j]) for j in idx[:limit]]
+            col = self._numeric(name, query)[found]
+            key = np.where(np.isnan(col), np.inf, -col if desc else col)  # unknowns last
+        return [int(found[j]) for j in _smallest(key, limit)]
+
+
+_WIDE = float(2**24)  # above any pool's CPU count, so GPUs always decide first
+
+
+def _smallest(key: Array, k: int) -> npt.NDArray[np.intp]:
+    """Positions of the k smallest keys in order, ties by position: a partition and a sort
+    of k, instead of sorting every match (the difference at 100,000 pools is ~10 ms)."""
+    n = len(key)
+    if k >= n:
+        return np.lexsort((np.arange(n), key))
+    kth = np.partition(key, k - 1)[k - 1]
+    below = np.flatnonzero(key < kth)
+    tied = np.flatnonzero(key == kth)[: k - len(below)]
+    top = np.concatenate((below, tied))
+    return top[np.lexsort((top, key[top]))]

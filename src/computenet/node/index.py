@@ -94,6 +94,7 @@ class Entry:
                 scu=p.scu,
                 cpu_percent=_float(tele.get("cpu_percent")),
                 running_jobs=_int(tele.get("running_jobs")),
+                queued_jobs=_int(tele.get("queued_jobs")),
                 last_heartbeat_at=self.last_contact or p.last_heartbeat_at,
             )
         return self.summary
@@ -191,13 +192,12 @@ class LiveIndex:
             self._columns = None
         self.loaded_at = time.monotonic()
 
-    def refresh(self, states: dict[str, tuple[float, int, int, str]]) -> list[str]:
-        """Applies every pool's allocation and status; returns the pools it does not know
-        (registered through another replica), for the caller to load in full."""
-        for cpi in set(self.entries) - set(states):
-            del self.entries[cpi]
-            self._columns = None
-        unknown = []
+    def stale(
+        self, states: dict[str, tuple[float, int, int, str]]
+    ) -> tuple[list[tuple[str, Capacity, PoolStatus]], list[str]]:
+        """Which of these states differ from the index, and which pools it does not know
+        (registered through another replica), for the caller to apply and load."""
+        changed, unknown = [], []
         for cpi, state in states.items():
             entry = self.entries.get(cpi)
             if entry is None:
@@ -207,9 +207,8 @@ class LiveIndex:
             if state != (a.cpus, a.memory_bytes, a.gpus, st.value):
                 cpus, mem, gpus, status = state
                 alloc = Capacity(cpus=max(0.0, cpus), memory_bytes=max(0, mem), gpus=max(0, gpus))
-                self.allocation(cpi, alloc, PoolStatus(status))
-        self.loaded_at = time.monotonic()
-        return unknown
+                changed.append((cpi, alloc, PoolStatus(status)))
+        return changed, unknown
 
     def put(self, pool: Pool) -> None:
         """Adds or replaces a pool, telling subscribers when what they see has changed."""

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio import to_thread
 
-from computenet.model import PoolStatus, Token
+from computenet.model import Capacity, PoolStatus, Token
 from computenet.node.beats import Beats
 from computenet.node.index import LiveIndex
 from computenet.node.sched.binder import PassResult, schedule_pass
@@ -44,6 +44,7 @@ class Node:
         self._sched_lock = asyncio.Lock()
         self._pool_keys: dict[str, str] = {}
         self.index = LiveIndex()
+        self._index_since = 0.0
         self.beats = Beats(self)
         self.started_at = time.time()
 
@@ -113,21 +114,41 @@ class Node:
     # --- live index ---------------------------------------------------------------------
 
     async def load_index(self) -> None:
+        self._index_since = time.time() - INDEX_OVERLAP
         self.index.load(await self.reading(pool_store.list_all))
 
     async def reindex(self, cpis: set[str] | list[str]) -> None:
-        for cpi, (alloc, status) in (
-            await self.reading(pool_store.allocations, list(cpis))
-        ).items():
+        found = await self.reading(pool_store.allocations, list(cpis))
+        await self._apply([(cpi, alloc, status) for cpi, (alloc, status) in found.items()])
+
+    async def _apply(self, changes: list[tuple[str, Capacity, PoolStatus]]) -> None:
+        """In slices, so that a whole region going offline at once does not stall the
+        requests this event loop is also answering."""
+        for i, (cpi, alloc, status) in enumerate(changes, 1):
             self.index.allocation(cpi, alloc, status)
+            if i % INDEX_SLICE == 0:
+                await asyncio.sleep(0)
 
     async def index_loop(self) -> None:
-        """A re-read now and then picks up what other replicas changed: allocations and
-        statuses of every pool, and the full record only of pools it has not seen."""
+        """Picks up what other replicas changed: the allocation and status of each pool
+        changed lately, and the full record of pools this replica has not seen.
+
+        "Lately" overlaps the previous refresh generously, so that a write committed a
+        little after its change time, or stamped by a replica whose clock runs behind,
+        is still read.
+        """
         while True:
             await asyncio.sleep(INDEX_REFRESH)
             try:
-                unknown = self.index.refresh(await self.reading(pool_store.states))
+                now = time.time()
+                states = await self.reading(pool_store.states, self._index_since)
+                self._index_since = now - INDEX_OVERLAP
+                items, unknown = list(states.items()), []
+                for i in range(0, len(items), INDEX_SLICE):
+                    changed, new = self.index.stale(dict(items[i : i + INDEX_SLICE]))
+                    unknown += new
+                    await self._apply(changed)
+                    await asyncio.sleep(0)
                 if unknown:
                     for pool in await self.reading(pool_store.get_many, unknown):
                         self.index.put(pool)
@@ -158,9 +179,19 @@ class Node:
             except Exception:
                 log.exception("liveness check failed")
 
+    async def redeliver_lost(self) -> None:
+        grace = max(LOST_AFTER, 2 * self.settings.heartbeat_interval)
+        lost = await self.reading(job_store.lost_assignments, self.beats.holding, grace)
+        if lost:
+            await self.writing(job_store.redeliver, lost)
+            hit = {x["b_pool"] for x in lost}
+            log.warning("%d assignment(s) lost on the way to %s; sent again", len(lost), hit)
+            self.events.pools.notify_many(hit)
+
     async def check_liveness(self) -> None:
         s = self.settings
         await self.beats.flush()  # judge by the latest contact, not the last batch written
+        await self.redeliver_lost()
         changed = await self.writing(pool_store.judge_liveness, s.suspect_after, s.offline_after)
         if changed:
             await self.reindex(set(changed))
@@ -178,4 +209,7 @@ class Node:
 
 TOKEN_TTL = 2.0
 INDEX_REFRESH = 5.0
+INDEX_OVERLAP = 10.0
+INDEX_SLICE = 500
+LOST_AFTER = 10.0
 GATHER = 0.002  # seconds a wake-up waits for company before doing the work

@@ -17,6 +17,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from computenet import config
 from computenet.model import (
+    CalibrationRequest,
     FieldError,
     Job,
     JobBatch,
@@ -191,6 +192,14 @@ class _Calls:
         return _Call("GET", "/v1/pools", model=list[Pool])
 
     @staticmethod
+    def pool(cpi: str) -> _Call:
+        return _Call("GET", f"/v1/pools/{cpi}", model=Pool)
+
+    @staticmethod
+    def calibrate(cpi: str) -> _Call:
+        return _Call("POST", f"/v1/pools/{cpi}/calibrate", model=CalibrationRequest)
+
+    @staticmethod
     def providers() -> _Call:
         return _Call("GET", "/v1/providers", model=list[Provider])
 
@@ -321,6 +330,16 @@ class Client:
 
     def pools(self) -> builtins.list[Pool]:
         out: builtins.list[Pool] = self._do(_Calls.pools())
+        return out
+
+    def pool(self, cpi: str) -> Pool:
+        out: Pool = self._do(_Calls.pool(cpi))
+        return out
+
+    def calibrate(self, pool: str) -> CalibrationRequest:
+        """Asks the pool's agent to measure again; ``pool(cpi)`` shows the new figures once
+        a machine's calibration is newer than ``requested_at``."""
+        out: CalibrationRequest = self._do(_Calls.calibrate(pool))
         return out
 
     def discover(
@@ -491,6 +510,14 @@ class AsyncClient:
 
     async def pools(self) -> builtins.list[Pool]:
         out: builtins.list[Pool] = await self._do(_Calls.pools())
+        return out
+
+    async def pool(self, cpi: str) -> Pool:
+        out: Pool = await self._do(_Calls.pool(cpi))
+        return out
+
+    async def calibrate(self, pool: str) -> CalibrationRequest:
+        out: CalibrationRequest = await self._do(_Calls.calibrate(pool))
         return out
 
     async def logs(self, job_id: str, follow: bool = False) -> AsyncIterator[dict[str, Any]]:

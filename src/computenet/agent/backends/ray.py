@@ -256,6 +256,7 @@ class RayBackend(Backend):
             disk_used_bytes=disk.used,
             disk_total_bytes=disk.total,
             running_jobs=running,
+            free_cpus=max(0.0, cpu_total - cpu_used),
         )
 
     async def _usage(self) -> dict[str, tuple[float, float]]:

@@ -294,8 +294,8 @@ class SlurmBackend(Backend):
             queue = await self._run(
                 "squeue",
                 "--noheader",
-                "--states=RUNNING",
-                "--format=%i",
+                "--states=RUNNING,PENDING",
+                "--format=%T",
                 *([f"--partition={self.pool_partition}"] if self.pool_partition else []),
             )
         except SlurmError as e:
@@ -311,7 +311,10 @@ class SlurmBackend(Backend):
                     running_jobs=running,
                 )
             return last.model_copy(update={"time": time.time()})
-        self._last_sample = telemetry_from(nodes, len(queue.split()), time.time())
+        states = queue.split()
+        self._last_sample = telemetry_from(
+            nodes, states.count("RUNNING"), time.time(), queued=states.count("PENDING")
+        )
         return self._last_sample
 
     async def start(self, task: Task) -> float:
@@ -798,7 +801,9 @@ def gpu_vendor(gres_type: str) -> str:
     return "unknown"
 
 
-def telemetry_from(nodes: list[dict[str, str]], running_jobs: int, now: float) -> TelemetrySample:
+def telemetry_from(
+    nodes: list[dict[str, str]], running_jobs: int, now: float, queued: int = 0
+) -> TelemetrySample:
     """CPU percent is the share of CPUs Slurm has allocated, since allocation is what makes
     the next job wait; load is the sum of the nodes' load averages; memory used is the larger
     of what jobs reserved and what the nodes report in use."""
@@ -819,6 +824,8 @@ def telemetry_from(nodes: list[dict[str, str]], running_jobs: int, now: float) -
         memory_total_bytes=total * MIB,
         disk_total_bytes=sum(_int(n.get("TmpDisk")) for n in nodes) * MIB,
         running_jobs=running_jobs,
+        queued_jobs=queued,
+        free_cpus=max(0, cpus - alloc),
     )
 
 

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Query, Request
 
 from computenet.ident.cpi import CPIStr
 from computenet.model import (
+    CalibrationRequest,
     Directives,
     Heartbeat,
     HeartbeatAck,
@@ -73,6 +74,18 @@ async def list_pools(
     return await node.reading(pool_store.list_all)
 
 
+@router.post("/pools/{pool:path}/calibrate", status_code=202, response_model=CalibrationRequest)
+async def calibrate(
+    pool: PoolPath, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> CalibrationRequest:
+    """Asks the pool's agent to measure its machine again (``cnet pool calibrate``); the
+    new figures arrive with its next registration, a few seconds later."""
+    who.require(Role.provider)
+    req = await node.writing(pool_store.request_calibration, pool, who.scope)
+    node.events.pools.notify(pool)
+    return req
+
+
 @router.post("/pools/{pool:path}/heartbeat", response_model=HeartbeatAck)
 async def heartbeat(
     pool: PoolPath,
@@ -108,10 +121,18 @@ async def directives(
     deadline = time.monotonic() + wait
     while True:
         seen = node.events.pools.version(signer)
+        if await request.is_disconnected():  # an agent gone: what it would be sent stays
+            return Directives()
         out = await node.writing(job_store.directives, signer, resync)
         resync = False
         left = deadline - time.monotonic()
-        if out.assign or out.cancel or left <= 0 or await request.is_disconnected():
+        if (
+            out.assign
+            or out.cancel
+            or out.calibrate
+            or left <= 0
+            or await request.is_disconnected()
+        ):
             return out
         # Re-read at least every second: another replica may have placed work here.
         if await node.events.pools.wait(signer, seen, min(left, 1.0)):
@@ -142,3 +163,11 @@ async def reports(
     node.events.jobs.notify_many(applied.touched | set(placed.placed))
     node.events.pools.notify_many(placed.pools - {signer})
     return ReportResult(accepted=applied.accepted, refused=applied.refused, directives=out)
+
+
+# Last: a path parameter this wide would otherwise take the routes above.
+@router.get("/pools/{pool:path}", response_model=Pool)
+async def get_pool(
+    pool: PoolPath, _: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> Pool:
+    return await node.reading(pool_store.get, pool)

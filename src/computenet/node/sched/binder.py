@@ -210,6 +210,8 @@ def schedule_pass(conn: Connection, profile: Profile) -> PassResult:
 
 def _pass(conn: Connection, profile: Profile) -> PassResult:
     result = PassResult()
+    if conn.execute(_ANY_QUEUED).first() is None:
+        return result  # idle: no need to read every pool
     views = load_pools(conn)
     if not views:
         return result
@@ -239,6 +241,7 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
     return result
 
 
+_ANY_QUEUED = select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value).limit(1)
 _WAIT_REASON = (
     update(jobs)
     .where(jobs.c.id == bindparam("b_id"), jobs.c.state == JobState.QUEUED.value)

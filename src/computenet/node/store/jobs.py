@@ -24,6 +24,7 @@ from computenet.model import (
 )
 from computenet.node.errors import NotFound
 from computenet.node.store import rows
+from computenet.node.store.pools import take_calibration
 from computenet.node.store.tables import attempts, jobs, logs, pools, usage
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -216,6 +217,7 @@ def directives(conn: Connection, pool_cpi: str, resync: bool = False) -> Directi
         conn.execute(_DELIVERED, {"b_pool": pool_cpi, "ids": sent})
     if cancels:
         conn.execute(_CANCEL_DELIVERED, {"b_pool": pool_cpi, "ids": cancels})
+    out.calibrate = take_calibration(conn, pool_cpi)
     return out
 
 
@@ -510,3 +512,42 @@ def read_logs(
         .limit(limit)
     )
     return [(r.id, r.attempt, r.stream, r.data) for r in conn.execute(q).all()]
+
+
+_DELIVERED_WAITING = select(
+    attempts.c.job_id, attempts.c.number, attempts.c.pool_cpi, attempts.c.scheduled_at
+).where(
+    attempts.c.state == JobState.SCHEDULED.value,
+    attempts.c.delivered.is_(True),
+    attempts.c.scheduled_at < bindparam("b_before"),
+)
+_REDELIVER = (
+    update(attempts)
+    .where(
+        attempts.c.job_id == bindparam("b_job"),
+        attempts.c.number == bindparam("b_number"),
+        attempts.c.state == JobState.SCHEDULED.value,
+    )
+    .values(delivered=False)
+)
+
+
+def lost_assignments(
+    conn: Connection, holding: dict[str, tuple[float, frozenset[str]]], grace: float
+) -> list[dict[str, Any]]:
+    """Assignments sent but never received: sent, say, to the long poll of an agent that
+    died while it waited, so that the answer went nowhere. ``holding`` is what each pool's
+    latest heartbeat said it holds, and when that heartbeat came. An assignment the pool
+    still does not hold ``grace`` seconds after it was placed is sent again (an agent
+    that has it after all ignores the repeat)."""
+    now = time.time()
+    lost = []
+    for r in conn.execute(_DELIVERED_WAITING, {"b_before": now - grace}):
+        seen = holding.get(r.pool_cpi)
+        if seen and seen[0] > r.scheduled_at + grace and f"{r.job_id}#{r.number}" not in seen[1]:
+            lost.append({"b_job": r.job_id, "b_number": r.number, "b_pool": r.pool_cpi})
+    return lost
+
+
+def redeliver(conn: Connection, lost: list[dict[str, Any]]) -> None:
+    conn.execute(_REDELIVER, lost)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from computenet.ident import keys
 from computenet.ident.cpi import CPI
 from computenet.model import (
+    CalibrationRequest,
     Capacity,
     DeviceKind,
     Heartbeat,
@@ -207,6 +208,7 @@ _BEAT = (
         last_seq=bindparam("b_seq"),
         last_heartbeat_at=bindparam("b_at"),
         telemetry=bindparam("b_telemetry"),
+        changed_at=pools.c.changed_at,  # contact is not a change the index needs to re-read
     )
 )
 
@@ -228,25 +230,22 @@ def judge_liveness(
     )
     for status, age, before in steps:
         found = conn.execute(
-            select(pools.c.cpi).where(
+            update(pools)
+            .where(
                 pools.c.last_heartbeat_at < now - age,
                 pools.c.status.in_([b.value for b in before]),
             )
+            .values(status=status.value)
+            .returning(pools.c.cpi)
         ).all()
         for r in found:
-            n = conn.execute(
-                update(pools)
-                .where(pools.c.cpi == r.cpi, pools.c.status.in_([b.value for b in before]))
-                .values(status=status.value)
-            ).rowcount
-            if n:
-                changed[r.cpi] = status
+            changed[r.cpi] = status
     return changed
 
 
-def states(conn: Connection) -> dict[str, tuple[float, int, int, str]]:
-    """Every pool's allocation and status as plain values: the cheap half of the live
-    index's refresh, cheap enough to run over 100,000 pools every few seconds."""
+def states(conn: Connection, since: float = 0.0) -> dict[str, tuple[float, int, int, str]]:
+    """Allocation and status, as plain values, of the pools changed since ``since``: the
+    live index's refresh, cheap at 100,000 pools because it reads only what changed."""
     found = conn.execute(
         select(
             pools.c.cpi,
@@ -254,9 +253,13 @@ def states(conn: Connection) -> dict[str, tuple[float, int, int, str]]:
             pools.c.alloc_memory,
             pools.c.alloc_gpus,
             pools.c.status,
-        )
+        ).where(pools.c.changed_at >= since)
     ).all()
     return {r.cpi: (round(r.alloc_cpus, 6), r.alloc_memory, r.alloc_gpus, r.status) for r in found}
+
+
+def count(conn: Connection) -> int:
+    return int(conn.execute(select(func.count()).select_from(pools)).scalar_one())
 
 
 def get_many(conn: Connection, cpis: list[str]) -> list[Pool]:
@@ -314,3 +317,43 @@ def leave(conn: Connection, cpi: str) -> bool:
             .values(status=PoolStatus.suspect.value)
         ).rowcount
     )
+
+
+def request_calibration(conn: Connection, cpi: str, tenant: str | None) -> CalibrationRequest:
+    """``tenant`` is the asker's, who must own the pool's provider (``None``: an admin)."""
+    row = conn.execute(
+        select(pools.c.backend, pools.c.status, providers.c.owner_tenant)
+        .join(providers, providers.c.cpi == pools.c.provider_cpi)
+        .where(pools.c.cpi == cpi)
+    ).first()
+    if row is None or (tenant is not None and row.owner_tenant != tenant):
+        raise NotFound(f"no pool {cpi!r}", field="pool")
+    if row.backend != "local":
+        raise Conflict(
+            f"pool {cpi} fronts a {row.backend} cluster: its agent does not measure the "
+            "cluster's nodes",
+            field="pool",
+        )
+    if row.status != PoolStatus.online.value:
+        raise Conflict(f"pool {cpi} is {row.status}: no agent to measure it", field="pool")
+    at = time.time()
+    conn.execute(_ASK_CALIBRATION, {"b_cpi": cpi, "b_at": at})
+    return CalibrationRequest(pool=cpi, requested_at=at)
+
+
+def take_calibration(conn: Connection, cpi: str) -> bool:
+    """Whether a calibration was asked of this pool since it was last told; tells it once."""
+    return bool(conn.execute(_TAKE_CALIBRATION, {"b_cpi": cpi}).first())
+
+
+_ASK_CALIBRATION = (
+    update(pools)
+    .where(pools.c.cpi == bindparam("b_cpi"))
+    .values(calibrate_requested_at=bindparam("b_at"), changed_at=pools.c.changed_at)
+)
+_TAKE_CALIBRATION = (
+    update(pools)
+    .where(pools.c.cpi == bindparam("b_cpi"), pools.c.calibrate_requested_at.is_not(None))
+    .values(calibrate_requested_at=None, changed_at=pools.c.changed_at)
+    .returning(pools.c.cpi)
+)

@@ -3,6 +3,8 @@ these definitions must match them (a test compares the two)."""
 
 from __future__ import annotations
 
+import time
+
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -88,6 +90,18 @@ pools = Table(
     Column("scu", Float),
     Column("calibration", JSON),
     Column("queue_factor", Float, nullable=False, server_default="0"),
+    Column("calibrate_requested_at", Float),
+    # When allocation or status last changed: how a replica's live index catches up by
+    # reading only what changed. Heartbeats keep it as it is (see ``record_beats``).
+    Column(
+        "changed_at",
+        Float,
+        nullable=False,
+        server_default="0",
+        default=time.time,
+        onupdate=time.time,
+        index=True,
+    ),
 )
 
 jobs = Table(
