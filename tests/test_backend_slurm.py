@@ -468,9 +468,8 @@ def test_slurm_queues_more_than_it_runs(net: Network, cpi: str, cluster: SlurmCl
             if all(c.get(j.id).state.terminal for j in jobs):
                 break
             time.sleep(0.2)
-        assert most > SLURM_CPUS, (
-            f"Slurm never held more than {most} of our jobs: "
-            + "; ".join(f"{j.state.value} {j.reason}" for j in (c.get(j.id) for j in jobs[:4]))
+        assert most > SLURM_CPUS, f"Slurm never held more than {most} of our jobs: " + "; ".join(
+            f"{j.state.value} {j.reason}" for j in (c.get(j.id) for j in jobs[:4])
         )
         assert all(c.get(j.id).state is JobState.COMPLETE for j in jobs)
         pool = next(p for p in c.pools() if p.cpi == cpi)
