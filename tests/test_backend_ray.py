@@ -329,6 +329,28 @@ def test_cancel_stops_the_whole_tree(ray_net: RayNet, mode: str) -> None:
     assert state is JobState.CANCELED
 
 
+def test_job_waiting_in_rays_queue_is_not_yet_running(ray_net: RayNet, mode: str) -> None:
+    """The pool takes work beyond its size into Ray's own queue; a job waiting there is
+    SCHEDULED, not RUNNING, and its start is when Ray ran it."""
+    pool = ray_net.pools[mode]
+    with ray_net.net.client() as c:
+        cap = c.pool(pool).capacity.cpus
+        hog = c.submit(command=["sleep", "300"], pool=pool, resources={"cpus": cap})
+        try:
+            _wait_state(ray_net.net, hog.id, {JobState.RUNNING}, RUN_TIMEOUT)
+            job = c.submit(command=["echo", "my turn"], pool=pool)
+            _wait_for(lambda: c.pool(pool).allocated.cpus > cap, 30, "the job to be placed")
+            time.sleep(3)  # several status rounds: Ray holds it, so it must not be running
+            assert c.get(job.id).state is JobState.SCHEDULED
+        finally:
+            c.cancel(hog.id)
+        released = time.time()
+        final = c.wait(job.id, timeout=RUN_TIMEOUT)
+        assert final.state is JobState.COMPLETE, final.reason
+        assert final.started_at is not None and final.started_at.timestamp() >= released - 1
+        assert "".join(ch["data"] for ch in c.logs(job.id)) == "my turn\n"
+
+
 def test_background_leftovers_are_reaped_on_this_machine(ray_net: RayNet) -> None:
     """Ray leaves a job's background processes running after it exits; the agent's own
     head is on this machine, so the agent ends them, as the local backend does."""

@@ -92,9 +92,13 @@ class _Job:
     task: Task
     sid: str
     entrypoint: str
-    started_at: float
-    limit_at: float | None
     files: bool  # output goes straight into the task's files (else through Ray's logs)
+    started_at: float = 0.0
+    limit_at: float | None = None
+    # Set when Ray first reports the job running (or over): until then it waits in Ray's queue.
+    started: asyncio.Future[float] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
     done: asyncio.Event = field(default_factory=asyncio.Event)
     details: Any = None  # the latest JobDetails
     missing: int = 0
@@ -111,14 +115,22 @@ class RayBackend(Backend):
     bound to 127.0.0.1, and stops it when it stops. ``num_cpus`` sizes that head (default:
     the CPUs this process may use). ``job_dir`` is a directory on the Ray nodes under which
     each job gets its working directory, for nodes that cannot see the agent's files.
+    ``queue``: how much work beyond the cluster's size to keep waiting in Ray's own queue,
+    as a multiple of it (default 1), so that Ray starts the next job the moment resources
+    free up instead of waiting for the node to send one.
     """
 
     name = "ray"
 
     def __init__(
-        self, address: str = "", num_cpus: int | str | None = None, job_dir: str = ""
+        self,
+        address: str = "",
+        num_cpus: int | str | None = None,
+        job_dir: str = "",
+        queue: float | str = 1.0,
     ) -> None:
         self.address = address.strip()
+        self.queue_factor = max(0.0, float(queue))
         self.num_cpus = int(num_cpus) if num_cpus not in (None, "") else None
         if self.address and self.num_cpus is not None:
             raise ValueError("num_cpus sizes a local head; a joined cluster has its own size")
@@ -305,9 +317,8 @@ class RayBackend(Backend):
             )
         except Exception as e:
             raise LaunchError(f"Ray refused the job: {_ray_message(e)}", 126) from e
-        started = time.time()
-        self._track(task, sid, entrypoint, started, files)
-        return started
+        job = self._track(task, sid, entrypoint, files)
+        return await job.started
 
     def _check_fits(self, task: Task) -> None:
         """Ray would hold a job that no single node can take as PENDING for ever; the
@@ -334,16 +345,27 @@ class RayBackend(Backend):
         gpus = counts.pop("GPU", 0)
         return gpus, {k: float(v) for k, v in counts.items()}
 
-    def _track(self, task: Task, sid: str, entrypoint: str, started: float, files: bool) -> None:
-        limit = task.spec.resources.time
-        self._jobs[task.key] = _Job(
-            task, sid, entrypoint, started, started + limit if limit else None, files
-        )
+    def _track(self, task: Task, sid: str, entrypoint: str, files: bool) -> _Job:
+        job = self._jobs[task.key] = _Job(task, sid, entrypoint, files)
         if self._poller is None or self._poller.done():
             self._poller = asyncio.create_task(self._poll_loop(), name="ray-poll")
+        return job
+
+    @staticmethod
+    def _begin(job: _Job, at: float) -> None:
+        if not job.started.done():
+            limit = job.task.spec.resources.time
+            job.started_at, job.limit_at = at, (at + limit if limit else None)
+            job.started.set_result(at)
+
+    @classmethod
+    def _end(cls, job: _Job) -> None:
+        cls._begin(job, time.time())  # a job that ended in Ray's queue never started
+        job.done.set()
 
     async def wait(self, task: Task) -> Outcome:
         job = self._jobs[task.key]
+        await job.started
         await job.done.wait()
         self._jobs.pop(task.key, None)
         await self._collect_output(job)
@@ -384,11 +406,12 @@ class RayBackend(Backend):
             if "does not exist" not in str(e):
                 log.error("cannot ask Ray about %s: %s", sid, _ray_message(e))
             return False
-        start_ms = details.start_time
-        started = start_ms / 1000 if start_ms else time.time()
         files = f">>{shlex.quote(str(task.stdout))}" in details.entrypoint
-        self._track(task, sid, details.entrypoint, started, files)
-        self._jobs[task.key].details = details
+        job = self._track(task, sid, details.entrypoint, files)
+        job.details = details
+        if details.status.value != "PENDING":
+            start_ms = details.start_time
+            self._begin(job, _started_stamp(job) or (start_ms / 1000 if start_ms else time.time()))
         return True
 
     # --- following jobs -----------------------------------------------------------------
@@ -418,11 +441,13 @@ class RayBackend(Backend):
         if details is None:
             job.missing += 1
             if job.missing >= MISSING_ROUNDS:
-                job.done.set()  # deleted behind the agent's back: reported as lost
+                self._end(job)  # deleted behind the agent's back: reported as lost
             return
         job.missing, job.details = 0, details
+        if details.status.value != "PENDING":
+            self._begin(job, _started_stamp(job) or time.time())
         if details.status.is_terminal():
-            job.done.set()
+            self._end(job)
             return
         if not job.files:
             await self._copy_ray_log(job, final=False)
@@ -434,7 +459,7 @@ class RayBackend(Backend):
             )
         elif job.stop_at is not None and time.monotonic() - job.stop_at > STOP_TIMEOUT:
             log.warning("Ray has not stopped %s after %gs; giving up", job.sid, STOP_TIMEOUT)
-            job.done.set()
+            self._end(job)
 
     def _cluster_away(self, e: Exception) -> None:
         now = time.monotonic()
@@ -443,7 +468,7 @@ class RayBackend(Backend):
             log.warning("the Ray cluster at %s does not answer: %s", self.url, _ray_message(e))
         elif now - self._unreachable_since > LOST_AFTER:
             for job in self._jobs.values():
-                job.done.set()
+                self._end(job)
 
     # --- output -------------------------------------------------------------------------
 
@@ -670,6 +695,17 @@ def _check_command(task: Task) -> None:
         raise LaunchError(f"command not found: {program}", 127)
     if not os.access(found, os.X_OK) or os.path.isdir(found):
         raise LaunchError(f"permission denied: {program}", 126)
+
+
+def _started_stamp(job: _Job) -> float | None:
+    """When the entrypoint began: it writes its process group first thing. Ray's own
+    ``start_time`` is the submission, which includes the wait in Ray's queue."""
+    if not job.files:
+        return None
+    try:
+        return os.stat(job.task.workdir / PGID_FILE).st_mtime
+    except OSError:
+        return None
 
 
 def _final(job: _Job) -> tuple[JobState, int | None, str]:
