@@ -107,8 +107,8 @@ class Node:
         return self.proc.pid
 
 
-def populate(db: str, n: int) -> None:
-    """N pools of mixed shape, straight into the store."""
+def populate(db: str, n: int, code: str = "bench") -> None:
+    """N pools of mixed shape, straight into the store, minted under node ``code``."""
     store = Store(db)
     store.migrate()
     rng = random.Random(n)
@@ -135,8 +135,8 @@ def populate(db: str, n: int) -> None:
         cpus = rng.choice([8, 16, 32, 64])
         rows.append(
             {
-                "cpi": f"cpi:bench:prov/p{i:06d}",
-                "provider_cpi": "cpi:bench:prov",
+                "cpi": f"cpi:{code}:prov/p{i:06d}",
+                "provider_cpi": f"cpi:{code}:prov",
                 "name": f"p{i:06d}",
                 "backend": "local",
                 "region": rng.choice(REGIONS),
@@ -180,7 +180,7 @@ def populate(db: str, n: int) -> None:
             providers.insert(),
             [
                 {
-                    "cpi": "cpi:bench:prov",
+                    "cpi": f"cpi:{code}:prov",
                     "name": "prov",
                     "public_key": key,
                     "display_name": "",

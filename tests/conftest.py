@@ -7,6 +7,7 @@ each node gets a database of its own, dropped afterwards.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import signal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import psycopg
 import pytest
 
@@ -288,3 +290,13 @@ def slurm_cluster(cpus: int) -> Iterator[Any]:
         yield cluster
     finally:
         cluster.stop()
+
+
+def procs_with(marker: str) -> list[psutil.Process]:
+    """Processes whose command line contains ``marker``: how a test finds a job's tree."""
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if marker in " ".join(p.info["cmdline"] or []):
+                out.append(p)
+    return out

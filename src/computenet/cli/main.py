@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from computenet import __version__
-from computenet.cli import admin, daemons, jobs
+from computenet.cli import admin, daemons, federation, jobs
 from computenet.cli.output import CLIError, fail, friendly
 from computenet.cli.session import current
 from computenet.sdk.client import ApiError
@@ -53,6 +53,11 @@ app.command()(admin.catalog)
 app.add_typer(admin.token_app, name="token")
 app.add_typer(admin.tenant_app, name="tenant")
 app.add_typer(admin.pool_app, name="pool")
+app.command()(federation.resolve)
+daemons.node_app.command("init")(federation.node_init)
+daemons.node_app.command("join")(federation.node_join)
+daemons.node_app.command("invite")(federation.node_invite)
+daemons.node_app.command("tree")(federation.node_tree)
 app.add_typer(daemons.node_app, name="node")
 app.add_typer(daemons.agent_app, name="agent")
 

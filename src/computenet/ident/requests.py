@@ -14,6 +14,7 @@ import time
 from computenet.ident.keys import KeyPair, SignatureError, verify
 
 HEADER_POOL = "X-CNet-Pool"
+HEADER_NODE = "X-CNet-Node"  # instead of the pool header, on calls between nodes
 HEADER_TIME = "X-CNet-Time"
 HEADER_SIGNATURE = "X-CNet-Signature"
 WINDOW = 300.0
@@ -24,10 +25,12 @@ def message(method: str, target: str, timestamp: str, body: bytes) -> bytes:
     return f"{method.upper()}\n{target}\n{timestamp}\n{digest}".encode()
 
 
-def sign(key: KeyPair, pool: str, method: str, target: str, body: bytes) -> dict[str, str]:
+def sign(
+    key: KeyPair, pool: str, method: str, target: str, body: bytes, header: str = HEADER_POOL
+) -> dict[str, str]:
     stamp = f"{time.time():.3f}"
     return {
-        HEADER_POOL: pool,
+        header: pool,
         HEADER_TIME: stamp,
         HEADER_SIGNATURE: key.sign(message(method, target, stamp, body)),
     }

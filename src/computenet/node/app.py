@@ -15,7 +15,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from computenet import __version__
 from computenet.node import problems
 from computenet.node.bootstrap import ensure_admin_token
-from computenet.node.routers import beats, discover, jobs, pools, system, tenants, tokens
+from computenet.node.routers import (
+    beats,
+    discover,
+    federation,
+    jobs,
+    pools,
+    system,
+    tenants,
+    tokens,
+)
 from computenet.node.runtime import Node
 from computenet.node.settings import Settings
 
@@ -81,7 +90,10 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             where = f" (saved to {path})" if path else ""
             print(f"computenet: admin token, shown once{where}:\n  {secret}", file=sys.stderr)
         await node.load_index()
+        await node.federation.load()
         tasks = [
+            asyncio.create_task(node.federation.summary_loop(), name="summaries"),
+            asyncio.create_task(node.forwarder.loop(), name="forwarder"),
             asyncio.create_task(node.scheduler_loop(), name="scheduler"),
             asyncio.create_task(node.liveness_loop(), name="liveness"),
             asyncio.create_task(node.index_loop(), name="index"),
@@ -95,6 +107,8 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             await asyncio.gather(*tasks, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await node.beats.flush()
+            await node.forwarder.close()
+            await node.federation.close()
             node.store.close()
 
     app = FastAPI(
@@ -113,6 +127,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
         beats.router,
         pools.router,
         jobs.router,
+        federation.router,
     ):
         app.include_router(r)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from fastapi import Request
 
@@ -10,6 +11,7 @@ from computenet.ident import requests as signed
 from computenet.ident.keys import SignatureError
 from computenet.model import Role, Token
 from computenet.node.errors import Forbidden, Unauthorized
+from computenet.node.federation import HEADER_CHAIN, HEADER_TENANT
 from computenet.node.runtime import Node
 
 
@@ -41,6 +43,8 @@ def node_of(request: Request) -> Node:
 
 
 async def principal(request: Request) -> Principal:
+    if signed.HEADER_NODE in request.headers and HEADER_CHAIN in request.headers:
+        return await _far_node(request)
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if not header:
@@ -72,11 +76,61 @@ async def signed_pool(request: Request) -> str:
     key = await node.pool_key(pool)
     if key is None:
         raise Unauthorized(f"unknown pool {pool!r}; register it first", field="pool")
+    await _check_signature(request, key, stamp, sig, "pool")
+    return pool
+
+
+async def signed_node(request: Request) -> str:
+    """The code of the neighbouring node (parent or child) whose key signed this request."""
+    h = request.headers
+    code, stamp, sig = (
+        h.get(signed.HEADER_NODE),
+        h.get(signed.HEADER_TIME),
+        h.get(signed.HEADER_SIGNATURE),
+    )
+    if not code or not stamp or not sig:
+        raise Unauthorized("unsigned request: calls between nodes carry a node signature")
+    key = node_of(request).federation.neighbour_key(code)
+    if key is None:
+        raise Unauthorized(f"node {code!r} is neither this node's parent nor a child")
+    await _check_signature(request, key, stamp, sig, "node")
+    return code
+
+
+async def _check_signature(request: Request, key: str, stamp: str, sig: str, who: str) -> None:
+    """Over exactly what was sent: the raw path and query, and the body."""
     raw = request.scope.get("raw_path") or request.url.path.encode()
     query = request.scope.get("query_string", b"")
     target = raw.decode("latin-1") + (f"?{query.decode('latin-1')}" if query else "")
     try:
         signed.check(key, request.method, target, stamp, await request.body(), sig)
     except SignatureError as e:
-        raise Unauthorized(f"bad pool signature: {e}") from e
-    return pool
+        raise Unauthorized(f"bad {who} signature: {e}") from e
+
+
+async def _far_node(request: Request) -> Principal:
+    """Another node of the tree, acting for one of its tenants (a forwarded job): it
+    proves its code with its delegation chain, and the request with its key."""
+    h = request.headers
+    code, stamp, sig = (
+        h.get(signed.HEADER_NODE, ""),
+        h.get(signed.HEADER_TIME),
+        h.get(signed.HEADER_SIGNATURE),
+    )
+    if not stamp or not sig:
+        raise Unauthorized("unsigned request: calls between nodes carry a node signature")
+    key, tenant = node_of(request).federation.far_caller(
+        code, h.get(HEADER_CHAIN, ""), h.get(HEADER_TENANT, "")
+    )
+    await _check_signature(request, key, stamp, sig, "node")
+    now = datetime.now(UTC)
+    return Principal(
+        Token(id=f"node-{code}", name=code, tenant=tenant, role=Role.tenant, created_at=now)
+    )
+
+
+async def caller(request: Request) -> Principal | str:
+    """A user's token, or a neighbouring node's signature."""
+    if signed.HEADER_NODE in request.headers:
+        return await signed_node(request)
+    return await principal(request)

@@ -45,6 +45,13 @@ class Node:
         self._pool_keys: dict[str, str] = {}
         self.index = LiveIndex()
         self._index_since = 0.0
+        from computenet.node.federation import Federation
+
+        self.federation = Federation(self)
+        from computenet.node.forward import Forwarder
+
+        self.forwarder = Forwarder(self)
+        settings.code = self.federation.code  # a delegated node mints under its delegation
         self.beats = Beats(self)
         self.started_at = time.time()
 

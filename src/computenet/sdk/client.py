@@ -35,6 +35,7 @@ from computenet.model import (
     TokenSecret,
 )
 from computenet.model.discovery import DiscoverPage, PoolSummary
+from computenet.model.federation import Invite, InviteCreate, Resolution, TreeView
 from computenet.model.job import MAX_BATCH
 from computenet.model.plan import Plan
 
@@ -183,9 +184,29 @@ class _Calls:
         return _Call("GET", "/v1/jobs/counts", model=dict[str, int])
 
     @staticmethod
-    def discover(q: str, order: str | None, include_all: bool, limit: int) -> _Call:
-        params = {"q": q or None, "order": order, "all": include_all or None, "limit": limit}
+    def discover(q: str, order: str | None, include_all: bool, limit: int, scope: str) -> _Call:
+        params = {
+            "q": q or None,
+            "order": order,
+            "all": include_all or None,
+            "limit": limit,
+            "scope": None if scope == "local" else scope,
+        }
         return _Call("GET", "/v1/discover", params, model=DiscoverPage)
+
+    @staticmethod
+    def resolve(cpi: str) -> _Call:
+        return _Call("GET", f"/v1/resolve/{cpi}", model=Resolution)
+
+    @staticmethod
+    def tree() -> _Call:
+        return _Call("GET", "/v1/federation/tree", model=TreeView)
+
+    @staticmethod
+    def invite(label: str, ttl: float) -> _Call:
+        return _Call(
+            "POST", "/v1/federation/invites", body=InviteCreate(label=label, ttl=ttl), model=Invite
+        )
 
     @staticmethod
     def pools() -> _Call:
@@ -343,11 +364,31 @@ class Client:
         return out
 
     def discover(
-        self, q: str = "", order: str | None = None, include_all: bool = False, limit: int = 100
+        self,
+        q: str = "",
+        order: str | None = None,
+        include_all: bool = False,
+        limit: int = 100,
+        scope: str = "local",
     ) -> DiscoverPage:
-        """Pools that can take the query's resources now, e.g. ``gpu>=2 region=cn-east``."""
-        page: DiscoverPage = self._do(_Calls.discover(q, order, include_all, limit))
+        """Pools that can take the query's resources now, e.g. ``gpu>=2 region=cn-east``;
+        ``scope="tree"`` includes the pools of every node in the hierarchy."""
+        page: DiscoverPage = self._do(_Calls.discover(q, order, include_all, limit, scope))
         return page
+
+    def resolve(self, cpi: str) -> Resolution:
+        """What a CPI names, from the node that owns it, signed and verified on the way."""
+        out: Resolution = self._do(_Calls.resolve(cpi))
+        return out
+
+    def tree(self) -> TreeView:
+        out: TreeView = self._do(_Calls.tree())
+        return out
+
+    def invite(self, label: str, ttl: float = 3600) -> Invite:
+        """A one-time token for a child node to join under this one (admin)."""
+        out: Invite = self._do(_Calls.invite(label, ttl))
+        return out
 
     def watch(self, q: str = "") -> Iterator[PoolSummary]:
         """Every matching pool, then each change as it happens (server-sent events)."""

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Literal
 
+import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
 from computenet.model.discovery import DiscoverPage
-from computenet.node.auth import Principal, node_of, principal
+from computenet.node.auth import Principal, caller, node_of, principal
+from computenet.node.errors import Conflict
+from computenet.node.federation import Federation
 from computenet.node.query import parse, parse_order
 from computenet.node.runtime import Node
 
@@ -29,14 +32,40 @@ async def discover(
         bool, Query(alias="all", description="include suspect and offline")
     ] = False,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
-    _: Principal = Depends(principal),
+    scope: Annotated[
+        Literal["local", "tree"], Query(description="tree: every node's pools in the hierarchy")
+    ] = "local",
+    _: Principal | str = Depends(caller),
     node: Node = Depends(node_of),
 ) -> DiscoverPage:
     start = time.perf_counter()
     query = parse(q)
-    items, total = node.index.query(query, parse_order(order) if order else None, all_pools, limit)
+    index = node.index
+    if scope == "tree":
+        fed = node.federation
+        if fed.membership is not None and fed.membership.parent_url:
+            return await _from_parent(fed, q, order, all_pools, limit)
+        index = fed.tree_index_now()
+    items, total = index.query(query, parse_order(order) if order else None, all_pools, limit)
     took = (time.perf_counter() - start) * 1000
     return DiscoverPage(items=items, total=total, took_ms=round(took, 3))
+
+
+async def _from_parent(
+    fed: Federation, q: str, order: str | None, all_pools: bool, limit: int
+) -> DiscoverPage:
+    """The root sees the whole tree: a node below it passes the question up."""
+    assert fed.membership is not None and fed.membership.parent_url
+    params = {"q": q, "limit": limit, "scope": "tree", **({"order": order} if order else {})}
+    if all_pools:
+        params["all"] = "true"
+    try:
+        r = await fed.call("GET", fed.membership.parent_url, "/v1/discover", params=params)
+    except httpx.HTTPError as e:
+        raise Conflict(f"the parent node does not answer: {e}") from e
+    if r.status_code != 200:
+        raise Conflict(f"the parent node answered {r.status_code}: {r.text[:200]}")
+    return DiscoverPage.model_validate(r.json())
 
 
 @router.get("/stream")

@@ -16,6 +16,7 @@ from computenet.model.plan import Plan
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict
 from computenet.node.metrics import JOBS_SUBMITTED
+from computenet.node.query import parse
 from computenet.node.runtime import Node
 from computenet.node.sched.binder import ever_fits
 from computenet.node.sched.binder import plan as plan_job
@@ -47,7 +48,12 @@ def _view(spec: JobSpec, tenant: str, job_id: str = "j-new") -> JobView:
 
 
 def _admit(
-    conn: Connection, profile: Profile, tenant: str, specs: list[JobSpec], fields: list[str]
+    conn: Connection,
+    profile: Profile,
+    tenant: str,
+    specs: list[JobSpec],
+    fields: list[str],
+    own_code: str = "",
 ) -> None:
     """Refuses what no registered pool could ever run, or what the tenant's quota could never
     allow, naming the job it was."""
@@ -66,8 +72,8 @@ def _admit(
                 field=f"{field}resources.gpus",
             )
         key = spec.model_dump_json(include={"resources", "pool", "regions"})
-        if key in seen:
-            continue
+        if key in seen or _elsewhere(spec, own_code):
+            continue  # another node's pool: its owner decides when the job gets there
         seen.add(key)
         why = ever_fits(conn, profile, _view(spec, tenant))
         if why is not None:
@@ -75,16 +81,56 @@ def _admit(
             raise Conflict(why, field=f"{field}{where}")
 
 
+def _elsewhere(spec: JobSpec, own_code: str) -> bool:
+    return bool(own_code and spec.pool and not spec.pool.startswith(f"cpi:{own_code}:"))
+
+
+async def _in_the_tree(node: Node, spec: JobSpec) -> str | None:
+    """A pool elsewhere in the tree that can take the job now, for a job no pool here
+    could ever run."""
+    fed = node.federation
+    if not fed.chain or spec.pool:
+        return None
+    r = spec.resources
+    terms = [f"cpus>={r.cpus:g}", f"mem>={r.memory}", f"gpus>={r.gpus}"]
+    if spec.regions:
+        terms.append("region=" + ",".join(spec.regions))
+    q = " ".join(terms)
+    if fed.membership is not None and fed.membership.parent_url:
+        r2 = await fed.call(
+            "GET",
+            fed.membership.parent_url,
+            "/v1/discover",
+            params={"q": q, "scope": "tree", "limit": 50},
+        )
+        items = r2.json().get("items", []) if r2.status_code == 200 else []
+        cpis = [str(x["cpi"]) for x in items]
+    else:
+        page, _ = fed.tree_index_now().query(parse(q), None, False, 50)
+        cpis = [x.cpi for x in page]
+    return next((c for c in cpis if not c.startswith(f"cpi:{fed.code}:")), None)
+
+
 @router.post("", status_code=201, response_model=Job)
 async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
-    def run() -> Job:
+    code = node.federation.code if node.federation.chain else ""
+
+    def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
-            _admit(conn, node.profile, who.tenant, [spec], [""])
+            _admit(conn, node.profile, who.tenant, [spec], [""], code)
             return job_store.insert(conn, who.tenant, spec)
 
-    job = await node.db(run)
+    try:
+        job = await node.db(run, spec)
+    except Conflict as e:
+        if e.field not in ("resources", "regions"):
+            raise
+        far = await _in_the_tree(node, spec)
+        if far is None:
+            raise
+        job = await node.db(run, spec.model_copy(update={"pool": far}))
     JOBS_SUBMITTED.labels(who.tenant).inc()
     node.events.schedule.set()
     return job
@@ -109,7 +155,8 @@ async def submit_batch(
     def run() -> list[Job]:
         with node.store.write() as conn:
             fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
-            _admit(conn, node.profile, who.tenant, batch.jobs, fields)
+            code = node.federation.code if node.federation.chain else ""
+            _admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
             return job_store.insert_many(conn, who.tenant, batch.jobs)
 
     jobs = await node.db(run)

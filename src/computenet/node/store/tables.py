@@ -193,3 +193,36 @@ tenants = Table(
     Column("max_gpus", Integer),
     Column("updated_at", Float, nullable=False),
 )
+
+# The nodes this node delegated a code to, and the one-time tokens that let them join.
+children = Table(
+    "children",
+    metadata,
+    Column("code", String(255), primary_key=True),
+    Column("public_key", String(64), nullable=False),
+    Column("url", String(2000), nullable=False),
+    Column("delegation", JSON, nullable=False),
+    Column("joined_at", Float, nullable=False),
+)
+
+invites = Table(
+    "invites",
+    metadata,
+    Column("token_hash", String(64), primary_key=True),
+    Column("code", String(255), nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float),
+)
+
+# Jobs submitted here that run at another node: where, and under which id there.
+forwards = Table(
+    "forwards",
+    metadata,
+    Column("job_id", String(48), ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("node_url", String(2000), nullable=False),
+    Column("owner", String(255), nullable=False),
+    Column("remote_id", String(48), nullable=False),
+    Column("created_at", Float, nullable=False),
+)
