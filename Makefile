@@ -37,6 +37,7 @@ bench: $(STAMP)
 	bash bench/peers/install_slurm.sh
 	$(BIN)/python bench/jobs.py
 	$(BIN)/python bench/discovery.py
+	$(BIN)/python bench/resolve.py
 	$(BIN)/python bench/backends.py
 
 clean:

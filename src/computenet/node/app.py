@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
@@ -91,6 +92,10 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             print(f"computenet: admin token, shown once{where}:\n  {secret}", file=sys.stderr)
         await node.load_index()
         await node.federation.load()
+        # The index can hold millions of long-lived objects; the collector need not
+        # walk them again and again (a full collection over 100,000 pools takes ms).
+        gc.collect()
+        gc.freeze()
         tasks = [
             asyncio.create_task(node.federation.summary_loop(), name="summaries"),
             asyncio.create_task(node.forwarder.loop(), name="forwarder"),
