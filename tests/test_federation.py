@@ -5,6 +5,7 @@ of the root's view and comes back with the same CPIs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -13,10 +14,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from computenet.agent.identity import Identity
+from computenet.agent.link import NodeLink
 from computenet.ident import requests as signed
 from computenet.ident.delegation import ChainError, issue, verify_chain, verify_record
 from computenet.ident.keys import KeyPair
-from computenet.model import JobState
+from computenet.model import JobState, Machine, PoolInventory, ProviderRegistration
 from computenet.model.federation import Delegation, Record, Summary
 from computenet.sdk import ApiError
 from conftest import Network, procs_with
@@ -222,6 +225,35 @@ def test_forged_delegations_and_tampered_records_are_refused(tree: dict[str, Net
     foreign = Record.model_validate({**res.record.model_dump(), "cpi": "cpi:cn.east:x/y"})
     with pytest.raises(ChainError, match="may not state"):
         verify_record(foreign, res.signature, res.chain, root_key)
+
+
+def test_a_registration_under_another_prefix_is_refused(
+    tree: dict[str, Network], tmp_path: Path
+) -> None:
+    """An agent that brings a CPI another node minted is told so, not given a second name."""
+
+    async def register(cpi: str) -> None:
+        ident = Identity.load(tmp_path / "identity", tmp_path / "provider.key")
+        link = NodeLink(tree["root"].url, tree["root"].token, ident)
+        try:
+            await link.register(
+                ProviderRegistration(name="movers", public_key=ident.provider_key.public_key),
+                PoolInventory(
+                    provider="movers",
+                    name="moved",
+                    public_key=ident.pool_key.public_key,
+                    machines=[Machine(name="m0", cpus=1, memory_bytes=2**30)],
+                    cpi=cpi,
+                ),
+            )
+            await link.leave()  # no agent stays behind it: out of the tree's view at once
+        finally:
+            await link.close()
+
+    with pytest.raises(ApiError) as e:
+        asyncio.run(register("cpi:cn.west:movers/moved"))
+    assert e.value.status == 409 and "minted under another code" in str(e.value)
+    asyncio.run(register("cpi:cn:movers/moved"))  # its own code: accepted
 
 
 def test_a_join_token_works_once(tree: dict[str, Network], tmp_path: Path) -> None:

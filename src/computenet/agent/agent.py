@@ -207,7 +207,13 @@ class Agent:
             price=self.cfg.price,
             carbon_intensity=self.cfg.carbon_intensity,
             agent_version=__version__,
+            cpi=self._known_cpi(),
         )
+
+    def _known_cpi(self) -> str | None:
+        """The CPI this pool got from this node before, if it did."""
+        saved = self.identity.saved()
+        return saved.get("pool_cpi") if saved.get("node_url") == self.cfg.node_url else None
 
     async def _register_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.2, 5.0)

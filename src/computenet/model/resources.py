@@ -144,6 +144,11 @@ class PoolInventory(Model):
     carbon_intensity: Carbon | None = None
     agent_version: ShortText = ""
     runtime: dict[str, ShortText] = Field(default_factory=dict, max_length=64)
+    cpi: CPIStr | None = Field(
+        default=None,
+        description="the CPI the pool already has, when it registers again; a node refuses "
+        "one it did not mint (another node's code, or its own before it joined a tree)",
+    )
 
 
 class PoolRegistration(Model):

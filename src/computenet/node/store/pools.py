@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, func, select, update
 
 from computenet.ident import keys
-from computenet.ident.cpi import CPI
+from computenet.ident.cpi import CPI, parse
 from computenet.model import (
     CalibrationRequest,
     Capacity,
@@ -103,6 +103,13 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
     except keys.SignatureError as e:
         raise Unauthorized(f"registration not signed by provider {inv.provider!r}: {e}") from e
     pool_cpi = CPI(code, (inv.provider, inv.name))
+    if inv.cpi is not None and parse(inv.cpi).authority != code:
+        raise Conflict(
+            f"pool {inv.cpi} was minted under another code; this node mints under {code} "
+            "only. A CPI never changes meaning: register the pool at the node that minted "
+            "it, or start the agent afresh (a new state directory) to get a new CPI",
+            field="inventory.cpi",
+        )
     machines = []
     seen: set[str] = set()
     for m in inv.machines:
