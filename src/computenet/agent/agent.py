@@ -36,6 +36,7 @@ from computenet.model import (
     Assignment,
     AttemptRef,
     Capacity,
+    Device,
     Directives,
     Heartbeat,
     HeartbeatAck,
@@ -111,6 +112,7 @@ class Agent:
         self.backend = backend or create_backend(cfg.backend, cfg.options)
         self.link = NodeLink(cfg.node_url, cfg.token, self.identity)
         self.machines: list[Machine] = []
+        self.devices: list[Device] = []  # as registered: each with its CPI
         self.pool_name = safe_name(cfg.pool or socket.gethostname())
         self.running: dict[str, _Running] = {}
         self._seen: OrderedDict[str, None] = OrderedDict()  # attempts taken, newest last
@@ -239,6 +241,7 @@ class Agent:
                 await backoff.sleep()
                 continue
             self.pool_cpi = pool.cpi
+            self.devices = [d for m in pool.machines for d in m.devices]  # with their CPIs
             self.identity.save(pool_cpi=pool.cpi, node_url=self.cfg.node_url)
             log.info("registered pool %s", pool.cpi)
             self._need_register.clear()
@@ -386,7 +389,7 @@ class Agent:
             task.workdir.mkdir(parents=True, exist_ok=True)
             # Written before launch, so that a restarted agent knows what it was running.
             (task.workdir / "assignment.json").write_text(_assignment(task).model_dump_json())
-            task.env = job_env(task, self.pool_cpi, [d for m in self.machines for d in m.devices])
+            task.env = job_env(task, self.pool_cpi, self.devices)
             try:
                 started = await self.backend.start(task)
             except LaunchError as e:

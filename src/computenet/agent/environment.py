@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 import os
 
+from computenet import catalog
 from computenet.agent.backends.base import Task
 from computenet.model import Device, DeviceKind
 
@@ -33,13 +36,71 @@ def job_env(task: Task, pool_cpi: str, devices: list[Device]) -> dict[str, str]:
         OPENBLAS_NUM_THREADS=threads,
         MKL_NUM_THREADS=threads,
     )
-    assigned = [d for d in devices if d.kind is not DeviceKind.cpu and d.index in task.devices]
-    if any(d.vendor == "nvidia" for d in devices):
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(
-            str(_local_index(d, devices)) for d in assigned if d.vendor == "nvidia"
-        )
+    env.update(device_env(devices, task.devices))
     env.update(task.spec.env)
     return env
+
+
+def device_env(devices: list[Device], assigned_indices: list[int]) -> dict[str, str]:
+    """Exactly the assigned accelerators, in each vendor's own terms, plus a neutral view.
+
+    Every accelerator runtime present on the machine gets its visibility variable, set to
+    the assigned devices' indices as that runtime counts them (from 0, among its own), or
+    to nothing: a job given no GPU of a vendor must not see that vendor's GPUs. The
+    variable comes from the catalog entry the device is (Hygon's DTK reads
+    ``HIP_VISIBLE_DEVICES``, Intel's Level Zero ``ZE_AFFINITY_MASK``), or from the vendor.
+    ``CNET_DEVICES`` lists the assigned devices as JSON and ``CNET_VENDOR`` their vendors,
+    so a program can pick its code path without knowing any vendor's variables.
+    """
+    accel = [d for d in devices if d.kind is not DeviceKind.cpu]
+    assigned = [d for d in accel if d.index in assigned_indices]
+    shown: dict[str, list[str]] = {}
+    for d in accel:
+        shown.setdefault(_visibility_var(d), [])
+    for d in assigned:
+        shown[_visibility_var(d)].append(str(_local_index(d, devices)))
+    env = {var: ",".join(ids) for var, ids in shown.items() if var}
+    env["CNET_DEVICES"] = json.dumps(
+        [
+            {
+                "cpi": d.cpi,
+                "kind": d.kind.value,
+                "vendor": d.vendor,
+                "model": d.model,
+                "memory_bytes": d.memory_bytes,
+                "index": d.index,
+                "local_index": _local_index(d, devices),
+                "env": _visibility_var(d),
+            }
+            for d in assigned
+        ],
+        separators=(",", ":"),
+    )
+    env["CNET_VENDOR"] = ",".join(sorted({d.vendor for d in assigned}))
+    return env
+
+
+VENDOR_ENV = {
+    "nvidia": "CUDA_VISIBLE_DEVICES",
+    "amd": "ROCR_VISIBLE_DEVICES",
+    "huawei": "ASCEND_RT_VISIBLE_DEVICES",
+    "intel": "ZE_AFFINITY_MASK",
+    "hygon": "HIP_VISIBLE_DEVICES",
+    "cambricon": "MLU_VISIBLE_DEVICES",
+    "kunlunxin": "XPU_VISIBLE_DEVICES",
+    "moorethreads": "MUSA_VISIBLE_DEVICES",
+}
+"""For devices the catalog does not know; the catalog's entry decides where it does."""
+
+
+@functools.cache
+def _entry_env(vendor: str, model: str, memory: int) -> str | None:
+    entry = catalog.load().identify(vendor, model, memory or None)
+    return entry.env[0] if entry is not None and entry.env else None
+
+
+def _visibility_var(d: Device) -> str:
+    return _entry_env(d.vendor, d.model, d.memory_bytes) or VENDOR_ENV.get(d.vendor.lower(), "")
 
 
 def _local_index(device: Device, devices: list[Device]) -> int:

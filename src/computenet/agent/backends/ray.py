@@ -51,6 +51,7 @@ from computenet.agent.backends.base import (
     Task,
     format_seconds,
 )
+from computenet.agent.environment import VENDOR_ENV
 from computenet.agent.probe import probe_machine, safe_name
 from computenet.model import (
     Device,
@@ -60,6 +61,7 @@ from computenet.model import (
     TelemetrySample,
     Usage,
 )
+from computenet.model.catalog import RUNTIME_ENV
 
 log = logging.getLogger("computenet.agent")
 T = TypeVar("T")
@@ -75,11 +77,8 @@ PGID_FILE = "ray.pgid"
 # Only these decide where the job-submission client goes; the agent's option must win.
 RAY_ADDRESS_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS")
 # Ray assigns accelerators to the entrypoint itself; the pool-wide indices would be wrong.
-DEVICE_VARS = (
-    "CUDA_VISIBLE_DEVICES",
-    "ROCR_VISIBLE_DEVICES",
-    "HIP_VISIBLE_DEVICES",
-    "ASCEND_RT_VISIBLE_DEVICES",
+DEVICE_VARS = frozenset(
+    {*VENDOR_ENV.values(), *(v for vs in RUNTIME_ENV.values() for v in vs), "CNET_DEVICES"}
 )
 # Ray's resource names for the device kinds the scheduler counts as accelerators.
 ACCELERATORS = {"GPU": DeviceKind.gpu, "NPU": DeviceKind.npu}

@@ -79,7 +79,14 @@ END_REASONS = {
 }
 # Slurm binds these to the GPUs it allocated; the agent's pool-wide numbering must not win.
 SLURM_BOUND_ENV = frozenset(
-    {"CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "GPU_DEVICE_ORDINAL"}
+    {
+        "CUDA_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+        "HIP_VISIBLE_DEVICES",
+        "GPU_DEVICE_ORDINAL",
+        "ZE_AFFINITY_MASK",
+        "CNET_DEVICES",  # Slurm picks the devices; the pool's indices would not be them
+    }
 )
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # squeue's long format with "|" as each field's suffix; Comment is last since it is free text.

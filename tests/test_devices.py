@@ -1,0 +1,88 @@
+"""A job finds its accelerators in its vendor's own terms, and in neutral ones: pools with
+declared NVIDIA, AMD and Ascend devices, one job each, reading its environment."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from computenet.model import JobState
+from conftest import Network
+
+pytestmark = pytest.mark.slow
+
+POOLS = {
+    # name: vendor, kind, model, memory, the variable its runtime reads
+    "dev-nvidia": ("nvidia", "gpu", "NVIDIA H100 80GB HBM3", "80G", "CUDA_VISIBLE_DEVICES"),
+    "dev-amd": ("amd", "gpu", "AMD Instinct MI300X", "192G", "ROCR_VISIBLE_DEVICES"),
+    "dev-ascend": ("huawei", "npu", "Ascend 910B", "64G", "ASCEND_RT_VISIBLE_DEVICES"),
+}
+SHOW = (
+    "import json, os; print(json.dumps({k: os.environ.get(k) for k in "
+    "['CUDA_VISIBLE_DEVICES', 'ROCR_VISIBLE_DEVICES', 'HIP_VISIBLE_DEVICES', "
+    "'ASCEND_RT_VISIBLE_DEVICES', 'CNET_DEVICES', 'CNET_VENDOR', 'CNET_GPUS']}))"
+)
+
+
+def _config(tmp: Path, name: str) -> Path:
+    vendor, kind, model, memory, _ = POOLS[name]
+    devices = [
+        {"kind": kind, "name": f"{kind}{i}", "index": i, "vendor": vendor, "model": model,
+         "memory_bytes": memory}
+        for i in range(3)
+    ]  # fmt: skip
+    path = tmp / f"{name}.yaml"
+    machine = {"name": name, "cpus": 2, "memory_bytes": "8G", "devices": devices}
+    path.write_text(yaml.safe_dump({"pool": name, "machines": [machine]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pools(shared: Network, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    tmp = tmp_path_factory.mktemp("devices")
+    for name in POOLS:
+        shared.start_agent(name, "--config", str(_config(tmp, name)))
+    with shared.client() as c:
+        return {p.name: p.cpi for p in c.pools() if p.name in POOLS}
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_job_sees_its_devices_in_its_vendors_terms(
+    shared: Network, pools: dict[str, str], name: str
+) -> None:
+    vendor, _, model, _, var = POOLS[name]
+    with shared.client() as c:
+        hold = c.submit(command=["sleep", "30"], pool=pools[name], resources={"gpus": 1})
+        try:
+            job = c.submit(command=["python3", "-c", SHOW], pool=pools[name], resources={"gpus": 2})
+            done = c.wait(job.id, timeout=60)
+            assert done.state is JobState.COMPLETE, done.reason
+            env = json.loads("".join(ch["data"] for ch in c.logs(job.id)))
+        finally:
+            c.cancel(hold.id)
+    # Device 0 is held by the first job: this one has devices 1 and 2, as the runtime counts.
+    assert env["CNET_GPUS"] == "1,2"
+    assert env[var] == "1,2"
+    others = {k for k in ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES") if k != var}
+    assert all(env[k] is None for k in others), env  # no other vendor's devices here
+    assert env["HIP_VISIBLE_DEVICES"] is None  # ROCR already filters; both would hide GPUs
+    assert env["CNET_VENDOR"] == vendor
+    listed = json.loads(env["CNET_DEVICES"])
+    assert [(d["index"], d["local_index"], d["vendor"], d["model"]) for d in listed] == [
+        (1, 1, vendor, model),
+        (2, 2, vendor, model),
+    ]
+    assert all(d["cpi"].startswith(pools[name] + "/") and d["env"] == var for d in listed)
+
+
+def test_cpu_job_sees_no_accelerator(shared: Network, pools: dict[str, str]) -> None:
+    with shared.client() as c:
+        job = c.submit(command=["python3", "-c", SHOW], pool=pools["dev-nvidia"])
+        done = c.wait(job.id, timeout=60)
+        assert done.state is JobState.COMPLETE, done.reason
+        env = json.loads("".join(ch["data"] for ch in c.logs(job.id)))
+    assert env["CUDA_VISIBLE_DEVICES"] == ""  # visible: none
+    assert env["CNET_VENDOR"] == "" and json.loads(env["CNET_DEVICES"]) == []
