@@ -6,10 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 
-from computenet.model import JobState
+from computenet.model import JobSpec, JobState
+from computenet.sdk import ApiError
 from conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -86,3 +88,60 @@ def test_cpu_job_sees_no_accelerator(shared: Network, pools: dict[str, str]) -> 
         env = json.loads("".join(ch["data"] for ch in c.logs(job.id)))
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # visible: none
     assert env["CNET_VENDOR"] == "" and json.loads(env["CNET_DEVICES"]) == []
+
+
+ANY_VENDOR = "bf16>=300T,mem>=64G"
+
+
+@pytest.mark.parametrize("name", list(POOLS))
+def test_one_neutral_request_lands_on_every_vendor(
+    shared: Network, pools: dict[str, str], name: str
+) -> None:
+    """The same --accelerator request runs on NVIDIA, AMD and Ascend pools alike, and the
+    program finds its device through its vendor's variable and CNET_DEVICES."""
+    vendor, _, model, _, var = POOLS[name]
+    r = shared.cnet(
+        "run", "--pool", pools[name], "--accelerator", ANY_VENDOR, "--", "python3", "-c", SHOW,
+        timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    env = json.loads(r.stdout)
+    listed = json.loads(env["CNET_DEVICES"])
+    assert len(listed) == 1 and listed[0]["vendor"] == vendor and listed[0]["model"] == model
+    assert env[var] == str(listed[0]["local_index"]) and env["CNET_VENDOR"] == vendor
+
+
+def test_named_and_class_requests_find_their_pool(shared: Network, pools: dict[str, str]) -> None:
+    with shared.client() as c:
+        for text, pool in (("MI300X:2", "dev-amd"), ("H100", "dev-nvidia"), ("910B", "dev-ascend")):
+            plan = c.plan(JobSpec(command=["true"], resources={"accelerator": text}))
+            assert [x.pool for x in plan.candidates] == [pools[pool]], text
+        plan = c.plan(JobSpec(command=["true"], resources={"gpus": 1, "vendor": ["amd"]}))
+        assert [x.pool for x in plan.candidates] == [pools["dev-amd"]]
+        job = c.submit(command=["true"], resources={"accelerator": "A100+:2"})
+        done = c.wait(job.id, timeout=60)  # an H100 is an A100 or better
+        assert done.state is JobState.COMPLETE and done.pool == pools["dev-nvidia"]
+
+
+def test_requests_nothing_can_meet_are_refused_with_the_closest(
+    shared: Network, pools: dict[str, str]
+) -> None:
+    r = shared.cnet("run", "--accelerator", "bf16>=100000T", "--", "true")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "resources.accelerator" in r.stderr and "closest: nvidia-b200" in r.stderr
+    with shared.client() as c:
+        with pytest.raises(ApiError) as e:
+            c.submit(command=["true"], resources={"accelerator": "Z9000"})
+        assert e.value.status == 422 and "knows no 'Z9000'" in str(e.value)
+        with pytest.raises(ApiError) as e:  # in the catalog, but no pool has one
+            c.submit(command=["true"], resources={"accelerator": "B200"})
+        assert e.value.status == 409 and "B200" in str(e.value)
+        with pytest.raises(ApiError) as e:
+            c.submit(command=["true"], resources={"gpus": 1, "arch": ["riscv64"]})
+        assert e.value.status == 409 and "riscv64" in str(e.value)
+    bad = httpx.post(
+        f"{shared.url}/v1/jobs",
+        json={"command": ["true"], "resources": {"accelerator": "mem>=lots"}},
+        headers={"authorization": f"Bearer {shared.token}"},
+    )
+    assert bad.status_code == 422 and "resources.accelerator" in bad.text

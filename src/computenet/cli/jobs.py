@@ -56,7 +56,17 @@ def run(
     command: Annotated[list[str], typer.Argument(help="the command, after --")],
     cpus: Annotated[float, typer.Option(help="CPU cores (fractions allowed)")] = 1.0,
     mem: Annotated[str, typer.Option(help="memory, e.g. 512M or 4G")] = "0",
-    gpus: Annotated[int, typer.Option(help="accelerators")] = 0,
+    gpus: Annotated[int, typer.Option(help="accelerators of any kind and vendor")] = 0,
+    accelerator: Annotated[
+        str | None,
+        typer.Option(help="which accelerators: H100:8, 'A100+', 'bf16>=300T,mem>=64G'"),
+    ] = None,
+    vendor: Annotated[
+        str | None, typer.Option(help="accelerator vendors allowed, e.g. nvidia,amd")
+    ] = None,
+    arch: Annotated[
+        str | None, typer.Option(help="CPU architectures allowed, e.g. aarch64")
+    ] = None,
     time: Annotated[
         str | None, typer.Option("--time", help="wall-clock limit, e.g. 90s, 10m")
     ] = None,
@@ -90,7 +100,15 @@ def run(
         "command": command,
         "name": name,
         "env": envs,
-        "resources": {"cpus": cpus, "memory": mem, "gpus": gpus, "time": time},
+        "resources": {
+            "cpus": cpus,
+            "memory": mem,
+            "gpus": gpus,
+            "time": time,
+            "accelerator": accelerator,
+            "vendor": _words(vendor),
+            "arch": _words(arch),
+        },
         "pool": pool,
         "regions": region or [],
         "optimize": optimize,
@@ -105,6 +123,10 @@ def run(
             raise typer.Exit(1)
         return
     submit_spec(spec, detach)
+
+
+def _words(text: str | None) -> list[str]:
+    return [w.strip().lower() for w in (text or "").split(",") if w.strip()]
 
 
 def _wait(seconds: float) -> str:
@@ -231,6 +253,9 @@ def show(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     r = j.spec.resources
     out.print(
         f"request:   {r.cpus:g} CPUs, {r.memory} bytes, {r.gpus} GPUs"
+        + (f" ({r.accelerator})" if r.accelerator else "")
+        + (f", vendor {','.join(r.vendor)}" if r.vendor else "")
+        + (f", arch {','.join(r.arch)}" if r.arch else "")
         + (f", time {r.time:g}s" if r.time else "")
     )
     out.print(f"submitted: {ago(j.created_at)}; ran {duration(j.started_at, j.ended_at)}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
@@ -9,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from computenet.ident.cpi import CPIStr
+from computenet.model.accelerator import Accelerators, resolve
 from computenet.model.common import Labels, MemoryBytes, Model, Seconds
 
 MAX_COMMAND_BYTES = 128 * 1024
@@ -66,8 +68,45 @@ EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 class ResourceRequest(Model):
     cpus: float = Field(default=1.0, gt=0, le=4096, description="CPU cores; fractions allowed")
     memory: MemoryBytes = Field(default=0, description="bytes; 0 means no explicit request")
-    gpus: int = Field(default=0, ge=0, le=1024)
+    gpus: int = Field(default=0, ge=0, le=1024, description="accelerators of any kind and vendor")
     time: Seconds | None = Field(default=None, description="wall-clock limit in seconds")
+    accelerator: Annotated[str, Field(max_length=200)] | None = Field(
+        default=None,
+        description="which accelerators, in the catalog's terms: 'H100:8', 'A100+', "
+        "'bf16>=300T,mem>=64G' (see computenet.model.accelerator)",
+    )
+    vendor: list[Annotated[str, Field(pattern=r"^[a-z][a-z0-9-]{0,31}$")]] = Field(
+        default_factory=list, max_length=16, description="accelerator vendors allowed"
+    )
+    arch: list[Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,32}$")]] = Field(
+        default_factory=list, max_length=16, description="CPU architectures allowed: aarch64"
+    )
+
+    @field_validator("accelerator")
+    @classmethod
+    def _known_accelerator(cls, v: str | None) -> str | None:
+        if v is not None:
+            accelerators(v)  # refused here, with the closest entries, if nothing can meet it
+        return v
+
+    @model_validator(mode="after")
+    def _count(self) -> ResourceRequest:
+        """``H100:8`` says how many; without a count, ``gpus`` does (at least one)."""
+        if self.accelerator is None:
+            return self
+        n = accelerators(self.accelerator).count
+        if n is not None and self.gpus not in (0, n):
+            raise ValueError(f"accelerator asks for {n} devices but gpus is {self.gpus}")
+        self.gpus = n or self.gpus or 1
+        return self
+
+
+@functools.lru_cache(maxsize=1024)
+def accelerators(text: str) -> Accelerators:
+    """What an accelerator request means in the packaged catalog (read once, then cached)."""
+    from computenet import catalog
+
+    return resolve(text, catalog.load())
 
 
 class JobSpec(Model):

@@ -18,7 +18,7 @@ from computenet.node.errors import Conflict
 from computenet.node.metrics import JOBS_SUBMITTED
 from computenet.node.query import parse
 from computenet.node.runtime import Node
-from computenet.node.sched.binder import ever_fits
+from computenet.node.sched.binder import device_wishes, ever_fits
 from computenet.node.sched.binder import plan as plan_job
 from computenet.node.sched.framework import JobView, Profile
 from computenet.node.store import jobs as job_store
@@ -44,6 +44,7 @@ def _view(spec: JobSpec, tenant: str, job_id: str = "j-new") -> JobView:
         time_limit=spec.resources.time,
         optimize=spec.optimize,
         regions=tuple(spec.regions),
+        **device_wishes(spec.resources.accelerator, spec.resources.vendor, spec.resources.arch),
     )
 
 
@@ -71,7 +72,7 @@ def _admit(
                 f"tenant {tenant} may hold at most {policy.max_gpus} GPUs",
                 field=f"{field}resources.gpus",
             )
-        key = spec.model_dump_json(include={"resources", "pool", "regions"})
+        key = spec.model_dump_json(include={"resources", "pool", "regions"})  # with devices
         if key in seen or _elsewhere(spec, own_code):
             continue  # another node's pool: its owner decides when the job gets there
         seen.add(key)

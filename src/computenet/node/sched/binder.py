@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus, Price
+from computenet.model.job import accelerators
 from computenet.model.plan import Plan, PlanCandidate, PlanRejection
 from computenet.node.metrics import PLACED, SCHEDULE_PASS
 from computenet.node.sched.framework import (
@@ -58,6 +59,7 @@ _POOLS = (
         pools.c.carbon_intensity,
         pools.c.scu,
         pools.c.queue_factor,
+        pools.c.traits,
     )
     .where(pools.c.status == PoolStatus.online.value)
     .order_by(pools.c.registered_at)
@@ -89,9 +91,17 @@ def load_pools(conn: Connection) -> list[PoolView]:
                 price,
                 r.carbon_intensity,
                 r.scu,
+                *_traits(r.traits),
             )
         )
     return out
+
+
+def _traits(t: Any) -> tuple[tuple[tuple[int, str, str], ...], frozenset[str]]:
+    if not t:
+        return (), frozenset()
+    devices = tuple((int(i), str(e), str(v)) for i, e, v in t.get("devices", ()))
+    return devices, frozenset(t.get("archs", ()))
 
 
 _RUNNING = (
@@ -155,6 +165,7 @@ def context(conn: Connection, profile: Profile) -> Context:
 
 def job_view(row: Any) -> JobView:
     spec = row.spec or {}
+    res = spec.get("resources") or {}
     return JobView(
         row.id,
         row.tenant,
@@ -162,10 +173,23 @@ def job_view(row: Any) -> JobView:
         row.pin_pool,
         row.priority,
         row.created_at,
-        time_limit=(spec.get("resources") or {}).get("time"),
+        time_limit=res.get("time"),
         optimize=spec.get("optimize"),
         regions=tuple(spec.get("regions") or ()),
+        **device_wishes(res.get("accelerator"), res.get("vendor"), res.get("arch")),
     )
+
+
+def device_wishes(
+    accelerator: str | None, vendors: list[str] | None, archs: list[str] | None
+) -> dict[str, Any]:
+    """The JobView fields for ``--accelerator``, ``--vendor`` and ``--arch``."""
+    return {
+        "accelerator": accelerator,
+        "accel": accelerators(accelerator).entries if accelerator else None,
+        "vendors": tuple(vendors or ()),
+        "archs": tuple(archs or ()),
+    }
 
 
 def plan(conn: Connection, profile: Profile, job: JobView) -> Plan:
@@ -429,7 +453,8 @@ def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:
     if not conn.execute(_RESERVE, params).rowcount:
         pool.free = Capacity()  # someone else took it; re-read next pass
         return False
-    bound = conn.execute(_BIND, params).first()
+    devices = _pick_devices(conn, pool.cpi, req.gpus, job.usable(pool) if pool.devices else None)
+    bound = None if devices is None else conn.execute(_BIND, params).first()
     if bound is None:
         conn.execute(_UNRESERVE, params)
         return False
@@ -443,7 +468,7 @@ def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:
             "cpus": req.cpus,
             "memory": req.memory_bytes,
             "gpus": req.gpus,
-            "devices": _pick_devices(conn, pool.cpi, req.gpus),
+            "devices": devices,
             "delivered": False,
             "cancel_delivered": False,
             "scheduled_at": now,
@@ -453,8 +478,11 @@ def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:
     return True
 
 
-def _pick_devices(conn: Connection, pool_cpi: str, count: int) -> list[int]:
-    """Lowest-numbered accelerators not held by a live attempt on the pool."""
+def _pick_devices(
+    conn: Connection, pool_cpi: str, count: int, usable: list[int] | None
+) -> list[int] | None:
+    """Lowest-numbered accelerators the job may have (``usable``; None: any) that no live
+    attempt on the pool holds; None when too few are free."""
     if count == 0:
         return []
     live = [JobState.SCHEDULED.value, JobState.STAGING.value, JobState.RUNNING.value]
@@ -465,8 +493,11 @@ def _pick_devices(conn: Connection, pool_cpi: str, count: int) -> list[int]:
         )
     ).all():
         held.update(devs)
-    free = (i for i in range(1 << 16) if i not in held)
-    return [next(free) for _ in range(count)]
+    if usable is None:
+        free = (i for i in range(1 << 16) if i not in held)
+        return [next(free) for _ in range(count)]
+    left = [i for i in sorted(set(usable)) if i not in held]
+    return left[:count] if len(left) >= count else None
 
 
 _REGISTERED = select(
@@ -476,6 +507,7 @@ _REGISTERED = select(
     pools.c.cap_cpus,
     pools.c.cap_memory,
     pools.c.cap_gpus,
+    pools.c.traits,
 )
 
 
@@ -490,7 +522,12 @@ def ever_fits(conn: Connection, profile: Profile, job: JobView) -> str | None:
         return f"no pool {job.pool}"
     if not found:
         return None  # nothing registered yet: the job waits for the first pool
-    views = [PoolView(r.cpi, r.region, r.labels, _cap(r), _cap(r), i) for i, r in enumerate(found)]
+    views = [
+        PoolView(
+            r.cpi, r.region, r.labels, _cap(r), _cap(r), i, None, None, None, *_traits(r.traits)
+        )
+        for i, r in enumerate(found)
+    ]
     rejected: dict[str, str] = {}
     for view in views:
         reason = next((w for f in profile.filters if (w := f.filter(job, view))), None)

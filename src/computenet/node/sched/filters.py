@@ -27,6 +27,24 @@ class Regions:
         return None
 
 
+class Devices:
+    """``--accelerator``, ``--vendor`` and ``--arch``: enough devices of the kinds asked
+    for, on a machine of an allowed architecture."""
+
+    name = "devices"
+
+    def filter(self, job: JobView, pool: PoolView) -> str | None:
+        if job.archs and not pool.archs & set(job.archs):
+            have = ", ".join(sorted(pool.archs)) or "unknown"
+            return f"CPU architecture {have} is not one of {', '.join(job.archs)}"
+        if job.request.gpus and (job.accel is not None or job.vendors):
+            n = len(job.usable(pool))
+            if n < job.request.gpus:
+                what = job.accelerator or "/".join(job.vendors)
+                return f"has {n} {what} device(s), needs {job.request.gpus}"
+        return None
+
+
 class Capacious:
     """Big enough when empty. Whether it is free *now* is a score (start time), not a filter,
     so that a job can choose to wait for a better pool."""

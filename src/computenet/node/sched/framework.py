@@ -35,6 +35,9 @@ class PoolView:
     price: Price | None = None
     carbon: float | None = None
     scu: float | None = None
+    # (index, catalog entry id or "", vendor) per accelerator, and the CPU architectures
+    devices: tuple[tuple[int, str, str], ...] = ()
+    archs: frozenset[str] = frozenset()
 
     def fits_now(self, request: Capacity) -> bool:
         return self.free.fits(request)
@@ -51,6 +54,10 @@ class JobView:
     time_limit: float | None = None
     optimize: str | None = None
     regions: tuple[str, ...] = ()
+    accelerator: str | None = None  # the request's text, as the user wrote it
+    accel: frozenset[str] | None = None  # the catalog entries that meet it
+    vendors: tuple[str, ...] = ()
+    archs: tuple[str, ...] = ()
 
     @property
     def shape(self) -> tuple[object, ...]:
@@ -63,7 +70,19 @@ class JobView:
             self.regions,
             self.time_limit,
             self.optimize,
+            self.accelerator,
+            self.vendors,
+            self.archs,
         )
+
+    def usable(self, pool: PoolView) -> list[int]:
+        """The pool's accelerators this job may be given, by catalog entry and vendor."""
+        return [
+            i
+            for i, entry, vendor in pool.devices
+            if (self.accel is None or entry in self.accel)
+            and (not self.vendors or vendor in self.vendors)
+        ]
 
     @property
     def hours(self) -> float:

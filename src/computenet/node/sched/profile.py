@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from computenet.node.sched.filters import Capacious, Pinned, Regions
+from computenet.node.sched.filters import Capacious, Devices, Pinned, Regions
 from computenet.node.sched.framework import Profile
 from computenet.node.sched.scores.balance import Balance
 from computenet.node.sched.scores.carbon import Carbon
@@ -35,7 +35,7 @@ def default_profile(weights: dict[str, dict[str, float]] | None = None) -> Profi
     for goal, w in (weights or {}).items():
         merged.setdefault(goal, {}).update(w)
     return Profile(
-        filters=[Pinned(), Regions(), Capacious()],
+        filters=[Pinned(), Regions(), Devices(), Capacious()],
         scores=[StartTime(), Price(), NetworkDistance(), Balance(), Carbon(), DataLocality()],
         weights=merged,
     )

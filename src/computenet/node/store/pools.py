@@ -140,6 +140,7 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
         "queue_factor": inv.queue_factor,
     }
     values["scu"], values["calibration"] = scu_of(machines)
+    values["traits"] = traits_of(machines)
     existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()
     if existing is None:
         conn.execute(
@@ -364,3 +365,20 @@ _TAKE_CALIBRATION = (
     .values(calibrate_requested_at=None, changed_at=pools.c.changed_at)
     .returning(pools.c.cpi)
 )
+
+
+def traits_of(machines: list[Machine]) -> dict[str, Any]:
+    """Each accelerator as the catalog knows it (``""`` when it does not), and the CPU
+    architectures: what ``--accelerator``, ``--vendor`` and ``--arch`` are matched with."""
+    from computenet import catalog
+
+    cat = catalog.load()
+    devices = []
+    for m in machines:
+        for d in m.devices:
+            if d.kind is DeviceKind.cpu:
+                continue
+            entry = cat.identify(d.vendor, d.model, d.memory_bytes or None)
+            devices.append([d.index, entry.id if entry else "", d.vendor.lower()])
+    archs = sorted({m.arch.lower() for m in machines if m.arch})
+    return {"devices": devices, "archs": archs}

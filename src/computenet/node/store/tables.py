@@ -91,6 +91,8 @@ pools = Table(
     Column("calibration", JSON),
     Column("queue_factor", Float, nullable=False, server_default="0"),
     Column("calibrate_requested_at", Float),
+    # What the scheduler matches accelerator requests against (see ``pools.traits_of``).
+    Column("traits", JSON),
     # When allocation or status last changed: how a replica's live index catches up by
     # reading only what changed. Heartbeats keep it as it is (see ``record_beats``).
     Column(
