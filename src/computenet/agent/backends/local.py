@@ -22,6 +22,7 @@ from typing import Any
 import psutil
 
 from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task, format_seconds
+from computenet.agent.backends.confine import Confinement, Cores, job_cgroups, make_cgroup
 from computenet.model import JobState, Usage
 
 log = logging.getLogger("computenet.agent")
@@ -36,17 +37,40 @@ class _Proc:
     stop_state: JobState | None = None
     stop_reason: str = ""
     descendants: list[psutil.Process] = field(default_factory=list)
+    confined: Confinement | None = None
 
 
 class LocalBackend(Backend):
+    """Options: ``kill_grace`` (seconds from SIGTERM to SIGKILL); ``pin`` (``false`` to
+    leave jobs unpinned to cores)."""
+
     name = "local"
 
-    def __init__(self, kill_grace: float | str = KILL_GRACE) -> None:
+    def __init__(self, kill_grace: float | str = KILL_GRACE, pin: bool | str = True) -> None:
         self.kill_grace = float(kill_grace)
+        self.pin = str(pin).lower() not in ("false", "0", "no")
         self._procs: dict[str, _Proc] = {}
+        self._cores = Cores()
+        self._cgroups = job_cgroups()
+
+    def _confine(self, task: Task) -> Confinement:
+        req = task.spec.resources
+        cores = self._cores.take(req.cpus) if self.pin else ()
+        cgroup = None
+        if req.memory and self._cgroups is not None:
+            cgroup = make_cgroup(self._cgroups, f"cnet-{task.job_id}-{task.attempt}", req.memory)
+        return Confinement(cores, req.memory, cgroup)
+
+    def _free(self, c: Confinement) -> None:
+        self._cores.give(c.cores)
+        c.release()
 
     async def start(self, task: Task) -> float:
         task.workdir.mkdir(parents=True, exist_ok=True)
+        confined = self._confine(task)
+        env = dict(task.env)
+        if confined.cores:
+            env["CNET_CORES"] = ",".join(map(str, confined.cores))
         try:
             with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
                 popen = subprocess.Popen(
@@ -55,19 +79,25 @@ class LocalBackend(Backend):
                     stdout=out,
                     stderr=err,
                     cwd=task.workdir,
-                    env=task.env,
+                    env=env,
                     start_new_session=True,
                     close_fds=True,
+                    preexec_fn=confined.preexec(),  # system calls only, no Python locks
                 )
-        except FileNotFoundError as e:
-            raise LaunchError(f"command not found: {task.spec.command[0]}", 127) from e
-        except PermissionError as e:
-            raise LaunchError(f"permission denied: {task.spec.command[0]}", 126) from e
         except OSError as e:
-            raise LaunchError(f"cannot start {task.spec.command[0]}: {e}", 126) from e
+            self._free(confined)
+            what = task.spec.command[0]
+            if isinstance(e, FileNotFoundError):
+                raise LaunchError(f"command not found: {what}", 127) from e
+            if isinstance(e, PermissionError):
+                raise LaunchError(f"permission denied: {what}", 126) from e
+            raise LaunchError(f"cannot start {what}: {e}", 126) from e
+        except BaseException:
+            self._free(confined)
+            raise
         started = time.time()
         loop = asyncio.get_running_loop()
-        proc = _Proc(popen, started, loop.create_future())
+        proc = _Proc(popen, started, loop.create_future(), confined=confined)
         self._procs[task.key] = proc
         _write_pidfile(task.workdir, popen.pid, started)
         self._watch(proc)
@@ -119,6 +149,12 @@ class LocalBackend(Backend):
             state, reason = JobState.FAILED, f"killed by {signal.Signals(-code).name}"
         else:
             state, reason = JobState.FAILED, f"exit code {code}"
+        if proc.confined is not None:
+            failed = state is JobState.FAILED and proc.stop_state is None
+            why = proc.confined.overrun(failed, usage.max_rss_bytes, task.stderr)
+            if why is not None:
+                state, reason = JobState.FAILED, f"{why} ({reason})" if reason else why
+            self._free(proc.confined)
         return Outcome(state, exit_code, reason, proc.started_at, ended, usage)
 
     async def stop(self, task: Task, state: JobState, reason: str) -> None:
