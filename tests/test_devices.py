@@ -145,3 +145,44 @@ def test_requests_nothing_can_meet_are_refused_with_the_closest(
         headers={"authorization": f"Bearer {shared.token}"},
     )
     assert bad.status_code == 422 and "resources.accelerator" in bad.text
+
+
+VARIANT = "import os; print(os.environ.get('CNET_RUNTIME'), os.environ['{var}'])"
+
+
+def test_the_variant_for_the_assigned_devices_runs(shared: Network, pools: dict[str, str]) -> None:
+    """One job with a command per runtime: each vendor's pool runs its own variant."""
+    variants = {
+        "cuda": ["python3", "-c", VARIANT.format(var="CUDA_VISIBLE_DEVICES")],
+        "rocm": ["python3", "-c", VARIANT.format(var="ROCR_VISIBLE_DEVICES")],
+        "cann": ["python3", "-c", VARIANT.format(var="ASCEND_RT_VISIBLE_DEVICES")],
+    }
+    seen = {}
+    with shared.client() as c:
+        for name, runtime in (("dev-nvidia", "cuda"), ("dev-amd", "rocm"), ("dev-ascend", "cann")):
+            job = c.submit(
+                command=["false"], variants=variants, pool=pools[name], resources={"gpus": 1}
+            )
+            done = c.wait(job.id, timeout=60)
+            assert done.state is JobState.COMPLETE, done.reason
+            seen[runtime] = "".join(ch["data"] for ch in c.logs(job.id)).split()
+        # Unpinned, a cuda-only job goes only where CUDA is.
+        only = c.submit(
+            command=["false"], variants={"cuda": variants["cuda"]}, resources={"gpus": 1}
+        )
+        assert c.wait(only.id, timeout=60).pool == pools["dev-nvidia"]
+    assert {rt: out[0] for rt, out in seen.items()} == {
+        "cuda": "cuda",
+        "rocm": "rocm",
+        "cann": "cann",
+    }
+
+
+def test_a_variant_no_pool_offers_is_refused(shared: Network, pools: dict[str, str]) -> None:
+    with shared.client() as c:
+        with pytest.raises(ApiError) as e:
+            c.submit(command=["true"], variants={"musa": ["true"]})
+        assert e.value.status == 409
+        assert "variants for musa" in str(e.value) and "offers the runtimes" in str(e.value)
+    r = shared.cnet("run", "--pool", pools["dev-amd"], "--", "true")
+    assert r.returncode == 0  # without variants, the command runs anywhere

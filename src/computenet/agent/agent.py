@@ -27,7 +27,7 @@ from computenet import __version__, config
 from computenet.agent import calibrate as calibration
 from computenet.agent.backends import Backend, LaunchError, Outcome, Task
 from computenet.agent.backends import create as create_backend
-from computenet.agent.environment import job_env
+from computenet.agent.environment import job_env, pick_variant
 from computenet.agent.identity import Identity
 from computenet.agent.link import BeatRefused, NodeLink
 from computenet.agent.logs import Tail
@@ -389,7 +389,14 @@ class Agent:
             task.workdir.mkdir(parents=True, exist_ok=True)
             # Written before launch, so that a restarted agent knows what it was running.
             (task.workdir / "assignment.json").write_text(_assignment(task).model_dump_json())
+            given = [d for d in self.devices if d.index in task.devices]
+            variants = {str(k): v for k, v in task.spec.variants.items()}
+            rt, command = pick_variant(variants, task.spec.command, given, self.devices)
+            if command != task.spec.command:
+                task.spec = task.spec.model_copy(update={"command": command})
             task.env = job_env(task, self.pool_cpi, self.devices)
+            if rt:
+                task.env["CNET_RUNTIME"] = rt
             try:
                 started = await self.backend.start(task)
             except LaunchError as e:

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import os
+from collections.abc import Mapping
 
 from computenet import catalog
 from computenet.agent.backends.base import Task
@@ -107,3 +108,39 @@ def _local_index(device: Device, devices: list[Device]) -> int:
     """The vendor runtime counts its own devices from 0; the pool counts all of them."""
     same = [d for d in devices if d.vendor == device.vendor and d.kind is device.kind]
     return same.index(device)
+
+
+VENDOR_RUNTIME = {
+    "nvidia": "cuda",
+    "amd": "rocm",
+    "hygon": "rocm",
+    "huawei": "cann",
+    "intel": "oneapi",
+    "cambricon": "bang",
+    "kunlunxin": "xpu",
+    "moorethreads": "musa",
+}
+
+
+def runtime(d: Device) -> str:
+    entry = catalog.load().identify(d.vendor, d.model, d.memory_bytes or None)
+    return entry.runtime.value if entry is not None else VENDOR_RUNTIME.get(d.vendor.lower(), "")
+
+
+def pick_variant(
+    variants: Mapping[str, list[str]],
+    command: list[str],
+    assigned: list[Device],
+    pool: list[Device],
+) -> tuple[str, list[str]]:
+    """The variant for the runtime of the devices the job was given; with none given, the
+    ``cpu`` variant, else one for a runtime this machine has; else the plain command."""
+    if not variants:
+        return "", command
+    wanted = [runtime(d) for d in assigned if d.kind is not DeviceKind.cpu]
+    if not wanted:
+        wanted = ["cpu", *(runtime(d) for d in pool if d.kind is not DeviceKind.cpu)]
+    for rt in wanted:
+        if rt in variants:
+            return rt, variants[rt]
+    return "", command

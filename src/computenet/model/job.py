@@ -101,12 +101,31 @@ class ResourceRequest(Model):
         return self
 
 
+@functools.cache
+def runtime_of() -> dict[str, str]:
+    """Each catalog entry's runtime family, by entry id."""
+    from computenet import catalog
+
+    return {e.id: e.runtime.value for e in catalog.load().entries}
+
+
 @functools.lru_cache(maxsize=1024)
 def accelerators(text: str) -> Accelerators:
     """What an accelerator request means in the packaged catalog (read once, then cached)."""
     from computenet import catalog
 
     return resolve(text, catalog.load())
+
+
+def check_command(v: list[str]) -> list[str]:
+    if not v[0]:
+        raise ValueError("the program name must not be empty")
+    size = sum(len(a.encode()) + 1 for a in v)
+    if size > MAX_COMMAND_BYTES:
+        raise ValueError(f"command line is {size} bytes; the limit is {MAX_COMMAND_BYTES}")
+    if any("\x00" in a for a in v):
+        raise ValueError("command arguments must not contain NUL bytes")
+    return v
 
 
 class JobSpec(Model):
@@ -129,17 +148,26 @@ class JobSpec(Model):
     )
     priority: int = Field(default=0, ge=-1000, le=1000)
     labels: Labels = Field(default_factory=dict)
+    variants: dict[
+        Literal["cuda", "rocm", "cann", "oneapi", "habana", "bang", "xpu", "musa", "cpu"],
+        Annotated[list[Annotated[str, Field(max_length=MAX_COMMAND_BYTES)]], Field(min_length=1)],
+    ] = Field(
+        default_factory=dict,
+        description="a command per runtime family: the job goes only to pools that offer "
+        "one of these runtimes (every pool offers cpu), and runs the variant for the "
+        "devices it was given",
+    )
 
     @field_validator("command")
     @classmethod
     def _command_size(cls, v: list[str]) -> list[str]:
-        if not v[0]:
-            raise ValueError("the program name must not be empty")
-        size = sum(len(a.encode()) + 1 for a in v)
-        if size > MAX_COMMAND_BYTES:
-            raise ValueError(f"command line is {size} bytes; the limit is {MAX_COMMAND_BYTES}")
-        if any("\x00" in a for a in v):
-            raise ValueError("command arguments must not contain NUL bytes")
+        return check_command(v)
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_sizes(cls, v: dict[str, list[str]]) -> dict[str, list[str]]:
+        for command in v.values():
+            check_command(command)
         return v
 
     @model_validator(mode="after")

@@ -45,6 +45,7 @@ def _view(spec: JobSpec, tenant: str, job_id: str = "j-new") -> JobView:
         optimize=spec.optimize,
         regions=tuple(spec.regions),
         **device_wishes(spec.resources.accelerator, spec.resources.vendor, spec.resources.arch),
+        variants=frozenset(spec.variants),
     )
 
 
@@ -72,7 +73,7 @@ def _admit(
                 f"tenant {tenant} may hold at most {policy.max_gpus} GPUs",
                 field=f"{field}resources.gpus",
             )
-        key = spec.model_dump_json(include={"resources", "pool", "regions"})  # with devices
+        key = spec.model_dump_json(include={"resources", "pool", "regions", "variants"})
         if key in seen or _elsewhere(spec, own_code):
             continue  # another node's pool: its owner decides when the job gets there
         seen.add(key)

@@ -177,6 +177,7 @@ def job_view(row: Any) -> JobView:
         optimize=spec.get("optimize"),
         regions=tuple(spec.get("regions") or ()),
         **device_wishes(res.get("accelerator"), res.get("vendor"), res.get("arch")),
+        variants=frozenset(spec.get("variants") or ()),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from computenet.model import Capacity
 from computenet.model.common import format_bytes
+from computenet.model.job import runtime_of
 from computenet.node.sched.framework import JobView, PoolView
 
 
@@ -37,10 +38,18 @@ class Devices:
         if job.archs and not pool.archs & set(job.archs):
             have = ", ".join(sorted(pool.archs)) or "unknown"
             return f"CPU architecture {have} is not one of {', '.join(job.archs)}"
-        if job.request.gpus and (job.accel is not None or job.vendors):
+        if job.variants:
+            runtimes = runtime_of()
+            offered = {"cpu"} | {runtimes.get(e, "") for _, e, _ in pool.devices} - {""}
+            if not offered & job.variants:
+                return (
+                    f"offers the runtimes {', '.join(sorted(offered))}; the job has variants "
+                    f"for {', '.join(sorted(job.variants))}"
+                )
+        if job.request.gpus and (job.accel is not None or job.vendors or job.variants):
             n = len(job.usable(pool))
             if n < job.request.gpus:
-                what = job.accelerator or "/".join(job.vendors)
+                what = job.accelerator or "/".join(job.vendors) or "/".join(sorted(job.variants))
                 return f"has {n} {what} device(s), needs {job.request.gpus}"
         return None
 

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from computenet.model import Capacity, Price
+from computenet.model.job import runtime_of
 
 DEFAULT_HOURS = 1.0  # what a job without a time limit is assumed to run, for estimates
 
@@ -58,6 +59,7 @@ class JobView:
     accel: frozenset[str] | None = None  # the catalog entries that meet it
     vendors: tuple[str, ...] = ()
     archs: tuple[str, ...] = ()
+    variants: frozenset[str] = frozenset()  # runtimes the job has a command for
 
     @property
     def shape(self) -> tuple[object, ...]:
@@ -73,15 +75,18 @@ class JobView:
             self.accelerator,
             self.vendors,
             self.archs,
+            self.variants,
         )
 
     def usable(self, pool: PoolView) -> list[int]:
         """The pool's accelerators this job may be given, by catalog entry and vendor."""
+        runtimes = runtime_of() if self.variants else {}
         return [
             i
             for i, entry, vendor in pool.devices
             if (self.accel is None or entry in self.accel)
             and (not self.vendors or vendor in self.vendors)
+            and (not self.variants or runtimes.get(entry) in self.variants)
         ]
 
     @property
