@@ -13,6 +13,7 @@ import logging
 import random
 import shutil
 import socket
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Coroutine
@@ -395,6 +396,9 @@ class Agent:
             if command != task.spec.command:
                 task.spec = task.spec.model_copy(update={"command": command})
             task.env = job_env(task, self.pool_cpi, self.devices)
+            # Function workers call home with the agent's own Python (see computenet.functions).
+            task.env.setdefault("CNET_PYTHON", sys.executable)
+            task.env.setdefault("CNET_NODE_URL", self.cfg.node_url)
             if rt:
                 task.env["CNET_RUNTIME"] = rt
             try:

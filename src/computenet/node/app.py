@@ -20,6 +20,7 @@ from computenet.node.routers import (
     beats,
     discover,
     federation,
+    functions,
     jobs,
     pools,
     system,
@@ -43,8 +44,10 @@ class BodyLimit:
         self.app, self.limit = app, limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] == "/v1/blobs":
+            await self.app(
+                scope, receive, send
+            )  # blobs are streamed to disk, with a cap of their own
             return
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
@@ -133,6 +136,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
         pools.router,
         jobs.router,
         federation.router,
+        functions.router,
     ):
         app.include_router(r)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -48,6 +48,9 @@ class Node:
         from computenet.node.federation import Federation
 
         self.federation = Federation(self)
+        from computenet.node.calls import Broker
+
+        self.broker = Broker()
         from computenet.node.forward import Forwarder
 
         self.forwarder = Forwarder(self)

@@ -1,0 +1,103 @@
+"""The node's relay for function calls: per session, calls waiting for a worker and
+results waiting for the client, in memory.
+
+Calls are short-lived and the client holds every one it sent until it has the result, so
+nothing here is persisted: a node restart fails the open sessions, and their clients say
+so. Workers take calls in batches and hand results back in batches, so a map over ten
+thousand calls is a few dozen round trips, not twenty thousand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from computenet.model.functions import Call, Result
+
+SESSION_IDLE = 3600.0  # a session nobody polls for this long is dropped
+
+
+@dataclass
+class SessionState:
+    id: str
+    tenant: str
+    token_hash: str
+    runtime: dict[str, str]
+    jobs: list[str] = field(default_factory=list)
+    calls: deque[Call] = field(default_factory=deque)
+    results: deque[Result] = field(default_factory=deque)
+    calls_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    results_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    workers: dict[str, dict[str, str]] = field(default_factory=dict)
+    error: str = ""
+    touched: float = field(default_factory=time.monotonic)
+
+    def check(self, token: str) -> bool:
+        return hmac.compare_digest(self.token_hash, _hash(token))
+
+    def push_calls(self, calls: list[Call]) -> None:
+        self.calls.extend(calls)
+        self.calls_ready.set()
+
+    def take_calls(self, most: int) -> list[Call]:
+        out = [self.calls.popleft() for _ in range(min(most, len(self.calls)))]
+        if not self.calls:
+            self.calls_ready.clear()
+        return out
+
+    def push_results(self, results: list[Result]) -> None:
+        self.results.extend(results)
+        self.results_ready.set()
+
+    def take_results(self, most: int) -> list[Result]:
+        out = [self.results.popleft() for _ in range(min(most, len(self.results)))]
+        if not self.results:
+            self.results_ready.clear()
+        return out
+
+    def hello(self, worker: str, runtime: dict[str, str]) -> None:
+        """A worker whose Python differs from the client's cannot load what it sends."""
+        self.workers[worker] = runtime
+        diff = [
+            f"{k}: client {v}, worker {runtime.get(k, 'none')}"
+            for k, v in sorted(self.runtime.items())
+            if k in ("python", "cloudpickle") and runtime.get(k) != v
+        ]
+        if diff and not self.error:
+            self.error = "runtime mismatch on the pool (" + "; ".join(diff) + ")"
+            self.results_ready.set()
+
+
+class Broker:
+    def __init__(self) -> None:
+        self.sessions: dict[str, SessionState] = {}
+
+    def open(self, tenant: str, runtime: dict[str, str]) -> tuple[SessionState, str]:
+        self._expire()
+        token = secrets.token_urlsafe(24)
+        s = SessionState("s-" + secrets.token_hex(8), tenant, _hash(token), dict(runtime))
+        self.sessions[s.id] = s
+        return s, token
+
+    def get(self, sid: str) -> SessionState | None:
+        s = self.sessions.get(sid)
+        if s is not None:
+            s.touched = time.monotonic()
+        return s
+
+    def close(self, sid: str) -> SessionState | None:
+        return self.sessions.pop(sid, None)
+
+    def _expire(self) -> None:
+        cutoff = time.monotonic() - SESSION_IDLE
+        for sid in [k for k, s in self.sessions.items() if s.touched < cutoff]:
+            del self.sessions[sid]
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()

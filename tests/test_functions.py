@@ -1,0 +1,100 @@
+"""Python functions on a pool through the Executor and @function: results, remote
+tracebacks, 200 MB each way, many small calls, and a runtime mismatch that fails fast."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+import computenet
+from computenet.functions.executor import SessionError
+from conftest import Network
+
+pytestmark = pytest.mark.slow
+
+
+def norm(values: list[float]) -> float:
+    """An array-API computation: the same body runs on NumPy here and CuPy/torch on GPUs."""
+    xp = computenet.xp()
+    a = xp.asarray(values, dtype=xp.float64)
+    return float(xp.sqrt(xp.sum(a * a)))
+
+
+def divide(a: float, b: float) -> float:
+    return a / b
+
+
+def size_of(blob: bytes) -> int:
+    return len(blob)
+
+
+def make(n: int) -> bytes:
+    return b"x" * n
+
+
+@pytest.fixture(scope="module")
+def ex(shared: Network) -> Iterator[computenet.Executor]:
+    e = computenet.Executor(resources={"cpus": 0.5}, workers=2, url=shared.url, token=shared.token)
+    yield e
+    e.shutdown()
+
+
+def test_a_function_runs_on_the_pool_and_returns(ex: computenet.Executor) -> None:
+    assert ex.submit(norm, [3.0, 4.0]).result(timeout=120) == 5.0
+    assert list(ex.map(divide, [1, 9, 8], [2, 3, 4], timeout=60)) == [0.5, 3.0, 2.0]
+
+
+def test_an_exception_comes_back_with_its_remote_traceback(ex: computenet.Executor) -> None:
+    with pytest.raises(computenet.RemoteError) as e:
+        ex.submit(divide, 1, 0).result(timeout=60)
+    assert "ZeroDivisionError" in str(e.value)
+    assert "in divide" in e.value.remote_traceback  # the frame, as it ran on the pool
+    assert isinstance(e.value.__cause__, ZeroDivisionError)
+
+
+def test_200_mb_each_way(ex: computenet.Executor) -> None:
+    big = b"\x01" * (200 * 1024 * 1024)
+    assert ex.submit(size_of, big).result(timeout=300) == len(big)
+    back = ex.submit(make, 200 * 1024 * 1024).result(timeout=300)
+    assert len(back) == 200 * 1024 * 1024 and back[:1] == b"x"
+
+
+def test_many_small_calls_through_map(ex: computenet.Executor) -> None:
+    assert list(ex.map(abs, range(-2000, 0), timeout=120)) == list(range(2000, 0, -1))
+
+
+def test_decorated_function_remote_and_map(shared: Network) -> None:
+    @computenet.function(cpus=0.5, url=shared.url, token=shared.token)
+    def square(x: int) -> int:
+        return x * x
+
+    try:
+        assert square(3) == 9  # plainly: here
+        assert square.remote(4).result(timeout=120) == 16
+        assert list(square.map([1, 2, 3])) == [1, 4, 9]
+    finally:
+        square.shutdown()
+
+
+def test_runtime_mismatch_fails_fast_and_says_what_differs(shared: Network) -> None:
+    ex = computenet.Executor(
+        resources={"cpus": 0.5},
+        url=shared.url,
+        token=shared.token,
+        _runtime={"python": "2.7", "cloudpickle": "0.1"},
+    )
+    try:
+        with pytest.raises(SessionError) as e:
+            ex.submit(abs, -1).result(timeout=120)
+        assert "python: client 2.7, worker 3." in str(e.value)
+    finally:
+        ex.shutdown()
+
+
+def test_a_session_nobody_can_run_is_refused(shared: Network) -> None:
+    ex = computenet.Executor(resources={"cpus": 4096}, url=shared.url, token=shared.token)
+    with pytest.raises(computenet.sdk.ApiError) as e:
+        ex.submit(abs, -1)
+    assert e.value.status == 409
+    ex.shutdown()
