@@ -462,3 +462,26 @@ def test_request_no_single_node_can_hold_is_refused(tmp_path: Path) -> None:
     with pytest.raises(LaunchError) as info:
         backend._check_fits(task)
     assert info.value.reason.startswith("no Ray node has 3 CPUs; the largest, node-a, has 2")
+
+
+def _where() -> tuple[bool, int]:
+    import os
+
+    import ray
+
+    return ray.get_runtime_context().get_task_id() is not None, os.getpid()
+
+
+def test_functions_on_a_ray_pool_run_as_ray_tasks(ray_net: RayNet, mode: str) -> None:
+    import computenet
+
+    ex = computenet.Executor(
+        resources={"cpus": 0.5}, pool=ray_net.pools[mode], url=ray_net.net.url,
+        token=ray_net.net.token,
+    )  # fmt: skip
+    try:
+        results = list(ex.map(lambda _: _where(), range(4), timeout=RUN_TIMEOUT))
+        assert all(in_task for in_task, _ in results), results
+        assert ex.submit(pow, 2, 10).result(timeout=RUN_TIMEOUT) == 1024
+    finally:
+        ex.shutdown()

@@ -6,6 +6,7 @@ interpreter's start once, not once a call."""
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import socket
 import sys
@@ -29,6 +30,7 @@ def main() -> int:
         "X-CNet-Worker": f"{socket.gethostname()}:{os.getpid()}",
     }
     base = f"/v1/functions/sessions/{sid}"
+    ray = _ray()
     with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
         r = c.post(f"{base}/hello", json={"runtime": runtime()})
         if r.status_code == 404:
@@ -45,7 +47,7 @@ def main() -> int:
             calls = Calls.model_validate_json(r.content).calls
             if not calls:
                 continue
-            done = Results(results=[run(c, call) for call in calls])
+            done = Results(results=on_ray(c, calls) if ray else [run(c, call) for call in calls])
             r = c.post(
                 f"{base}/results",
                 content=done.model_dump_json(),
@@ -56,24 +58,50 @@ def main() -> int:
 
 
 def run(c: httpx.Client, call: Call) -> Result:
-    try:
-        raw = fetch_blob(c, call.blob) if call.blob else base64.b64decode(call.payload or "")
-        fn, args, kwargs = cloudpickle.loads(raw)
-        value = fn(*args, **kwargs)
-        return _pack(c, call.id, True, value, "")
-    except BaseException as e:  # everything goes back to the caller, with its traceback
-        text = "".join(traceback.format_exception(e))
-        try:
-            return _pack(c, call.id, False, e, text)
-        except Exception:
-            return Result(id=call.id, ok=False, error=text[-65_000:])
+    raw = fetch_blob(c, call.blob) if call.blob else base64.b64decode(call.payload or "")
+    return _result(c, call.id, *_call(raw))
 
 
-def _pack(c: httpx.Client, call_id: int, ok: bool, value: Any, error: str) -> Result:
-    data = cloudpickle.dumps(value)
+def _result(c: httpx.Client, call_id: int, ok: bool, data: bytes, error: str) -> Result:
     if len(data) > INLINE_MAX:
-        return Result(id=call_id, ok=ok, blob=upload_blob(c, data), error=error[-65_000:])
-    return Result(id=call_id, ok=ok, payload=base64.b64encode(data).decode(), error=error[-65_000:])
+        return Result(id=call_id, ok=ok, blob=upload_blob(c, data), error=error)
+    return Result(id=call_id, ok=ok, payload=base64.b64encode(data).decode(), error=error)
+
+
+def _ray() -> Any:
+    """On a Ray pool the worker is a Ray job's entrypoint (Ray sets ``RAY_ADDRESS``): its
+    calls then run as Ray tasks, spread over the cluster by Ray's scheduler."""
+    if not os.environ.get("RAY_ADDRESS"):
+        return None
+    try:
+        import ray
+    except ImportError:
+        return None
+    ray.init(logging_level=logging.ERROR)
+    return ray
+
+
+def on_ray(c: httpx.Client, calls: list[Call]) -> list[Result]:
+    import ray
+
+    task = ray.remote(num_cpus=float(os.environ.get("CNET_CPUS", "1")))(_call)
+    raws = [fetch_blob(c, x.blob) if x.blob else base64.b64decode(x.payload or "") for x in calls]
+    done = ray.get([task.remote(raw) for raw in raws])
+    return [_result(c, call.id, *d) for call, d in zip(calls, done, strict=True)]
+
+
+def _call(raw: bytes) -> tuple[bool, bytes, str]:
+    """One call, wherever it runs (here or in a Ray task): the result or the exception,
+    pickled, and the traceback."""
+    try:
+        fn, args, kwargs = cloudpickle.loads(raw)
+        return True, cloudpickle.dumps(fn(*args, **kwargs)), ""
+    except BaseException as e:
+        text = "".join(traceback.format_exception(e))[-65_000:]
+        try:
+            return False, cloudpickle.dumps(e), text
+        except Exception:
+            return False, cloudpickle.dumps(None), text
 
 
 if __name__ == "__main__":
