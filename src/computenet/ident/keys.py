@@ -63,11 +63,16 @@ class KeyPair:
         pair = cls.generate()
         path.parent.mkdir(parents=True, exist_ok=True)
         pem = pair.private_pem()
-        tmp = path.with_suffix(".tmp")
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(pem)
-        os.replace(tmp, path)
+        try:
+            os.link(tmp, path)  # never replaces: two processes creating it agree on one key
+        except FileExistsError:
+            return cls.load_or_create(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return pair
 
     def private_pem(self) -> bytes:
