@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/jobs.py
 	$(BIN)/python bench/discovery.py
 	$(BIN)/python bench/resolve.py
+	$(BIN)/python bench/functions.py
 	$(BIN)/python bench/backends.py
 
 clean:
