@@ -284,7 +284,7 @@ def slurm_engine(cluster: SlurmCluster, w: Workload) -> Run:
     return run
 
 
-def slurm_agent_args(cluster: SlurmCluster, poll: float) -> list[str]:
+def slurm_agent_args(cluster: SlurmCluster, poll: float, queue: float = 2.0) -> list[str]:
     return [
         "--backend",
         "slurm",
@@ -294,6 +294,8 @@ def slurm_agent_args(cluster: SlurmCluster, poll: float) -> list[str]:
         f"conf={cluster.conf_path}",
         "-o",
         f"poll={poll:g}",
+        "-o",
+        f"queue={queue:g}",
     ]
 
 
@@ -538,7 +540,7 @@ def bench_local(w: Workload, rounds: int, slots: int) -> dict[str, Any]:
     return out
 
 
-def bench_slurm(w: Workload, rounds: int, poll: float) -> dict[str, Any] | str:
+def bench_slurm(w: Workload, rounds: int, poll: float, queue: float) -> dict[str, Any] | str:
     from bench.peers import slurm as peer
 
     why = peer.available()
@@ -548,7 +550,7 @@ def bench_slurm(w: Workload, rounds: int, poll: float) -> dict[str, Any] | str:
         _MARKERS.append(str(cluster.workdir))
         out = compare(
             lambda: slurm_engine(cluster, w),
-            lambda: through_computenet(w, cluster.cpus, slurm_agent_args(cluster, poll)),
+            lambda: through_computenet(w, cluster.cpus, slurm_agent_args(cluster, poll, queue)),
             rounds,
         )
         out["engine"] = (
@@ -577,7 +579,7 @@ def bench_ray(w: Workload, rounds: int, cpus: int) -> dict[str, Any] | str:
 
 BENCHES: dict[str, Callable[[Workload, argparse.Namespace, int], dict[str, Any] | str]] = {
     "local": lambda w, a, cpus: bench_local(w, a.rounds, cpus),
-    "slurm": lambda w, a, cpus: bench_slurm(w, a.rounds, a.slurm_poll),
+    "slurm": lambda w, a, cpus: bench_slurm(w, a.rounds, a.slurm_poll, a.slurm_queue),
     "ray": lambda w, a, cpus: bench_ray(w, a.rounds, cpus),
 }
 
@@ -671,7 +673,7 @@ def table(res: dict[str, Any]) -> str:
         "time to the last job's end - the jobs' run time) / jobs: what each job costs in "
         "dispatch. The last column recomputes the overhead with both paths' jobs running "
         "equally fast, which removes other users' load on the jobs (and also the CPU that "
-        f"computenet's own processes take). Slurm agent: `-o poll={res['slurm_agent_poll_s']:g}`. "
+        f"computenet's own processes take). Slurm agent: `-o poll={res['slurm_agent_poll_s']:g} -o queue={res['slurm_agent_queue']:g}`. "
         f"Load average (1, 5, 15 min) at start {res['load_start']}, at end "
         f"{res['load_end']}: the 2-core machine is shared, so the numbers are noisy.",
         "",
@@ -686,6 +688,9 @@ def main() -> None:
     ap.add_argument("--job-seconds", type=float, default=0.3, help="CPU time of one job")
     ap.add_argument("--rounds", type=int, default=1, help="engine/computenet pairs per backend")
     ap.add_argument("--slurm-poll", type=float, default=1.0, help="the agent's squeue interval")
+    ap.add_argument(
+        "--slurm-queue", type=float, default=2.0, help="the agent's queue option (its default: 2)"
+    )
     args = ap.parse_args()
     only = [b.strip() for b in args.only.split(",") if b.strip()]
     unknown = set(only) - set(BACKENDS)
@@ -709,6 +714,7 @@ def main() -> None:
         "rounds": args.rounds,
         "target_overhead_pct": TARGET * 100,
         "slurm_agent_poll_s": args.slurm_poll,
+        "slurm_agent_queue": args.slurm_queue,
         "backends": {name: run_backend(name, w, args) for name in only},
     }
     res["load_end"] = _load()
