@@ -87,7 +87,7 @@ def test_runtime_mismatch_fails_fast_and_says_what_differs(shared: Network) -> N
     try:
         with pytest.raises(SessionError) as e:
             ex.submit(abs, -1).result(timeout=120)
-        assert "python: client 2.7, worker 3." in str(e.value)
+        assert "python: client 2.7, pool 3." in str(e.value)
     finally:
         ex.shutdown()
 
@@ -97,4 +97,17 @@ def test_a_session_nobody_can_run_is_refused(shared: Network) -> None:
     with pytest.raises(computenet.sdk.ApiError) as e:
         ex.submit(abs, -1)
     assert e.value.status == 409
+    ex.shutdown()
+
+
+def test_a_pinned_session_is_checked_against_the_pools_recorded_runtime(shared: Network) -> None:
+    with shared.client() as c:
+        pool = next(p for p in c.pools() if p.name == "alpha")
+    assert pool.runtime["python"].startswith("3.") and "cloudpickle" in pool.runtime
+    ex = computenet.Executor(
+        pool=pool.cpi, url=shared.url, token=shared.token, _runtime={"python": "2.7"}
+    )
+    with pytest.raises(computenet.sdk.ApiError) as e:
+        ex.submit(abs, -1)
+    assert e.value.status == 409 and "runtime mismatch" in str(e.value)
     ex.shutdown()

@@ -33,6 +33,7 @@ from computenet.agent.identity import Identity
 from computenet.agent.link import BeatRefused, NodeLink
 from computenet.agent.logs import Tail
 from computenet.agent.probe import safe_name
+from computenet.functions.wire import pool_runtime
 from computenet.model import (
     Assignment,
     AttemptRef,
@@ -210,6 +211,7 @@ class Agent:
             price=self.cfg.price,
             carbon_intensity=self.cfg.carbon_intensity,
             agent_version=__version__,
+            runtime=pool_runtime(),
             cpi=self._known_cpi(),
         )
 

@@ -17,6 +17,14 @@ def runtime() -> dict[str, str]:
     return {"python": f"{major}.{minor}", "cloudpickle": cloudpickle.__version__}
 
 
+def pool_runtime() -> dict[str, str]:
+    """What a pool records at registration: the Python its function workers run, and the
+    versions of the packages a function is most likely to need."""
+    import numpy
+
+    return {**runtime(), "numpy": numpy.__version__}
+
+
 def upload_blob(c: httpx.Client, data: bytes) -> str:
     view = memoryview(data)
     body = (bytes(view[i : i + CHUNK]) for i in range(0, len(view), CHUNK))

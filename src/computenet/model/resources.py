@@ -176,6 +176,9 @@ class Pool(Model):
     carbon_intensity: float | None = None
     scu: float | None = Field(default=None, description="standard compute units, measured")
     queue_factor: float = 0.0
+    runtime: dict[str, str] = Field(
+        default_factory=dict, description="the Python and packages its function workers run"
+    )
 
     @property
     def free(self) -> Capacity:

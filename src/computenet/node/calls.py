@@ -63,11 +63,7 @@ class SessionState:
     def hello(self, worker: str, runtime: dict[str, str]) -> None:
         """A worker whose Python differs from the client's cannot load what it sends."""
         self.workers[worker] = runtime
-        diff = [
-            f"{k}: client {v}, worker {runtime.get(k, 'none')}"
-            for k, v in sorted(self.runtime.items())
-            if k in ("python", "cloudpickle") and runtime.get(k) != v
-        ]
+        diff = mismatch(self.runtime, runtime)
         if diff and not self.error:
             self.error = "runtime mismatch on the pool (" + "; ".join(diff) + ")"
             self.results_ready.set()
@@ -101,3 +97,13 @@ class Broker:
 
 def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+def mismatch(client: dict[str, str], pool: dict[str, str]) -> list[str]:
+    """What differs in what cloudpickle needs to match: the Python minor version and
+    cloudpickle itself."""
+    return [
+        f"{k}: client {v}, pool {pool.get(k, 'none')}"
+        for k, v in sorted(client.items())
+        if k in ("python", "cloudpickle") and pool.get(k) != v
+    ]

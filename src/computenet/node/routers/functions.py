@@ -15,8 +15,8 @@ from fastapi.responses import FileResponse
 from computenet.model import JobSpec
 from computenet.model.functions import Calls, Hello, Results, Session, SessionCreate
 from computenet.node.auth import Principal, node_of, principal
-from computenet.node.calls import SessionState
-from computenet.node.errors import NotFound, TooLarge, Unauthorized
+from computenet.node.calls import SessionState, mismatch
+from computenet.node.errors import Conflict, NotFound, TooLarge, Unauthorized
 from computenet.node.routers.jobs import _admit
 from computenet.node.runtime import Node
 from computenet.node.store import jobs as job_store
@@ -35,6 +35,11 @@ async def open_session(
     body: SessionCreate, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Session:
     """Starts ``workers`` warm worker jobs with the session's resources."""
+    if body.pool is not None and (entry := node.index.entries.get(body.pool)) is not None:
+        recorded = entry.pool.runtime
+        diff = mismatch(body.runtime, recorded) if recorded else []
+        if diff:
+            raise Conflict(f"runtime mismatch on {body.pool}: {'; '.join(diff)}", field="runtime")
     s, token = node.broker.open(who.tenant, body.runtime)
     spec = JobSpec(
         name=f"functions {s.id}",

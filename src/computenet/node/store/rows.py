@@ -79,6 +79,7 @@ def pool(row: Any) -> Pool:
         carbon_intensity=row.carbon_intensity,
         scu=row.scu,
         queue_factor=row.queue_factor,
+        runtime=row.runtime or {},
     )
 
 

@@ -93,6 +93,7 @@ pools = Table(
     Column("calibrate_requested_at", Float),
     # What the scheduler matches accelerator requests against (see ``pools.traits_of``).
     Column("traits", JSON),
+    Column("runtime", JSON),
     # When allocation or status last changed: how a replica's live index catches up by
     # reading only what changed. Heartbeats keep it as it is (see ``record_beats``).
     Column(

@@ -1,4 +1,4 @@
-"""pool traits
+"""pool traits and runtime
 
 Revision ID: 0007
 Revises: 0006
@@ -19,8 +19,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("pools", schema=None) as batch_op:
         batch_op.add_column(sa.Column("traits", sa.JSON(), nullable=True))
+        batch_op.add_column(sa.Column("runtime", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("pools", schema=None) as batch_op:
+        batch_op.drop_column("runtime")
         batch_op.drop_column("traits")
