@@ -340,6 +340,7 @@ class RayHead:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CNET_", "RAY_"))}
         env.update(
             RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # single node: everything on 127.0.0.1
+            RAY_AUTH_MODE="disabled",  # loopback only
             DASHBOARD_METRIC_PORT=str(p[9]),
             AUTOSCALER_METRIC_PORT=str(p[10]),
         )

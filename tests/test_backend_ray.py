@@ -106,6 +106,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNET_", "RAY_"))}
     env.update(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",  # single node: everything on 127.0.0.1
+        RAY_AUTH_MODE="disabled",  # loopback only; a token file in ~/.ray must not matter
         DASHBOARD_METRIC_PORT=str(p[9]),
         AUTOSCALER_METRIC_PORT=str(p[10]),
     )

@@ -168,7 +168,7 @@ class RayBackend(Backend):
                 "dashboard address (http://HEAD:8265), not the GCS address (HEAD:6379)"
             ) from e
         self.url = str(self._client.get_address()).rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=10)
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=10, headers=_auth_header())
         log.info("using the Ray cluster at %s", self.url)
 
     async def close(self) -> None:
@@ -807,6 +807,9 @@ def _head_env(dashboard_metrics: int, autoscaler_metrics: int) -> dict[str, str]
     env.update(
         RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
         RAY_USAGE_STATS_ENABLED="0",
+        # Bound to 127.0.0.1 and the agent's alone; a token file another Ray left in the
+        # home directory must not switch its dashboard to token authentication.
+        RAY_AUTH_MODE="disabled",
         DASHBOARD_METRIC_PORT=str(dashboard_metrics),
         AUTOSCALER_METRIC_PORT=str(autoscaler_metrics),
     )
@@ -902,3 +905,17 @@ def _kill_session(sid: int) -> None:
     for p in _session_members(sid):
         with contextlib.suppress(psutil.Error):
             p.kill()
+
+
+def _auth_header() -> dict[str, str]:
+    """A cluster with Ray's token authentication (``RAY_AUTH_MODE=token``) wants its token
+    on dashboard calls too: from ``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or
+    ``~/.ray/auth_token``, as Ray's own clients look for it."""
+    if os.environ.get("RAY_AUTH_MODE", "") == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or str(Path.home() / ".ray" / "auth_token")
+        with contextlib.suppress(OSError):
+            token = Path(path).read_text().strip()
+    return {"authorization": f"Bearer {token}"} if token else {}
