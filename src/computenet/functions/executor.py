@@ -226,7 +226,7 @@ class Executor(_Executor):
                 if res.ok:
                     future.set_result(value)
                 else:
-                    err = RemoteError(_first_line(res.error) or repr(value), res.error)
+                    err = RemoteError(_last_line(res.error) or repr(value), res.error)
                     if isinstance(value, BaseException):
                         err.__cause__ = value
                     future.set_exception(err)
@@ -266,7 +266,7 @@ def _by_value(fn: Callable[..., Any]) -> None:
     _SHIPPED.add(name)
 
 
-def _first_line(text: str) -> str:
+def _last_line(text: str) -> str:
     lines = [x for x in text.strip().splitlines() if x.strip()]
     return lines[-1].strip() if lines else ""
 

@@ -17,16 +17,24 @@ import re
 import time
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from sqlalchemy import select
 
 from computenet.ident import requests as signed
 from computenet.ident.cpi import CPI, CPIError, parse
-from computenet.ident.delegation import ChainError, sign_record, verify_chain, verify_record
+from computenet.ident.delegation import (
+    ChainError,
+    root,
+    sign_record,
+    verify_chain,
+    verify_record,
+)
 from computenet.ident.keys import KeyPair, b64d, b64e, canonical
-from computenet.model import Pool, PoolStatus
+from computenet.model import Capacity, Device, DeviceKind, Machine, Pool, PoolStatus
 from computenet.model.discovery import PoolSummary
 from computenet.model.federation import (
     Aggregate,
@@ -115,6 +123,7 @@ class Federation:
         self.tree_index = LiveIndex()
         self._tree_built = 0.0
         self._seq = time.time_ns() // 1000
+        self._standalone: list[Delegation] | None = None
         self.http = httpx.AsyncClient(timeout=10.0)
 
     # --- who this node is ---------------------------------------------------------------
@@ -138,6 +147,14 @@ class Federation:
     @property
     def url(self) -> str:
         return self.chain[-1].url if self.chain else ""
+
+    def _own_root(self) -> list[Delegation]:
+        """A node outside any tree still signs its records: its chain is a root of its
+        own, made once rather than on every answer."""
+        if self._standalone is None:
+            s = self.node.settings
+            self._standalone = [root(self.key, self.code, f"http://{s.host}:{s.port}")]
+        return self._standalone
 
     def require_tree(self) -> None:
         if not self.chain:
@@ -250,20 +267,17 @@ class Federation:
 
     async def _local(self, cpi: str) -> Resolution:
         c = parse(cpi)
-        pool_cpi = str(c) if c.kind == "pool" else None
-        if c.kind in ("machine", "device"):
-            pool_cpi = str(CPI(c.authority, c.path[:2]))
         if c.kind == "provider":
             record = await self.node.reading(_provider_record, cpi, self.code, self.url)
         else:
-            assert pool_cpi is not None
+            pool_cpi = str(CPI(c.authority, c.path[:2]))
             entry = self.node.index.entries.get(pool_cpi)
             pool = entry.pool if entry else await self.node.reading(pool_store.get, pool_cpi)
             record = _pool_record(pool, cpi, c.kind, self.code, self.url)
         return Resolution(
             record=record,
             signature=sign_record(self.key, record),
-            chain=self.chain or [_standalone(self)],
+            chain=self.chain or self._own_root(),
             path=[self.code],
         )
 
@@ -373,17 +387,7 @@ class Federation:
         await self.http.aclose()
 
 
-def _standalone(fed: Federation) -> Delegation:
-    """A node outside any tree still signs its records: its chain is a root of its own."""
-    from computenet.ident.delegation import root
-
-    url = fed.url or f"http://{fed.node.settings.host}:{fed.node.settings.port}"
-    return root(fed.key, fed.code, url)
-
-
 def _provider_record(conn: Any, cpi: str, owner: str, url: str) -> Record:
-    from sqlalchemy import select
-
     row = conn.execute(select(providers).where(providers.c.cpi == cpi)).first()
     if row is None:
         raise NotFound(f"no provider {cpi!r}", field="cpi")
@@ -481,8 +485,6 @@ def aggregate(pools: list[PoolSummary]) -> list[Aggregate]:
 def _as_pool(s: PoolSummary) -> Pool:
     """A remote pool as the index holds pools: its accelerators become one machine's
     devices, enough for every discovery filter."""
-    from computenet.model import Capacity, Device, DeviceKind, Machine
-
     devices = [
         Device(
             kind=DeviceKind(g.kind),
@@ -514,15 +516,9 @@ def _as_pool(s: PoolSummary) -> Pool:
         allocated=s.capacity.minus(s.free) if s.free else Capacity(),
         machines=[machine],
         public_key="",
-        registered_at=s.last_heartbeat_at or _epoch(),
+        registered_at=s.last_heartbeat_at or datetime.fromtimestamp(0, UTC),
         last_heartbeat_at=s.last_heartbeat_at,
         price=s.price,
         carbon_intensity=s.carbon_intensity,
         scu=s.scu,
     )
-
-
-def _epoch() -> Any:
-    from datetime import UTC, datetime
-
-    return datetime.fromtimestamp(0, UTC)

@@ -17,7 +17,7 @@ from computenet.model.functions import Calls, Hello, Results, Session, SessionCr
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.calls import SessionState, mismatch
 from computenet.node.errors import Conflict, NotFound, TooLarge, Unauthorized
-from computenet.node.routers.jobs import _admit
+from computenet.node.routers.jobs import admit
 from computenet.node.runtime import Node
 from computenet.node.store import jobs as job_store
 
@@ -54,7 +54,7 @@ async def open_session(
     def run() -> list[str]:
         with node.store.write() as conn:
             code = node.federation.code if node.federation.chain else ""
-            _admit(conn, node.profile, who.tenant, [spec], ["resources."], code)
+            admit(conn, node.profile, who.tenant, [spec], ["resources."], code)
             return [j.id for j in job_store.insert_many(conn, who.tenant, [spec] * body.workers)]
 
     try:

@@ -49,7 +49,7 @@ def _view(spec: JobSpec, tenant: str, job_id: str = "j-new") -> JobView:
     )
 
 
-def _admit(
+def admit(
     conn: Connection,
     profile: Profile,
     tenant: str,
@@ -121,7 +121,7 @@ async def submit(
 
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
-            _admit(conn, node.profile, who.tenant, [spec], [""], code)
+            admit(conn, node.profile, who.tenant, [spec], [""], code)
             return job_store.insert(conn, who.tenant, spec)
 
     try:
@@ -158,7 +158,7 @@ async def submit_batch(
         with node.store.write() as conn:
             fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
             code = node.federation.code if node.federation.chain else ""
-            _admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
+            admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
             return job_store.insert_many(conn, who.tenant, batch.jobs)
 
     jobs = await node.db(run)
