@@ -18,10 +18,14 @@ from computenet.model import (
     Heartbeat,
     JobState,
     Machine,
+    Pool,
     PoolInventory,
     PoolStatus,
     ProviderRegistration,
+    Report,
+    ReportBatch,
     TelemetrySample,
+    Usage,
 )
 from conftest import Network
 
@@ -41,6 +45,23 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def _identity(tmp: Path) -> Identity:
+    return Identity.load(tmp / "identity", tmp / "provider.key")
+
+
+async def _bare_pool(link: NodeLink, name: str, cpus: int) -> Pool:
+    """A pool registered by hand, with no agent behind it: the test speaks for it."""
+    return await link.register(
+        ProviderRegistration(name=name, public_key=link.identity.provider_key.public_key),
+        PoolInventory(
+            provider=name,
+            name=name,
+            public_key=link.identity.pool_key.public_key,
+            machines=[Machine(name="m0", cpus=cpus, memory_bytes=2**30)],
+        ),
+    )
 
 
 @pytest.fixture
@@ -133,18 +154,9 @@ def test_assignment_lost_on_the_way_is_sent_again(network: Network, tmp_path: Pa
     the node sends the assignment again, and the job is not stranded as SCHEDULED."""
 
     async def scenario() -> None:
-        ident = Identity.load(tmp_path / "identity", tmp_path / "provider.key")
-        link = NodeLink(network.url, network.token, ident)
+        link = NodeLink(network.url, network.token, _identity(tmp_path))
         try:
-            pool = await link.register(
-                ProviderRegistration(name="ghosts", public_key=ident.provider_key.public_key),
-                PoolInventory(
-                    provider="ghosts",
-                    name="ghost",
-                    public_key=ident.pool_key.public_key,
-                    machines=[Machine(name="m0", cpus=1, memory_bytes=2**30)],
-                ),
-            )
+            pool = await _bare_pool(link, "ghost", cpus=1)
             with network.client() as c:
                 job = c.submit(command=["true"], pool=pool.cpi)
             taken = await link.directives(wait=10, resync=False)
@@ -163,6 +175,55 @@ def test_assignment_lost_on_the_way_is_sent_again(network: Network, tmp_path: Pa
                     assert [(a.job_id, a.attempt) for a in again.assign] == [(job.id, 1)]
                     return
             pytest.fail("the lost assignment was never sent again")
+        finally:
+            await link.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_report_retried_while_its_original_is_applied_counts_once(
+    network: Network, tmp_path: Path
+) -> None:
+    """An agent that timed out waiting for an answer sends its batch again while the node
+    may still be applying the first. However the copies interleave, every one is
+    answered, the job ends once, and its cores are given back once."""
+
+    async def scenario() -> None:
+        link = NodeLink(network.url, network.token, _identity(tmp_path))
+        try:
+            pool = await _bare_pool(link, "twice", cpus=4)
+            with network.client() as c:
+                spec = {"command": ["true"], "pool": pool.cpi, "resources": {"cpus": 1}}
+                jobs = [c.submit(spec) for _ in range(4)]
+            taken: set[str] = set()
+            deadline = time.monotonic() + 30
+            while len(taken) < len(jobs) and time.monotonic() < deadline:
+                got = await link.directives(wait=2, resync=False)
+                taken.update(a.job_id for a in got.assign)
+            assert taken == {j.id for j in jobs}
+            now = time.time()
+            batch = ReportBatch(
+                reports=[
+                    r
+                    for j in jobs
+                    for r in (
+                        Report(job_id=j.id, attempt=1, state=JobState.RUNNING, at=now - 1),
+                        Report(
+                            job_id=j.id,
+                            attempt=1,
+                            state=JobState.COMPLETE,
+                            at=now,
+                            exit_code=0,
+                            usage=Usage(wall_seconds=1, cpu_seconds=0.5),
+                        ),
+                    )
+                ]
+            )
+            answers = await asyncio.gather(*(link.report(batch) for _ in range(8)))
+            assert all(a.refused == [] for a in answers), [a.refused for a in answers]
+            with network.client() as c:
+                assert {c.get(j.id).state for j in jobs} == {JobState.COMPLETE}
+                assert c.pool(pool.cpi).allocated.cpus == 0
         finally:
             await link.close()
 

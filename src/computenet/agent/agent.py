@@ -120,6 +120,9 @@ class Agent:
         self._seen: OrderedDict[str, None] = OrderedDict()  # attempts taken, newest last
         self._logs: list[LogChunk] = []
         self._reports: list[tuple[Report, Path | None]] = []
+        # One batch in flight at a time: a second sender would resend what is not yet
+        # acknowledged.
+        self._sending = asyncio.Lock()
         self._dirty = asyncio.Event()
         self._urgent = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
@@ -496,6 +499,10 @@ class Agent:
                     await backoff.sleep()
 
     async def _flush_once(self) -> None:
+        async with self._sending:
+            await self._send_batch()
+
+    async def _send_batch(self) -> None:
         logs: list[LogChunk] = []
         size = 0
         for chunk in self._logs:

@@ -62,6 +62,14 @@ def check_transition(old: JobState, new: JobState) -> None:
         raise IllegalTransition(old, new)
 
 
+def passed(old: JobState, reported: JobState) -> bool:
+    """Whether a job in ``old`` has already been through ``reported``: a report of it that
+    arrives late, or twice, is old news rather than a conflict."""
+    if reported.terminal:
+        return False
+    return old.terminal or (old is JobState.RUNNING and reported is JobState.STAGING)
+
+
 EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")]
 
 

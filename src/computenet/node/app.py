@@ -143,6 +143,11 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
     return app
 
 
+# Longer than any client's own idle expiry (httpx: 5 s): the client, not the node, ends an
+# idle connection, so a request is never sent down a socket the node is closing.
+KEEP_ALIVE = 65
+
+
 def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -> None:
     import uvicorn
 
@@ -153,5 +158,6 @@ def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -
         port=settings.port,
         log_level=log_level,
         access_log=False,
+        timeout_keep_alive=KEEP_ALIVE,
         **uvicorn_args,
     )

@@ -529,9 +529,22 @@ class SlurmBackend(Backend):
 
     async def _scancel(self, job: _Job) -> None:
         """Cancels a followed job; the poller sees it end, and sends scancel again if not."""
+        first = job.cancel_sent_at == 0.0
         job.cancel_sent_at = time.time()
+        if first and job.started.done():
+            await self._hold_still(job.slurm_id)
         await self._scancel_id(job.slurm_id)
         self._ensure_poller()
+
+    async def _hold_still(self, slurm_id: str) -> None:
+        """Slurm signals a job's processes one by one, so a shell whose child dies first could
+        run its next line before its own signal comes. Stopped, then handed SIGTERM while
+        stopped, every process meets its end together when the cancel sends SIGCONT."""
+        for sig in ("STOP", "TERM"):
+            try:
+                await self._run("scancel", "--full", f"--signal={sig}", slurm_id)
+            except SlurmError as e:
+                log.debug("scancel --signal=%s %s: %s", sig, slurm_id, e)
 
     async def _scancel_id(self, slurm_id: str) -> None:
         try:

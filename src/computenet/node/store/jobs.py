@@ -22,6 +22,7 @@ from computenet.model import (
     ReportBatch,
     check_transition,
 )
+from computenet.model.job import passed
 from computenet.node.errors import NotFound
 from computenet.node.store import rows
 from computenet.node.store.pools import take_calibration
@@ -246,6 +247,8 @@ _CURRENT = (
     )
     .join(attempts, and_(attempts.c.job_id == jobs.c.id, attempts.c.number == jobs.c.attempt))
     .where(jobs.c.id.in_(bindparam("ids", expanding=True)))
+    .order_by(jobs.c.id)
+    .with_for_update(of=jobs)
 )
 _JOB_WHERE = and_(jobs.c.id == bindparam("b_id"), jobs.c.attempt == bindparam("b_attempt"))
 _ATT_WHERE = and_(
@@ -299,7 +302,9 @@ _OWNERS = select(jobs.c.id, jobs.c.attempt, jobs.c.pool_cpi).where(
 
 
 def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applied:
-    """Logs first, then state, so a reader who sees a job end has already seen its output."""
+    """Logs first, then state, so a reader who sees a job end has already seen its output.
+    The jobs' rows are locked in id order: a retried batch that races its original waits
+    for it, then finds its states already applied instead of releasing capacity twice."""
     result = Applied()
     if batch.logs:
         _apply_logs(conn, pool_cpi, batch, result)
@@ -322,8 +327,8 @@ def apply_reports(conn: Connection, pool_cpi: str, batch: ReportBatch) -> Applie
             )
             continue
         old = state_of[rep.job_id]
-        if old is rep.state:
-            result.accepted += 1  # a retried report: already applied
+        if old is rep.state or passed(old, rep.state):
+            result.accepted += 1  # a retried or late report: already applied
             continue
         try:
             check_transition(old, rep.state)
