@@ -53,6 +53,7 @@ from computenet.model import (
     Usage,
 )
 from computenet.sdk.client import ApiError
+from computenet.transfer.server import DataServer
 
 log = logging.getLogger("computenet.agent")
 LOG_INTERVAL = 0.5
@@ -81,6 +82,10 @@ class AgentConfig:
     carbon_intensity: float | None = None
     calibrate: bool = True
     calibrate_seconds: float = 2.0
+    data_root: Path | None = None  # default: <state_dir>/data
+    data_host: str = "127.0.0.1"
+    data_port: int = 0  # 0: any free port, advertised at registration
+    data_tls: bool = False  # advise clients to use TLS (they may anyway)
 
 
 class Backoff:
@@ -132,6 +137,15 @@ class Agent:
         self._seq = 0
         self.pool_cpi = ""
         self.fatal: Exception | None = None
+        self.data = DataServer(
+            cfg.data_root or cfg.state_dir / "data",
+            lambda: self.pool_cpi,
+            self.link.transfer_key,
+            cfg.data_host,
+            cfg.data_port,
+            cfg.data_tls,
+            tls_dir=cfg.state_dir,
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -142,6 +156,7 @@ class Agent:
             if self.cfg.calibrate and not self.cfg.machines and self.backend.name == "local":
                 self.machines = [await self._calibrated(m) for m in self.machines]
             await self._recover()
+            await self.data.start()
         except BaseException:
             await self.backend.close()  # an engine it started (a Ray head) must not linger
             raise
@@ -183,6 +198,7 @@ class Agent:
         for t in loops:
             t.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        await self.data.close()
         await self.link.close()
         await self.backend.close()
 
@@ -216,6 +232,7 @@ class Agent:
             agent_version=__version__,
             runtime=pool_runtime(),
             cpi=self._known_cpi(),
+            data=self.data.endpoint if self.data.port else None,
         )
 
     def _known_cpi(self) -> str | None:

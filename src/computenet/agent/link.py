@@ -75,6 +75,12 @@ class NodeLink:
         check(resp)
         return resp
 
+    async def transfer_key(self) -> str:
+        """The node's public key, which transfer tickets are signed with."""
+        resp = await self._http.get("/v1/transfers/key")
+        check(resp)
+        return str(resp.json()["public_key"])
+
     async def heartbeat(self, hb: Heartbeat) -> HeartbeatAck:
         resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/heartbeat", _json(hb))
         return HeartbeatAck.model_validate_json(resp.content)

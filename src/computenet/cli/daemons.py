@@ -112,6 +112,12 @@ def agent_run(
     calibrate: Annotated[
         bool, typer.Option(help="measure this machine at start (cached for a day)")
     ] = True,
+    data_root: Annotated[
+        Path | None, typer.Option(help="what the data server serves (default: STATE_DIR/data)")
+    ] = None,
+    data_host: Annotated[str, typer.Option(help="the data server's bind address")] = "127.0.0.1",
+    data_port: Annotated[int, typer.Option(help="the data server's port (0: any free)")] = 0,
+    data_tls: Annotated[bool, typer.Option(help="advise clients to use TLS for data")] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Front a pool (this machine, or a Ray or Slurm cluster): register, heartbeat, run work."""
@@ -150,6 +156,10 @@ def agent_run(
         price=pc.price,
         carbon_intensity=pc.carbon_intensity,
         calibrate=calibrate,
+        data_root=data_root,
+        data_host=data_host,
+        data_port=data_port,
+        data_tls=data_tls,
     )
 
     async def main() -> None:

@@ -9,7 +9,7 @@ import typer
 from pydantic import ValidationError
 
 from computenet import __version__
-from computenet.cli import admin, daemons, federation, jobs
+from computenet.cli import admin, daemons, federation, jobs, transfer
 from computenet.cli.output import CLIError, fail, friendly
 from computenet.cli.session import current
 from computenet.sdk.client import ApiError
@@ -48,6 +48,7 @@ app.command()(jobs.ps)
 app.command()(jobs.logs)
 app.command()(jobs.show)
 app.command()(jobs.cancel)
+app.command()(transfer.cp)
 app.command()(admin.schema)
 app.command()(admin.catalog)
 app.add_typer(admin.token_app, name="token")

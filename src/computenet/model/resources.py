@@ -11,6 +11,7 @@ from pydantic import Field
 from computenet.ident.cpi import CPIStr
 from computenet.model.common import Labels, MemoryBytes, Model, Name
 from computenet.model.metrics import Calibration
+from computenet.model.transfer import DataEndpoint
 
 Precision = Annotated[str, Field(pattern=r"^(fp64|fp32|tf32|fp16|bf16|fp8|int8)$")]
 ShortText = Annotated[str, Field(max_length=128)]
@@ -149,6 +150,9 @@ class PoolInventory(Model):
         description="the CPI the pool already has, when it registers again; a node refuses "
         "one it did not mint (another node's code, or its own before it joined a tree)",
     )
+    data: DataEndpoint | None = Field(
+        default=None, description="where the pool's data server takes transfers"
+    )
 
 
 class PoolRegistration(Model):
@@ -179,6 +183,7 @@ class Pool(Model):
     runtime: dict[str, str] = Field(
         default_factory=dict, description="the Python and packages its function workers run"
     )
+    data: DataEndpoint | None = None
 
     @property
     def free(self) -> Capacity:

@@ -26,6 +26,7 @@ from computenet.node.routers import (
     system,
     tenants,
     tokens,
+    transfers,
 )
 from computenet.node.runtime import Node
 from computenet.node.settings import Settings
@@ -137,6 +138,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
         jobs.router,
         federation.router,
         functions.router,
+        transfers.router,
     ):
         app.include_router(r)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -6,11 +6,12 @@ around the sync one or the reverse, so neither pays for the other.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import json
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
 import httpx
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -38,6 +39,15 @@ from computenet.model.discovery import DiscoverPage, PoolSummary
 from computenet.model.federation import Invite, InviteCreate, Resolution, TreeView
 from computenet.model.job import MAX_BATCH
 from computenet.model.plan import Plan
+from computenet.model.transfer import (
+    SyncLevel,
+    TransferGrant,
+    TransferRequest,
+    TransferResult,
+)
+
+if TYPE_CHECKING:
+    from computenet.transfer.client import Options, Watcher
 
 T = TypeVar("T")
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -195,6 +205,10 @@ class _Calls:
         return _Call("GET", "/v1/discover", params, model=DiscoverPage)
 
     @staticmethod
+    def transfer(req: TransferRequest) -> _Call:
+        return _Call("POST", "/v1/transfers", body=req, model=TransferGrant)
+
+    @staticmethod
     def resolve(cpi: str) -> _Call:
         return _Call("GET", f"/v1/resolve/{cpi}", model=Resolution)
 
@@ -260,6 +274,26 @@ def _headers(token: str | None) -> dict[str, str]:
 
 def _log_line(line: str) -> dict[str, Any] | None:
     return json.loads(line) if line.strip() else None
+
+
+class CopyOptions(TypedDict, total=False):
+    """``copy``'s options: streams (default: by size), sync (none, exists, size, mtime,
+    checksum), verify (read back before rename; on), deadline (seconds), tls (default: as
+    the pool advises), watcher (told the total, then each verified chunk)."""
+
+    streams: int | None
+    sync: SyncLevel | str
+    verify: bool
+    deadline: float | None
+    tls: bool | None
+    watcher: Watcher | None
+
+
+def _copy_options(given: CopyOptions) -> Options:
+    from computenet.transfer.client import Options
+
+    sync = SyncLevel(given.get("sync", SyncLevel.none))
+    return Options(**{**given, "sync": sync})  # type: ignore[arg-type]
 
 
 def _transport_error(url: str, e: httpx.TransportError) -> ApiError:
@@ -467,6 +501,27 @@ class Client:
         except httpx.TransportError as e:
             raise _transport_error(self.url, e) from e
 
+    def ticket(self, request: TransferRequest | dict[str, Any]) -> TransferGrant:
+        """A signed ticket for one pool path and direction, and where to use it."""
+        out: TransferGrant = self._do(_Calls.transfer(TransferRequest.model_validate(request)))
+        return out
+
+    def copy(
+        self,
+        src: str,
+        dst: str,
+        **options: Unpack[CopyOptions],
+    ) -> TransferResult:
+        """Copies between a local path and a pool path (``POOL-CPI:/path``), either way,
+        a file or a directory; run it again after an interruption to move only the rest."""
+        from computenet.transfer.copy import copy
+
+        async def grant(req: TransferRequest) -> TransferGrant:
+            out: TransferGrant = await asyncio.to_thread(self._do, _Calls.transfer(req))
+            return out
+
+        return asyncio.run(copy(src, dst, grant, _copy_options(options)))
+
     def run(self, command: builtins.list[str], **kwargs: Any) -> Job:
         """Submit, wait, and return the finished job (raises ``JobFailed`` unless COMPLETE)."""
         job = self.submit(command=command, **kwargs)
@@ -579,6 +634,25 @@ class AsyncClient:
                         yield chunk
         except httpx.TransportError as e:
             raise _transport_error(self.url, e) from e
+
+    async def ticket(self, request: TransferRequest | dict[str, Any]) -> TransferGrant:
+        req = TransferRequest.model_validate(request)
+        out: TransferGrant = await self._do(_Calls.transfer(req))
+        return out
+
+    async def copy(
+        self,
+        src: str,
+        dst: str,
+        **options: Unpack[CopyOptions],
+    ) -> TransferResult:
+        from computenet.transfer.copy import copy
+
+        async def grant(req: TransferRequest) -> TransferGrant:
+            out: TransferGrant = await self._do(_Calls.transfer(req))
+            return out
+
+        return await copy(src, dst, grant, _copy_options(options))
 
     async def run(self, command: builtins.list[str], **kwargs: Any) -> Job:
         job = await self.submit(command=command, **kwargs)

@@ -142,6 +142,7 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
     values["scu"], values["calibration"] = scu_of(machines)
     values["traits"] = traits_of(machines)
     values["runtime"] = dict(inv.runtime)
+    values["data_endpoint"] = inv.data.model_dump(mode="json") if inv.data else None
     existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()
     if existing is None:
         conn.execute(

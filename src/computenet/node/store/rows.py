@@ -18,6 +18,7 @@ from computenet.model import (
     Provider,
     Token,
 )
+from computenet.model.transfer import DataEndpoint
 
 
 def ts(value: float | None) -> datetime | None:
@@ -80,6 +81,7 @@ def pool(row: Any) -> Pool:
         scu=row.scu,
         queue_factor=row.queue_factor,
         runtime=row.runtime or {},
+        data=DataEndpoint.model_validate(row.data_endpoint) if row.data_endpoint else None,
     )
 
 

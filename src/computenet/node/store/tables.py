@@ -94,6 +94,7 @@ pools = Table(
     # What the scheduler matches accelerator requests against (see ``pools.traits_of``).
     Column("traits", JSON),
     Column("runtime", JSON),
+    Column("data_endpoint", JSON),
     # When allocation or status last changed: how a replica's live index catches up by
     # reading only what changed. Heartbeats keep it as it is (see ``record_beats``).
     Column(

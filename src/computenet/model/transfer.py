@@ -1,0 +1,128 @@
+"""Bulk data transfer: tickets the node signs, manifests the two ends agree on, results.
+
+The node never carries the bytes. It checks who asks and for what, and signs a short-lived
+ticket; the agent's data server checks the ticket on every connection. See
+``docs/transfer.md`` for the wire format.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from computenet.ident.cpi import CPIStr
+from computenet.model.common import Model
+
+MAX_TTL = 86400.0
+Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+PoolPath = Annotated[str, Field(max_length=4096, description="a path under the pool's data root")]
+
+
+class Direction(StrEnum):
+    put = "put"  # into the pool
+    get = "get"  # out of the pool
+
+
+class SyncLevel(StrEnum):
+    """When a file already at the destination is left as it is."""
+
+    none = "none"  # always copied (a partial copy is still resumed)
+    exists = "exists"
+    size = "size"
+    mtime = "mtime"  # same size and modification time
+    checksum = "checksum"  # same content, chunk by chunk
+
+
+class DataEndpoint(Model):
+    """Where a pool's data server listens, as its agent advertises it at registration."""
+
+    host: Annotated[str, Field(min_length=1, max_length=253)]
+    port: Annotated[int, Field(ge=1, le=65535)]
+    tls: bool = Field(default=False, description="whether clients should use TLS by default")
+    fingerprint: Hex32 | None = Field(
+        default=None, description="SHA-256 of the server's TLS certificate (DER), pinned"
+    )
+
+
+class TicketClaims(Model):
+    id: Annotated[str, Field(pattern=r"^t-[0-9a-f]{16}$")]
+    pool: CPIStr
+    path: PoolPath = Field(description="normalised, relative: '' is the whole data root")
+    direction: Direction
+    max_bytes: Annotated[int, Field(ge=0)]
+    expires_at: float
+    tenant: str
+    issuer: str = Field(description="the node code that signed it")
+
+
+class Ticket(Model):
+    claims: TicketClaims
+    signature: Annotated[str, Field(min_length=80, max_length=100)]
+
+
+class TransferRequest(Model):
+    pool: CPIStr
+    path: PoolPath
+    direction: Direction
+    size: Annotated[int, Field(ge=0, description="bytes to put; refused over the limit")] = 0
+    ttl: Annotated[float, Field(gt=0, le=MAX_TTL, description="seconds the ticket lasts")] = 600.0
+
+
+class TransferGrant(Model):
+    ticket: Ticket
+    endpoint: DataEndpoint
+    path: str = Field(description="the path as the ticket names it (normalised)")
+
+
+class ManifestEntry(Model):
+    path: Annotated[str, Field(max_length=4096, description="relative to the transfer's root")]
+    size: Annotated[int, Field(ge=0)]
+    mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
+    mtime_ns: int = 0
+    chunks: list[Hex32] = Field(default_factory=list, description="BLAKE3 of each chunk")
+
+
+class Manifest(Model):
+    """What one transfer moves. A single file has one entry with path ''."""
+
+    chunk_size: Annotated[int, Field(ge=4096, le=64 << 20)]
+    files: list[ManifestEntry]
+    dirs: list[str] = Field(default_factory=list, description="empty directories too")
+    tree_hash: Hex32
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+    @property
+    def total_chunks(self) -> int:
+        return sum(len(f.chunks) for f in self.files)
+
+
+class TransferCounters(Model):
+    bytes: int = Field(default=0, description="payload bytes moved")
+    bytes_skipped: int = Field(default=0, description="already at the destination")
+    files: int = Field(default=0, description="files written")
+    files_skipped: int = 0
+    chunks: int = Field(default=0, description="chunks moved (and verified)")
+    chunks_present: int = Field(default=0, description="chunks a partial copy already held")
+    retries: int = Field(default=0, description="chunks sent again")
+    faults: int = Field(default=0, description="chunks that failed verification or streams lost")
+
+
+class TransferResult(Model):
+    source: str
+    destination: str
+    direction: str
+    streams: int
+    seconds: float
+    tree_hash: str
+    total_bytes: int
+    counters: TransferCounters
+
+    @property
+    def rate(self) -> float:
+        """Bytes moved per second (zero when nothing moved)."""
+        return self.counters.bytes / self.seconds if self.seconds > 0 else 0.0

@@ -1,0 +1,66 @@
+"""Transfer tickets: the node checks who asks and for what, then signs; bytes never pass here.
+
+``POST /v1/transfers`` grants a ticket for one pool path and one direction, with a byte
+limit and an expiry, and says where the pool's data server listens. ``GET
+/v1/transfers/key`` is the node's public key, which data servers check tickets against.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import APIRouter, Depends
+
+from computenet.model import Model, PoolStatus
+from computenet.model.transfer import Direction, TicketClaims, TransferGrant, TransferRequest
+from computenet.node.auth import Principal, node_of, principal
+from computenet.node.errors import Conflict, Invalid, TooLarge
+from computenet.node.runtime import Node
+from computenet.node.store import pools as pool_store
+from computenet.transfer import ticket as tickets
+from computenet.transfer.paths import PathError, normalise
+
+router = APIRouter(prefix="/v1", tags=["transfers"])
+MAX_TRANSFER = int(os.environ.get("CNET_MAX_TRANSFER", str(1 << 40)))
+
+
+class NodeKey(Model):
+    public_key: str
+    issuer: str
+
+
+@router.get("/transfers/key", response_model=NodeKey)
+async def key(node: Node = Depends(node_of)) -> NodeKey:
+    """Public: a signature check needs no secret."""
+    return NodeKey(public_key=node.federation.key.public_key, issuer=node.federation.code)
+
+
+@router.post("/transfers", status_code=201, response_model=TransferGrant)
+async def grant(
+    body: TransferRequest, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> TransferGrant:
+    try:
+        path = normalise(body.path)
+    except PathError as e:
+        raise Invalid(str(e), field="path") from e
+    if body.size > MAX_TRANSFER:
+        raise TooLarge(f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", "size")
+    pool = await node.reading(pool_store.get, body.pool)
+    if pool.data is None:
+        raise Conflict(f"pool {pool.cpi} has no data server", field="pool")
+    if pool.status is PoolStatus.offline:
+        raise Conflict(f"pool {pool.cpi} is offline", field="pool")
+    claims = TicketClaims(
+        id=tickets.new_id(),
+        pool=pool.cpi,
+        path=path,
+        direction=body.direction,
+        max_bytes=body.size if body.direction is Direction.put else MAX_TRANSFER,
+        expires_at=time.time() + body.ttl,
+        tenant=who.tenant,
+        issuer=node.federation.code,
+    )
+    return TransferGrant(
+        ticket=tickets.issue(node.federation.key, claims), endpoint=pool.data, path="/" + path
+    )

@@ -1,0 +1,246 @@
+"""The client side of a transfer: ``put`` a local file or tree into a pool, ``get`` one out.
+
+The node has already granted a ticket (``POST /v1/transfers``); from here on the client
+talks to the pool's data server only. Stream count follows the bytes still to move.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from computenet.model.transfer import (
+    Direction,
+    Manifest,
+    SyncLevel,
+    TransferCounters,
+    TransferGrant,
+    TransferResult,
+)
+from computenet.transfer import tls, wire
+from computenet.transfer.faults import Faults
+from computenet.transfer.manifest import CHUNK, build
+from computenet.transfer.paths import confine
+from computenet.transfer.receiver import Receiver
+from computenet.transfer.sender import Sender
+from computenet.transfer.wire import Kind, TransferError
+
+MAX_STREAMS = 64
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Watcher(Protocol):
+    """Told the bytes to move once, then each verified chunk: what a progress bar needs."""
+
+    def start(self, total: int) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+@dataclass
+class Options:
+    streams: int | None = None  # None: chosen by size
+    sync: SyncLevel = SyncLevel.none
+    verify: bool = True
+    deadline: float | None = None  # seconds for the whole copy
+    tls: bool | None = None  # None: as the pool's endpoint advises
+    chunk_size: int = CHUNK
+    watcher: Watcher | None = None
+    faults: Faults = field(default_factory=Faults.from_env)
+
+
+def streams_for(nbytes: int) -> int:
+    """One stream per 128 MiB still to move, from 1 to 8."""
+    return max(1, min(8, 1 + nbytes // (128 << 20)))
+
+
+class _Link:
+    """The connections of one transfer to one data server."""
+
+    def __init__(self, grant: TransferGrant, direction: Direction, options: Options) -> None:
+        self.grant, self.direction = grant, direction
+        self.id = secrets.token_hex(8)
+        self.tls = grant.endpoint.tls if options.tls is None else options.tls
+        self.conns: list[Conn] = []
+
+    async def open(self, role: str) -> Conn:
+        ep = self.grant.endpoint
+        try:
+            reader, writer = await asyncio.open_connection(
+                ep.host, ep.port, limit=wire.STREAM_LIMIT
+            )
+        except OSError as e:
+            raise TransferError(
+                f"cannot reach the pool's data server at {ep.host}:{ep.port}: {e}"
+            ) from e
+        self.conns.append((reader, writer))
+        if self.tls:
+            wire.send_json(writer, Kind.HELLO, {"starttls": True})
+            await writer.drain()
+            await wire.expect(reader, Kind.OK)
+            await writer.start_tls(tls.client_context())
+            tls.pinned(writer.get_extra_info("ssl_object"), ep.fingerprint)
+        hello = {
+            "ticket": self.grant.ticket.model_dump(mode="json"),
+            "direction": self.direction.value,
+            "path": self.grant.path,
+            "transfer": self.id,
+            "role": role,
+        }
+        wire.send_json(writer, Kind.HELLO, hello)
+        await writer.drain()
+        await wire.expect(reader, Kind.OK)
+        return reader, writer
+
+    async def open_many(self, n: int) -> list[Conn]:
+        return list(await asyncio.gather(*(self.open("data") for _ in range(n))))
+
+    def close(self) -> None:
+        for _, w in self.conns:
+            with contextlib.suppress(Exception):
+                w.close()
+
+
+async def _bounded(options: Options, what: Any) -> TransferResult:
+    try:
+        async with asyncio.timeout(options.deadline):
+            result: TransferResult = await what
+            return result
+    except TimeoutError:
+        raise TransferError(
+            f"the copy passed its deadline of {options.deadline:g}s; "
+            "run it again to resume from where it stopped"
+        ) from None
+
+
+def _result(
+    grant: TransferGrant,
+    direction: Direction,
+    local: Path,
+    m: Manifest,
+    counters: TransferCounters,
+    streams: int,
+    started: float,
+) -> TransferResult:
+    remote = f"{grant.ticket.claims.pool}:{grant.path}"
+    here = str(local)
+    return TransferResult(
+        source=here if direction is Direction.put else remote,
+        destination=remote if direction is Direction.put else here,
+        direction=direction.value,
+        streams=streams,
+        seconds=round(time.monotonic() - started, 6),
+        tree_hash=m.tree_hash,
+        total_bytes=m.total_bytes,
+        counters=counters,
+    )
+
+
+async def put(grant: TransferGrant, source: Path, options: Options | None = None) -> TransferResult:
+    """Copies ``source`` (a file, or a directory's contents) to the ticket's path."""
+    options = options or Options()
+    return await _bounded(options, _put(grant, source, options))
+
+
+async def _put(grant: TransferGrant, source: Path, options: Options) -> TransferResult:
+    started = time.monotonic()
+    src = await asyncio.to_thread(build, source, options.chunk_size)
+    m = src.manifest
+    link = _Link(grant, Direction.put, options)
+    counters = TransferCounters()
+    try:
+        reader, writer = await link.open("control")
+        body = {"manifest": m.model_dump(mode="json"), "sync": options.sync.value}
+        wire.send_json(writer, Kind.MANIFEST, body)
+        await writer.drain()
+        _, plan = await wire.expect(reader, Kind.NEED)
+        skipped = set(plan.get("skip", []))
+        counters.chunks_present = int(plan.get("present", 0))
+        counters.files_skipped = len(skipped)
+        counters.bytes_skipped = int(plan.get("present_bytes", 0)) + sum(
+            m.files[i].size for i in skipped
+        )
+        w = options.watcher
+        sender = Sender(
+            m, src.paths, plan["need"], counters, w.advance if w else None, options.faults
+        )
+        if w is not None:
+            w.start(m.total_bytes - counters.bytes_skipped)
+        streams = 0
+        if sender.remaining:
+            todo = sum(sender.length(f, c) for f, c in sender.pending)
+            streams = min(MAX_STREAMS, options.streams or streams_for(todo))
+            conns = await link.open_many(streams)
+            tasks = [asyncio.create_task(sender.stream(r, w_)) for r, w_ in conns]
+            await sender.done.wait()
+            sender.notify()
+            await asyncio.gather(*tasks)
+            if sender.error is not None:
+                raise sender.error
+        wire.send_json(writer, Kind.COMMIT, {"verify": options.verify})
+        await writer.drain()
+        _, done = await wire.expect(reader, Kind.DONE)
+        counters.files = int(done.get("files", 0))
+        counters.faults = max(counters.faults, int(done.get("faults", 0)))
+        return _result(grant, Direction.put, source, m, counters, streams, started)
+    finally:
+        link.close()
+
+
+async def get(grant: TransferGrant, dest: Path, options: Options | None = None) -> TransferResult:
+    """Copies the ticket's path (a file, or a directory's contents) to ``dest``."""
+    options = options or Options()
+    return await _bounded(options, _get(grant, dest, options))
+
+
+async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferResult:
+    started = time.monotonic()
+    link = _Link(grant, Direction.get, options)
+    counters = TransferCounters()
+    try:
+        reader, writer = await link.open("control")
+        _, body = await wire.expect(reader, Kind.MANIFEST)
+        m = Manifest.model_validate(body.get("manifest"))
+        if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+            name = grant.path.rstrip("/").rsplit("/", 1)[-1]
+            target = dest / name if dest.is_dir() else dest
+            finals, dirs = [target], []
+        else:
+            # Names from the server are confined too: a server cannot write outside dest.
+            finals = [confine(dest, e.path) for e in m.files]
+            dirs = [confine(dest, d) for d in m.dirs]
+        w = options.watcher
+        receiver = Receiver(
+            m, finals, dirs, options.sync, counters, w.advance if w else None, options.faults
+        )
+        try:
+            plan = await asyncio.to_thread(receiver.plan)
+            if w is not None:
+                w.start(m.total_bytes - counters.bytes_skipped)
+            wire.send_json(writer, Kind.NEED, plan.wire())
+            await writer.drain()
+            await wire.expect(reader, Kind.OK)
+            todo = sum(
+                min(m.chunk_size, m.files[f].size - c * m.chunk_size)
+                for f, chunks in enumerate(plan.need)
+                for c in chunks
+            )
+            streams = 0
+            if todo or any(plan.need):
+                streams = min(MAX_STREAMS, options.streams or streams_for(todo))
+                conns = await link.open_many(streams)
+                await asyncio.gather(*(receiver.stream(r, w_) for r, w_ in conns))
+            await asyncio.to_thread(receiver.commit, options.verify)
+        finally:
+            receiver.close()
+        wire.send(writer, Kind.DONE)
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        return _result(grant, Direction.get, dest, m, counters, streams, started)
+    finally:
+        link.close()

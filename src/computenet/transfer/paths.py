@@ -1,0 +1,60 @@
+"""Every path a transfer touches stays under the pool's data root.
+
+Names are checked as text first (no ``..``, nothing absolute, nothing reserved), then as
+the filesystem sees them (a symlink that leads out is refused), and files are opened with
+``O_NOFOLLOW`` so that a link swapped in after the check is not followed either.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+RESERVED = ".cnet"  # the data server's own files, under the root
+PART = ".cnetpart"  # suffix of a file still being received
+
+
+class PathError(ValueError):
+    """A path that would leave the data root or that no transfer may name."""
+
+
+def normalise(path: str) -> str:
+    """A pool path as the ticket and the server see it: relative, ``/``-separated, with
+    ``''`` for the root itself."""
+    if "\x00" in path:
+        raise PathError("a path may not contain NUL")
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise PathError(f"{path!r}: '..' is not allowed in a pool path")
+    if parts and parts[0] == RESERVED:
+        raise PathError(f"{path!r}: {RESERVED} is reserved for the data server")
+    if any(p.endswith(PART) for p in parts):
+        raise PathError(f"{path!r}: names ending {PART} are reserved for partial files")
+    return "/".join(parts)
+
+
+def within(prefix: str, path: str) -> bool:
+    """Whether ``path`` is ``prefix`` or below it (both normalised)."""
+    return not prefix or path == prefix or path.startswith(prefix + "/")
+
+
+def confine(root: Path, path: str) -> Path:
+    """The real location of ``path`` under ``root``; refused where a symlink leads out."""
+    base = root.resolve()
+    target = (base / normalise(path)).resolve()
+    if not target.is_relative_to(base):
+        raise PathError(f"{'/' + normalise(path)!r} escapes the data root")
+    return target
+
+
+def open_read(path: Path) -> int:
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+
+
+def open_part(path: Path) -> int:
+    """A partial file is reopened as it is: what it already holds may be resumed."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+def part_of(final: Path) -> Path:
+    return final.with_name(f".{final.name}{PART}")

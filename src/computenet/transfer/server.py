@@ -1,0 +1,255 @@
+"""The agent's data server: serves the pool's data root to holders of a node's ticket.
+
+Each transfer has one control connection (HELLO, MANIFEST, NEED, COMMIT, DONE) and one or
+more data connections that join it by its id; every connection shows the ticket again.
+The node's public key is fetched from the node and refreshed when a ticket does not
+verify, so a node that changed its key is followed without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import blake3
+from pydantic import ValidationError
+
+from computenet.model.transfer import DataEndpoint, Direction, Manifest, SyncLevel, Ticket
+from computenet.transfer import ticket as tickets
+from computenet.transfer import wire
+from computenet.transfer.manifest import CHUNK, build, tree_hash
+from computenet.transfer.paths import RESERVED, PathError, confine, normalise
+from computenet.transfer.receiver import Receiver
+from computenet.transfer.sender import Sender
+from computenet.transfer.ticket import BadSignature, TicketError
+from computenet.transfer.tls import server_context
+from computenet.transfer.wire import Kind, Refused, TransferError
+
+log = logging.getLogger("computenet.transfer")
+KEY_REFRESH = 10.0
+
+
+class _Control(NamedTuple):
+    """A transfer's control connection, and what its ticket allows."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    ticket: Ticket
+    id: str
+    path: str
+
+
+@dataclass
+class _Session:
+    ticket: str
+    receiver: Receiver | None = None
+    sender: Sender | None = None
+
+
+class DataServer:
+    def __init__(
+        self,
+        root: Path,
+        pool: Callable[[], str],
+        node_key: Callable[[], Awaitable[str]],
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: bool = False,
+        tls_dir: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.pool, self._fetch_key = pool, node_key
+        self.host, self.port = host, port
+        self.tls_default = tls
+        self._tls: ssl.SSLContext | None = None
+        self._fingerprint: str | None = None
+        self._tls_dir = tls_dir or root / RESERVED
+        self._key: str | None = None
+        self._key_at = 0.0
+        self._server: asyncio.Server | None = None
+        self.sessions: dict[str, _Session] = {}
+
+    async def start(self) -> DataEndpoint:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._tls, self._fingerprint = await asyncio.to_thread(server_context, self._tls_dir)
+        self._server = await asyncio.start_server(
+            self._serve, self.host, self.port, limit=wire.STREAM_LIMIT
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("data server for %s on %s:%d", self.root, self.host, self.port)
+        return self.endpoint
+
+    @property
+    def endpoint(self) -> DataEndpoint:
+        return DataEndpoint(
+            host=self.host, port=self.port, tls=self.tls_default, fingerprint=self._fingerprint
+        )
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 3)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._handle(reader, writer)
+        except (TicketError, PathError, TransferError, ValidationError) as e:
+            why = str(e) if not isinstance(e, ValidationError) else f"malformed request: {e}"
+            log.info("transfer refused: %s", why)
+            with contextlib.suppress(Exception):
+                wire.send_json(writer, Kind.ERROR, {"error": why})
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except Exception:
+            log.exception("data server error")
+            with contextlib.suppress(Exception):
+                wire.send_json(writer, Kind.ERROR, {"error": "the data server hit an error"})
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        _, hello = await wire.expect(reader, Kind.HELLO)
+        if hello.get("starttls"):
+            wire.send(writer, Kind.OK)
+            await writer.drain()
+            await writer.start_tls(self._tls)  # type: ignore[arg-type]
+            _, hello = await wire.expect(reader, Kind.HELLO)
+        t = Ticket.model_validate(hello.get("ticket"))
+        direction = Direction(hello.get("direction"))
+        path = await self._check(t, direction, str(hello.get("path", "")))
+        tid, role = str(hello.get("transfer", "")), hello.get("role")
+        if role == "data":
+            s = self.sessions.get(tid)
+            if s is None or s.ticket != t.claims.id:
+                raise Refused(f"no transfer {tid!r} under ticket {t.claims.id}")
+            wire.send(writer, Kind.OK)
+            await writer.drain()
+            if s.receiver is not None:
+                await s.receiver.stream(reader, writer)
+            elif s.sender is not None:
+                await s.sender.stream(reader, writer)
+            return
+        if role != "control" or not tid or tid in self.sessions:
+            raise Refused("a transfer starts with one control connection of a new id")
+        wire.send(writer, Kind.OK)
+        await writer.drain()
+        ctl = _Control(reader, writer, t, tid, path)
+        try:
+            await (self._put if direction is Direction.put else self._get)(ctl)
+        finally:
+            self.sessions.pop(tid, None)
+
+    async def _check(self, t: Ticket, direction: Direction, path: str) -> str:
+        if self._key is None:
+            await self._refresh_key()
+        try:
+            return self._verify(t, direction, path)
+        except BadSignature:
+            if time.monotonic() - self._key_at < KEY_REFRESH:
+                raise
+        await self._refresh_key()
+        return self._verify(t, direction, path)
+
+    def _verify(self, t: Ticket, direction: Direction, path: str) -> str:
+        assert self._key is not None
+        return tickets.check(t, self._key, pool=self.pool(), direction=direction, path=path)
+
+    async def _refresh_key(self) -> None:
+        try:
+            self._key = await self._fetch_key()
+        except Exception as e:
+            raise TransferError(f"cannot get the node's key to check tickets: {e}") from e
+        self._key_at = time.monotonic()
+
+    def _places(self, path: str, m: Manifest) -> tuple[list[Path], list[Path]]:
+        if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+            return [confine(self.root, path)], []
+
+        def under(rel: str) -> Path:
+            if not normalise(rel):
+                raise PathError("a file in a tree needs a name")
+            return confine(self.root, f"{path}/{rel}")
+
+        return [under(e.path) for e in m.files], [under(d) for d in m.dirs]
+
+    async def _put(self, ctl: _Control) -> None:
+        reader, writer, t, tid, path = ctl
+        _, body = await wire.expect(reader, Kind.MANIFEST)
+        m = Manifest.model_validate(body.get("manifest"))
+        total = m.total_bytes
+        if total > t.claims.max_bytes:
+            raise TicketError(
+                f"ticket {t.claims.id} allows {t.claims.max_bytes} bytes; the manifest has {total}"
+            )
+        if m.tree_hash != tree_hash(m.files, m.dirs):
+            raise TransferError("the manifest's tree hash does not match its entries")
+        free = shutil.disk_usage(self.root).free
+        if total > free:
+            raise TransferError(f"not enough space: {total} bytes asked, {free} free")
+        finals, dirs = self._places(path, m)
+        receiver = Receiver(m, finals, dirs, SyncLevel(body.get("sync", "none")))
+        plan = await asyncio.to_thread(receiver.plan)
+        self.sessions[tid] = _Session(t.claims.id, receiver=receiver)
+        try:
+            wire.send_json(writer, Kind.NEED, plan.wire())
+            await writer.drain()
+            _, body = await wire.expect(reader, Kind.COMMIT)
+            await asyncio.to_thread(receiver.commit, bool(body.get("verify", True)))
+            await asyncio.to_thread(self._record, path, m)
+            c = receiver.counters
+            wire.send_json(
+                writer, Kind.DONE, {"files": c.files, "faults": c.faults, "tree_hash": m.tree_hash}
+            )
+            await writer.drain()
+        finally:
+            receiver.close()
+
+    def _record(self, path: str, m: Manifest) -> None:
+        """The manifest, committed after the files it names: written whole, then renamed."""
+        where = self.root / RESERVED / "manifests"
+        where.mkdir(parents=True, exist_ok=True)
+        name = blake3.blake3(path.encode()).hexdigest()[:32]
+        tmp = where / f"{name}.{os.getpid()}.tmp"
+        body: dict[str, Any] = {"path": "/" + path, "at": time.time(), **m.model_dump(mode="json")}
+        tmp.write_text(json.dumps(body, separators=(",", ":")))
+        os.replace(tmp, where / f"{name}.json")
+
+    async def _get(self, ctl: _Control) -> None:
+        reader, writer, t, tid, path = ctl
+        source = confine(self.root, path)
+        if not source.exists():
+            raise TransferError(f"/{path}: no such file or directory in the pool")
+        src = await asyncio.to_thread(build, source, CHUNK)
+        wire.send_json(writer, Kind.MANIFEST, {"manifest": src.manifest.model_dump(mode="json")})
+        await writer.drain()
+        _, body = await wire.expect(reader, Kind.NEED)
+        need = body.get("need")
+        files = src.manifest.files
+        if (
+            not isinstance(need, list)
+            or len(need) != len(files)
+            or not all(
+                isinstance(n, list)
+                and all(isinstance(c, int) and 0 <= c < len(f.chunks) for c in n)
+                for n, f in zip(need, files, strict=True)
+            )
+        ):
+            raise wire.WireError("NEED does not match the manifest")
+        self.sessions[tid] = _Session(t.claims.id, sender=Sender(src.manifest, src.paths, need))
+        wire.send(writer, Kind.OK)
+        await writer.drain()
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            await wire.expect(reader, Kind.DONE)

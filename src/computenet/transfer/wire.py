@@ -1,0 +1,103 @@
+"""Framing: every message is an 8-byte header and a payload.
+
+    magic "CN" (2) | version (1) | kind (1) | payload length (4, big-endian)
+
+Control payloads are UTF-8 JSON. A DATA payload is ``file (u32) | chunk (u32)`` and the
+chunk's bytes; an ACK is ``file (u32) | chunk (u32) | status (u8)``. The layout is kept
+fixed and small so that the sender can put a chunk's bytes on the socket with
+``sendfile`` right after its header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from enum import IntEnum
+from typing import Any
+
+MAGIC = b"CN"
+VERSION = 1
+HEADER = struct.Struct("!2sBBI")
+DATA = struct.Struct("!II")
+ACK = struct.Struct("!IIB")
+MAX_CONTROL = 256 << 20
+MAX_DATA = (64 << 20) + DATA.size
+STREAM_LIMIT = 16 << 20  # asyncio reader buffer: a whole chunk without stop and go
+
+
+class Kind(IntEnum):
+    HELLO = 1
+    OK = 2
+    ERROR = 3
+    MANIFEST = 4
+    NEED = 5
+    DATA = 6
+    ACK = 7
+    COMMIT = 8
+    DONE = 9
+    PROGRESS = 10
+
+
+class Status(IntEnum):
+    OK = 0
+    BAD_HASH = 1
+    UNKNOWN = 2
+
+
+class TransferError(Exception):
+    """A transfer that cannot complete: the message says why, and what to do."""
+
+
+class WireError(TransferError):
+    """The peer spoke something other than this protocol."""
+
+
+class Refused(TransferError):
+    """The peer answered ERROR: a ticket, path or size it will not accept."""
+
+
+def header(kind: Kind, length: int) -> bytes:
+    return HEADER.pack(MAGIC, VERSION, kind, length)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, bytes]:
+    raw = await reader.readexactly(HEADER.size)
+    magic, version, kind, length = HEADER.unpack(raw)
+    if magic != MAGIC or version != VERSION:
+        raise WireError("not a computenet transfer stream (bad magic or version)")
+    try:
+        k = Kind(kind)
+    except ValueError as e:
+        raise WireError(f"unknown frame kind {kind}") from e
+    if length > (MAX_DATA if k is Kind.DATA else MAX_CONTROL):
+        raise WireError(f"frame of {length} bytes is over the limit")
+    return k, await reader.readexactly(length)
+
+
+def send(writer: asyncio.StreamWriter, kind: Kind, payload: bytes = b"") -> None:
+    writer.write(header(kind, len(payload)) + payload)
+
+
+def send_json(writer: asyncio.StreamWriter, kind: Kind, body: Any) -> None:
+    send(writer, kind, json.dumps(body, separators=(",", ":")).encode())
+
+
+async def expect(reader: asyncio.StreamReader, *kinds: Kind) -> tuple[Kind, Any]:
+    """The next control frame, decoded; an ERROR frame raises ``Refused``."""
+    kind, payload = await read_frame(reader)
+    body = _json(payload)
+    if kind is Kind.ERROR:
+        raise Refused(str(body.get("error", "refused")) if isinstance(body, dict) else "refused")
+    if kind not in kinds:
+        raise WireError(f"expected {' or '.join(k.name for k in kinds)}, got {kind.name}")
+    return kind, body
+
+
+def _json(payload: bytes) -> Any:
+    if not payload:
+        return {}
+    try:
+        return json.loads(payload)
+    except ValueError as e:
+        raise WireError("a control frame is not JSON") from e

@@ -1,0 +1,302 @@
+"""Bulk transfer between this machine and a pool's data server, through ``cnet cp`` and the
+SDK, against a real node and a real agent: files and trees both ways, bit for bit; a copy
+killed half way that resumes with only the missing chunks; a chunk corrupted on the wire
+that is caught and sent again; and tickets, paths and sizes that are refused."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from computenet.model import TransferGrant, TransferResult
+from computenet.transfer import client as transfer
+from computenet.transfer.faults import ENV as FAULTS
+from computenet.transfer.manifest import CHUNK
+from computenet.transfer.wire import TransferError
+from conftest import PYTHON, Network
+
+pytestmark = pytest.mark.slow
+
+
+def root_of(net: Network, name: str = "alpha") -> Path:
+    return net.home / "agents" / name / "data"
+
+
+def cp(
+    net: Network, *args: str, faults: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    env = dict(net.env, CNET_TOKEN=net.token)
+    if faults:
+        env[FAULTS] = faults
+    return subprocess.run(
+        [*PYTHON, "cp", "--json", *args], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def result(proc: subprocess.CompletedProcess[str]) -> TransferResult:
+    assert proc.returncode == 0, proc.stderr
+    return TransferResult.model_validate_json(proc.stdout)
+
+
+def make_tree(base: Path, files: int, size: int) -> None:
+    for i in range(files):
+        p = base / f"d{i % 7}" / f"sub{i % 3}" / f"f{i}.bin"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(size))
+    (base / "empty-dir").mkdir(parents=True)
+    (base / "empty-file").write_bytes(b"")
+
+
+def same_tree(a: Path, b: Path) -> None:
+    def listing(root: Path) -> dict[str, bytes | None]:
+        return {
+            p.relative_to(root).as_posix(): (p.read_bytes() if p.is_file() else None)
+            for p in root.rglob("*")
+        }
+
+    left, right = listing(a), listing(b)
+    assert sorted(left) == sorted(right)
+    assert left == right
+
+
+@pytest.fixture(scope="module")
+def pool(shared: Network) -> str:
+    return shared.wait_pool("alpha")
+
+
+def test_a_file_goes_to_the_pool_and_back_bit_for_bit(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(3 * CHUNK + 12345))
+    r = result(cp(shared, str(src), f"{pool}:/in/big.bin"))
+    assert (root_of(shared) / "in" / "big.bin").read_bytes() == src.read_bytes()
+    assert r.counters.chunks == 4 and r.counters.bytes == src.stat().st_size
+    assert r.counters.files == 1 and r.counters.retries == 0
+
+    back = result(cp(shared, f"{pool}:/in/big.bin", str(tmp_path / "back.bin")))
+    assert (tmp_path / "back.bin").read_bytes() == src.read_bytes()
+    assert back.tree_hash == r.tree_hash
+    assert not list((root_of(shared) / "in").glob(".*"))  # no partial file left behind
+
+
+def test_a_tree_goes_both_ways_through_the_sdk(shared: Network, pool: str, tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    make_tree(src, 300, 10_000)
+    with shared.client() as c:
+        up = c.copy(str(src), f"{pool}:/trees/t1", streams=3)
+        assert up.counters.files == 301 and up.streams == 3
+        same_tree(src, root_of(shared) / "trees" / "t1")
+        down = c.copy(f"{pool}:/trees/t1", str(tmp_path / "down"))
+    same_tree(src, tmp_path / "down")
+    assert down.tree_hash == up.tree_hash
+
+
+def test_a_file_into_a_directory_keeps_its_name(shared: Network, pool: str, tmp_path: Path) -> None:
+    src = tmp_path / "named.txt"
+    src.write_text("hello")
+    result(cp(shared, str(src), f"{pool}:/dir/"))
+    assert (root_of(shared) / "dir" / "named.txt").read_text() == "hello"
+    (tmp_path / "out").mkdir()
+    result(cp(shared, f"{pool}:/dir/named.txt", str(tmp_path / "out")))
+    assert (tmp_path / "out" / "named.txt").read_text() == "hello"
+
+
+def test_a_killed_copy_resumes_with_only_the_missing_chunks(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "resume.bin"
+    src.write_bytes(os.urandom(8 * CHUNK))
+    dest = root_of(shared) / "resume" / "resume.bin"
+    killed = cp(shared, "--streams", "1", str(src), f"{pool}:/resume/", faults="kill:chunk=3")
+    assert killed.returncode == -9, killed.stderr
+    assert not dest.exists()  # nobody sees a half-written file under its name
+    assert (dest.parent / ".resume.bin.cnetpart").exists()
+
+    r = result(cp(shared, str(src), f"{pool}:/resume/"))
+    assert r.counters.chunks_present >= 3
+    assert r.counters.chunks + r.counters.chunks_present == 8
+    assert r.counters.bytes == (8 - r.counters.chunks_present) * CHUNK
+    assert dest.read_bytes() == src.read_bytes()
+
+    out = tmp_path / "got.bin"
+    killed = cp(
+        shared, "--streams", "1", f"{pool}:/resume/resume.bin", str(out), faults="kill:chunk=5"
+    )
+    assert killed.returncode == -9 and not out.exists()
+    r = result(cp(shared, f"{pool}:/resume/resume.bin", str(out)))
+    assert r.counters.chunks_present >= 5 and r.counters.chunks == 8 - r.counters.chunks_present
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_a_chunk_corrupted_on_the_wire_is_caught_and_sent_again(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "c.bin"
+    src.write_bytes(os.urandom(4 * CHUNK))
+    r = result(cp(shared, str(src), f"{pool}:/corrupt/c.bin", faults="corrupt:chunk=3"))
+    assert r.counters.faults >= 1 and r.counters.retries >= 1 and r.counters.chunks == 4
+    assert (root_of(shared) / "corrupt" / "c.bin").read_bytes() == src.read_bytes()
+
+    r = result(cp(shared, f"{pool}:/corrupt/c.bin", str(tmp_path / "c2"), faults="corrupt:chunk=2"))
+    assert r.counters.faults >= 1 and r.counters.retries >= 1
+    assert (tmp_path / "c2").read_bytes() == src.read_bytes()
+
+
+def test_sync_levels_leave_what_matches(shared: Network, pool: str, tmp_path: Path) -> None:
+    src = tmp_path / "s"
+    make_tree(src, 20, 5000)
+    first = result(cp(shared, "--sync", "mtime", str(src), f"{pool}:/sync"))
+    assert first.counters.files == 21
+    again = result(cp(shared, "--sync", "mtime", str(src), f"{pool}:/sync"))
+    assert again.counters.files == 0 and again.counters.files_skipped == 21
+    assert again.counters.bytes == 0
+
+    changed = src / "d0" / "sub0" / "f0.bin"
+    stat = changed.stat()
+    changed.write_bytes(os.urandom(5000))  # same size, same mtime: only a checksum sees it
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert result(cp(shared, "--sync", "size", str(src), f"{pool}:/sync")).counters.files == 0
+    r = result(cp(shared, "--sync", "checksum", str(src), f"{pool}:/sync"))
+    assert r.counters.files == 1 and r.counters.files_skipped == 20
+    same_tree(src, root_of(shared) / "sync")
+
+
+def test_a_deadline_stops_the_copy_with_a_clear_reason(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "slow.bin"
+    src.write_bytes(os.urandom(2 * CHUNK))
+    proc = cp(shared, "--deadline", "1ms", str(src), f"{pool}:/late/slow.bin")
+    assert proc.returncode == 1
+    assert "deadline" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def put(grant: TransferGrant, local: Path) -> TransferResult:
+    return asyncio.run(transfer.put(grant, local))
+
+
+def test_a_ticket_for_another_path_is_refused(shared: Network, pool: str, tmp_path: Path) -> None:
+    f = tmp_path / "x"
+    f.write_bytes(b"x" * 100)
+    with shared.client() as c:
+        g = c.ticket({"pool": pool, "path": "/allowed/x", "direction": "put", "size": 100})
+    with pytest.raises(TransferError, match=r"is for /allowed/x, not /elsewhere/x"):
+        put(g.model_copy(update={"path": "/elsewhere/x"}), f)
+    with pytest.raises(TransferError, match=r"'\.\.' is not allowed"):
+        put(g.model_copy(update={"path": "/allowed/x/../../y"}), f)
+    assert not (root_of(shared) / "elsewhere").exists()
+    assert put(g, f).counters.files == 1
+
+
+def test_a_ticket_that_expired_or_was_altered_is_refused(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    f = tmp_path / "x"
+    f.write_bytes(b"x" * 100)
+    with shared.client() as c:
+        short = c.ticket(
+            {"pool": pool, "path": "/exp/x", "direction": "put", "size": 100, "ttl": 0.5}
+        )
+        small = c.ticket({"pool": pool, "path": "/exp/y", "direction": "put", "size": 10})
+        wrong_way = c.ticket({"pool": pool, "path": "/exp/x", "direction": "get"})
+    time.sleep(0.6)
+    with pytest.raises(TransferError, match="has expired"):
+        put(short, f)
+    with pytest.raises(TransferError, match="allows 10 bytes"):
+        put(small, f)
+    bigger = small.ticket.claims.model_copy(update={"max_bytes": 1000})
+    forged = small.model_copy(update={"ticket": small.ticket.model_copy(update={"claims": bigger})})
+    with pytest.raises(TransferError, match="not signed by the node"):
+        put(forged, f)
+    with pytest.raises(TransferError, match="allows get, not put"):
+        put(wrong_way, f)
+
+
+def test_dot_dot_and_symlink_escapes_are_refused(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    f = tmp_path / "x"
+    f.write_text("x")
+    proc = cp(shared, str(f), f"{pool}:/../outside")
+    assert proc.returncode == 1 and "'..' is not allowed" in proc.stderr
+    assert "(path)" in proc.stderr and "Traceback" not in proc.stderr
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_text("secret")
+    (root_of(shared) / "escape").symlink_to(outside)
+    proc = cp(shared, f"{pool}:/escape/secret", str(tmp_path / "stolen"))
+    assert proc.returncode == 1 and "escapes the data root" in proc.stderr
+    proc = cp(shared, str(f), f"{pool}:/escape/planted")
+    assert proc.returncode == 1 and "escapes the data root" in proc.stderr
+    assert not (tmp_path / "stolen").exists() and not (outside / "planted").exists()
+
+
+def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:
+    h = {"authorization": f"Bearer {shared.token}"}
+    cases = [
+        ({"pool": pool, "path": "/a/../../b", "direction": "put"}, 422, "path"),
+        ({"pool": pool, "path": "/a", "direction": "sideways"}, 422, "direction"),
+        ({"pool": pool, "path": "/a", "direction": "put", "size": -1}, 422, "size"),
+        ({"pool": pool, "path": "/a", "direction": "put", "ttl": 0}, 422, "ttl"),
+        ({"pool": "cpi:local:local/nope", "path": "/a", "direction": "get"}, 404, "pool"),
+    ]
+    for body, status, field in cases:
+        resp = httpx.post(f"{shared.url}/v1/transfers", json=body, headers=h)
+        assert resp.status_code == status, resp.text
+        assert resp.headers["content-type"] == "application/problem+json"
+        assert resp.json()["errors"][0]["field"] == field
+    assert httpx.post(f"{shared.url}/v1/transfers", json=cases[0][0]).status_code == 401
+    assert httpx.get(f"{shared.url}/v1/transfers/key").json()["public_key"]
+
+
+def test_cli_refuses_bad_locations_in_one_line(shared: Network, tmp_path: Path) -> None:
+    for args in (
+        [str(tmp_path), str(tmp_path / "b")],
+        ["cpi:local:local:/x", str(tmp_path)],
+        [str(tmp_path / "missing"), "cpi:local:local/alpha:/x"],
+    ):
+        proc = cp(shared, *args)
+        assert proc.returncode != 0
+        assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.heavy
+def test_two_gib_and_ten_thousand_files_both_ways(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    big = tmp_path / "two.bin"
+    with big.open("wb") as fh:
+        block = os.urandom(64 << 20)
+        for i in range(32):
+            fh.write(block[i:] + block[:i])
+    r = result(cp(shared, "-q", str(big), f"{pool}:/heavy/two.bin", timeout=300))
+    assert r.counters.bytes == 2 << 30
+    back = result(
+        cp(shared, "-q", f"{pool}:/heavy/two.bin", str(tmp_path / "two.back"), timeout=300)
+    )
+    assert back.tree_hash == r.tree_hash
+    assert subprocess.run(["cmp", str(big), str(tmp_path / "two.back")]).returncode == 0
+    (root_of(shared) / "heavy" / "two.bin").unlink()
+    big.unlink()
+    (tmp_path / "two.back").unlink()
+
+    tree = tmp_path / "many"
+    for i in range(10_000):
+        p = tree / f"d{i // 100:03d}" / f"f{i:05d}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(100 << 10))
+    up = result(cp(shared, str(tree), f"{pool}:/heavy/many", timeout=300))
+    assert up.counters.files == 10_000
+    down = result(cp(shared, f"{pool}:/heavy/many", str(tmp_path / "many.back"), timeout=300))
+    assert down.counters.files == 10_000 and down.tree_hash == up.tree_hash
+    assert subprocess.run(["diff", "-r", str(tree), str(tmp_path / "many.back")]).returncode == 0
+    print(json.dumps({"two_gib_put_s": r.seconds, "many_put_s": up.seconds}))

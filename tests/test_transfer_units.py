@@ -1,0 +1,125 @@
+"""Transfer pieces without processes: path confinement, tickets, manifests, framing."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from computenet.ident.keys import KeyPair
+from computenet.model import Direction, TicketClaims
+from computenet.transfer import ticket as tickets
+from computenet.transfer import wire
+from computenet.transfer.faults import Faults
+from computenet.transfer.manifest import build, tree_hash
+from computenet.transfer.paths import PathError, confine, normalise, within
+from computenet.transfer.ticket import TicketError
+
+POOL = "cpi:local:acme/gpu"
+
+
+@pytest.mark.parametrize(
+    ("given", "normal"),
+    [("/", ""), ("", ""), ("/a//b/./c/", "a/b/c"), ("a/b", "a/b"), ("/.cnetx/y", ".cnetx/y")],
+)
+def test_paths_normalise(given: str, normal: str) -> None:
+    assert normalise(given) == normal
+
+
+@pytest.mark.parametrize("bad", ["/..", "/a/../b", "../x", "/.cnet/keys", "/a/.b.cnetpart", "a\0b"])
+def test_paths_that_no_transfer_may_name(bad: str) -> None:
+    with pytest.raises(PathError):
+        normalise(bad)
+
+
+def test_within_is_by_component() -> None:
+    assert within("", "x") and within("a", "a") and within("a", "a/b")
+    assert not within("a", "ab") and not within("a/b", "a")
+
+
+def test_confine_follows_links_inside_and_refuses_links_out(tmp_path: Path) -> None:
+    root, out = tmp_path / "root", tmp_path / "out"
+    (root / "real").mkdir(parents=True)
+    out.mkdir()
+    (root / "inside").symlink_to(root / "real")
+    (root / "outside").symlink_to(out)
+    (root / "abs").symlink_to("/etc")
+    assert confine(root, "/inside/f") == (root / "real" / "f").resolve()
+    for bad in ("/outside/f", "/abs/passwd", "/outside"):
+        with pytest.raises(PathError, match="escapes the data root"):
+            confine(root, bad)
+
+
+def claims(**over: object) -> TicketClaims:
+    base: dict[str, object] = {
+        "id": tickets.new_id(),
+        "pool": POOL,
+        "path": "in",
+        "direction": Direction.put,
+        "max_bytes": 100,
+        "expires_at": time.time() + 60,
+        "tenant": "t",
+        "issuer": "local",
+    }
+    return TicketClaims.model_validate({**base, **over})
+
+
+def test_a_ticket_allows_its_path_prefix_direction_pool_and_size() -> None:
+    key = KeyPair.generate()
+    t = tickets.issue(key, claims())
+    ok = {"pool": POOL, "direction": Direction.put}
+    assert tickets.check(t, key.public_key, path="/in/a/b", size=100, **ok) == "in/a/b"  # type: ignore[arg-type]
+    refusals = [
+        ({"path": "/inside"}, "is for /in"),
+        ({"path": "/in", "size": 101}, "allows 100 bytes"),
+        ({"path": "/in", "pool": "cpi:local:acme/cpu"}, "is for pool"),
+        ({"path": "/in", "direction": Direction.get}, "allows put"),
+        ({"path": "/in/../x"}, "'..'"),
+        ({"path": "/in", "now": time.time() + 61}, "expired"),
+    ]
+    for change, why in refusals:
+        args = {**ok, **change}
+        with pytest.raises(TicketError, match=why):
+            tickets.check(t, key.public_key, **args)  # type: ignore[arg-type]
+    with pytest.raises(tickets.BadSignature):
+        tickets.check(t, KeyPair.generate().public_key, path="/in", **ok)  # type: ignore[arg-type]
+
+
+def test_the_tree_hash_covers_names_sizes_and_content(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f").write_bytes(os.urandom(10_000))
+    (tmp_path / "g").write_bytes(b"")
+    (tmp_path / "e").mkdir()
+    m = build(tmp_path, chunk=4096).manifest
+    files = {f.path: f for f in m.files}
+    assert sorted(files) == ["a/f", "g"] and sorted(m.dirs) == ["a", "e"]
+    assert len(files["a/f"].chunks) == 3 and files["g"].chunks == []
+    assert tree_hash(m.files, m.dirs) == m.tree_hash
+    renamed = [files["a/f"].model_copy(update={"path": "a/h"}), files["g"]]
+    assert tree_hash(renamed, m.dirs) != m.tree_hash
+
+
+def test_frames_round_trip_and_strangers_are_refused() -> None:
+    async def run() -> None:
+        r = asyncio.StreamReader()
+        r.feed_data(wire.header(wire.Kind.ACK, 9) + wire.ACK.pack(1, 2, 0))
+        r.feed_data(b"GET / HTTP/1.1\r\n")
+        kind, payload = await wire.read_frame(r)
+        assert kind is wire.Kind.ACK and wire.ACK.unpack(payload) == (1, 2, 0)
+        with pytest.raises(wire.WireError, match="bad magic"):
+            await wire.read_frame(r)
+
+    asyncio.run(run())
+
+
+def test_the_fault_hook_reads_its_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CNET_TRANSFER_FAULTS", "corrupt:chunk=3, kill:chunk=9")
+    f = Faults.from_env()
+    assert (f.corrupt_at, f.kill_at) == (3, 9)
+    assert f.tamper(3, b"ab") != b"ab" and f.tamper(2, b"ab") == b"ab"
+    monkeypatch.setenv("CNET_TRANSFER_FAULTS", "explode")
+    with pytest.raises(ValueError, match="corrupt:chunk=N"):
+        Faults.from_env()
