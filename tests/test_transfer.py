@@ -71,6 +71,14 @@ def pool(shared: Network) -> str:
     return shared.wait_pool("alpha")
 
 
+@pytest.fixture(scope="module")
+def beta(shared: Network) -> str:
+    """A second agent: copies between two pools go from one data server to the other."""
+    if "beta" not in shared.agents:
+        shared.start_agent("beta", "--no-calibrate")
+    return shared.wait_pool("beta")
+
+
 def test_a_file_goes_to_the_pool_and_back_bit_for_bit(
     shared: Network, pool: str, tmp_path: Path
 ) -> None:
@@ -107,6 +115,23 @@ def test_a_file_into_a_directory_keeps_its_name(shared: Network, pool: str, tmp_
     (tmp_path / "out").mkdir()
     result(cp(shared, f"{pool}:/dir/named.txt", str(tmp_path / "out")))
     assert (tmp_path / "out" / "named.txt").read_text() == "hello"
+
+
+def test_pool_to_pool_goes_directly_between_the_agents(
+    shared: Network, pool: str, beta: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "tree"
+    make_tree(src, 50, 3 * CHUNK // 50)
+    result(cp(shared, str(src), f"{pool}:/p2p"))
+    r = result(cp(shared, f"{pool}:/p2p", f"{beta}:/from-alpha"))
+    assert r.source == f"{pool}:/p2p" and r.destination == f"{beta}:/from-alpha"
+    assert r.counters.files == 51
+    same_tree(src, root_of(shared, "beta") / "from-alpha")
+    one = result(cp(shared, f"{pool}:/p2p/d0/sub0/f0.bin", f"{beta}:/single/"))
+    assert one.counters.files == 1
+    assert (root_of(shared, "beta") / "single" / "f0.bin").read_bytes() == (
+        src / "d0" / "sub0" / "f0.bin"
+    ).read_bytes()
 
 
 def test_a_killed_copy_resumes_with_only_the_missing_chunks(
@@ -270,24 +295,23 @@ def test_cli_refuses_bad_locations_in_one_line(shared: Network, tmp_path: Path) 
 
 
 @pytest.mark.heavy
-def test_two_gib_and_ten_thousand_files_both_ways(
-    shared: Network, pool: str, tmp_path: Path
+def test_two_gib_and_ten_thousand_files_between_two_agents(
+    shared: Network, pool: str, beta: str, tmp_path: Path
 ) -> None:
     big = tmp_path / "two.bin"
     with big.open("wb") as fh:
         block = os.urandom(64 << 20)
         for i in range(32):
             fh.write(block[i:] + block[:i])
-    r = result(cp(shared, "-q", str(big), f"{pool}:/heavy/two.bin", timeout=300))
+    r = result(cp(shared, str(big), f"{pool}:/heavy/two.bin", timeout=300))
     assert r.counters.bytes == 2 << 30
-    back = result(
-        cp(shared, "-q", f"{pool}:/heavy/two.bin", str(tmp_path / "two.back"), timeout=300)
-    )
-    assert back.tree_hash == r.tree_hash
-    assert subprocess.run(["cmp", str(big), str(tmp_path / "two.back")]).returncode == 0
-    (root_of(shared) / "heavy" / "two.bin").unlink()
+    across = result(cp(shared, f"{pool}:/heavy/two.bin", f"{beta}:/heavy/two.bin", timeout=300))
+    assert across.tree_hash == r.tree_hash and across.counters.bytes == 2 << 30
+    landed = root_of(shared, "beta") / "heavy" / "two.bin"
+    assert subprocess.run(["cmp", str(big), str(landed)]).returncode == 0
+    for name in ("alpha", "beta"):
+        (root_of(shared, name) / "heavy" / "two.bin").unlink()
     big.unlink()
-    (tmp_path / "two.back").unlink()
 
     tree = tmp_path / "many"
     for i in range(10_000):
@@ -296,7 +320,9 @@ def test_two_gib_and_ten_thousand_files_both_ways(
         p.write_bytes(os.urandom(100 << 10))
     up = result(cp(shared, str(tree), f"{pool}:/heavy/many", timeout=300))
     assert up.counters.files == 10_000
-    down = result(cp(shared, f"{pool}:/heavy/many", str(tmp_path / "many.back"), timeout=300))
-    assert down.counters.files == 10_000 and down.tree_hash == up.tree_hash
-    assert subprocess.run(["diff", "-r", str(tree), str(tmp_path / "many.back")]).returncode == 0
-    print(json.dumps({"two_gib_put_s": r.seconds, "many_put_s": up.seconds}))
+    across2 = result(cp(shared, f"{pool}:/heavy/many", f"{beta}:/heavy/many", timeout=300))
+    assert across2.counters.files == 10_000 and across2.tree_hash == up.tree_hash
+    landed = root_of(shared, "beta") / "heavy" / "many"
+    assert subprocess.run(["diff", "-r", str(tree), str(landed)]).returncode == 0
+    seconds = {k: x.seconds for k, x in [("2g", across), ("10k", across2)]}
+    print(json.dumps({"agent_to_agent_seconds": seconds}))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from computenet.transfer.wire import Kind, TransferError
 
 MAX_STREAMS = 64
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+Destination = Callable[[int, bool], Awaitable[TransferGrant]]  # (bytes, a single file?)
 
 
 class Watcher(Protocol):
@@ -67,6 +69,7 @@ class _Link:
         self.id = secrets.token_hex(8)
         self.tls = grant.endpoint.tls if options.tls is None else options.tls
         self.conns: list[Conn] = []
+        self.welcome: dict[str, Any] = {}  # what the server said on accepting the control
 
     async def open(self, role: str) -> Conn:
         ep = self.grant.endpoint
@@ -94,7 +97,9 @@ class _Link:
         }
         wire.send_json(writer, Kind.HELLO, hello)
         await writer.drain()
-        await wire.expect(reader, Kind.OK)
+        _, welcome = await wire.expect(reader, Kind.OK)
+        if role != "data":
+            self.welcome = welcome
         return reader, writer
 
     async def open_many(self, n: int) -> list[Conn]:
@@ -242,5 +247,46 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         with contextlib.suppress(Exception):
             await writer.drain()
         return _result(grant, Direction.get, dest, m, counters, streams, started)
+    finally:
+        link.close()
+
+
+async def relay(
+    source: TransferGrant, destination: Destination, options: Options | None = None
+) -> TransferResult:
+    """Pool to pool: the source pool's data server puts straight into the destination
+    pool; this client only asks for the tickets and watches."""
+    options = options or Options()
+    return await _bounded(options, _relay(source, destination, options))
+
+
+async def _relay(
+    source: TransferGrant, destination: Destination, options: Options
+) -> TransferResult:
+    link = _Link(source, Direction.get, options)
+    try:
+        reader, writer = await link.open("relay")
+        grant = await destination(
+            int(link.welcome.get("total_bytes", 0)), bool(link.welcome.get("file"))
+        )
+        body = {
+            "grant": grant.model_dump(mode="json"),
+            "streams": options.streams,
+            "sync": options.sync.value,
+            "verify": options.verify,
+            "tls": options.tls,
+        }
+        wire.send_json(writer, Kind.RELAY, body)
+        await writer.drain()
+        seen, w = 0, options.watcher
+        while True:
+            kind, msg = await wire.expect(reader, Kind.PROGRESS, Kind.DONE)
+            if kind is Kind.DONE:
+                return TransferResult.model_validate(msg.get("result"))
+            if w is not None and "total" in msg:
+                w.start(int(msg["total"]))
+            elif w is not None:
+                w.advance(int(msg.get("done", seen)) - seen)
+            seen = int(msg.get("done", seen))
     finally:
         link.close()

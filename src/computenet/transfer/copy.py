@@ -63,6 +63,17 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
     if s.pool is not None and d.pool is None:
         g = await grant(TransferRequest(pool=s.pool, path=s.path, direction=Direction.get, ttl=ttl))
         return await client.get(g, Path(d.path), options)
-    if s.pool is None:
+    if s.pool is None or d.pool is None:
         raise TransferError("both sides are local paths: one side must be a pool path")
-    raise TransferError("both sides are pool paths: copying between pools is not available yet")
+    to_pool = d.pool
+
+    async def destination(size: int, single: bool) -> TransferGrant:
+        name = s.path.rstrip("/").rsplit("/", 1)[-1]
+        remote = d.path + name if d.path.endswith("/") and single else d.path
+        req = TransferRequest(
+            pool=to_pool, path=remote, direction=Direction.put, size=size, ttl=ttl
+        )
+        return await grant(req)
+
+    g = await grant(TransferRequest(pool=s.pool, path=s.path, direction=Direction.get, ttl=ttl))
+    return await client.relay(g, destination, options)

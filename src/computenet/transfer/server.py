@@ -24,10 +24,18 @@ from typing import Any, NamedTuple
 import blake3
 from pydantic import ValidationError
 
-from computenet.model.transfer import DataEndpoint, Direction, Manifest, SyncLevel, Ticket
+from computenet.model.transfer import (
+    DataEndpoint,
+    Direction,
+    Manifest,
+    SyncLevel,
+    Ticket,
+    TransferGrant,
+)
+from computenet.transfer import client, wire
 from computenet.transfer import ticket as tickets
-from computenet.transfer import wire
-from computenet.transfer.manifest import CHUNK, build, tree_hash
+from computenet.transfer.faults import Faults
+from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
 from computenet.transfer.paths import RESERVED, PathError, confine, normalise
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
@@ -47,6 +55,25 @@ class _Control(NamedTuple):
     ticket: Ticket
     id: str
     path: str
+
+
+class _Teller:
+    """Progress of a relayed copy, sent back to its client a few times a second."""
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self.writer = writer
+        self.done = 0
+        self.at = 0.0
+
+    def start(self, total: int) -> None:
+        wire.send_json(self.writer, Kind.PROGRESS, {"total": total})
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.at >= 0.2:
+            self.at = now
+            wire.send_json(self.writer, Kind.PROGRESS, {"done": self.done})
 
 
 @dataclass
@@ -142,15 +169,43 @@ class DataServer:
             elif s.sender is not None:
                 await s.sender.stream(reader, writer)
             return
+        ctl = _Control(reader, writer, t, tid, path)
+        if role == "relay" and direction is Direction.get:
+            await self._relay(ctl)
+            return
         if role != "control" or not tid or tid in self.sessions:
             raise Refused("a transfer starts with one control connection of a new id")
         wire.send(writer, Kind.OK)
         await writer.drain()
-        ctl = _Control(reader, writer, t, tid, path)
         try:
             await (self._put if direction is Direction.put else self._get)(ctl)
         finally:
             self.sessions.pop(tid, None)
+
+    async def _relay(self, ctl: _Control) -> None:
+        """Pool to pool: this server puts its own file or tree straight into another pool,
+        under the put ticket the client brings, and reports progress on the way."""
+        source = confine(self.root, ctl.path)
+        if not source.exists():
+            raise TransferError(f"/{ctl.path}: no such file or directory in the pool")
+        welcome = {"total_bytes": total_size(source), "file": source.is_file()}
+        wire.send_json(ctl.writer, Kind.OK, welcome)
+        await ctl.writer.drain()
+        _, body = await wire.expect(ctl.reader, Kind.RELAY)
+        grant = TransferGrant.model_validate(body.get("grant"))
+        tell = _Teller(ctl.writer)
+        options = client.Options(
+            streams=body.get("streams"),
+            sync=SyncLevel(body.get("sync", "none")),
+            verify=bool(body.get("verify", True)),
+            tls=body.get("tls"),
+            watcher=tell,
+            faults=Faults(),
+        )
+        result = await client.put(grant, source, options)
+        result.source = f"{self.pool()}:/{ctl.path}"
+        wire.send_json(ctl.writer, Kind.DONE, {"result": result.model_dump(mode="json")})
+        await ctl.writer.drain()
 
     async def _check(self, t: Ticket, direction: Direction, path: str) -> str:
         if self._key is None:

@@ -37,6 +37,7 @@ class Kind(IntEnum):
     COMMIT = 8
     DONE = 9
     PROGRESS = 10
+    RELAY = 11
 
 
 class Status(IntEnum):
