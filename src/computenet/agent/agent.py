@@ -33,6 +33,7 @@ from computenet.agent.identity import Identity
 from computenet.agent.link import BeatRefused, NodeLink
 from computenet.agent.logs import Tail
 from computenet.agent.probe import safe_name
+from computenet.agent.staging import Stager, StagingError
 from computenet.functions.wire import pool_runtime
 from computenet.model import (
     Assignment,
@@ -137,8 +138,10 @@ class Agent:
         self._seq = 0
         self.pool_cpi = ""
         self.fatal: Exception | None = None
+        data_root = cfg.data_root or cfg.state_dir / "data"
+        self.stager = Stager(self.link, data_root)
         self.data = DataServer(
-            cfg.data_root or cfg.state_dir / "data",
+            data_root,
             lambda: self.pool_cpi,
             self.link.transfer_key,
             cfg.data_host,
@@ -424,12 +427,14 @@ class Agent:
             if rt:
                 task.env["CNET_RUNTIME"] = rt
             try:
+                await self._stage_in(task)
                 started = await self.backend.start(task)
-            except LaunchError as e:
+            except (LaunchError, StagingError) as e:
                 now = time.time()
-                outcome = Outcome(
-                    JobState.FAILED, e.exit_code, e.reason, now, now, Usage(wall_seconds=0)
+                code, why = (
+                    (e.exit_code, e.reason) if isinstance(e, LaunchError) else (None, str(e))
                 )
+                outcome = Outcome(JobState.FAILED, code, why, now, now, Usage(wall_seconds=0))
             else:
                 self._queue(
                     Report(
@@ -438,6 +443,11 @@ class Agent:
                     None,
                 )
                 outcome = await self.backend.wait(task)
+                if outcome.state is JobState.COMPLETE and task.spec.outputs:
+                    try:
+                        await self.stager.outputs(task)
+                    except StagingError as e:
+                        outcome.state, outcome.reason = JobState.FAILED, str(e)
             self._ship(run, final=True)
             self._finish(task, outcome)
         except Exception as e:
@@ -451,6 +461,14 @@ class Agent:
             )
         finally:
             self.running.pop(task.key, None)
+
+    async def _stage_in(self, task: Task) -> None:
+        if task.spec.inputs:
+            state = Report(
+                job_id=task.job_id, attempt=task.attempt, state=JobState.STAGING, at=time.time()
+            )
+            self._queue(state, None)
+            await self.stager.inputs(task)
 
     def _finish(self, task: Task, outcome: Outcome) -> None:
         report = Report(

@@ -26,6 +26,7 @@ from computenet.model import (
     ReportBatch,
     ReportResult,
 )
+from computenet.model.dataset import DatasetVersion, StagingAsk, StagingLanded, StagingPlan
 from computenet.sdk.client import check
 
 
@@ -80,6 +81,16 @@ class NodeLink:
         resp = await self._http.get("/v1/transfers/key")
         check(resp)
         return str(resp.json()["public_key"])
+
+    async def staging(self, ask: StagingAsk) -> StagingPlan:
+        """Where one of a job's inputs is, or where one of its outputs goes."""
+        resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/staging", _json(ask))
+        return StagingPlan.model_validate_json(resp.content)
+
+    async def landed(self, body: StagingLanded) -> DatasetVersion:
+        path = f"/v1/pools/{self.pool_cpi}/staging/landed"
+        resp = await self._signed("POST", path, _json(body))
+        return DatasetVersion.model_validate_json(resp.content)
 
     async def heartbeat(self, hb: Heartbeat) -> HeartbeatAck:
         resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/heartbeat", _json(hb))

@@ -1,7 +1,9 @@
-"""``cnet cp``: files and trees between this machine and a pool, either way."""
+"""``cnet cp``: files and trees between this machine, pools and datasets, either way;
+``cnet dataset``: what datasets there are, and where their copies are."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated
 
 import typer
@@ -14,8 +16,9 @@ from rich.progress import (
     TimeRemainingColumn,
     TransferSpeedColumn,
 )
+from rich.table import Table
 
-from computenet.cli.output import CLIError, err, out
+from computenet.cli.output import CLIError, ago, err, out
 from computenet.cli.session import client
 from computenet.model import SyncLevel, parse_duration
 
@@ -44,8 +47,16 @@ def _size(n: float) -> str:
 
 
 def cp(
-    src: Annotated[str, typer.Argument(help="a local path or POOL-CPI:/path")],
-    dst: Annotated[str, typer.Argument(help="a local path or POOL-CPI:/path")],
+    src: Annotated[
+        str, typer.Argument(help="a local path, POOL-CPI:/path or cnet://dataset/NAME[@VERSION]")
+    ],
+    dst: Annotated[
+        str, typer.Argument(help="a local path, POOL-CPI:/path or cnet://dataset/NAME[@VERSION]")
+    ],
+    pool: Annotated[
+        str | None,
+        typer.Option(help="the pool a new dataset version goes to (default: the first online)"),
+    ] = None,
     streams: Annotated[
         int | None, typer.Option(min=1, max=64, help="parallel streams (default: by size)")
     ] = None,
@@ -62,8 +73,8 @@ def cp(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
-    """Copy a file or a directory between this machine and a pool; run it again after an
-    interruption and only what is missing moves."""
+    """Copy a file or a directory between this machine, pools and datasets; run it again
+    after an interruption and only what is missing moves."""
     from computenet.transfer.wire import TransferError
 
     try:
@@ -83,6 +94,7 @@ def cp(
             r = c.copy(
                 src,
                 dst,
+                pool=pool,
                 streams=streams,
                 sync=sync,
                 verify=verify,
@@ -106,3 +118,63 @@ def cp(
         f"{k.chunks_present} chunks already there, {k.files_skipped} files unchanged, "
         f"{k.retries} retries, {k.faults} faults"
     )
+
+
+dataset_app = typer.Typer(
+    help="Datasets: named, versioned trees held by pools.", no_args_is_help=True
+)
+
+
+@dataset_app.command("ls")
+def dataset_ls(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """Every dataset version, newest first within a name, with the pools that hold it."""
+    with client() as c:
+        versions = c.datasets()
+    if as_json:
+        print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("DATASET", "VERSION", "SIZE", "FILES", "TREE HASH", "POOLS", "CREATED"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(
+            v.name,
+            v.version,
+            _size(v.total_bytes),
+            str(v.files),
+            v.tree_hash[:12],
+            str(len(v.replicas)),
+            ago(v.created_at),
+        )
+    out.print(table)
+
+
+@dataset_app.command("show")
+def dataset_show(
+    name: Annotated[str, typer.Argument(help="NAME, or cnet://dataset/NAME")],
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """A dataset's versions and, for each, which pools hold a copy and where."""
+    from computenet.model.dataset import SCHEME, DataURIError, parse_dataset
+
+    try:
+        ref = parse_dataset(name if name.startswith("cnet://") else SCHEME + name)
+    except DataURIError as e:
+        raise CLIError(str(e), 2) from e
+    with client() as c:
+        d = c.dataset(ref.name)
+    versions = [v for v in d.versions if ref.version in (None, v.version)]
+    if ref.version is not None and not versions:
+        raise CLIError(f"{ref}: no such version")
+    if as_json:
+        print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
+        return
+    for v in versions:
+        out.print(
+            f"[bold]{v.uri}[/bold]  {_size(v.total_bytes)}, {v.files} files, "
+            f"tree {v.tree_hash}, by {v.tenant}, {ago(v.created_at)}"
+        )
+        for r in v.replicas:
+            out.print(f"  {r.pool}:{r.path}  (since {ago(r.added_at)})")

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from computenet.ident.cpi import CPIStr
 from computenet.model.accelerator import Accelerators, resolve
 from computenet.model.common import Labels, MemoryBytes, Model, Seconds
+from computenet.model.dataset import MAX_DATA, DataInput, DataOutput
 
 MAX_COMMAND_BYTES = 128 * 1024
 MAX_ENV_BYTES = 128 * 1024
@@ -165,6 +166,16 @@ class JobSpec(Model):
         "one of these runtimes (every pool offers cpu), and runs the variant for the "
         "devices it was given",
     )
+    inputs: list[DataInput] = Field(
+        default_factory=list,
+        max_length=MAX_DATA,
+        description="data staged into the working directory before the job starts",
+    )
+    outputs: list[DataOutput] = Field(
+        default_factory=list,
+        max_length=MAX_DATA,
+        description="data kept after the job completes: published as a dataset or copied",
+    )
 
     @field_validator("command")
     @classmethod
@@ -185,6 +196,10 @@ class JobSpec(Model):
             raise ValueError(f"env is {size} bytes; the limit is {MAX_ENV_BYTES}")
         if any("\x00" in v for v in self.env.values()):
             raise ValueError("env values must not contain NUL bytes")
+        paths = [i.path for i in self.inputs]
+        for i, p in enumerate(paths):
+            if any(q == p or q.startswith(p + "/") for q in paths[i + 1 :]):
+                raise ValueError(f"inputs: two inputs land at {p!r}")
         return self
 
 

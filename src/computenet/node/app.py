@@ -18,6 +18,7 @@ from computenet.node import problems
 from computenet.node.bootstrap import ensure_admin_token
 from computenet.node.routers import (
     beats,
+    datasets,
     discover,
     federation,
     functions,
@@ -139,6 +140,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
         federation.router,
         functions.router,
         transfers.router,
+        datasets.router,
     ):
         app.include_router(r)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

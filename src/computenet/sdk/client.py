@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
@@ -35,6 +35,7 @@ from computenet.model import (
     TokenCreate,
     TokenSecret,
 )
+from computenet.model.dataset import Dataset, DatasetPublish, DatasetVersion, ReplicaAdd
 from computenet.model.discovery import DiscoverPage, PoolSummary
 from computenet.model.federation import Invite, InviteCreate, Resolution, TreeView
 from computenet.model.job import MAX_BATCH
@@ -48,6 +49,7 @@ from computenet.model.transfer import (
 
 if TYPE_CHECKING:
     from computenet.transfer.client import Options, Watcher
+    from computenet.transfer.copy import Api
 
 T = TypeVar("T")
 TIMEOUT = httpx.Timeout(30.0, connect=5.0)
@@ -209,6 +211,23 @@ class _Calls:
         return _Call("POST", "/v1/transfers", body=req, model=TransferGrant)
 
     @staticmethod
+    def datasets() -> _Call:
+        return _Call("GET", "/v1/datasets", model=list[DatasetVersion])
+
+    @staticmethod
+    def dataset(name: str) -> _Call:
+        return _Call("GET", f"/v1/datasets/{name}", model=Dataset)
+
+    @staticmethod
+    def publish(body: DatasetPublish) -> _Call:
+        return _Call("POST", "/v1/datasets", body=body, model=DatasetVersion)
+
+    @staticmethod
+    def add_replica(name: str, version: str, body: ReplicaAdd) -> _Call:
+        path = f"/v1/datasets/{name}/{version}/replicas"
+        return _Call("POST", path, body=body, model=DatasetVersion)
+
+    @staticmethod
     def resolve(cpi: str) -> _Call:
         return _Call("GET", f"/v1/resolve/{cpi}", model=Resolution)
 
@@ -294,6 +313,38 @@ def _copy_options(given: CopyOptions) -> Options:
 
     sync = SyncLevel(given.get("sync", SyncLevel.none))
     return Options(**{**given, "sync": sync})  # type: ignore[arg-type]
+
+
+def _copy_api(do: Callable[[_Call], Awaitable[Any]]) -> Api:
+    """What ``copy`` asks of the node, through either client's own transport."""
+    from computenet.transfer.copy import Api
+
+    async def dataset(name: str) -> Dataset | None:
+        try:
+            found: Dataset = await do(_Calls.dataset(name))
+        except ApiError as e:
+            if e.status == 404:
+                return None
+            raise
+        return found
+
+    async def replica(name: str, version: str, body: ReplicaAdd) -> DatasetVersion:
+        out: DatasetVersion = await do(_Calls.add_replica(name, version, body))
+        return out
+
+    async def grant(req: TransferRequest) -> TransferGrant:
+        out: TransferGrant = await do(_Calls.transfer(req))
+        return out
+
+    async def publish(body: DatasetPublish) -> DatasetVersion:
+        out: DatasetVersion = await do(_Calls.publish(body))
+        return out
+
+    async def pools() -> builtins.list[Pool]:
+        out: builtins.list[Pool] = await do(_Calls.pools())
+        return out
+
+    return Api(grant=grant, dataset=dataset, publish=publish, replica=replica, pools=pools)
 
 
 def _transport_error(url: str, e: httpx.TransportError) -> ApiError:
@@ -510,17 +561,34 @@ class Client:
         self,
         src: str,
         dst: str,
+        pool: str | None = None,
         **options: Unpack[CopyOptions],
     ) -> TransferResult:
-        """Copies between a local path and a pool path (``POOL-CPI:/path``), either way,
-        a file or a directory; run it again after an interruption to move only the rest."""
-        from computenet.transfer.copy import copy
+        """Copies between a local path, a pool path (``POOL-CPI:/path``) and a dataset
+        (``cnet://dataset/NAME[@VERSION]``), a file or a directory; run it again after an
+        interruption to move only the rest. ``pool`` is where a new dataset version goes
+        (default: the source's pool, else the first pool online)."""
+        from computenet.transfer.copy import copy_data
 
-        async def grant(req: TransferRequest) -> TransferGrant:
-            out: TransferGrant = await asyncio.to_thread(self._do, _Calls.transfer(req))
-            return out
+        def do(call: _Call) -> Awaitable[Any]:
+            return asyncio.to_thread(self._do, call)
 
-        return asyncio.run(copy(src, dst, grant, _copy_options(options)))
+        return asyncio.run(copy_data(src, dst, _copy_api(do), _copy_options(options), pool))
+
+    def datasets(self) -> builtins.list[DatasetVersion]:
+        """Every version of every dataset, newest first within a name, with its replicas."""
+        out: builtins.list[DatasetVersion] = self._do(_Calls.datasets())
+        return out
+
+    def dataset(self, name: str) -> Dataset:
+        out: Dataset = self._do(_Calls.dataset(name))
+        return out
+
+    def publish(self, body: DatasetPublish | dict[str, Any]) -> DatasetVersion:
+        """Registers a tree already in a pool as a new version (``copy`` to a dataset URI
+        does this for you, with the tree hash its copy verified)."""
+        out: DatasetVersion = self._do(_Calls.publish(DatasetPublish.model_validate(body)))
+        return out
 
     def run(self, command: builtins.list[str], **kwargs: Any) -> Job:
         """Submit, wait, and return the finished job (raises ``JobFailed`` unless COMPLETE)."""
@@ -644,15 +712,24 @@ class AsyncClient:
         self,
         src: str,
         dst: str,
+        pool: str | None = None,
         **options: Unpack[CopyOptions],
     ) -> TransferResult:
-        from computenet.transfer.copy import copy
+        from computenet.transfer.copy import copy_data
 
-        async def grant(req: TransferRequest) -> TransferGrant:
-            out: TransferGrant = await self._do(_Calls.transfer(req))
-            return out
+        return await copy_data(src, dst, _copy_api(self._do), _copy_options(options), pool)
 
-        return await copy(src, dst, grant, _copy_options(options))
+    async def datasets(self) -> builtins.list[DatasetVersion]:
+        out: builtins.list[DatasetVersion] = await self._do(_Calls.datasets())
+        return out
+
+    async def dataset(self, name: str) -> Dataset:
+        out: Dataset = await self._do(_Calls.dataset(name))
+        return out
+
+    async def publish(self, body: DatasetPublish | dict[str, Any]) -> DatasetVersion:
+        out: DatasetVersion = await self._do(_Calls.publish(DatasetPublish.model_validate(body)))
+        return out
 
     async def run(self, command: builtins.list[str], **kwargs: Any) -> Job:
         job = await self.submit(command=command, **kwargs)

@@ -1,17 +1,31 @@
 """``cnet cp`` and ``Client.copy``: what each side names, which ticket to ask for, which way.
 
-A side is a local path or a pool path, ``POOL-CPI:/path`` (``cpi:local:acme/gpu-a:/in``).
-A path ending in ``/`` names a directory: a file copied there keeps its name.
+A side is a local path, a pool path, ``POOL-CPI:/path`` (``cpi:local:acme/gpu-a:/in``), or
+a dataset, ``cnet://dataset/NAME[@VERSION]``. A path ending in ``/`` names a directory: a
+file copied there keeps its name. A dataset as the source is copied from one of the pools
+that hold it; as the destination, the data goes into a pool's ``/datasets/NAME/`` and is
+then published as a version, with the tree hash the copy verified.
 """
 
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from computenet.ident.cpi import CPIError, parse
+from computenet.model.dataset import (
+    Dataset,
+    DatasetPublish,
+    DatasetRef,
+    DatasetVersion,
+    DataURIError,
+    ReplicaAdd,
+    parse_dataset,
+    parse_pool_path,
+)
+from computenet.model.resources import Pool, PoolStatus
 from computenet.model.transfer import Direction, TransferGrant, TransferRequest, TransferResult
 from computenet.transfer import client
 from computenet.transfer.client import Options
@@ -22,28 +36,32 @@ Grant = Callable[[TransferRequest], Awaitable[TransferGrant]]
 
 
 @dataclass(frozen=True)
+class Api:
+    """The node calls a copy makes: tickets, and for datasets, where they are."""
+
+    grant: Grant
+    dataset: Callable[[str], Awaitable[Dataset | None]]  # None: no such name
+    publish: Callable[[DatasetPublish], Awaitable[DatasetVersion]]
+    replica: Callable[[str, str, ReplicaAdd], Awaitable[DatasetVersion]]
+    pools: Callable[[], Awaitable[list[Pool]]]
+
+
+@dataclass(frozen=True)
 class Location:
     pool: str | None  # None: a local path
     path: str
 
 
 def location(text: str) -> Location:
-    if text.startswith("cnet://"):
-        raise TransferError(f"{text}: datasets are not available yet; name a pool path")
     if not text.startswith("cpi:"):
         if not text:
             raise TransferError("an empty path names nothing")
         return Location(None, text)
-    authority, _, rest = text[4:].partition(":")
-    cpi_path, sep, path = rest.partition(":")
-    cpi = f"cpi:{authority}:{cpi_path}"
     try:
-        parsed = parse(cpi)
-    except CPIError as e:
-        raise TransferError(f"{text}: {e}") from e
-    if not sep or parsed.kind != "pool":
-        raise TransferError(f"{text}: a pool path is POOL-CPI:/path, e.g. cpi:local:acme/gpu:/in")
-    return Location(cpi, path or "/")
+        ref = parse_pool_path(text)
+    except DataURIError as e:
+        raise TransferError(str(e)) from e
+    return Location(ref.pool, ref.path)
 
 
 async def copy(src: str, dst: str, grant: Grant, options: Options | None = None) -> TransferResult:
@@ -77,3 +95,84 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
 
     g = await grant(TransferRequest(pool=s.pool, path=s.path, direction=Direction.get, ttl=ttl))
     return await client.relay(g, destination, options)
+
+
+def _dataset(text: str) -> DatasetRef | None:
+    if not text.startswith("cnet://"):
+        return None
+    try:
+        return parse_dataset(text)
+    except DataURIError as e:
+        raise TransferError(str(e)) from e
+
+
+def _serving(pools: list[Pool]) -> dict[str, Pool]:
+    return {p.cpi: p for p in pools if p.status is not PoolStatus.offline and p.data is not None}
+
+
+async def _version(api: Api, ref: DatasetRef) -> DatasetVersion | None:
+    d = await api.dataset(ref.name)
+    versions = d.versions if d is not None else []
+    return next((v for v in versions if ref.version in (None, v.version)), None)
+
+
+async def copy_data(
+    src: str,
+    dst: str,
+    api: Api,
+    options: Options | None = None,
+    pool: str | None = None,
+) -> TransferResult:
+    """``copy``, with datasets on either side. ``pool`` is where a dataset destination
+    goes (default: the source's pool, else the first pool online)."""
+    s_ref, d_ref = _dataset(src), _dataset(dst)
+    if s_ref is not None and d_ref is not None:
+        raise TransferError("both sides are datasets: a version is already where it is")
+    if s_ref is not None:
+        v = await _version(api, s_ref)
+        if v is None:
+            raise TransferError(f"{s_ref}: no such dataset")
+        serving = _serving(await api.pools())
+        held = [r for r in v.replicas if r.pool in serving]
+        if not held:
+            raise TransferError(f"{v.uri}: no pool that holds it is online")
+        d = location(dst)
+        mine = next((r for r in held if r.pool == d.pool), held[0])
+        result = await copy(f"{mine.pool}:{mine.path}", dst, api.grant, options)
+        if result.tree_hash != v.tree_hash:
+            raise TransferError(f"{v.uri}: the copy's tree hash is not the version's")
+        if d.pool is not None and d.pool != mine.pool:
+            landed = parse_pool_path(result.destination)
+            await api.replica(
+                v.name,
+                v.version,
+                ReplicaAdd(pool=landed.pool, path=landed.path, tree_hash=v.tree_hash),
+            )
+        result.source = v.uri
+        return result
+    if d_ref is None:
+        return await copy(src, dst, api.grant, options)
+    if d_ref.version is not None and await _version(api, d_ref) is not None:
+        raise TransferError(f"{d_ref} exists; versions never change: publish a new one")
+    s = location(src)
+    serving = _serving(await api.pools())
+    target = pool or s.pool or next(iter(serving), None)
+    if target is None:
+        raise TransferError("no pool with a data server is online to hold the dataset")
+    if target not in serving:
+        raise TransferError(f"pool {target} is not online with a data server")
+    path = f"/datasets/{d_ref.name}/{d_ref.version or 'u-' + secrets.token_hex(6)}"
+    result = await copy(src, f"{target}:{path}", api.grant, options)
+    v = await api.publish(
+        DatasetPublish(
+            name=d_ref.name,
+            version=d_ref.version,
+            pool=target,
+            path=path,
+            tree_hash=result.tree_hash,
+            total_bytes=result.total_bytes,
+            files=result.counters.files + result.counters.files_skipped,
+        )
+    )
+    result.destination = v.uri
+    return result

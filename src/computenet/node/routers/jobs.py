@@ -12,15 +12,17 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
 
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
+from computenet.model.dataset import DatasetRef, parse_data_uri
 from computenet.model.plan import Plan
 from computenet.node.auth import Principal, node_of, principal
-from computenet.node.errors import Conflict
+from computenet.node.errors import Conflict, Invalid, NotFound
 from computenet.node.metrics import JOBS_SUBMITTED
 from computenet.node.query import parse
 from computenet.node.runtime import Node
 from computenet.node.sched.binder import device_wishes, ever_fits
 from computenet.node.sched.binder import plan as plan_job
 from computenet.node.sched.framework import JobView, Profile
+from computenet.node.store import datasets as dataset_store
 from computenet.node.store import jobs as job_store
 from computenet.node.store import tenants as tenant_store
 
@@ -46,6 +48,7 @@ def _view(spec: JobSpec, tenant: str, job_id: str = "j-new") -> JobView:
         regions=tuple(spec.regions),
         **device_wishes(spec.resources.accelerator, spec.resources.vendor, spec.resources.arch),
         variants=frozenset(spec.variants),
+        inputs=tuple(i.uri for i in spec.inputs),
     )
 
 
@@ -81,6 +84,25 @@ def admit(
         if why is not None:
             where = "pool" if spec.pool else "regions" if spec.regions else "resources"
             raise Conflict(why, field=f"{field}{where}")
+
+
+def pin_inputs(conn: Connection, spec: JobSpec, field: str = "") -> JobSpec:
+    """Each dataset input names the version that was newest at submission: a version
+    published while the job waits does not change what it reads."""
+    if not spec.inputs:
+        return spec
+    pinned = []
+    for i, item in enumerate(spec.inputs):
+        ref = parse_data_uri(item.uri)
+        if isinstance(ref, DatasetRef):
+            where = f"{field}inputs.{i}.uri"
+            try:
+                v = dataset_store.resolve(conn, ref, where)
+            except NotFound as e:
+                raise Invalid(e.detail, field=where) from e
+            item = item.model_copy(update={"uri": v.uri})
+        pinned.append(item)
+    return spec.model_copy(update={"inputs": pinned})
 
 
 def _elsewhere(spec: JobSpec, own_code: str) -> bool:
@@ -122,7 +144,7 @@ async def submit(
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
             admit(conn, node.profile, who.tenant, [spec], [""], code)
-            return job_store.insert(conn, who.tenant, spec)
+            return job_store.insert(conn, who.tenant, pin_inputs(conn, spec))
 
     try:
         job = await node.db(run, spec)
@@ -159,7 +181,8 @@ async def submit_batch(
             fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
             code = node.federation.code if node.federation.chain else ""
             admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
-            return job_store.insert_many(conn, who.tenant, batch.jobs)
+            specs = [pin_inputs(conn, s, f) for s, f in zip(batch.jobs, fields, strict=True)]
+            return job_store.insert_many(conn, who.tenant, specs)
 
     jobs = await node.db(run)
     JOBS_SUBMITTED.labels(who.tenant).inc(len(jobs))

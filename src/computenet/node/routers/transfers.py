@@ -40,17 +40,25 @@ async def key(node: Node = Depends(node_of)) -> NodeKey:
 async def grant(
     body: TransferRequest, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> TransferGrant:
+    return await issue(node, who.tenant, body)
+
+
+async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "") -> TransferGrant:
+    """A ticket for ``tenant``; also what agents get to stage a job's data (``field``
+    prefixes the fields a refusal names)."""
     try:
         path = normalise(body.path)
     except PathError as e:
-        raise Invalid(str(e), field="path") from e
+        raise Invalid(str(e), field=f"{field}path") from e
     if body.size > MAX_TRANSFER:
-        raise TooLarge(f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", "size")
+        raise TooLarge(
+            f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
+        )
     pool = await node.reading(pool_store.get, body.pool)
     if pool.data is None:
-        raise Conflict(f"pool {pool.cpi} has no data server", field="pool")
+        raise Conflict(f"pool {pool.cpi} has no data server", field=f"{field}pool")
     if pool.status is PoolStatus.offline:
-        raise Conflict(f"pool {pool.cpi} is offline", field="pool")
+        raise Conflict(f"pool {pool.cpi} is offline", field=f"{field}pool")
     claims = TicketClaims(
         id=tickets.new_id(),
         pool=pool.cpi,
@@ -58,7 +66,7 @@ async def grant(
         direction=body.direction,
         max_bytes=body.size if body.direction is Direction.put else MAX_TRANSFER,
         expires_at=time.time() + body.ttl,
-        tenant=who.tenant,
+        tenant=tenant,
         issuer=node.federation.code,
     )
     return TransferGrant(

@@ -9,12 +9,14 @@ passes at the same time: the loser of a race sees zero rows and moves on.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus, Price
+from computenet.model.dataset import DataURIError, PoolRef, parse_data_uri
 from computenet.model.job import accelerators
 from computenet.model.plan import Plan, PlanCandidate, PlanRejection
 from computenet.node.metrics import PLACED, SCHEDULE_PASS
@@ -27,6 +29,7 @@ from computenet.node.sched.framework import (
     Ranking,
 )
 from computenet.node.store import tenants as tenant_store
+from computenet.node.store.datasets import Holdings
 from computenet.node.store.tables import attempts, jobs, pools
 
 PAGE = 64
@@ -160,7 +163,27 @@ class Releases:
 
 
 def context(conn: Connection, profile: Profile) -> Context:
-    return Context(start_estimate=Releases(conn).start_estimate, latency_ms=profile.latency_ms)
+    return Context(
+        start_estimate=Releases(conn).start_estimate,
+        latency_ms=profile.latency_ms,
+        data=data_of(Holdings(conn)),
+    )
+
+
+def data_of(holdings: Holdings) -> Callable[[str], tuple[int, frozenset[str]] | None]:
+    """A pool path is held by its pool, at a size the node does not know (one byte: enough
+    to prefer that pool when nothing else differs); a dataset by its replicas."""
+
+    def data(uri: str) -> tuple[int, frozenset[str]] | None:
+        try:
+            ref = parse_data_uri(uri)
+        except DataURIError:
+            return None
+        if isinstance(ref, PoolRef):
+            return 1, frozenset({ref.pool})
+        return holdings.dataset(ref)
+
+    return data
 
 
 def job_view(row: Any) -> JobView:
@@ -178,6 +201,7 @@ def job_view(row: Any) -> JobView:
         regions=tuple(spec.get("regions") or ()),
         **device_wishes(res.get("accelerator"), res.get("vendor"), res.get("arch")),
         variants=frozenset(spec.get("variants") or ()),
+        inputs=tuple(i["uri"] for i in spec.get("inputs") or ()),
     )
 
 

@@ -60,6 +60,7 @@ class JobView:
     vendors: tuple[str, ...] = ()
     archs: tuple[str, ...] = ()
     variants: frozenset[str] = frozenset()  # runtimes the job has a command for
+    inputs: tuple[str, ...] = ()  # data URIs, as in the spec
 
     @property
     def shape(self) -> tuple[object, ...]:
@@ -76,6 +77,7 @@ class JobView:
             self.vendors,
             self.archs,
             self.variants,
+            self.inputs,
         )
 
     def usable(self, pool: PoolView) -> list[int]:
@@ -100,6 +102,8 @@ class Context:
 
     start_estimate: Callable[[PoolView, Capacity], float] = lambda pool, req: 0.0
     latency_ms: Callable[[str], float | None] = lambda region: None
+    # A data URI's size in bytes and the pools that hold a copy; None: unknown.
+    data: Callable[[str], tuple[int, frozenset[str]] | None] = lambda uri: None
     # Within one pass, jobs of the same shape see the same filters and, on pools whose
     # free capacity has not changed, the same raw scores: computed once, looked up after.
     filtered: dict[tuple[object, ...], tuple[list[int], dict[str, str]]] = field(

@@ -12,6 +12,7 @@ from sqlalchemy import (
     Column,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     LargeBinary,
@@ -229,4 +230,31 @@ forwards = Table(
     Column("owner", String(255), nullable=False),
     Column("remote_id", String(48), nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+# Dataset versions, immutable once published, and the pools that hold a copy of each.
+datasets = Table(
+    "datasets",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("tenant", String(63), nullable=False),
+    Column("tree_hash", String(64), nullable=False),
+    Column("total_bytes", BigInteger, nullable=False),
+    Column("files", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Index("ix_datasets_name_created", "name", "created_at"),
+)
+
+replicas = Table(
+    "dataset_replicas",
+    metadata,
+    Column("name", String(63), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("pool_cpi", String(255), primary_key=True),
+    Column("path", String(4096), nullable=False),
+    Column("added_at", Float, nullable=False),
+    ForeignKeyConstraint(
+        ["name", "version"], ["datasets.name", "datasets.version"], ondelete="CASCADE"
+    ),
 )

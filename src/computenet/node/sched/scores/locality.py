@@ -1,7 +1,10 @@
-"""Data locality: bytes that would have to move to the pool before the job can start.
+"""Data locality: the bytes that would have to move to the pool before the job can start.
 
-Jobs declare no data inputs yet, so every pool scores the same (zero bytes to move);
-the transfer protocol fills this in from the datasets each pool holds.
+An input a pool already holds (a replica of the dataset version, or a pool path in that
+pool) counts zero; any other input counts its size. The node has no measure of the links
+between pools, so every remote link counts the same: fewer bytes to move wins, wherever
+they come from. An input the node does not know (a dataset deleted since submission)
+counts nothing anywhere.
 """
 
 from __future__ import annotations
@@ -14,4 +17,9 @@ class DataLocality:
     higher_is_better = False
 
     def raw(self, job: JobView, pool: PoolView, ctx: Context) -> float | None:
-        return 0.0
+        moved = 0
+        for uri in job.inputs:
+            known = ctx.data(uri)
+            if known is not None and pool.cpi not in known[1]:
+                moved += known[0]
+        return float(moved)

@@ -1,0 +1,186 @@
+"""Data staging: a job's inputs into its working directory before it runs, its outputs
+out after it completes.
+
+An input this pool already holds is hard-linked from the data root (copied where the
+working directory is on another file system): nothing moves. A dataset held elsewhere is
+fetched once into this pool's data root, ``/datasets/NAME/VERSION``, checked against the
+version's tree hash, recorded with the node as a new replica, and linked from there, so
+the next job that needs it here moves nothing either. Linked inputs share their inodes
+with the pool's copy: a job must treat its inputs as read-only.
+
+An output goes into this pool's data root when its destination is here (a dataset
+version is always published from here), else to the other pool's data server. Outputs
+are kept only when the job completed; a job whose data cannot be moved fails, saying why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+import httpx
+
+from computenet.agent.backends import Task
+from computenet.agent.link import NodeLink
+from computenet.model.dataset import DatasetRef, StagingAsk, StagingLanded, parse_data_uri
+from computenet.sdk.client import ApiError
+from computenet.transfer import client
+from computenet.transfer.client import Options
+from computenet.transfer.faults import Faults
+from computenet.transfer.manifest import build, total_size
+from computenet.transfer.paths import PART, PathError, confine
+from computenet.transfer.wire import TransferError
+
+
+class StagingError(Exception):
+    """Data a job needs could not be put in place, or its output kept; the job fails."""
+
+
+@contextlib.contextmanager
+def _failing(what: str) -> Iterator[None]:
+    """Whatever stops the data, as one reason that says which input or output it was."""
+    try:
+        yield
+    except StagingError as e:
+        raise StagingError(f"{what}: {e}") from None
+    except (ApiError, TransferError, PathError, OSError, httpx.HTTPError) as e:
+        raise StagingError(f"{what}: {e}") from e
+
+
+def _options() -> Options:
+    return Options(faults=Faults())  # the agent never breaks its own copies on purpose
+
+
+def link_tree(src: Path, dest: Path) -> None:
+    """``dest`` becomes ``src``'s file, or a tree of its files, by hard link where it can."""
+
+    def one(a: Path, b: Path) -> None:
+        try:
+            os.link(a, b)
+        except OSError:
+            shutil.copy2(a, b)
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_file():
+        one(src, dest)
+        return
+    for here, dirs, files in os.walk(src):
+        rel = Path(here).relative_to(src)
+        (dest / rel).mkdir(parents=True, exist_ok=True)
+        dirs[:] = [d for d in dirs if not (Path(here) / d).is_symlink()]
+        for f in files:
+            a = Path(here) / f
+            if not f.endswith(PART) and not a.is_symlink():
+                one(a, dest / rel / f)
+
+
+def place(src: Path, dest: Path, tag: str) -> None:
+    """Links ``src`` beside ``dest``, then renames it into place: nobody sees half of it."""
+    tmp = dest.with_name(f".{dest.name}.{tag}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    link_tree(src, tmp)
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+
+
+class Stager:
+    def __init__(self, link: NodeLink, data_root: Path) -> None:
+        self.link = link
+        self.root = data_root
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def inputs(self, task: Task) -> None:
+        for i, item in enumerate(task.spec.inputs):
+            # One fetch of a dataset into the pool at a time; who waits then links it.
+            with _failing(f"staging input {item.uri}"):
+                async with self._locks[item.uri]:
+                    await self._input(task, i, confine(task.workdir, item.path))
+
+    async def _input(self, task: Task, index: int, dest: Path) -> None:
+        ask = StagingAsk(job_id=task.job_id, attempt=task.attempt, kind="input", index=index)
+        plan = await self.link.staging(ask)
+        if plan.local is not None:
+            src = confine(self.root, plan.local)
+            if not src.exists():
+                raise StagingError(f"{plan.local} is not in this pool's data root")
+            await asyncio.to_thread(link_tree, src, dest)
+            return
+        assert plan.grant is not None
+        if plan.keep is None:  # a pool path elsewhere: straight into the working directory
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            await client.get(plan.grant, dest, _options())
+            return
+        keep = confine(self.root, plan.keep)
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        result = await client.get(plan.grant, keep, _options())
+        if result.tree_hash != plan.tree_hash:
+            await asyncio.to_thread(shutil.rmtree, keep, True)
+            raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
+        files = result.counters.files + result.counters.files_skipped
+        await self._landed(
+            task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
+        )
+        await asyncio.to_thread(link_tree, keep, dest)
+
+    async def _landed(
+        self,
+        task: Task,
+        kind: Literal["input", "output"],
+        index: int,
+        path: str,
+        tree_hash: str,
+        total_bytes: int,
+        files: int,
+    ) -> None:
+        await self.link.landed(
+            StagingLanded(
+                job_id=task.job_id,
+                attempt=task.attempt,
+                kind=kind,
+                index=index,
+                path=path,
+                tree_hash=tree_hash,
+                total_bytes=total_bytes,
+                files=files,
+            )
+        )
+
+    async def outputs(self, task: Task) -> None:
+        for i, item in enumerate(task.spec.outputs):
+            with _failing(f"output {item.path} to {item.uri}"):
+                await self._output(task, i, confine(task.workdir, item.path))
+
+    async def _output(self, task: Task, index: int, src: Path) -> None:
+        if not src.exists():
+            raise StagingError("the job did not write it")
+        size = await asyncio.to_thread(total_size, src)
+        ask = StagingAsk(
+            job_id=task.job_id, attempt=task.attempt, kind="output", index=index, size=size
+        )
+        plan = await self.link.staging(ask)
+        if plan.grant is not None:
+            await client.put(plan.grant, src, _options())
+            return
+        assert plan.local is not None
+        dest = confine(self.root, plan.local)
+        tag = f"{task.job_id}.{task.attempt}"
+        await asyncio.to_thread(place, src, dest, tag)
+        if not isinstance(parse_data_uri(plan.uri), DatasetRef):
+            return
+        try:
+            m = (await asyncio.to_thread(build, dest)).manifest
+            await self._landed(
+                task, "output", index, plan.local, m.tree_hash, m.total_bytes, len(m.files)
+            )
+        except BaseException:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+            raise

@@ -1,0 +1,226 @@
+"""Datasets and job data: named, versioned trees that pools hold copies of, by tree hash.
+
+A dataset version is immutable: its tree hash (the transfer manifest's, see
+``docs/transfer.md``) says what it holds, so any copy that shows the same hash is the same
+data. The node records which pools hold a copy and where; the scheduler prefers those
+pools, and agents stage a job's inputs from them.
+
+Data URIs, the one grammar for the CLI, job files, REST and the SDK:
+
+- ``cnet://dataset/NAME`` (the newest version) or ``cnet://dataset/NAME@VERSION``;
+- ``POOL-CPI:/path``, a path under a pool's data root (``cpi:local:acme/gpu:/in/x``).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, Field
+
+from computenet.ident.cpi import CPIError, CPIStr, parse
+from computenet.model.common import Model
+from computenet.model.transfer import Hex32, TransferGrant
+
+SCHEME = "cnet://dataset/"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$")
+MAX_DATA = 64  # inputs, and outputs, per job
+RESERVED_NAMES = frozenset(
+    {"stdout", "stderr", "tmp", "assignment.json", "result.json", "reported"}
+)
+
+
+class DataURIError(ValueError):
+    """A data URI that names nothing: the message shows the grammar."""
+
+
+@dataclass(frozen=True)
+class DatasetRef:
+    name: str
+    version: str | None  # None: the newest
+
+    def __str__(self) -> str:
+        return SCHEME + self.name + (f"@{self.version}" if self.version else "")
+
+
+@dataclass(frozen=True)
+class PoolRef:
+    pool: str
+    path: str
+
+    def __str__(self) -> str:
+        return f"{self.pool}:{self.path}"
+
+
+def parse_dataset(text: str) -> DatasetRef:
+    if not text.startswith(SCHEME):
+        raise DataURIError(f"{text!r}: a dataset is cnet://dataset/NAME[@VERSION]")
+    name, at, version = text[len(SCHEME) :].partition("@")
+    if not NAME_RE.match(name):
+        raise DataURIError(
+            f"{text!r}: a dataset name is 1 to 63 of a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    if at and not VERSION_RE.match(version):
+        raise DataURIError(
+            f"{text!r}: a version is 1 to 64 of A-Z a-z 0-9 . _ + -, starting with a letter "
+            "or digit"
+        )
+    return DatasetRef(name, version if at else None)
+
+
+def parse_pool_path(text: str) -> PoolRef:
+    """``cpi:AUTHORITY:PROVIDER/POOL:/path``: the CPI ends at the third colon."""
+    authority, _, rest = text[4:].partition(":")
+    cpi_path, sep, path = rest.partition(":")
+    cpi = f"cpi:{authority}:{cpi_path}"
+    try:
+        parsed = parse(cpi)
+    except CPIError as e:
+        raise DataURIError(f"{text}: {e}") from e
+    if not sep or parsed.kind != "pool":
+        raise DataURIError(f"{text}: a pool path is POOL-CPI:/path, e.g. cpi:local:acme/gpu:/in")
+    return PoolRef(cpi, path or "/")
+
+
+def parse_data_uri(text: str) -> DatasetRef | PoolRef:
+    if text.startswith("cnet://"):
+        return parse_dataset(text)
+    if text.startswith("cpi:"):
+        return parse_pool_path(text)
+    raise DataURIError(f"{text!r}: data is named cnet://dataset/NAME[@VERSION] or POOL-CPI:/path")
+
+
+def _uri(v: str) -> str:
+    ref = parse_data_uri(v)
+    if isinstance(ref, PoolRef):
+        _no_dotdot(ref.path)
+    return v
+
+
+def _no_dotdot(path: str) -> None:
+    if "\x00" in path or ".." in path.replace("\\", "/").split("/"):
+        raise ValueError(f"{path!r}: '..' and NUL are not allowed")
+
+
+def _workdir_path(v: str) -> str:
+    """Inside the job's working directory, and clear of the files the agent keeps there."""
+    _no_dotdot(v)
+    if v.startswith("/") or v.startswith("\\"):
+        raise ValueError(f"{v!r}: a path in the working directory is relative")
+    parts = [p for p in v.split("/") if p not in ("", ".")]
+    if not parts:
+        raise ValueError("a path in the working directory must name something")
+    if parts[0] in RESERVED_NAMES:
+        raise ValueError(f"{v!r}: {parts[0]} is the agent's own, in the working directory")
+    return "/".join(parts)
+
+
+DataURI = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_uri)]
+WorkdirPath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_workdir_path)]
+DatasetName = Annotated[str, Field(pattern=NAME_RE.pattern)]
+DatasetVersionText = Annotated[str, Field(pattern=VERSION_RE.pattern)]
+
+
+class DataInput(Model):
+    uri: DataURI = Field(description="cnet://dataset/NAME[@VERSION] or POOL-CPI:/path")
+    path: WorkdirPath = Field(description="where it appears, relative to the working directory")
+
+
+class DataOutput(Model):
+    path: WorkdirPath = Field(description="what to keep, relative to the working directory")
+    uri: DataURI = Field(
+        description="where it goes: cnet://dataset/NAME[@VERSION] publishes a dataset version "
+        "(without a version, the next number), POOL-CPI:/path copies it to a pool"
+    )
+
+
+class Replica(Model):
+    pool: CPIStr
+    path: str = Field(description="under the pool's data root")
+    added_at: datetime
+
+
+class DatasetVersion(Model):
+    name: str
+    version: str
+    tenant: str = Field(description="who published it; only they add versions of the name")
+    tree_hash: Hex32
+    total_bytes: int
+    files: int
+    created_at: datetime
+    replicas: list[Replica] = Field(default_factory=list)
+
+    @property
+    def uri(self) -> str:
+        return f"{SCHEME}{self.name}@{self.version}"
+
+
+class Dataset(Model):
+    name: str
+    versions: list[DatasetVersion] = Field(description="newest first")
+
+
+class DatasetPublish(Model):
+    """A tree already in a pool, registered as a version of a dataset.
+
+    The tree hash comes from the copy that put it there (the data server checked every
+    chunk against it); every later copy out of the pool is checked against it again.
+    """
+
+    name: DatasetName
+    version: DatasetVersionText | None = Field(
+        default=None, description="default: one more than the newest numbered version"
+    )
+    pool: CPIStr
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    tree_hash: Hex32
+    total_bytes: Annotated[int, Field(ge=0, le=1 << 50)]
+    files: Annotated[int, Field(ge=0, le=100_000_000)]
+
+
+class ReplicaAdd(Model):
+    """A copy of a version that landed in another pool; refused unless the hash matches."""
+
+    pool: CPIStr
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    tree_hash: Hex32
+
+
+class StagingAsk(Model):
+    """An agent asking where one of its job's inputs is, or where an output goes."""
+
+    job_id: Annotated[str, Field(pattern=r"^j-[0-9a-z]{1,40}$")]
+    attempt: Annotated[int, Field(ge=1)]
+    kind: Literal["input", "output"]
+    index: Annotated[int, Field(ge=0, lt=MAX_DATA)]
+    size: Annotated[int, Field(ge=0, description="bytes of an output to copy out")] = 0
+
+
+class StagingPlan(Model):
+    """Where the agent finds an input, or puts an output: a path in its own data root
+    (``local``), or another pool's data server with a ticket (``grant``)."""
+
+    uri: str
+    local: str | None = None
+    grant: TransferGrant | None = None
+    tree_hash: Hex32 | None = Field(default=None, description="what a dataset input must hash to")
+    total_bytes: int | None = None
+    keep: str | None = Field(
+        default=None, description="for a dataset fetched from elsewhere: where this pool keeps it"
+    )
+
+
+class StagingLanded(Model):
+    """A tree now in the agent's data root: a replica of an input, or a job's output."""
+
+    job_id: Annotated[str, Field(pattern=r"^j-[0-9a-z]{1,40}$")]
+    attempt: Annotated[int, Field(ge=1)]
+    kind: Literal["input", "output"]
+    index: Annotated[int, Field(ge=0, lt=MAX_DATA)]
+    path: Annotated[str, Field(min_length=1, max_length=4096)]
+    tree_hash: Hex32
+    total_bytes: Annotated[int, Field(ge=0)]
+    files: Annotated[int, Field(ge=0)]

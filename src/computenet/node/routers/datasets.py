@@ -1,0 +1,207 @@
+"""Datasets: publish a tree that sits in a pool as a version, list them, find their copies;
+and the agents' side of staging, where a pool asks where its job's data is.
+
+The node never reads the data. A version's tree hash comes from the copy that put it in
+the pool; every later copy is checked against it by the end that receives it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+
+from computenet.ident.cpi import CPIStr
+from computenet.model import Job, JobState, PoolStatus
+from computenet.model.dataset import (
+    NAME_RE,
+    VERSION_RE,
+    Dataset,
+    DatasetPublish,
+    DatasetRef,
+    DatasetVersion,
+    PoolRef,
+    ReplicaAdd,
+    StagingAsk,
+    StagingLanded,
+    StagingPlan,
+    parse_data_uri,
+)
+from computenet.model.transfer import Direction, TransferRequest
+from computenet.node.auth import Principal, node_of, principal, signed_pool
+from computenet.node.errors import Conflict, Forbidden, Invalid
+from computenet.node.routers.transfers import issue
+from computenet.node.runtime import Node
+from computenet.node.store import datasets as store
+from computenet.node.store import jobs as job_store
+from computenet.node.store import pools as pool_store
+from computenet.transfer.paths import PathError, normalise
+
+router = APIRouter(prefix="/v1", tags=["datasets"])
+Name = Annotated[str, Path(pattern=NAME_RE.pattern)]
+Version = Annotated[str, Path(pattern=VERSION_RE.pattern)]
+STAGE_TTL = 6 * 3600.0
+_LIVE = (JobState.SCHEDULED, JobState.STAGING, JobState.RUNNING)
+
+
+def _pool_path(path: str, field: str = "path") -> str:
+    try:
+        return "/" + normalise(path)
+    except PathError as e:
+        raise Invalid(str(e), field=field) from e
+
+
+@router.post("/datasets", status_code=201, response_model=DatasetVersion)
+async def publish(
+    body: DatasetPublish, who: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> DatasetVersion:
+    path = _pool_path(body.path)
+    if path == "/":
+        raise Invalid("a dataset is a file or directory under the data root", field="path")
+    await node.reading(pool_store.get, body.pool)
+    return await node.writing(
+        store.publish,
+        who.tenant,
+        body.name,
+        body.version,
+        body.pool,
+        path,
+        body.tree_hash,
+        body.total_bytes,
+        body.files,
+    )
+
+
+@router.get("/datasets", response_model=list[DatasetVersion])
+async def list_datasets(
+    _: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> list[DatasetVersion]:
+    return await node.reading(store.list_all)
+
+
+@router.get("/datasets/{name}", response_model=Dataset)
+async def get_dataset(
+    name: Name, _: Principal = Depends(principal), node: Node = Depends(node_of)
+) -> Dataset:
+    return await node.reading(store.get, name)
+
+
+@router.post("/datasets/{name}/{version}/replicas", status_code=201, response_model=DatasetVersion)
+async def add_replica(
+    name: Name,
+    version: Version,
+    body: ReplicaAdd,
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+) -> DatasetVersion:
+    """A copy made with ``cnet cp`` into another pool; the dataset's owner (or an admin)
+    vouches for it, and the tree hash must match."""
+    v = await node.reading(store.resolve, DatasetRef(name, version), "version")
+    if v.tenant != who.tenant and not who.admin:
+        raise Forbidden(f"dataset {name!r} belongs to tenant {v.tenant}", field="name")
+    path = _pool_path(body.path)
+    await node.reading(pool_store.get, body.pool)
+    return await node.writing(store.add_replica, name, version, body.pool, path, body.tree_hash)
+
+
+# --- the agents' side ------------------------------------------------------------------
+
+
+async def _job_of(node: Node, signer: str, job_id: str, attempt: int) -> Job:
+    """The job, if this pool runs this attempt of it now; an agent stages nothing else."""
+    job = await node.reading(job_store.get, job_id, None)
+    if job.pool != signer or job.attempt != attempt or job.state not in _LIVE:
+        raise Forbidden(f"pool {signer} does not run {job_id} attempt {attempt}", "job_id")
+    return job
+
+
+async def _asked(
+    node: Node, signer: str, body: StagingAsk | StagingLanded
+) -> tuple[Job, str, DatasetRef | PoolRef]:
+    """The job, and the input or output the agent asks about, as the job's spec names it."""
+    job = await _job_of(node, signer, body.job_id, body.attempt)
+    items = job.spec.inputs if body.kind == "input" else job.spec.outputs
+    if body.index >= len(items):
+        raise Invalid(f"{job.id} has {len(items)} {body.kind}s", field="index")
+    uri = items[body.index].uri
+    return job, uri, parse_data_uri(uri)
+
+
+async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]:
+    """A pool that holds the version and can serve it now; this pool's own copy first."""
+    pools = {p.cpi: p for p in await node.reading(pool_store.list_all)}
+    online = [
+        r
+        for r in v.replicas
+        if (p := pools.get(r.pool)) is not None
+        and p.status is not PoolStatus.offline
+        and p.data is not None
+    ]
+    online.sort(key=lambda r: r.pool != signer)
+    if not online:
+        raise Conflict(f"no pool that holds {v.uri} is online", field="uri")
+    return online[0].pool, online[0].path
+
+
+@router.post("/pools/{pool:path}/staging", response_model=StagingPlan)
+async def staging(
+    pool: CPIStr,
+    body: StagingAsk,
+    signer: str = Depends(signed_pool),
+    node: Node = Depends(node_of),
+) -> StagingPlan:
+    job, uri, ref = await _asked(node, signer, body)
+    if isinstance(ref, PoolRef):
+        if ref.pool == signer:
+            return StagingPlan(uri=uri, local=_pool_path(ref.path))
+        way = Direction.get if body.kind == "input" else Direction.put
+        req = TransferRequest(
+            pool=ref.pool, path=ref.path, direction=way, size=body.size, ttl=STAGE_TTL
+        )
+        return StagingPlan(uri=uri, grant=await issue(node, job.tenant, req))
+    if body.kind == "input":
+        v = await node.reading(store.resolve, ref)
+        holder, path = await _holder(node, v, signer)
+        plan = StagingPlan(uri=v.uri, tree_hash=v.tree_hash, total_bytes=v.total_bytes)
+        if holder == signer:
+            plan.local = path
+        else:
+            req = TransferRequest(pool=holder, path=path, direction=Direction.get, ttl=STAGE_TTL)
+            plan.grant = await issue(node, job.tenant, req)
+            plan.keep = f"/datasets/{v.name}/{v.version}"
+        return plan
+    if ref.version is not None:
+        exists = {v.version for v in (await node.reading(store.list_all)) if v.name == ref.name}
+        if ref.version in exists:
+            raise Conflict(f"{ref} exists; versions never change", field="uri")
+    return StagingPlan(uri=uri, local=f"/datasets/{ref.name}/{ref.version or job.id}")
+
+
+@router.post("/pools/{pool:path}/staging/landed", response_model=DatasetVersion)
+async def landed(
+    pool: CPIStr,
+    body: StagingLanded,
+    signer: str = Depends(signed_pool),
+    node: Node = Depends(node_of),
+) -> DatasetVersion:
+    """A dataset input fetched into this pool (a new replica), or an output published."""
+    job, _, ref = await _asked(node, signer, body)
+    if isinstance(ref, PoolRef):
+        raise Invalid("only datasets are recorded; a pool path needs no record", field="kind")
+    path = _pool_path(body.path)
+    if body.kind == "input":
+        v = await node.reading(store.resolve, ref)
+        return await node.writing(
+            store.add_replica, v.name, v.version, signer, path, body.tree_hash
+        )
+    return await node.writing(
+        store.publish,
+        job.tenant,
+        ref.name,
+        ref.version,
+        signer,
+        path,
+        body.tree_hash,
+        body.total_bytes,
+        body.files,
+    )

@@ -1,0 +1,177 @@
+"""Dataset versions and their replicas: which pools hold which tree, and where."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, select
+from sqlalchemy.exc import IntegrityError
+
+from computenet.model.dataset import Dataset, DatasetRef, DatasetVersion, Replica
+from computenet.node.errors import Conflict, Forbidden, NotFound
+from computenet.node.store.tables import datasets, replicas
+
+
+def _when(t: float) -> datetime:
+    return datetime.fromtimestamp(t, UTC)
+
+
+def _versions(conn: Connection, name: str | None = None) -> list[DatasetVersion]:
+    q = select(datasets).order_by(datasets.c.name, datasets.c.created_at.desc())
+    r = select(replicas).order_by(replicas.c.added_at)
+    if name is not None:
+        q, r = q.where(datasets.c.name == name), r.where(replicas.c.name == name)
+    held: dict[tuple[str, str], list[Replica]] = defaultdict(list)
+    for row in conn.execute(r).all():
+        held[(row.name, row.version)].append(
+            Replica(pool=row.pool_cpi, path=row.path, added_at=_when(row.added_at))
+        )
+    return [
+        DatasetVersion(
+            name=row.name,
+            version=row.version,
+            tenant=row.tenant,
+            tree_hash=row.tree_hash,
+            total_bytes=row.total_bytes,
+            files=row.files,
+            created_at=_when(row.created_at),
+            replicas=held[(row.name, row.version)],
+        )
+        for row in conn.execute(q).all()
+    ]
+
+
+def list_all(conn: Connection) -> list[DatasetVersion]:
+    return _versions(conn)
+
+
+def get(conn: Connection, name: str) -> Dataset:
+    versions = _versions(conn, name)
+    if not versions:
+        raise NotFound(f"no dataset {name!r}", field="name")
+    return Dataset(name=name, versions=versions)
+
+
+def resolve(conn: Connection, ref: DatasetRef, field: str = "uri") -> DatasetVersion:
+    """The version a reference names: the newest one when it names none."""
+    versions = _versions(conn, ref.name)
+    if not versions:
+        raise NotFound(f"no dataset {ref.name!r}", field=field)
+    if ref.version is None:
+        return versions[0]
+    for v in versions:
+        if v.version == ref.version:
+            return v
+    known = ", ".join(v.version for v in versions[:5])
+    raise NotFound(f"dataset {ref.name!r} has no version {ref.version!r} (has {known})", field)
+
+
+def _next_version(conn: Connection, name: str) -> str:
+    numbers = [
+        int(v)
+        for (v,) in conn.execute(select(datasets.c.version).where(datasets.c.name == name)).all()
+        if v.isdigit()
+    ]
+    return str(max(numbers, default=0) + 1)
+
+
+def publish(
+    conn: Connection,
+    tenant: str,
+    name: str,
+    version: str | None,
+    pool: str,
+    path: str,
+    tree_hash: str,
+    total_bytes: int,
+    files: int,
+) -> DatasetVersion:
+    """A new, immutable version held by ``pool`` at ``path``; one tenant owns a name."""
+    owner = conn.execute(
+        select(datasets.c.tenant).where(datasets.c.name == name).limit(1)
+    ).scalar_one_or_none()
+    if owner is not None and owner != tenant:
+        raise Forbidden(f"dataset {name!r} belongs to tenant {owner}", field="name")
+    version = version or _next_version(conn, name)
+    now = time.time()
+    try:
+        with conn.begin_nested():
+            conn.execute(
+                datasets.insert().values(
+                    name=name,
+                    version=version,
+                    tenant=tenant,
+                    tree_hash=tree_hash,
+                    total_bytes=total_bytes,
+                    files=files,
+                    created_at=now,
+                )
+            )
+    except IntegrityError as e:
+        raise Conflict(
+            f"dataset {name}@{version} exists; versions never change: publish a new one",
+            field="version",
+        ) from e
+    conn.execute(
+        replicas.insert().values(name=name, version=version, pool_cpi=pool, path=path, added_at=now)
+    )
+    return resolve(conn, DatasetRef(name, version))
+
+
+def add_replica(
+    conn: Connection, name: str, version: str, pool: str, path: str, tree_hash: str
+) -> DatasetVersion:
+    """Another pool's copy; it replaces that pool's earlier one (one place per pool)."""
+    v = resolve(conn, DatasetRef(name, version), "version")
+    if v.tree_hash != tree_hash:
+        raise Conflict(
+            f"the copy's tree hash {tree_hash[:12]}… is not {name}@{version}'s {v.tree_hash[:12]}…",
+            field="tree_hash",
+        )
+    key = and_(replicas.c.name == name, replicas.c.version == version, replicas.c.pool_cpi == pool)
+    conn.execute(delete(replicas).where(key))
+    return _replica(conn, name, version, pool, path, time.time())
+
+
+def _replica(
+    conn: Connection, name: str, version: str, pool: str, path: str, now: float
+) -> DatasetVersion:
+    values = {"name": name, "version": version, "pool_cpi": pool, "path": path}
+    conn.execute(replicas.insert().values(**values, added_at=now))
+    return resolve(conn, DatasetRef(name, version))
+
+
+class Holdings:
+    """What the scheduler asks of each input: its bytes and the pools that hold it.
+
+    Read once per pass, and only when a job has inputs.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self._conn = conn
+        self._by_name: dict[str, list[Any]] | None = None
+        self._held: dict[tuple[str, str], frozenset[str]] = {}
+
+    def _load(self) -> dict[str, list[Any]]:
+        by_name: dict[str, list[Any]] = defaultdict(list)
+        q = select(datasets.c.name, datasets.c.version, datasets.c.total_bytes)
+        for row in self._conn.execute(q.order_by(datasets.c.created_at.desc())).all():
+            by_name[row.name].append(row)
+        held: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for row in self._conn.execute(
+            select(replicas.c.name, replicas.c.version, replicas.c.pool_cpi)
+        ).all():
+            held[(row.name, row.version)].add(row.pool_cpi)
+        self._held = {k: frozenset(v) for k, v in held.items()}
+        return by_name
+
+    def dataset(self, ref: DatasetRef) -> tuple[int, frozenset[str]] | None:
+        if self._by_name is None:
+            self._by_name = self._load()
+        for row in self._by_name.get(ref.name, ()):
+            if ref.version is None or row.version == ref.version:
+                return int(row.total_bytes), self._held.get((row.name, row.version), frozenset())
+        return None

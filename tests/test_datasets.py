@@ -1,0 +1,184 @@
+"""Datasets and data locality against a real node and two real, equal agents, on SQLite
+and PostgreSQL: publish with ``cnet cp``, find with ``cnet dataset``; a job whose input
+sits in one pool runs there; a job pinned elsewhere stages the input over the network and
+leaves a replica; outputs are published as datasets; bad input is refused by field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from computenet.model import JobSpec, JobState
+from computenet.model.dataset import DatasetRef, parse_data_uri
+from computenet.node.sched.framework import Context, JobView, PoolView
+from computenet.node.sched.scores.locality import DataLocality
+from conftest import PYTHON, Network
+
+pytestmark = pytest.mark.slow
+
+
+def pool_config(tmp: Path, name: str) -> Path:
+    path = tmp / f"{name}.yaml"
+    machine = {"name": name, "cpus": 2, "memory_bytes": "4G", "devices": []}
+    path.write_text(yaml.safe_dump({"pool": name, "region": "cn-east", "machines": [machine]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def net(shared: Network, tmp_path_factory: pytest.TempPathFactory) -> Network:
+    tmp = tmp_path_factory.mktemp("pools")
+    for name in ("pool-a", "pool-b"):
+        shared.start_agent(name, "--config", str(pool_config(tmp, name)))
+    return shared
+
+
+def cpi(net: Network, name: str) -> str:
+    with net.client() as c:
+        return next(p.cpi for p in c.pools() if p.name == name)
+
+
+def cnet(net: Network, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(net.env, CNET_TOKEN=net.token)
+    return subprocess.run([*PYTHON, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def publish(net: Network, src: Path, uri: str, pool: str) -> str:
+    proc = cnet(net, "cp", "--json", "--pool", cpi(net, pool), str(src), uri)
+    assert proc.returncode == 0, proc.stderr
+    return str(json.loads(proc.stdout)["destination"])
+
+
+def corpus(tmp: Path, tag: str) -> Path:
+    root = tmp / f"corpus-{tag}"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text(f"alpha {tag}\n")
+    (root / "sub" / "b.bin").write_bytes(bytes(range(256)) * 4096)
+    return root
+
+
+def run(net: Network, **spec: object) -> tuple[str, str]:
+    """The pool the job ran on (by name) and its output."""
+    with net.client() as c:
+        job = c.wait(c.submit(**spec).id, timeout=90)
+        out = "".join(x["data"] for x in c.logs(job.id) if x["stream"] == "stdout")
+    assert job.state is JobState.COMPLETE, job.reason
+    assert job.pool is not None
+    return job.pool.rsplit("/", 1)[-1], out
+
+
+def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
+    uri = publish(net, corpus(tmp_path, "a"), "cnet://dataset/corpus-a", "pool-a")
+    assert uri == "cnet://dataset/corpus-a@1"
+    read = ["sh", "-c", "cat in/a.txt && wc -c < in/sub/b.bin"]
+    for _ in range(2):
+        where, out = run(
+            net, command=read, inputs=[{"uri": "cnet://dataset/corpus-a", "path": "in"}]
+        )
+        assert where == "pool-a"
+        assert out.split() == ["alpha", "a", str(256 * 4096)]
+    # The same, with the data only in the pool that registered second (and so loses ties).
+    publish(net, corpus(tmp_path, "b"), "cnet://dataset/corpus-b@v2", "pool-b")
+    where, out = run(net, command=read, inputs=[{"uri": "cnet://dataset/corpus-b", "path": "in"}])
+    assert (where, out.split()[:2]) == ("pool-b", ["alpha", "b"])
+
+
+def test_a_job_elsewhere_stages_the_input_and_leaves_a_replica(
+    net: Network, tmp_path: Path
+) -> None:
+    publish(net, corpus(tmp_path, "c"), "cnet://dataset/corpus-c", "pool-a")
+    b = cpi(net, "pool-b")
+    where, out = run(
+        net,
+        command=["sh", "-c", "cat data/a.txt"],
+        pool=b,
+        inputs=[{"uri": "cnet://dataset/corpus-c@1", "path": "data"}],
+    )
+    assert (where, out) == ("pool-b", "alpha c\n")
+    with net.client() as c:
+        v = c.dataset("corpus-c").versions[0]
+    assert {r.pool.rsplit("/", 1)[-1] for r in v.replicas} == {"pool-a", "pool-b"}
+    kept = net.home / "agents" / "pool-b" / "data" / "datasets" / "corpus-c" / "1"
+    assert (kept / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 4096
+
+
+def test_outputs_are_published_and_copied_back(net: Network, tmp_path: Path) -> None:
+    where, _ = run(
+        net,
+        command=["sh", "-c", "mkdir -p out && echo forty-two > out/answer.txt"],
+        outputs=[{"path": "out", "uri": "cnet://dataset/answers"}],
+    )
+    with net.client() as c:
+        v = c.dataset("answers").versions[0]
+    assert v.version == "1" and v.files == 1
+    assert [r.pool.rsplit("/", 1)[-1] for r in v.replicas] == [where]
+    proc = cnet(net, "cp", "--json", "cnet://dataset/answers", str(tmp_path / "back"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "back" / "answer.txt").read_text() == "forty-two\n"
+    shown = cnet(net, "dataset", "show", "answers")
+    assert shown.returncode == 0 and "cnet://dataset/answers@1" in shown.stdout
+    listed = cnet(net, "dataset", "ls", "--json")
+    assert "answers" in {d["name"] for d in json.loads(listed.stdout)}
+
+
+def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> None:
+    with net.client() as c:
+        job = c.wait(
+            c.submit(command=["true"], outputs=[{"path": "nothing", "uri": "cnet://dataset/x"}]).id,
+            timeout=60,
+        )
+        assert job.state is JobState.FAILED
+        assert "output nothing" in job.reason and "did not write it" in job.reason
+        a = cpi(net, "pool-a")
+        job = c.wait(
+            c.submit(command=["true"], inputs=[{"uri": f"{a}:/no/such", "path": "x"}]).id,
+            timeout=60,
+        )
+        assert job.state is JobState.FAILED
+        assert "staging input" in job.reason and "not in this pool" in job.reason
+
+
+def test_bad_input_is_refused_naming_the_field(net: Network) -> None:
+    headers = {"authorization": f"Bearer {net.token}"}
+    cases = [
+        ({"command": ["true"], "inputs": [{"uri": "cnet://dataset/x", "path": "../x"}]}, "path"),
+        ({"command": ["true"], "inputs": [{"uri": "cnet://dataset/X!", "path": "x"}]}, "uri"),
+        ({"command": ["true"], "inputs": [{"uri": "cnet://dataset/nope", "path": "x"}]}, "uri"),
+        ({"command": ["true"], "outputs": [{"path": "/etc", "uri": "cnet://dataset/x"}]}, "path"),
+    ]
+    for body, leaf in cases:
+        r = httpx.post(f"{net.url}/v1/jobs", json=body, headers=headers)
+        assert r.status_code == 422, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["errors"][0]["field"].endswith(leaf), r.text
+    a = cpi(net, "pool-a")
+    bad = {"name": "Bad Name", "pool": a, "path": "/x", "tree_hash": "0" * 64}
+    r = httpx.post(
+        f"{net.url}/v1/datasets", json={**bad, "total_bytes": 1, "files": 1}, headers=headers
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"].endswith("name")
+    good = {**bad, "name": "ok", "total_bytes": 1, "files": 1}
+    r = httpx.post(f"{net.url}/v1/datasets", json={**good, "path": "/../x"}, headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path", r.text
+    proc = cnet(net, "cp", "/etc/hostname", "cnet://dataset/Not Valid")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_locality_counts_bytes_that_would_move() -> None:
+    spec = JobSpec(command=["true"], inputs=[{"uri": "cnet://dataset/d@1", "path": "d"}])
+    held = {"cnet://dataset/d@1": (5000, frozenset({"cpi:x:p/a"}))}
+    ctx = Context(data=held.get)
+    job = JobView("j-1", "t", None, None, 0, 0.0, inputs=tuple(i.uri for i in spec.inputs))  # type: ignore[arg-type]
+    score = DataLocality()
+
+    def pool(name: str) -> PoolView:
+        return PoolView(f"cpi:x:p/{name}", "", {}, None, None, 0)  # type: ignore[arg-type]
+
+    assert score.raw(job, pool("a"), ctx) == 0.0
+    assert score.raw(job, pool("b"), ctx) == 5000.0
+    assert isinstance(parse_data_uri("cnet://dataset/d@1"), DatasetRef)
