@@ -6,7 +6,9 @@ leaves a replica; outputs are published as datasets; bad input is refused by fie
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import httpx
@@ -182,3 +184,27 @@ def test_locality_counts_bytes_that_would_move() -> None:
     assert score.raw(job, pool("a"), ctx) == 0.0
     assert score.raw(job, pool("b"), ctx) == 5000.0
     assert isinstance(parse_data_uri("cnet://dataset/d@1"), DatasetRef)
+
+
+def test_a_job_canceled_while_staging_ends_canceled(net: Network, tmp_path: Path) -> None:
+    """The only copy sits in a pool whose agent is frozen: the fetch hangs until cancel."""
+    frozen = net.start_agent("pool-c", "--config", str(pool_config(tmp_path, "pool-c")))
+    publish(net, corpus(tmp_path, "d"), "cnet://dataset/corpus-d", "pool-c")
+    assert frozen.popen is not None
+    frozen.popen.send_signal(signal.SIGSTOP)
+    try:
+        with net.client() as c:
+            job = c.submit(
+                command=["true"],
+                pool=cpi(net, "pool-b"),
+                inputs=[{"uri": "cnet://dataset/corpus-d", "path": "in"}],
+            )
+            deadline = time.monotonic() + 30
+            while c.get(job.id).state is not JobState.STAGING:
+                assert time.monotonic() < deadline, c.get(job.id)
+                time.sleep(0.1)
+            c.cancel(job.id)
+            job = c.wait(job.id, timeout=15)
+        assert job.state is JobState.CANCELED, job.reason
+    finally:
+        frozen.popen.send_signal(signal.SIGCONT)

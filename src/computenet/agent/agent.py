@@ -106,6 +106,8 @@ class _Running:
     task: Task
     tails: tuple[Tail, Tail]
     future: asyncio.Task[None] | None = None
+    staging: asyncio.Task[None] | None = None
+    halted: StagingError | None = None  # why its staging was cut short
 
 
 class Agent:
@@ -188,7 +190,7 @@ class Agent:
                 f.cancel()
             await asyncio.gather(*following, return_exceptions=True)
         for r in list(self.running.values()):
-            await self.backend.stop(r.task, JobState.FAILED, "the agent was stopped")
+            await self._stop(r, JobState.FAILED, "the agent was stopped")
         pending = [r.future for r in self.running.values() if r.future is not None]
         if pending:
             await asyncio.wait(pending, timeout=10)
@@ -376,9 +378,7 @@ class Agent:
         key = f"{ref.job_id}#{ref.attempt}"
         run = self.running.get(key)
         if run is not None:
-            self._in_background(
-                self.backend.stop(run.task, JobState.CANCELED, "canceled by the user")
-            )
+            self._in_background(self._stop(run, JobState.CANCELED, "canceled by the user"))
         elif key not in self._seen:
             # Canceled before it reached us: confirm, so the node frees its resources.
             self._remember(key)
@@ -401,8 +401,16 @@ class Agent:
             return
         log.warning("stopping %s: the node requeued it elsewhere", run.task.key)
         self._in_background(
-            self.backend.stop(run.task, JobState.FAILED, "fenced: the job was requeued elsewhere")
+            self._stop(run, JobState.FAILED, "fenced: the job was requeued elsewhere")
         )
+
+    async def _stop(self, run: _Running, state: JobState, reason: str) -> None:
+        """A job still staging has no process yet: its staging is cut short instead."""
+        if run.staging is not None and not run.staging.done():
+            run.halted = StagingError(reason, state)
+            run.staging.cancel()
+            return
+        await self.backend.stop(run.task, state, reason)
 
     def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
@@ -427,14 +435,16 @@ class Agent:
             if rt:
                 task.env["CNET_RUNTIME"] = rt
             try:
-                await self._stage_in(task)
+                await self._stage_in(run)
                 started = await self.backend.start(task)
             except (LaunchError, StagingError) as e:
                 now = time.time()
-                code, why = (
-                    (e.exit_code, e.reason) if isinstance(e, LaunchError) else (None, str(e))
+                state, code, why = (
+                    (JobState.FAILED, e.exit_code, e.reason)
+                    if isinstance(e, LaunchError)
+                    else (e.state, None, str(e))
                 )
-                outcome = Outcome(JobState.FAILED, code, why, now, now, Usage(wall_seconds=0))
+                outcome = Outcome(state, code, why, now, now, Usage(wall_seconds=0))
             else:
                 self._queue(
                     Report(
@@ -462,13 +472,21 @@ class Agent:
         finally:
             self.running.pop(task.key, None)
 
-    async def _stage_in(self, task: Task) -> None:
-        if task.spec.inputs:
-            state = Report(
-                job_id=task.job_id, attempt=task.attempt, state=JobState.STAGING, at=time.time()
-            )
-            self._queue(state, None)
-            await self.stager.inputs(task)
+    async def _stage_in(self, run: _Running) -> None:
+        task = run.task
+        if not task.spec.inputs:
+            return
+        state = Report(
+            job_id=task.job_id, attempt=task.attempt, state=JobState.STAGING, at=time.time()
+        )
+        self._queue(state, None)
+        run.staging = asyncio.create_task(self.stager.inputs(task))
+        try:
+            await run.staging
+        except asyncio.CancelledError:
+            if run.halted is None:
+                raise
+            raise run.halted from None
 
     def _finish(self, task: Task, outcome: Outcome) -> None:
         report = Report(

@@ -28,6 +28,7 @@ import httpx
 
 from computenet.agent.backends import Task
 from computenet.agent.link import NodeLink
+from computenet.model import JobState
 from computenet.model.dataset import DatasetRef, StagingAsk, StagingLanded, parse_data_uri
 from computenet.sdk.client import ApiError
 from computenet.transfer import client
@@ -39,7 +40,12 @@ from computenet.transfer.wire import TransferError
 
 
 class StagingError(Exception):
-    """Data a job needs could not be put in place, or its output kept; the job fails."""
+    """Data a job needs could not be put in place, or its output kept; the job ends in
+    ``state`` (FAILED, or CANCELED when it was canceled while its inputs moved)."""
+
+    def __init__(self, reason: str, state: JobState = JobState.FAILED) -> None:
+        super().__init__(reason)
+        self.state = state
 
 
 @contextlib.contextmanager
