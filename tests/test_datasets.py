@@ -83,6 +83,11 @@ def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
         )
         assert where == "pool-a"
         assert out.split() == ["alpha", "a", str(256 * 4096)]
+    with net.client() as c:
+        plan = c.plan(command=["true"], inputs=[{"uri": "cnet://dataset/corpus-a", "path": "x"}])
+    moved = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
+    assert moved["pool-a"] == 0 and moved["pool-b"] == len("alpha a\n") + 256 * 4096
+    assert plan.choice is not None and plan.choice.endswith("/pool-a")
     # The same, with the data only in the pool that registered second (and so loses ties).
     publish(net, corpus(tmp_path, "b"), "cnet://dataset/corpus-b@v2", "pool-b")
     where, out = run(net, command=read, inputs=[{"uri": "cnet://dataset/corpus-b", "path": "in"}])
