@@ -162,6 +162,9 @@ def test_bad_input_is_refused_naming_the_field(net: Network) -> None:
         assert r.status_code == 422, r.text
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["errors"][0]["field"].endswith(leaf), r.text
+    batch = {"jobs": [cases[0][0] | {"inputs": [{"uri": "cnet://dataset/nope", "path": "x"}]}]}
+    r = httpx.post(f"{net.url}/v1/jobs/batch", json=batch, headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "jobs.0.inputs.0.uri"
     a = cpi(net, "pool-a")
     bad = {"name": "Bad Name", "pool": a, "path": "/x", "tree_hash": "0" * 64}
     r = httpx.post(
@@ -213,3 +216,23 @@ def test_a_job_canceled_while_staging_ends_canceled(net: Network, tmp_path: Path
         assert job.state is JobState.CANCELED, job.reason
     finally:
         frozen.popen.send_signal(signal.SIGCONT)
+
+
+def test_pool_paths_as_inputs_and_outputs(net: Network, tmp_path: Path) -> None:
+    a, b = cpi(net, "pool-a"), cpi(net, "pool-b")
+    (tmp_path / "note.txt").write_text("from a\n")
+    assert cnet(net, "cp", str(tmp_path / "note.txt"), f"{a}:/inputs/note.txt").returncode == 0
+    where, out = run(
+        net,
+        command=["sh", "-c", "cat note.txt && mkdir r && tr a-z A-Z < note.txt > r/up.txt"],
+        pool=b,
+        inputs=[{"uri": f"{a}:/inputs/note.txt", "path": "note.txt"}],
+        outputs=[
+            {"path": "r", "uri": f"{a}:/results/r1"},
+            {"path": "r/up.txt", "uri": f"{b}:/results/up.txt"},
+        ],
+    )
+    assert (where, out) == ("pool-b", "from a\n")
+    data = net.home / "agents"
+    assert (data / "pool-a" / "data" / "results" / "r1" / "up.txt").read_text() == "FROM A\n"
+    assert (data / "pool-b" / "data" / "results" / "up.txt").read_text() == "FROM A\n"
