@@ -177,6 +177,8 @@ def test_bad_input_is_refused_naming_the_field(net: Network) -> None:
     proc = cnet(net, "cp", "/etc/hostname", "cnet://dataset/Not Valid")
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+    proc = cnet(net, "cp", "--pool", a, "/etc/hostname", f"{a}:/x")
+    assert proc.returncode != 0 and "--pool" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_locality_counts_bytes_that_would_move() -> None:

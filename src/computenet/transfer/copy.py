@@ -126,6 +126,8 @@ async def copy_data(
     """``copy``, with datasets on either side. ``pool`` is where a dataset destination
     goes (default: the source's pool, else the first pool online)."""
     s_ref, d_ref = _dataset(src), _dataset(dst)
+    if pool is not None and d_ref is None:
+        raise TransferError("--pool chooses where a new dataset version goes: name a dataset")
     if s_ref is not None and d_ref is not None:
         raise TransferError("both sides are datasets: a version is already where it is")
     if s_ref is not None:
