@@ -212,11 +212,26 @@ def through_computenet(w: Workload, slots: int, agent_args: Sequence[str] = ()) 
     with Deployment(agent_args=agent_args) as d:
         _MARKERS.append(str(d.home))
         pool = d.pool()
+        before = _cpu_seconds(d.procs)
         run = asyncio.run(_computenet(d.url, d.token, pool, w, slots))
+        # The machine is shared: what the node and agent (and the engine commands the agent
+        # runs) burn is CPU the jobs and the engine's own daemons do not get.
+        run.extra["computenet_cpu_s"] = round(_cpu_seconds(d.procs) - before, 1)
         run.extra["pool"] = pool
         run.extra["agent"] = " ".join(["cnet agent run", *agent_args])
     shutil.rmtree(d.home, ignore_errors=True)
     return run
+
+
+def _cpu_seconds(procs: Sequence[subprocess.Popen[bytes]]) -> float:
+    total = 0.0
+    for p in procs:
+        try:
+            t = psutil.Process(p.pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
 # --- local: a subprocess pool ---------------------------------------------------------------
@@ -631,7 +646,7 @@ def _median(res: dict[str, Any], path: str, key: str) -> float:
 
 def _cells(name: str, res: dict[str, Any] | str) -> str:
     if isinstance(res, str):
-        return f"| {name} | {res} |" + " |" * 9
+        return f"| {name} | {res} |" + " |" * 10
 
     def pair(key: str, scale: float, fmt: str) -> str:
         e, c = (_median(res, p, key) * scale for p in ("engine", "computenet"))
@@ -644,7 +659,8 @@ def _cells(name: str, res: dict[str, Any] | str) -> str:
         f"| {ok} | {pair('jobs_per_s', 1, '.2f')} "
         f"| {pair('submit_to_start_p50_ms', 0.001, '.1f')} "
         f"| {pair('job_run_mean_s', 1, '.2f')} | {pair('slot_idle_per_job_ms', 1, '.0f')} "
-        f"| {res['overhead_at_equal_run_time_pct']:+.1f} % |"
+        f"| {res['overhead_at_equal_run_time_pct']:+.1f} % "
+        f"| {_median(res, 'computenet', 'computenet_cpu_s'):.1f} |"
     )
 
 
@@ -657,8 +673,8 @@ def table(res: dict[str, Any]) -> str:
         "| backend | engine wall (s) | computenet wall (s) | overhead | ≤ 10 %? "
         "| jobs/s (engine / computenet) | submit→start p50, s (e / c) "
         "| job run mean, s (e / c) | slot idle per job, ms (e / c) "
-        "| overhead at equal job run time |",
-        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "| overhead at equal job run time | computenet CPU, s |",
+        "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
         *(_cells(name, r) for name, r in res["backends"].items()),
         "",
         f"Command: `{res['command']}`. Each job: `python3 -c` summing squares, "
@@ -674,7 +690,8 @@ def table(res: dict[str, Any]) -> str:
         "time to the last job's end - the jobs' run time) / jobs: what each job costs in "
         "dispatch. The last column recomputes the overhead with both paths' jobs running "
         "equally fast, which removes other users' load on the jobs (and also the CPU that "
-        f"computenet's own processes take). Slurm agent: `-o poll={res['slurm_agent_poll_s']:g} -o queue={res['slurm_agent_queue']:g}`. "
+        "computenet's own processes take). computenet CPU: what the node and agent, and the "
+        f"engine commands the agent ran, used during the run. Slurm agent: `-o poll={res['slurm_agent_poll_s']:g} -o queue={res['slurm_agent_queue']:g}`. "
         f"Load average (1, 5, 15 min) at start {res['load_start']}, at end "
         f"{res['load_end']}: the 2-core machine is shared, so the numbers are noisy.",
         "",

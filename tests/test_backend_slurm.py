@@ -393,7 +393,7 @@ def test_resources_translate_to_sbatch_options(tmp_path: Path) -> None:
         "--time=2",
         "--partition=gpu",
         "--comment=cnet:j-abc#2",
-        "--export=NONE",
+        "--export=ALL",
         f"--chdir={tmp_path}",
         f"--output={tmp_path}/stdout",
         f"--error={tmp_path}/stderr",
@@ -401,6 +401,7 @@ def test_resources_translate_to_sbatch_options(tmp_path: Path) -> None:
         assert expected in args
     plain = sbatch_args(_task(tmp_path))
     assert not [a for a in plain if a.startswith(("--mem", "--gres", "--time", "--partition"))]
+    assert "--export=NONE" in sbatch_args(_task(tmp_path), login_env=True)
 
 
 def test_batch_script_execs_the_exact_argv(tmp_path: Path) -> None:

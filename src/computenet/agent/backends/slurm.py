@@ -153,7 +153,9 @@ class SlurmBackend(Backend):
     where the Slurm commands are (default: ``$PATH``); ``account`` and ``qos`` for sbatch;
     ``poll``, seconds between squeue calls; ``timeout``, seconds any one command may take;
     ``queue``, how much work beyond the partition's size to keep waiting in Slurm's own
-    queue, as a multiple of it (default 2).
+    queue, as a multiple of it (default 2); ``login_env``, ``true`` to start each job in
+    the Slurm user's login environment (``--export=NONE``), which has slurmd run a login
+    shell first and so adds a fraction of a second to every job's start.
     """
 
     name = "slurm"
@@ -171,8 +173,10 @@ class SlurmBackend(Backend):
         poll: float | str = 1.0,
         timeout: float | str = 30.0,
         queue: float | str = 2.0,
+        login_env: bool | str = False,
     ) -> None:
         self.queue_factor = max(0.0, float(queue))
+        self.login_env = _flag("login_env", login_env)
         self.partition = partition
         self.account = account
         self.qos = qos
@@ -199,7 +203,9 @@ class SlurmBackend(Backend):
         """Runs one Slurm command. Queries get epoch times; sbatch does not, because the
         SLURM_* variables it sees are handed on to the job."""
         env = dict(self.env)
-        if command != "sbatch":
+        if command == "sbatch":
+            env.pop("LC_ALL", None)  # handed on to the job, whose locale it is not
+        else:
             env["SLURM_TIME_FORMAT"] = "%s"
         proc = await asyncio.create_subprocess_exec(
             self._binary(command),
@@ -339,7 +345,7 @@ class SlurmBackend(Backend):
         try:
             out = await self._run(
                 "sbatch",
-                *sbatch_args(task, self.partition, self.account, self.qos),
+                *sbatch_args(task, self.partition, self.account, self.qos, self.login_env),
                 str(script),
                 cwd=task.workdir,
             )
@@ -576,10 +582,14 @@ def comment(task: Task) -> str:
     return f"cnet:{task.key}"
 
 
-def sbatch_args(task: Task, partition: str = "", account: str = "", qos: str = "") -> list[str]:
+def sbatch_args(
+    task: Task, partition: str = "", account: str = "", qos: str = "", login_env: bool = False
+) -> list[str]:
     """One task on one node: Slurm counts whole CPUs and MiB, and time in whole minutes.
 
-    The node requeues failed work itself, so Slurm must not requeue behind its back.
+    The node requeues failed work itself, so Slurm must not requeue behind its back. The
+    job gets sbatch's own environment, which the agent keeps to a few plain variables
+    (``command_env``), and the script's exports on top.
     """
     req = task.spec.resources
     args = [
@@ -590,7 +600,7 @@ def sbatch_args(task: Task, partition: str = "", account: str = "", qos: str = "
         f"--output={_literal_path(task.stdout)}",
         f"--error={_literal_path(task.stderr)}",
         "--open-mode=append",
-        "--export=NONE",
+        "--export=NONE" if login_env else "--export=ALL",
         "--no-requeue",
         "--nodes=1",
         "--ntasks=1",
@@ -673,6 +683,16 @@ def job_environment(task: Task) -> dict[str, str]:
         for k, v in task.env.items()
         if ENV_NAME.match(k) and (k not in SLURM_BOUND_ENV or k in task.spec.env)
     }
+
+
+def _flag(name: str, value: bool | str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"option {name} takes true or false, not {value!r}")
 
 
 def _literal_path(path: Path) -> str:
