@@ -21,7 +21,7 @@ from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DataLocality
 from conftest import PYTHON, Network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def pool_config(tmp: Path, name: str) -> Path:

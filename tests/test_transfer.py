@@ -22,7 +22,7 @@ from computenet.transfer.manifest import CHUNK
 from computenet.transfer.wire import TransferError
 from conftest import PYTHON, Network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 
 def root_of(net: Network, name: str = "alpha") -> Path:
