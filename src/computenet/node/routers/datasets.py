@@ -29,7 +29,7 @@ from computenet.model.dataset import (
 )
 from computenet.model.transfer import Direction, TransferRequest
 from computenet.node.auth import Principal, node_of, principal, signed_pool
-from computenet.node.errors import Conflict, Forbidden, Invalid
+from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
 from computenet.node.routers.transfers import issue
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as store
@@ -171,8 +171,11 @@ async def staging(
             plan.keep = f"/datasets/{v.name}/{v.version}"
         return plan
     if ref.version is not None:
-        exists = {v.version for v in (await node.reading(store.list_all)) if v.name == ref.name}
-        if ref.version in exists:
+        try:
+            await node.reading(store.resolve, ref)
+        except NotFound:
+            pass  # a version not yet published: the output may become it
+        else:
             raise Conflict(f"{ref} exists; versions never change", field="uri")
     return StagingPlan(uri=uri, local=f"/datasets/{ref.name}/{ref.version or job.id}")
 
