@@ -66,14 +66,16 @@ echo "== a job with --gpus 1"
 "$PY" -m computenet.cli.main node serve --port "$PORT" --log-level warning >"$CNET_HOME/node.log" 2>&1 &
 node=$!
 for _ in $(seq 1 100); do curl -sf "$URL/healthz" >/dev/null && break; sleep 0.2; done
+kill -0 $node 2>/dev/null || { echo "the node did not start:"; tail -5 "$CNET_HOME/node.log"; exit 1; }
 export CNET_URL=$URL CNET_TOKEN=$("$PY" -c "import json,sys; print(next(iter(json.load(open(sys.argv[1])).values())))" "$CNET_HOME/config/credentials.json")
 "$PY" -m computenet.cli.main agent run --node "$URL" --token "$CNET_TOKEN" --pool gpu --heartbeat 1 >"$CNET_HOME/agent.log" 2>&1 &
 agent=$!
 trap 'kill $agent $node 2>/dev/null; wait 2>/dev/null' EXIT
 for _ in $(seq 1 300); do
+  kill -0 $agent 2>/dev/null || { echo "the agent stopped:"; tail -5 "$CNET_HOME/agent.log"; exit 1; }
   "$PY" -m computenet.cli.main resources 2>/dev/null | grep -q online && break; sleep 0.5
 done
-out=$("$PY" -m computenet.cli.main run --gpus 1 -- python3 -c '
+out=$(timeout 180 "$PY" -m computenet.cli.main run --gpus 1 -- python3 -c '
 import os, json
 env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CNET_VENDOR", "CNET_DEVICES")}
 try:

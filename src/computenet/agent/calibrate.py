@@ -150,7 +150,9 @@ def _matmul_tflops(
 
     The order grows from 512 until one product takes a tenth of the budget, so that small
     machines are not stuck in one huge product and large ones are not timed on a size too
-    small to keep their cores busy; the first product at each order is the warm-up.
+    small to keep their cores busy. The first product at each order is an untimed warm-up:
+    on a GPU the very first one pays for the library's start, which would otherwise stop the
+    growth at the smallest order, where launch latency hides the chip's throughput.
     """
     deadline = time.perf_counter() + budget
     target = budget / 10
@@ -158,6 +160,7 @@ def _matmul_tflops(
     n = min(_FIRST_ORDER, n_max)
     while True:
         a, b, c = make(n)
+        matmul(a, b, c)  # warm-up: page faults, a GPU library's start, kernel choice
         sync()
         t = time.perf_counter()
         matmul(a, b, c)
@@ -165,7 +168,7 @@ def _matmul_tflops(
         took = max(time.perf_counter() - t, 1e-9)
         if took >= target / 2 or n >= n_max:
             break
-        rate = 2.0 * n**3 / took  # an underestimate: the first product pays for page faults
+        rate = 2.0 * n**3 / took
         want = _round_order((rate * target / 2.0) ** (1 / 3), down=False)
         n = min(n_max, 2 * n, max(n + _ORDER_STEP, want))
         del a, b, c
