@@ -36,11 +36,13 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	bash bench/peers/install_slurm.sh
+	bash bench/peers/install_transfer.sh
 	$(BIN)/python bench/jobs.py
 	$(BIN)/python bench/discovery.py
 	$(BIN)/python bench/resolve.py
 	$(BIN)/python bench/functions.py
 	$(BIN)/python bench/backends.py
+	$(BIN)/python bench/transfer.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -95,6 +95,23 @@ def test_a_file_goes_to_the_pool_and_back_bit_for_bit(
     assert not list((root_of(shared) / "in").glob(".*"))  # no partial file left behind
 
 
+def test_tls_streams_carry_a_file_and_a_tree_both_ways(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "tls" / "big.bin"
+    make_tree(tmp_path / "tls", 40, 20_000)
+    src.write_bytes(os.urandom(2 * CHUNK + 777))
+    up = result(cp(shared, "--tls", "--streams", "3", str(tmp_path / "tls"), f"{pool}:/tls"))
+    assert up.streams == 3 and up.counters.retries == 0
+    same_tree(tmp_path / "tls", root_of(shared) / "tls")
+    down = result(cp(shared, "--tls", f"{pool}:/tls", str(tmp_path / "tls-back")))
+    assert down.tree_hash == up.tree_hash
+    same_tree(tmp_path / "tls", tmp_path / "tls-back")
+    bad = result(cp(shared, "--tls", str(src), f"{pool}:/tls/again.bin", faults="corrupt:chunk=2"))
+    assert bad.counters.faults >= 1 and bad.counters.retries >= 1
+    assert (root_of(shared) / "tls" / "again.bin").read_bytes() == src.read_bytes()
+
+
 def test_a_tree_goes_both_ways_through_the_sdk(shared: Network, pool: str, tmp_path: Path) -> None:
     src = tmp_path / "tree"
     make_tree(src, 300, 10_000)

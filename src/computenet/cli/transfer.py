@@ -64,7 +64,7 @@ def cp(
         SyncLevel, typer.Option(help="leave a file at the destination that matches by this")
     ] = SyncLevel.none,
     verify: Annotated[
-        bool, typer.Option(help="read each file back before it is put in place")
+        bool, typer.Option(help="check every chunk's BLAKE3 hash as it lands")
     ] = True,
     deadline: Annotated[
         str | None, typer.Option(help="give up after this long, e.g. 10m (resume later)")

@@ -297,7 +297,7 @@ def _log_line(line: str) -> dict[str, Any] | None:
 
 class CopyOptions(TypedDict, total=False):
     """``copy``'s options: streams (default: by size), sync (none, exists, size, mtime,
-    checksum), verify (read back before rename; on), deadline (seconds), tls (default: as
+    checksum), verify (check each chunk's hash as it lands; on), deadline (seconds), tls (default: as
     the pool advises), watcher (told the total, then each verified chunk)."""
 
     streams: int | None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -23,15 +24,17 @@ from computenet.model.transfer import (
     TransferGrant,
     TransferResult,
 )
-from computenet.transfer import tls, wire
+from computenet.transfer import sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import CHUNK, build
 from computenet.transfer.paths import confine
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
+from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import Kind, TransferError
 
 MAX_STREAMS = 64
+CONNECT_TIMEOUT = 30.0
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Destination = Callable[[int, bool], Awaitable[TransferGrant]]  # (bytes, a single file?)
 
@@ -69,9 +72,11 @@ class _Link:
         self.id = secrets.token_hex(8)
         self.tls = grant.endpoint.tls if options.tls is None else options.tls
         self.conns: list[Conn] = []
+        self.socks: list[Sock] = []
         self.welcome: dict[str, Any] = {}  # what the server said on accepting the control
 
     async def open(self, role: str) -> Conn:
+        """The control (or relay) connection, on the event loop."""
         ep = self.grant.endpoint
         try:
             reader, writer = await asyncio.open_connection(
@@ -88,27 +93,65 @@ class _Link:
             await wire.expect(reader, Kind.OK)
             await writer.start_tls(tls.client_context())
             tls.pinned(writer.get_extra_info("ssl_object"), ep.fingerprint)
-        hello = {
+        wire.send_json(writer, Kind.HELLO, self.hello(role))
+        await writer.drain()
+        _, self.welcome = await wire.expect(reader, Kind.OK)
+        return reader, writer
+
+    def connect(self) -> Sock:
+        """A data connection, admitted and ready: blocking, for a thread of its own."""
+        ep = self.grant.endpoint
+        try:
+            sock = socket.create_connection((ep.host, ep.port), timeout=CONNECT_TIMEOUT)
+        except OSError as e:
+            raise TransferError(
+                f"cannot reach the pool's data server at {ep.host}:{ep.port}: {e}"
+            ) from e
+        sock.settimeout(None)
+        sockets.tune(sock)
+        self.socks.append(sock)
+        if self.tls:
+            sockets.send_json(sock, Kind.HELLO, {"starttls": True, "role": "data"})
+            sockets.expect(sock, Kind.OK)
+            sock = tls.client_context().wrap_socket(sock)
+            self.socks.append(sock)
+            tls.pinned(sock, ep.fingerprint)
+        sockets.send_json(sock, Kind.HELLO, self.hello("data"))
+        sockets.expect(sock, Kind.OK)
+        return sock
+
+    async def open_many(self, n: int) -> list[Sock]:
+        return list(await asyncio.gather(*(sockets.in_thread(self.connect) for _ in range(n))))
+
+    def hello(self, role: str) -> dict[str, Any]:
+        return {
             "ticket": self.grant.ticket.model_dump(mode="json"),
             "direction": self.direction.value,
             "path": self.grant.path,
             "transfer": self.id,
             "role": role,
         }
-        wire.send_json(writer, Kind.HELLO, hello)
-        await writer.drain()
-        _, welcome = await wire.expect(reader, Kind.OK)
-        if role != "data":
-            self.welcome = welcome
-        return reader, writer
-
-    async def open_many(self, n: int) -> list[Conn]:
-        return list(await asyncio.gather(*(self.open("data") for _ in range(n))))
 
     def close(self) -> None:
         for _, w in self.conns:
             with contextlib.suppress(Exception):
                 w.close()
+        for sock in self.socks:
+            sockets.shut(sock)
+
+
+def _advance(w: Watcher | None) -> Callable[[int], None] | None:
+    """The watcher's ``advance``, called on the event loop's thread: streams run on threads
+    of their own, and a progress bar or a relay's teller is not thread-safe."""
+    if w is None:
+        return None
+    loop = asyncio.get_running_loop()
+
+    def advance(n: int) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed
+            loop.call_soon_threadsafe(w.advance, n)
+
+    return advance
 
 
 async def _bounded(options: Options, what: Any) -> TransferResult:
@@ -160,7 +203,11 @@ async def _put(grant: TransferGrant, source: Path, options: Options) -> Transfer
     counters = TransferCounters()
     try:
         reader, writer = await link.open("control")
-        body = {"manifest": m.model_dump(mode="json"), "sync": options.sync.value}
+        body = {
+            "manifest": m.model_dump(mode="json"),
+            "sync": options.sync.value,
+            "verify": options.verify,
+        }
         wire.send_json(writer, Kind.MANIFEST, body)
         await writer.drain()
         _, plan = await wire.expect(reader, Kind.NEED)
@@ -171,23 +218,18 @@ async def _put(grant: TransferGrant, source: Path, options: Options) -> Transfer
             m.files[i].size for i in skipped
         )
         w = options.watcher
-        sender = Sender(
-            m, src.paths, plan["need"], counters, w.advance if w else None, options.faults
-        )
+        sender = Sender(m, src.paths, plan["need"], counters, _advance(w), options.faults)
         if w is not None:
             w.start(m.total_bytes - counters.bytes_skipped)
         streams = 0
         if sender.remaining:
             todo = sum(sender.length(f, c) for f, c in sender.pending)
             streams = min(MAX_STREAMS, options.streams or streams_for(todo))
-            conns = await link.open_many(streams)
-            tasks = [asyncio.create_task(sender.stream(r, w_)) for r, w_ in conns]
-            await sender.done.wait()
-            sender.notify()
-            await asyncio.gather(*tasks)
+            socks = await link.open_many(streams)
+            await asyncio.gather(*(sockets.in_thread(sender.stream, s_) for s_ in socks))
             if sender.error is not None:
                 raise sender.error
-        wire.send_json(writer, Kind.COMMIT, {"verify": options.verify})
+        wire.send(writer, Kind.COMMIT)
         await writer.drain()
         _, done = await wire.expect(reader, Kind.DONE)
         counters.files = int(done.get("files", 0))
@@ -221,7 +263,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             dirs = [confine(dest, d) for d in m.dirs]
         w = options.watcher
         receiver = Receiver(
-            m, finals, dirs, options.sync, counters, w.advance if w else None, options.faults
+            m, finals, dirs, options.sync, counters, _advance(w), options.faults, options.verify
         )
         try:
             plan = await asyncio.to_thread(receiver.plan)
@@ -238,9 +280,9 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             streams = 0
             if todo or any(plan.need):
                 streams = min(MAX_STREAMS, options.streams or streams_for(todo))
-                conns = await link.open_many(streams)
-                await asyncio.gather(*(receiver.stream(r, w_) for r, w_ in conns))
-            await asyncio.to_thread(receiver.commit, options.verify)
+                socks = await link.open_many(streams)
+                await asyncio.gather(*(sockets.in_thread(receiver.stream, s_) for s_ in socks))
+            await asyncio.to_thread(receiver.commit)
         finally:
             receiver.close()
         wire.send(writer, Kind.DONE)

@@ -6,6 +6,7 @@ agree on it hold the same tree, bit for bit, without comparing file by file.
 
 from __future__ import annotations
 
+import mmap
 import os
 import stat
 from dataclasses import dataclass
@@ -31,21 +32,34 @@ def digest(data: bytes | memoryview) -> str:
 
 def hash_chunks(path: Path, size: int, chunk: int, limit: int | None = None) -> list[str]:
     """The first ``limit`` (default: all) chunk hashes of ``size`` bytes of ``path``."""
-    n = chunks_of(size, chunk) if limit is None else min(limit, chunks_of(size, chunk))
-    buf = bytearray(min(chunk, size) or 1)
-    out = []
     fd = open_read(path)
     try:
-        for i in range(n):
-            want = min(chunk, size - i * chunk)
-            view = memoryview(buf)[:want]
-            got = os.preadv(fd, [view], i * chunk)
-            if got < want:
-                break  # shorter than it was: the hashes so far still stand
-            out.append(digest(view))
+        return hash_fd(fd, size, chunk, limit)
     finally:
         os.close(fd)
+
+
+def hash_fd(fd: int, size: int, chunk: int, limit: int | None = None) -> list[str]:
+    n = chunks_of(size, chunk) if limit is None else min(limit, chunks_of(size, chunk))
+    out = []
+    for i in range(n):
+        h = digest_at(fd, i * chunk, min(chunk, size - i * chunk))
+        if h is None:
+            break  # shorter than it was: the hashes so far still stand
+        out.append(h)
     return out
+
+
+def digest_at(fd: int, offset: int, n: int) -> str | None:
+    """The hash of ``n`` bytes at ``offset`` (page-aligned) of an open file, read through
+    a mapping of the page cache rather than copied out; None where the file is shorter."""
+    if n < _PARALLEL:
+        data = os.pread(fd, n, offset)
+        return digest(data) if len(data) == n else None
+    if os.fstat(fd).st_size < offset + n:
+        return None
+    with mmap.mmap(fd, n, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset) as m:
+        return digest(m)  # type: ignore[arg-type]
 
 
 def tree_hash(files: list[ManifestEntry], dirs: list[str]) -> str:

@@ -9,22 +9,26 @@ are not asked for again.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
+import queue
+import ssl
+import stat
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, TransferCounters
-from computenet.transfer import wire
+from computenet.transfer import sockets, wire
 from computenet.transfer.faults import Faults
-from computenet.transfer.manifest import digest, hash_chunks
+from computenet.transfer.manifest import digest, digest_at, hash_chunks
 from computenet.transfer.paths import open_part, part_of
+from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
 
 Progress = Callable[[int], None]
+SPLICE_MIN = 1 << 20  # smaller chunks are received into memory and written
 
 
 @dataclass
@@ -71,12 +75,14 @@ class Receiver:
     counters: TransferCounters = field(default_factory=TransferCounters)
     progress: Progress | None = None
     faults: Faults | None = None
+    verify: bool = True
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._fds: dict[int, int] = {}
         self._left: dict[int, set[int]] = {}
         self._skip: set[int] = set()
+        self._busy: set[tuple[int, int]] = set()
         self._arrived = 0
 
     @property
@@ -88,6 +94,7 @@ class Receiver:
         partial file already holds are not asked for."""
         chunk = self.manifest.chunk_size
         plan = Plan([], [])
+        made: set[Path] = set()
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
             if final.is_dir():
                 raise TransferError(f"{final} is a directory; a file cannot replace it")
@@ -98,17 +105,10 @@ class Receiver:
                 self.counters.files_skipped += 1
                 self.counters.bytes_skipped += e.size
                 continue
-            final.parent.mkdir(parents=True, exist_ok=True)
-            part = part_of(final)
-            have: set[int] = set()
-            if part.is_file() and not part.is_symlink():
-                got = hash_chunks(part, min(part.stat().st_size, e.size), chunk)
-                have = {j for j, h in enumerate(got) if h == e.chunks[j]}
-            fd = open_part(part)
-            try:
-                os.ftruncate(fd, e.size)
-            finally:
-                os.close(fd)
+            if final.parent not in made:
+                final.parent.mkdir(parents=True, exist_ok=True)
+                made.add(final.parent)
+            have = self._resumable(part_of(final), e)
             need = [j for j in range(len(e.chunks)) if j not in have]
             plan.need.append(need)
             self._left[i] = set(need)
@@ -118,71 +118,193 @@ class Receiver:
         self.counters.bytes_skipped += plan.present_bytes
         return plan
 
+    def _resumable(self, part: Path, e: ManifestEntry) -> set[int]:
+        """The chunks a partial file left by an earlier try already holds. A file with no
+        partial gets one when its first chunk lands."""
+        try:
+            st = part.lstat()
+        except FileNotFoundError:
+            return set()
+        if not stat.S_ISREG(st.st_mode):
+            return set()  # opening it (O_NOFOLLOW) refuses it later
+        got = hash_chunks(part, min(st.st_size, e.size), self.manifest.chunk_size)
+        if st.st_size > e.size:
+            os.truncate(part, e.size)
+        return {j for j, h in enumerate(got) if h == e.chunks[j]}
+
     def accept(self, f: int, c: int, data: bytes | memoryview) -> wire.Status:
+        """A chunk received into memory (the TLS path): checked, then written."""
+        fd = self._claim(f, c)
+        if fd is None:
+            return wire.Status.UNKNOWN
+        ok = False
+        try:
+            data = self._tamper(data)
+            if self.verify and digest(data) != self.manifest.files[f].chunks[c]:
+                return self._bad()
+            os.pwrite(fd, data, c * self.manifest.chunk_size)
+            ok = True
+        finally:
+            self._settle(f, c, len(data), ok)
+        return wire.Status.OK
+
+    def check(self, f: int, c: int, n: int) -> wire.Status:
+        """A chunk already spliced into the partial file: checked from the file's own
+        pages, so what is verified is what a reader will get."""
+        ok = False
+        try:
+            offset = c * self.manifest.chunk_size
+            if self.faults is not None and self._tamper(b"\0") != b"\0":
+                os.pwrite(self._fds[f], b"\xff", offset)  # as a bad wire would have
+            if (
+                self.verify
+                and digest_at(self._fds[f], offset, n) != self.manifest.files[f].chunks[c]
+            ):
+                return self._bad()
+            ok = True
+        finally:
+            self._settle(f, c, n, ok)
+        return wire.Status.OK
+
+    def _claim(self, f: int, c: int) -> int | None:
+        """The partial file's descriptor, once this stream holds chunk ``c``: a chunk that
+        another stream is still writing (a resend after a lost stream) is not taken."""
         left = self._left.get(f)
         if left is None or c >= len(self.manifest.files[f].chunks):
-            return wire.Status.UNKNOWN
-        if self.faults is not None:
-            with self._lock:
-                self._arrived += 1
-                ordinal = self._arrived
-            data = self.faults.tamper(ordinal, bytes(data))
-        if digest(data) != self.manifest.files[f].chunks[c]:
-            with self._lock:
-                self.counters.faults += 1
-                self.counters.retries += 1  # the sender puts it back in its queue
-            return wire.Status.BAD_HASH
+            return None
         with self._lock:
+            if (f, c) in self._busy or c not in left:
+                return None
+            self._busy.add((f, c))
             fd = self._fds.get(f)
             if fd is None:
                 fd = self._fds[f] = open_part(part_of(self.finals[f]))
-        os.pwrite(fd, data, c * self.manifest.chunk_size)
+            return fd
+
+    def _settle(self, f: int, c: int, n: int, ok: bool) -> None:
         with self._lock:
-            if c in left:
+            self._busy.discard((f, c))
+            left = self._left[f]
+            if ok and c in left:
                 left.discard(c)
                 self.counters.chunks += 1
-                self.counters.bytes += len(data)
-            if not left:
-                os.close(self._fds.pop(f))
-        if self.progress is not None:
-            self.progress(len(data))
-        if self.faults is not None:
-            self.faults.verified()
-        return wire.Status.OK
+                self.counters.bytes += n
+                if not left:
+                    os.close(self._fds.pop(f))
+        if ok:
+            if self.progress is not None:
+                self.progress(n)
+            if self.faults is not None:
+                self.faults.verified()
 
-    async def stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One data stream: chunks in, an ACK for each, until the sender closes it."""
-        while True:
+    def _bad(self) -> wire.Status:
+        with self._lock:
+            self.counters.faults += 1
+            self.counters.retries += 1  # the sender puts it back in its queue
+        return wire.Status.BAD_HASH
+
+    def _tamper(self, data: bytes | memoryview) -> bytes | memoryview:
+        if self.faults is None or self.faults.corrupt_at is None:
+            return data
+        with self._lock:
+            self._arrived += 1
+            ordinal = self._arrived
+        return self.faults.tamper(ordinal, bytes(data))
+
+    def stream(self, sock: Sock) -> None:
+        """One data stream, on a thread of its own: chunks in, an ACK for each, until the
+        sender closes it. On a plain socket each chunk is spliced from the socket into
+        the partial file without passing through this process, and another thread hashes
+        it from the page cache while the next one arrives. Over TLS the bytes must be
+        decrypted here: received into a buffer, checked, written, on one thread, since
+        an SSL connection must not be used from two at once."""
+        if isinstance(sock, ssl.SSLSocket) or not sockets.SPLICE:
+            buf = bytearray(self.manifest.chunk_size)
+            while (head := self._head(sock)) is not None:
+                f, c, n = head
+                if n and not sockets.recv_exact(sock, memoryview(buf)[:n]):
+                    raise ConnectionResetError("the sender closed the stream inside a chunk")
+                self._ack(sock, f, c, self.accept(f, c, memoryview(buf)[:n]))
+            return
+        work: queue.SimpleQueue[tuple[int, int, int, wire.Status | None] | None]
+        work = queue.SimpleQueue()
+        failed: list[BaseException] = []
+        small = memoryview(bytearray(min(SPLICE_MIN, self.manifest.chunk_size)))
+
+        def worker() -> None:
             try:
-                kind, payload = await wire.read_frame(reader)
-            except asyncio.IncompleteReadError:
-                return
-            if kind is not wire.Kind.DATA or len(payload) < wire.DATA.size:
-                raise wire.WireError(f"expected DATA on a data stream, got {kind.name}")
-            f, c = wire.DATA.unpack_from(payload)
-            data = memoryview(payload)[wire.DATA.size :]
-            status = await asyncio.to_thread(self.accept, f, c, data)
-            wire.send(writer, wire.Kind.ACK, wire.ACK.pack(f, c, status))
-            await writer.drain()
+                while (item := work.get()) is not None:
+                    f, c, n, status = item
+                    self._ack(sock, f, c, self.check(f, c, n) if status is None else status)
+            except BaseException as e:
+                failed.append(e)
+                sockets.shut(sock)
 
-    def commit(self, verify: bool = True) -> None:
-        """Renames each finished file into place (atomically, one by one), after reading
-        it back when ``verify`` is on."""
+        t = threading.Thread(target=worker, name="cnet-verify", daemon=True)
+        t.start()
+        pipe = sockets.Pipe()
+        try:
+            while not failed and (head := self._head(sock)) is not None:
+                f, c, n = head
+                if n < SPLICE_MIN:  # a syscall or two: cheaper than splicing
+                    if n and not sockets.recv_exact(sock, small[:n]):
+                        raise ConnectionResetError("the sender closed the stream inside a chunk")
+                    work.put((f, c, n, self.accept(f, c, small[:n])))
+                    continue
+                fd = self._claim(f, c)
+                if fd is None:
+                    pipe.discard(sock, n)
+                    work.put((f, c, n, wire.Status.UNKNOWN))
+                    continue
+                try:
+                    pipe.splice(sock, fd, c * self.manifest.chunk_size, n)
+                except BaseException:
+                    self._settle(f, c, n, False)
+                    raise
+                work.put((f, c, n, None))
+        except OSError:
+            if not failed:
+                raise
+        finally:
+            pipe.close()
+            work.put(None)
+            t.join()
+        if failed:
+            raise failed[0]
+
+    def _head(self, sock: Sock) -> tuple[int, int, int] | None:
+        """The next DATA frame's header: (file, chunk, length), or None at the end."""
+        head = bytearray(wire.HEADER.size + wire.DATA.size)
+        if not sockets.recv_exact(sock, memoryview(head)):
+            return None
+        kind, length = wire.parse_header(head)
+        n = length - wire.DATA.size
+        if kind is not wire.Kind.DATA or n < 0:
+            raise wire.WireError(f"expected DATA on a data stream, got {kind.name}")
+        if n > self.manifest.chunk_size:
+            raise wire.WireError(f"a chunk of {n} bytes is larger than the manifest's chunks")
+        f, c = wire.DATA.unpack_from(head, wire.HEADER.size)
+        return f, c, n
+
+    @staticmethod
+    def _ack(sock: Sock, f: int, c: int, status: wire.Status) -> None:
+        sockets.send(sock, wire.Kind.ACK, wire.ACK.pack(f, c, status))
+
+    def commit(self) -> None:
+        """Renames each finished file into place (atomically, one by one). With verify on,
+        each chunk was checked against the sender's hash as it landed, so nothing is read
+        back here."""
         if not self.complete:
             missing = sum(len(x) for x in self.files_left().values())
             raise TransferError(f"{missing} chunks are still missing; run the copy again")
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
-        chunk = self.manifest.chunk_size
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
             if i in self._skip:
                 continue
             part = part_of(final)
             if not e.chunks:
                 os.close(open_part(part))
-            if verify and hash_chunks(part, e.size, chunk) != e.chunks:
-                part.unlink(missing_ok=True)
-                raise TransferError(f"{final} did not read back as sent; it was removed")
             os.chmod(part, e.mode & 0o7777)
             os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(part, final)

@@ -1,34 +1,37 @@
 """The sending end, the same in the client (put) and on the data server (get).
 
 Chunks wait in one queue that every stream draws from, so a slow stream never holds the
-others back. Each stream keeps a window of chunks in flight and reads the receiver's
-ACKs as they come: 10,000 small files cost 10,000 frames, not 10,000 round trips. A
-chunk the receiver refuses goes back to the front of the queue; a stream that breaks
-hands its chunks to the streams left. Without TLS a chunk of at least ``SMALL`` bytes
-goes from the file to the socket by ``sendfile``.
+others back. Each stream is a blocking socket on a thread of its own; it keeps a window of
+chunks in flight and reads the receiver's ACKs as they come: 10,000 small files cost
+10,000 frames, not 10,000 round trips. A chunk the receiver refuses goes back to the
+front of the queue; a stream that breaks hands its chunks to the streams left. Without TLS
+a chunk of at least ``SMALL`` bytes goes from the file to the socket by ``sendfile``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import os
+import socket
+import ssl
+import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
 from computenet.model.transfer import Manifest, TransferCounters
-from computenet.transfer import wire
+from computenet.transfer import sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.paths import open_read
 from computenet.transfer.receiver import Progress
+from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
 
 WINDOW = 128
 WINDOW_BYTES = 32 << 20
 SMALL = 1 << 20
 MAX_ATTEMPTS = 5
+WAIT = 0.5  # seconds between looks at the shared state while waiting
 
 
 @dataclass
@@ -48,9 +51,9 @@ class Sender:
         self.error: Exception | None = None
         self.streams = 0
         self._attempts: Counter[tuple[int, int]] = Counter()
-        self._wakes: set[asyncio.Event] = set()
+        self._cv = threading.Condition()
         self._sent = 0
-        self.done = asyncio.Event()
+        self.done = threading.Event()
         if not self.remaining:
             self.done.set()
 
@@ -58,108 +61,120 @@ class Sender:
         size, chunk = self.manifest.files[f].size, self.manifest.chunk_size
         return min(chunk, size - c * chunk)
 
-    def notify(self) -> None:
-        for w in self._wakes:
-            w.set()
+    @property
+    def finished(self) -> bool:
+        return self.remaining == 0 or self.error is not None
 
-    async def stream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """Sends from the shared queue until every chunk is acknowledged."""
+    def stream(self, sock: Sock) -> None:
+        """Sends from the shared queue until every chunk is acknowledged; blocking, on a
+        thread of its own. ACKs are read between chunks on the same thread, so a TLS
+        connection is never used from two threads."""
         inflight: dict[tuple[int, int], int] = {}
-        wake = asyncio.Event()
-        self._wakes.add(wake)
-        self.streams += 1
-        acks = asyncio.create_task(self._acks(reader, inflight))
         files = _Files(self.sources)
+        with self._cv:
+            self.streams += 1
         try:
             while True:
-                wake.clear()
-                if self.remaining == 0 or self.error is not None:
-                    break
-                if acks.done():
-                    acks.result()
-                    raise ConnectionResetError("the receiver closed the stream")
-                if (
-                    self.pending
-                    and len(inflight) < WINDOW
-                    and sum(inflight.values()) < WINDOW_BYTES
-                ):
-                    key = self.pending.popleft()
-                    inflight[key] = self.length(*key)
-                    await self._send(writer, key, inflight[key], files)
+                while sockets.readable(sock, 0):
+                    self._ack(sock, inflight)
+                key = self._take(inflight)
+                if key is not None:
+                    self._send(sock, key, inflight[key], files)
                     continue
-                waiter = asyncio.ensure_future(wake.wait())
-                await asyncio.wait([acks, waiter], return_when=asyncio.FIRST_COMPLETED)
-                waiter.cancel()
-        except (OSError, asyncio.IncompleteReadError, wire.WireError, wire.Refused) as e:
+                if self.finished:
+                    break
+                if inflight:
+                    if sockets.readable(sock, WAIT):
+                        self._ack(sock, inflight)
+                else:
+                    with self._cv:
+                        if not self.finished and not self.pending:
+                            self._cv.wait(WAIT)
+        except (OSError, wire.WireError, wire.Refused) as e:
             self._lost(inflight, e)
         finally:
-            self._wakes.discard(wake)
-            acks.cancel()
             files.close()
-            with contextlib.suppress(Exception):
-                writer.close()
-            self.streams -= 1
-            if self.streams == 0 and self.remaining and self.error is None:
-                self.error = TransferError("every stream was lost before the transfer finished")
-                self.done.set()
+            sockets.shut(sock)
+            with self._cv:
+                self.streams -= 1
+                if self.streams == 0 and self.remaining and self.error is None:
+                    self.error = TransferError("every stream was lost before the transfer finished")
+                    self.done.set()
+                self._cv.notify_all()
+
+    def _take(self, inflight: dict[tuple[int, int], int]) -> tuple[int, int] | None:
+        with self._cv:
+            if (
+                self.error is None
+                and self.pending
+                and len(inflight) < WINDOW
+                and sum(inflight.values()) < WINDOW_BYTES
+            ):
+                key = self.pending.popleft()
+                inflight[key] = self.length(*key)
+                self._sent += 1
+                return key
+        return None
 
     def _lost(self, inflight: dict[tuple[int, int], int], why: Exception) -> None:
         """A broken stream: what it had in flight goes to the streams that are left."""
-        self.counters.faults += 1
-        self.counters.retries += len(inflight)
-        self.pending.extendleft(inflight)
-        inflight.clear()
-        if isinstance(why, wire.Refused):
-            self.error = TransferError(str(why))
-            self.done.set()
-        self.notify()
+        with self._cv:
+            self.counters.faults += 1
+            self.counters.retries += len(inflight)
+            self.pending.extendleft(inflight)
+            inflight.clear()
+            if isinstance(why, wire.Refused):
+                self.error = TransferError(str(why))
+                self.done.set()
+            self._cv.notify_all()
 
-    async def _send(
-        self, writer: asyncio.StreamWriter, key: tuple[int, int], n: int, files: _Files
-    ) -> None:
+    def _send(self, sock: Sock, key: tuple[int, int], n: int, files: _Files) -> None:
         f, c = key
         offset = c * self.manifest.chunk_size
         head = wire.header(wire.Kind.DATA, wire.DATA.size + n) + wire.DATA.pack(f, c)
-        self._sent += 1
-        tamper = self.faults is not None and self.faults.corrupt_at == self._sent
-        tls = writer.get_extra_info("sslcontext") is not None
-        if n < SMALL or tamper or tls:
+        with self._cv:
+            ordinal = self._sent
+        tamper = self.faults is not None and self.faults.corrupt_at == ordinal
+        if n < SMALL or tamper or isinstance(sock, ssl.SSLSocket):
             data = os.pread(files.fd(f), n, offset)
             if len(data) < n:
                 raise TransferError(f"{self.sources[f]} shrank while it was being sent")
             if tamper and self.faults is not None:
-                data = self.faults.tamper(self._sent, data)
-            writer.write(head + data if n < SMALL else head)
-            if n >= SMALL:
-                writer.write(data)
-            await writer.drain()
+                data = self.faults.tamper(ordinal, data)
+            if n < SMALL:
+                sock.sendall(head + data)
+            else:
+                sock.sendall(head)
+                sock.sendall(data)
             return
-        writer.write(head)
-        await writer.drain()
-        loop = asyncio.get_running_loop()
-        await loop.sendfile(writer.transport, files.file(f), offset, n)
+        sock.sendall(head, socket.MSG_MORE)
+        fd, sent = files.fd(f), 0
+        while sent < n:
+            k = os.sendfile(sock.fileno(), fd, offset + sent, n - sent)
+            if k == 0:
+                raise TransferError(f"{self.sources[f]} shrank while it was being sent")
+            sent += k
 
-    async def _acks(
-        self, reader: asyncio.StreamReader, inflight: dict[tuple[int, int], int]
-    ) -> None:
-        while True:
-            kind, payload = await wire.read_frame(reader)
-            if kind is wire.Kind.ERROR:
-                raise wire.Refused(payload.decode(errors="replace"))
-            if kind is not wire.Kind.ACK:
-                raise wire.WireError(f"expected ACK, got {kind.name}")
-            f, c, status = wire.ACK.unpack(payload)
+    def _ack(self, sock: Sock, inflight: dict[tuple[int, int], int]) -> None:
+        frame = sockets.read_frame(sock)
+        if frame is None:
+            raise ConnectionResetError("the receiver closed the stream")
+        kind, payload = frame
+        if kind is wire.Kind.ERROR:
+            raise wire.Refused(payload.decode(errors="replace"))
+        if kind is not wire.Kind.ACK:
+            raise wire.WireError(f"expected ACK, got {kind.name}")
+        f, c, status = wire.ACK.unpack(payload)
+        verified = 0
+        with self._cv:
             n = inflight.pop((f, c), None)
             if n is None:
-                continue
+                return
             if status == wire.Status.OK:
                 self.remaining -= 1
                 self.counters.chunks += 1
                 self.counters.bytes += n
-                if self.progress is not None:
-                    self.progress(n)
-                if self.faults is not None:
-                    self.faults.verified()
+                verified = n
                 if self.remaining == 0:
                     self.done.set()
             else:
@@ -174,7 +189,12 @@ class Sender:
                     )
                     self.done.set()
                 self.pending.appendleft((f, c))
-            self.notify()
+            self._cv.notify_all()
+        if verified:
+            if self.progress is not None:
+                self.progress(verified)
+            if self.faults is not None:
+                self.faults.verified()
 
 
 class _Files:

@@ -2,6 +2,8 @@
 
 Each transfer has one control connection (HELLO, MANIFEST, NEED, COMMIT, DONE) and one or
 more data connections that join it by its id; every connection shows the ticket again.
+Control connections stay on the event loop; an admitted data connection leaves it for a
+thread of its own (``sockets``).
 The node's public key is fetched from the node and refreshed when a ticket does not
 verify, so a node that changed its key is followed without a restart.
 """
@@ -32,19 +34,21 @@ from computenet.model.transfer import (
     Ticket,
     TransferGrant,
 )
-from computenet.transfer import client, wire
+from computenet.transfer import client, sockets, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
 from computenet.transfer.paths import RESERVED, PathError, confine, normalise
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
+from computenet.transfer.sockets import Sock
 from computenet.transfer.ticket import BadSignature, TicketError
 from computenet.transfer.tls import server_context
 from computenet.transfer.wire import Kind, Refused, TransferError
 
 log = logging.getLogger("computenet.transfer")
 KEY_REFRESH = 10.0
+ADMIT_TIMEOUT = 60.0
 
 
 class _Control(NamedTuple):
@@ -149,26 +153,23 @@ class DataServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         _, hello = await wire.expect(reader, Kind.HELLO)
+        loop = asyncio.get_running_loop()
         if hello.get("starttls"):
+            if hello.get("role") == "data":
+                await sockets.in_thread(self._tls_data, sockets.detach(writer), loop)
+                return
             wire.send(writer, Kind.OK)
             await writer.drain()
             await writer.start_tls(self._tls)  # type: ignore[arg-type]
             _, hello = await wire.expect(reader, Kind.HELLO)
+        if hello.get("role") == "data":
+            s = await self._admit(hello)
+            await sockets.in_thread(self._data, sockets.detach(writer), s)
+            return
         t = Ticket.model_validate(hello.get("ticket"))
         direction = Direction(hello.get("direction"))
         path = await self._check(t, direction, str(hello.get("path", "")))
         tid, role = str(hello.get("transfer", "")), hello.get("role")
-        if role == "data":
-            s = self.sessions.get(tid)
-            if s is None or s.ticket != t.claims.id:
-                raise Refused(f"no transfer {tid!r} under ticket {t.claims.id}")
-            wire.send(writer, Kind.OK)
-            await writer.drain()
-            if s.receiver is not None:
-                await s.receiver.stream(reader, writer)
-            elif s.sender is not None:
-                await s.sender.stream(reader, writer)
-            return
         ctl = _Control(reader, writer, t, tid, path)
         if role == "relay" and direction is Direction.get:
             await self._relay(ctl)
@@ -181,6 +182,49 @@ class DataServer:
             await (self._put if direction is Direction.put else self._get)(ctl)
         finally:
             self.sessions.pop(tid, None)
+
+    async def _admit(self, hello: dict[str, Any]) -> _Session:
+        """The session a data connection joins, once its ticket checks out."""
+        t = Ticket.model_validate(hello.get("ticket"))
+        await self._check(t, Direction(hello.get("direction", "")), str(hello.get("path", "")))
+        tid = str(hello.get("transfer", ""))
+        s = self.sessions.get(tid)
+        if s is None or s.ticket != t.claims.id:
+            raise Refused(f"no transfer {tid!r} under ticket {t.claims.id}")
+        return s
+
+    def _data(self, sock: Sock, s: _Session) -> None:
+        """A data connection's whole life after admission, on a thread of its own."""
+        try:
+            sockets.send(sock, Kind.OK)
+            if s.receiver is not None:
+                s.receiver.stream(sock)
+            elif s.sender is not None:
+                s.sender.stream(sock)
+        except (ConnectionError, TransferError, OSError):
+            pass
+        finally:
+            sockets.shut(sock)
+
+    def _tls_data(self, raw: Sock, loop: asyncio.AbstractEventLoop) -> None:
+        """A TLS data connection: the handshake and the ticket come on this thread too."""
+        sock = raw
+        try:
+            sockets.send(raw, Kind.OK)
+            assert self._tls is not None
+            sock = self._tls.wrap_socket(raw, server_side=True)
+            hello = sockets.expect(sock, Kind.HELLO)
+            s = asyncio.run_coroutine_threadsafe(self._admit(hello), loop).result(ADMIT_TIMEOUT)
+        except (TicketError, PathError, TransferError, ValidationError) as e:
+            log.info("transfer refused: %s", e)
+            with contextlib.suppress(Exception):
+                sockets.send_json(sock, Kind.ERROR, {"error": str(e)})
+            sockets.shut(sock)
+            return
+        except (OSError, ValueError, TimeoutError):
+            sockets.shut(sock)
+            return
+        self._data(sock, s)
 
     async def _relay(self, ctl: _Control) -> None:
         """Pool to pool: this server puts its own file or tree straight into another pool,
@@ -233,10 +277,19 @@ class DataServer:
         if len(m.files) == 1 and not m.files[0].path and not m.dirs:
             return [confine(self.root, path)], []
 
+        parents: dict[str, Path] = {}
+
         def under(rel: str) -> Path:
-            if not normalise(rel):
+            # Each directory is confined once; a file's own name may be a link, which the
+            # receiver replaces rather than follows (O_NOFOLLOW, rename over it).
+            rel = normalise(rel)
+            if not rel:
                 raise PathError("a file in a tree needs a name")
-            return confine(self.root, f"{path}/{rel}")
+            head, _, name = rel.rpartition("/")
+            where = parents.get(head)
+            if where is None:
+                where = parents[head] = confine(self.root, f"{path}/{head}")
+            return where / name
 
         return [under(e.path) for e in m.files], [under(d) for d in m.dirs]
 
@@ -255,14 +308,20 @@ class DataServer:
         if total > free:
             raise TransferError(f"not enough space: {total} bytes asked, {free} free")
         finals, dirs = self._places(path, m)
-        receiver = Receiver(m, finals, dirs, SyncLevel(body.get("sync", "none")))
+        receiver = Receiver(
+            m,
+            finals,
+            dirs,
+            SyncLevel(body.get("sync", "none")),
+            verify=bool(body.get("verify", True)),
+        )
         plan = await asyncio.to_thread(receiver.plan)
         self.sessions[tid] = _Session(t.claims.id, receiver=receiver)
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
             _, body = await wire.expect(reader, Kind.COMMIT)
-            await asyncio.to_thread(receiver.commit, bool(body.get("verify", True)))
+            await asyncio.to_thread(receiver.commit)
             await asyncio.to_thread(self._record, path, m)
             c = receiver.counters
             wire.send_json(

@@ -70,7 +70,7 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
-def pinned(ssl_object: ssl.SSLObject | None, fingerprint: str | None) -> None:
+def pinned(ssl_object: ssl.SSLObject | ssl.SSLSocket | None, fingerprint: str | None) -> None:
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     if not der or fingerprint is None or hashlib.sha256(der).hexdigest() != fingerprint:
         raise TransferError("the data server's TLS certificate is not the one its pool registered")

@@ -62,9 +62,9 @@ def header(kind: Kind, length: int) -> bytes:
     return HEADER.pack(MAGIC, VERSION, kind, length)
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, bytes]:
-    raw = await reader.readexactly(HEADER.size)
-    magic, version, kind, length = HEADER.unpack(raw)
+def parse_header(raw: bytes | bytearray | memoryview) -> tuple[Kind, int]:
+    """A frame's kind and payload length, from the first ``HEADER.size`` bytes of ``raw``."""
+    magic, version, kind, length = HEADER.unpack_from(raw)
     if magic != MAGIC or version != VERSION:
         raise WireError("not a computenet transfer stream (bad magic or version)")
     try:
@@ -73,7 +73,12 @@ async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, bytes]:
         raise WireError(f"unknown frame kind {kind}") from e
     if length > (MAX_DATA if k is Kind.DATA else MAX_CONTROL):
         raise WireError(f"frame of {length} bytes is over the limit")
-    return k, await reader.readexactly(length)
+    return k, length
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, bytes]:
+    kind, length = parse_header(await reader.readexactly(HEADER.size))
+    return kind, await reader.readexactly(length)
 
 
 def send(writer: asyncio.StreamWriter, kind: Kind, payload: bytes = b"") -> None:

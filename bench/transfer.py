@@ -1,0 +1,356 @@
+"""Transfer throughput over loopback, side by side with the link's limit and the usual tools.
+
+    .venv/bin/python bench/transfer.py [--repeat 3] [--dir /dev/shm]
+
+Two workloads: one 2 GiB file and a tree of 10,000 files of 100 KiB. In the same run, on
+the same data:
+
+- iperf3 on 127.0.0.1 with 1 and 4 streams: the link's own limit, no disk, no checks;
+- ``cp`` (``cp -r``): no network at all;
+- ``scp`` and ``rsync -e ssh`` to an sshd this script starts on 127.0.0.1;
+- computenet: ``cnet cp`` from one agent's pool to another's, so the bytes go agent to
+  agent, with verification on (every chunk's BLAKE3 checked), with 1 and 4 streams
+  without TLS and with 4 streams over TLS.
+
+computenet's rate is taken from the copy's own ``seconds`` (hashing the source, the
+streams and the commit, as the sending agent timed it); the wall time of the ``cnet``
+command, which adds starting Python and asking the node for tickets, is in the JSON too.
+Each figure is the median of ``--repeat`` runs; the destination is removed and the page
+cache flushed to disk between runs, outside the timing.
+
+The data lives on ``--dir``, tmpfs by default where there is one: this compares
+protocols, and on a slow disk every tool would measure the disk's file creation instead.
+Results: bench/results/transfer.json and transfer.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.harness import CLI, Deployment, free_port, machine, write
+
+GIB = 1 << 30
+BIG = 2 * GIB
+FILES, FILE_SIZE = 10_000, 100 << 10
+SSH_OPTS = [
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "LogLevel=ERROR",
+]
+
+
+def make_data(base: Path) -> tuple[Path, Path]:
+    big, tree = base / "src" / "big.bin", base / "src" / "tree"
+    big.parent.mkdir(parents=True, exist_ok=True)
+    block = os.urandom(64 << 20)
+    with big.open("wb") as fh:
+        for i in range(BIG // len(block)):
+            fh.write(block[i:] + block[:i])
+    for i in range(FILES):
+        p = tree / f"d{i // 100:03d}" / f"f{i:05d}"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(os.urandom(FILE_SIZE))
+    return big, tree
+
+
+def clear(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    os.sync()
+
+
+def timed(run: Callable[[], Any], dest: Path, repeat: int) -> tuple[list[float], Any]:
+    """Seconds of each run (a run may return its own figure) and the last run's value."""
+    seconds, last = [], None
+    for _ in range(repeat):
+        clear(dest)
+        t = time.perf_counter()
+        last = run()
+        took = time.perf_counter() - t
+        seconds.append(float(last["seconds"]) if isinstance(last, dict) else took)
+    return seconds, last
+
+
+def sh(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(args, check=True, capture_output=True, text=True, **kw)
+
+
+# --- iperf3 ---------------------------------------------------------------------------
+
+
+def iperf3(streams: int, seconds: int = 5) -> float:
+    port = free_port()
+    server = subprocess.Popen(
+        ["iperf3", "-s", "-1", "-B", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(50):
+            probe = subprocess.run(
+                [
+                    "iperf3",
+                    "-c",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-t",
+                    str(seconds),
+                    "-P",
+                    str(streams),
+                    "-J",
+                ],
+                capture_output=True,
+                text=True,
+            )
+            end = json.loads(probe.stdout or "{}").get("end", {})
+            if "sum_received" in end:
+                return float(end["sum_received"]["bits_per_second"]) / 8e9
+            time.sleep(0.1)
+        raise RuntimeError(f"iperf3 did not run: {probe.stderr}")
+    finally:
+        server.kill()
+        server.wait()
+
+
+# --- sshd -----------------------------------------------------------------------------
+
+
+class Sshd:
+    """An sshd of its own on 127.0.0.1, with its own host key and one client key."""
+
+    def __init__(self, home: Path) -> None:
+        self.home, self.port = home, free_port()
+        home.mkdir(parents=True, exist_ok=True)
+        self.key = home / "client"
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(home / "host")])
+        sh(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.key)])
+        shutil.copy(home / "client.pub", home / "authorized_keys")
+        (home / "sshd_config").write_text(
+            f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {home / 'host'}\n"
+            f"AuthorizedKeysFile {home / 'authorized_keys'}\nPidFile {home / 'sshd.pid'}\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+            "StrictModes no\nPermitRootLogin prohibit-password\n"
+            "Subsystem sftp internal-sftp\n"
+        )
+        Path("/run/sshd").mkdir(exist_ok=True)  # privilege separation directory
+        self.proc = subprocess.Popen(
+            ["/usr/sbin/sshd", "-D", "-e", "-f", str(home / "sshd_config")],
+            stdout=subprocess.DEVNULL,
+            stderr=open(home / "sshd.log", "wb"),  # noqa: SIM115
+        )
+        user = os.environ.get("USER") or "root"
+        self.target = f"{user}@127.0.0.1"
+        deadline = time.monotonic() + 20
+        while subprocess.run([*self.ssh(), self.target, "true"], capture_output=True).returncode:
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError((home / "sshd.log").read_text())
+            time.sleep(0.2)
+
+    def ssh(self) -> list[str]:
+        return ["ssh", "-p", str(self.port), "-i", str(self.key), *SSH_OPTS]
+
+    def scp(self, src: Path, dst: Path) -> None:
+        flags = ["-r"] if src.is_dir() else []
+        sh(
+            [
+                "scp",
+                "-q",
+                *flags,
+                "-P",
+                str(self.port),
+                "-i",
+                str(self.key),
+                *SSH_OPTS,
+                str(src),
+                f"{self.target}:{dst}",
+            ]
+        )
+
+    def rsync(self, src: Path, dst: Path) -> None:
+        s = f"{src}/" if src.is_dir() else str(src)
+        sh(["rsync", "-a", "-e", " ".join(self.ssh()), s, f"{self.target}:{dst}"])
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+# --- computenet -----------------------------------------------------------------------
+
+
+class Network(Deployment):
+    """A node and two agents, alpha and beta, each serving its own data root."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        super().__init__(agent_args=["--pool", "alpha", "--data-root", str(base / "alpha")])
+
+    def _start(self) -> None:
+        super()._start()
+        args = ["agent", "run", "--node", self.url, "--token", self.token, "--pool", "beta"]
+        args += ["--state-dir", str(self.home / "beta"), "--data-root", str(self.base / "beta")]
+        self.procs.append(self._spawn("beta.log", args))
+        headers = {"authorization": f"Bearer {self.token}"}
+        deadline = time.monotonic() + 120
+        while True:
+            pools = httpx.get(f"{self.url}/v1/pools", headers=headers).json()
+            names = {p["cpi"].rsplit("/", 1)[-1]: p["cpi"] for p in pools}
+            if {"alpha", "beta"} <= set(names) and all(p["status"] == "online" for p in pools):
+                self.cpis = names
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the agents did not come online: {pools}")
+            time.sleep(0.2)
+
+    def cp(self, name: str, streams: int, tls: bool) -> dict[str, Any]:
+        a, b = self.cpis["alpha"], self.cpis["beta"]
+        args = [*CLI, "cp", "--json", "--streams", str(streams), "--tls" if tls else "--no-tls"]
+        t = time.perf_counter()
+        out = sh(
+            [*args, f"{a}:/{name}", f"{b}:/{name}"], env=dict(self.env(), CNET_TOKEN=self.token)
+        )
+        result: dict[str, Any] = json.loads(out.stdout)
+        result["wall_seconds"] = time.perf_counter() - t
+        return result
+
+
+# --- the run --------------------------------------------------------------------------
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--repeat", type=int, default=3)
+    shm = Path("/dev/shm")
+    default = shm if shm.is_dir() and shutil.disk_usage(shm).free > 12 * GIB else None
+    ap.add_argument("--dir", type=Path, default=default, help="where the data lives")
+    opts = ap.parse_args()
+    for tool in ("iperf3", "scp", "rsync", "ssh-keygen", "/usr/sbin/sshd"):
+        if shutil.which(tool) is None:
+            sys.exit(f"bench/transfer.py needs {tool}: apt-get install iperf3 openssh-server rsync")
+    base = Path(tempfile.mkdtemp(prefix="cnet-transfer-", dir=opts.dir))
+    rows: dict[str, dict[str, Any]] = {}
+    try:
+        print("making 2 GiB and 10,000 x 100 KiB ...", flush=True)
+        big, tree = make_data(base)
+        link = {f"iperf3 {n}": iperf3(n) for n in (1, 4)}
+        print(json.dumps(link), flush=True)
+        sshd = Sshd(base / "ssh")
+        net = Network(base)
+        try:
+            net.__enter__()
+            (base / "alpha").mkdir(exist_ok=True)
+            sh(["cp", "-r", str(big), str(tree), str(base / "alpha")])
+            for label, src in (("file", big), ("tree", tree)):
+                nbytes = BIG if label == "file" else FILES * FILE_SIZE
+                dst = base / "dst" / src.name
+                dst.parent.mkdir(exist_ok=True)
+                runs: dict[str, Callable[[], Any]] = {
+                    "cp": lambda s=src, d=dst: sh(["cp", "-r", str(s), str(d)]),
+                    "scp": lambda s=src, d=dst: sshd.scp(s, d),
+                    "rsync -e ssh": lambda s=src, d=dst: sshd.rsync(s, d),
+                    "computenet 1 stream": lambda s=src: net.cp(s.name, 1, False),
+                    "computenet 4 streams": lambda s=src: net.cp(s.name, 4, False),
+                    "computenet 4 streams TLS": lambda s=src: net.cp(s.name, 4, True),
+                }
+                for tool, run in runs.items():
+                    where = base / "beta" / src.name if tool.startswith("computenet") else dst
+                    seconds, last = timed(run, where, opts.repeat)
+                    row = {
+                        "seconds": [round(x, 3) for x in seconds],
+                        "median_s": round(median(seconds), 3),
+                        "GBps": round(nbytes / median(seconds) / 1e9, 3),
+                    }
+                    if isinstance(last, dict):
+                        row["wall_s"] = round(last["wall_seconds"], 3)
+                        row["verified_chunks"] = last["counters"]["chunks"]
+                        row["files"] = last["counters"]["files"]
+                    rows[f"{label}: {tool}"] = row
+                    print(f"{label:5} {tool:26} {row['GBps']:7.3f} GB/s  {seconds}", flush=True)
+                    clear(where)
+        finally:
+            net.__exit__()
+            sshd.close()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+    report(link, rows, opts)
+
+
+def report(link: dict[str, float], rows: dict[str, dict[str, Any]], opts: Any) -> None:
+    def rate(key: str) -> float:
+        return float(rows[key]["GBps"])
+
+    ratios = {
+        "file, 1 stream, no TLS / iperf3 1 stream": rate("file: computenet 1 stream")
+        / link["iperf3 1"],
+        "file, 4 streams, no TLS / iperf3 4 streams": rate("file: computenet 4 streams")
+        / link["iperf3 4"],
+        "file, 4 streams, TLS / scp": rate("file: computenet 4 streams TLS") / rate("file: scp"),
+        "tree, 4 streams, no TLS / rsync -e ssh": rate("tree: computenet 4 streams")
+        / rate("tree: rsync -e ssh"),
+        "tree, 4 streams, TLS / rsync -e ssh": rate("tree: computenet 4 streams TLS")
+        / rate("tree: rsync -e ssh"),
+    }
+    targets = {
+        "file, 1 stream, no TLS / iperf3 1 stream": 0.7,
+        "file, 4 streams, no TLS / iperf3 4 streams": 0.7,
+        "file, 4 streams, TLS / scp": 3.0,
+        "tree, 4 streams, no TLS / rsync -e ssh": 5.0,
+        "tree, 4 streams, TLS / rsync -e ssh": 5.0,
+    }
+    data = {
+        "machine": machine(),
+        "dir": str(opts.dir or tempfile.gettempdir()),
+        "repeat": opts.repeat,
+        "link_GBps": {k: round(v, 3) for k, v in link.items()},
+        "runs": rows,
+        "ratios": {k: round(v, 3) for k, v in ratios.items()},
+        "targets": targets,
+    }
+    lines = [
+        "# Transfer over loopback",
+        "",
+        f"`.venv/bin/python bench/transfer.py --repeat {opts.repeat}`; data on "
+        f"`{data['dir']}`; median of {opts.repeat} runs; computenet copies agent to agent "
+        "with every chunk's BLAKE3 verified.",
+        "",
+        f"iperf3: {link['iperf3 1']:.2f} GB/s on 1 stream, {link['iperf3 4']:.2f} GB/s on 4.",
+        "",
+        "| workload: tool | GB/s | median s | runs (s) |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for k, r in rows.items():
+        lines.append(f"| {k} | {r['GBps']:.3f} | {r['median_s']:.3f} | {r['seconds']} |")
+    lines += ["", "| ratio | measured | target |", "| --- | ---: | ---: |"]
+    for k, v in ratios.items():
+        lines.append(f"| {k} | {v:.2f} | {targets[k]:.1f} |")
+    write("transfer", data, "\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
