@@ -15,8 +15,9 @@ the same data:
 computenet's rate is taken from the copy's own ``seconds`` (hashing the source, the
 streams and the commit, as the sending agent timed it); the wall time of the ``cnet``
 command, which adds starting Python and asking the node for tickets, is in the JSON too.
-Each figure is the median of ``--repeat`` runs; the destination is removed and the page
-cache flushed to disk between runs, outside the timing.
+Each figure is the median of ``--repeat`` runs after one untimed warm-up run per tool; the
+destination is removed and the page cache flushed to disk between runs, outside the
+timing.
 
 The data lives on ``--dir``, tmpfs by default where there is one: this compares
 protocols, and on a slow disk every tool would measure the disk's file creation instead.
@@ -82,12 +83,13 @@ def clear(path: Path) -> None:
 def timed(run: Callable[[], Any], dest: Path, repeat: int) -> tuple[list[float], Any]:
     """Seconds of each run (a run may return its own figure) and the last run's value."""
     seconds, last = [], None
-    for _ in range(repeat):
+    for i in range(repeat + 1):
         clear(dest)
         t = time.perf_counter()
         last = run()
         took = time.perf_counter() - t
-        seconds.append(float(last["seconds"]) if isinstance(last, dict) else took)
+        if i:  # the first run warms up: memory a virtual machine has not touched yet is slow
+            seconds.append(float(last["seconds"]) if isinstance(last, dict) else took)
     return seconds, last
 
 
@@ -335,7 +337,7 @@ def report(link: dict[str, float], rows: dict[str, dict[str, Any]], opts: Any) -
         "# Transfer over loopback",
         "",
         f"`.venv/bin/python bench/transfer.py --repeat {opts.repeat}`; data on "
-        f"`{data['dir']}`; median of {opts.repeat} runs; computenet copies agent to agent "
+        f"`{data['dir']}`; median of {opts.repeat} runs after a warm-up; computenet copies agent to agent "
         "with every chunk's BLAKE3 verified.",
         "",
         f"iperf3: {link['iperf3 1']:.2f} GB/s on 1 stream, {link['iperf3 4']:.2f} GB/s on 4.",
