@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,7 +29,7 @@ from computenet.transfer import sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import CHUNK, build
 from computenet.transfer.paths import confine
-from computenet.transfer.receiver import Receiver
+from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import Kind, TransferError
@@ -59,9 +60,13 @@ class Options:
     faults: Faults = field(default_factory=Faults.from_env)
 
 
-def streams_for(nbytes: int) -> int:
-    """One stream per 128 MiB still to move, from 1 to 8."""
-    return max(1, min(8, 1 + nbytes // (128 << 20)))
+def streams_for(lengths: Iterable[int]) -> int:
+    """One stream per 128 MiB of large chunks still to move, up to 8 and to twice the
+    cores. Chunks under 1 MiB (small files) count for nothing: each one costs its stream a
+    few system calls, and more streams would only make their threads fight for the
+    interpreter."""
+    large = sum(n for n in lengths if n >= SPLICE_MIN)
+    return max(1, min(8, 2 * (os.cpu_count() or 1), 1 + large // (128 << 20)))
 
 
 class _Link:
@@ -223,7 +228,7 @@ async def _put(grant: TransferGrant, source: Path, options: Options) -> Transfer
             w.start(m.total_bytes - counters.bytes_skipped)
         streams = 0
         if sender.remaining:
-            todo = sum(sender.length(f, c) for f, c in sender.pending)
+            todo = [sender.length(f, c) for f, c in sender.pending]
             streams = min(MAX_STREAMS, options.streams or streams_for(todo))
             socks = await link.open_many(streams)
             await asyncio.gather(*(sockets.in_thread(sender.stream, s_) for s_ in socks))
@@ -272,11 +277,11 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
             await wire.expect(reader, Kind.OK)
-            todo = sum(
+            todo = [
                 min(m.chunk_size, m.files[f].size - c * m.chunk_size)
                 for f, chunks in enumerate(plan.need)
                 for c in chunks
-            )
+            ]
             streams = 0
             if todo or any(plan.need):
                 streams = min(MAX_STREAMS, options.streams or streams_for(todo))

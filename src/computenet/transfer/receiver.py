@@ -230,18 +230,32 @@ class Receiver:
         work = queue.SimpleQueue()
         failed: list[BaseException] = []
         small = memoryview(bytearray(min(SPLICE_MIN, self.manifest.chunk_size)))
+        sending = threading.Lock()
+        ready = bytearray()  # ACKs of small chunks, written when the socket runs dry
+
+        def flush(acks: bytearray) -> None:
+            if acks:
+                with sending:
+                    sock.sendall(acks)
+                acks.clear()
 
         def worker() -> None:
+            acks = bytearray()
             try:
                 while (item := work.get()) is not None:
                     f, c, n, status = item
-                    self._ack(sock, f, c, self.check(f, c, n) if status is None else status)
+                    status = self.check(f, c, n) if status is None else status
+                    acks += _ack_frame(f, c, status)
+                    if work.empty():  # one write for every ACK that is ready
+                        flush(acks)
+                flush(acks)
             except BaseException as e:
                 failed.append(e)
                 sockets.shut(sock)
 
-        t = threading.Thread(target=worker, name="cnet-verify", daemon=True)
-        t.start()
+        # Small chunks are taken on this thread and the verifier starts with the first
+        # large one: a thread hand-off per 100 KiB file would cost more than the file.
+        t: threading.Thread | None = None
         pipe = sockets.Pipe()
         try:
             while not failed and (head := self._head(sock)) is not None:
@@ -249,8 +263,14 @@ class Receiver:
                 if n < SPLICE_MIN:  # a syscall or two: cheaper than splicing
                     if n and not sockets.recv_exact(sock, small[:n]):
                         raise ConnectionResetError("the sender closed the stream inside a chunk")
-                    work.put((f, c, n, self.accept(f, c, small[:n])))
+                    ready += _ack_frame(f, c, self.accept(f, c, small[:n]))
+                    if not sockets.readable(sock, 0):
+                        flush(ready)
                     continue
+                flush(ready)
+                if t is None:
+                    t = threading.Thread(target=worker, name="cnet-verify", daemon=True)
+                    t.start()
                 fd = self._claim(f, c)
                 if fd is None:
                     pipe.discard(sock, n)
@@ -262,13 +282,15 @@ class Receiver:
                     self._settle(f, c, n, False)
                     raise
                 work.put((f, c, n, None))
+            flush(ready)
         except OSError:
             if not failed:
                 raise
         finally:
             pipe.close()
-            work.put(None)
-            t.join()
+            if t is not None:
+                work.put(None)
+                t.join()
         if failed:
             raise failed[0]
 
@@ -288,7 +310,7 @@ class Receiver:
 
     @staticmethod
     def _ack(sock: Sock, f: int, c: int, status: wire.Status) -> None:
-        sockets.send(sock, wire.Kind.ACK, wire.ACK.pack(f, c, status))
+        sock.sendall(_ack_frame(f, c, status))
 
     def commit(self) -> None:
         """Renames each finished file into place (atomically, one by one). With verify on,
@@ -319,3 +341,7 @@ class Receiver:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._fds.clear()
+
+
+def _ack_frame(f: int, c: int, status: wire.Status) -> bytes:
+    return wire.header(wire.Kind.ACK, wire.ACK.size) + wire.ACK.pack(f, c, status)

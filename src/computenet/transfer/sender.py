@@ -32,6 +32,7 @@ WINDOW_BYTES = 32 << 20
 SMALL = 1 << 20
 MAX_ATTEMPTS = 5
 WAIT = 0.5  # seconds between looks at the shared state while waiting
+ACK_READ = 1 << 16
 
 
 @dataclass
@@ -71,12 +72,12 @@ class Sender:
         connection is never used from two threads."""
         inflight: dict[tuple[int, int], int] = {}
         files = _Files(self.sources)
+        acks = bytearray()
         with self._cv:
             self.streams += 1
         try:
             while True:
-                while sockets.readable(sock, 0):
-                    self._ack(sock, inflight)
+                self._acks(sock, acks, inflight, 0)
                 key = self._take(inflight)
                 if key is not None:
                     self._send(sock, key, inflight[key], files)
@@ -84,8 +85,7 @@ class Sender:
                 if self.finished:
                     break
                 if inflight:
-                    if sockets.readable(sock, WAIT):
-                        self._ack(sock, inflight)
+                    self._acks(sock, acks, inflight, WAIT)
                 else:
                     with self._cv:
                         if not self.finished and not self.pending:
@@ -108,7 +108,7 @@ class Sender:
                 self.error is None
                 and self.pending
                 and len(inflight) < WINDOW
-                and sum(inflight.values()) < WINDOW_BYTES
+                and (len(inflight) < 4 or sum(inflight.values()) < WINDOW_BYTES)
             ):
                 key = self.pending.popleft()
                 inflight[key] = self.length(*key)
@@ -155,11 +155,28 @@ class Sender:
                 raise TransferError(f"{self.sources[f]} shrank while it was being sent")
             sent += k
 
-    def _ack(self, sock: Sock, inflight: dict[tuple[int, int], int]) -> None:
-        frame = sockets.read_frame(sock)
-        if frame is None:
+    def _acks(
+        self, sock: Sock, buf: bytearray, inflight: dict[tuple[int, int], int], wait: float
+    ) -> None:
+        """Takes every ACK that has arrived (waiting up to ``wait`` seconds for one) with
+        one read: with small files there is an ACK per file, and a read each would cost
+        more than the file."""
+        if not sockets.readable(sock, wait):
+            return
+        data = sock.recv(ACK_READ)
+        if not data:
             raise ConnectionResetError("the receiver closed the stream")
-        kind, payload = frame
+        buf += data
+        while len(buf) >= wire.HEADER.size:
+            kind, length = wire.parse_header(buf)
+            end = wire.HEADER.size + length
+            if len(buf) < end:
+                break
+            payload = bytes(buf[wire.HEADER.size : end])
+            del buf[:end]
+            self._ack(kind, payload, inflight)
+
+    def _ack(self, kind: wire.Kind, payload: bytes, inflight: dict[tuple[int, int], int]) -> None:
         if kind is wire.Kind.ERROR:
             raise wire.Refused(payload.decode(errors="replace"))
         if kind is not wire.Kind.ACK:
