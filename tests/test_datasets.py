@@ -181,6 +181,37 @@ def test_bad_input_is_refused_naming_the_field(net: Network) -> None:
     assert proc.returncode != 0 and "--pool" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_the_dataset_list_comes_in_pages_by_name(net: Network) -> None:
+    headers = {"authorization": f"Bearer {net.token}"}
+    a = cpi(net, "pool-a")
+    names = [f"paged-{i}" for i in range(5)]
+    for n in names:
+        body = {"name": n, "pool": a, "path": f"/paged/{n}", "tree_hash": "1" * 64}
+        for version in ("1", "2"):
+            r = httpx.post(
+                f"{net.url}/v1/datasets",
+                json={**body, "version": version, "total_bytes": 1, "files": 1},
+                headers=headers,
+            )
+            assert r.status_code == 201, r.text
+    seen: list[tuple[str, str]] = []
+    after: str | None = "paged-"
+    while after is not None:
+        r = httpx.get(
+            f"{net.url}/v1/datasets", params={"limit": 2, "after": after}, headers=headers
+        )
+        assert r.status_code == 200, r.text
+        page = r.json()
+        assert len({v["name"] for v in page["items"]}) <= 2
+        seen += [(v["name"], v["version"]) for v in page["items"] if v["name"] in names]
+        after = page["next"]
+    assert sorted(seen) == [(n, v) for n in names for v in ("1", "2")]
+    r = httpx.get(f"{net.url}/v1/datasets", params={"limit": 0}, headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "limit"
+    with net.client() as c:
+        assert {(v.name, v.version) for v in c.datasets()} >= set(seen)
+
+
 def test_locality_counts_bytes_that_would_move() -> None:
     spec = JobSpec(command=["true"], inputs=[{"uri": "cnet://dataset/d@1", "path": "d"}])
     held = {"cnet://dataset/d@1": (5000, frozenset({"cpi:x:p/a"}))}

@@ -163,6 +163,13 @@ class Dataset(Model):
     versions: list[DatasetVersion] = Field(description="newest first")
 
 
+class DatasetPage(Model):
+    """Every version of up to ``limit`` datasets, by name."""
+
+    items: list[DatasetVersion]
+    next: str | None = Field(default=None, description="the name to ask after for the next page")
+
+
 class DatasetPublish(Model):
     """A tree already in a pool, registered as a version of a dataset.
 

@@ -35,7 +35,13 @@ from computenet.model import (
     TokenCreate,
     TokenSecret,
 )
-from computenet.model.dataset import Dataset, DatasetPublish, DatasetVersion, ReplicaAdd
+from computenet.model.dataset import (
+    Dataset,
+    DatasetPage,
+    DatasetPublish,
+    DatasetVersion,
+    ReplicaAdd,
+)
 from computenet.model.discovery import DiscoverPage, PoolSummary
 from computenet.model.federation import Invite, InviteCreate, Resolution, TreeView
 from computenet.model.job import MAX_BATCH
@@ -211,8 +217,8 @@ class _Calls:
         return _Call("POST", "/v1/transfers", body=req, model=TransferGrant)
 
     @staticmethod
-    def datasets() -> _Call:
-        return _Call("GET", "/v1/datasets", model=list[DatasetVersion])
+    def datasets(after: str | None = None) -> _Call:
+        return _Call("GET", "/v1/datasets", {"after": after, "limit": 1000}, model=DatasetPage)
 
     @staticmethod
     def dataset(name: str) -> _Call:
@@ -577,8 +583,13 @@ class Client:
 
     def datasets(self) -> builtins.list[DatasetVersion]:
         """Every version of every dataset, newest first within a name, with its replicas."""
-        out: builtins.list[DatasetVersion] = self._do(_Calls.datasets())
-        return out
+        out: builtins.list[DatasetVersion] = []
+        after: str | None = None
+        while True:
+            page: DatasetPage = self._do(_Calls.datasets(after))
+            out += page.items
+            if (after := page.next) is None:
+                return out
 
     def dataset(self, name: str) -> Dataset:
         out: Dataset = self._do(_Calls.dataset(name))
@@ -720,8 +731,13 @@ class AsyncClient:
         return await copy_data(src, dst, _copy_api(self._do), _copy_options(options), pool)
 
     async def datasets(self) -> builtins.list[DatasetVersion]:
-        out: builtins.list[DatasetVersion] = await self._do(_Calls.datasets())
-        return out
+        out: builtins.list[DatasetVersion] = []
+        after: str | None = None
+        while True:
+            page: DatasetPage = await self._do(_Calls.datasets(after))
+            out += page.items
+            if (after := page.next) is None:
+                return out
 
     async def dataset(self, name: str) -> Dataset:
         out: Dataset = await self._do(_Calls.dataset(name))

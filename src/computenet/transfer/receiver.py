@@ -155,7 +155,8 @@ class Receiver:
         try:
             offset = c * self.manifest.chunk_size
             if self.faults is not None and self._tamper(b"\0") != b"\0":
-                os.pwrite(self._fds[f], b"\xff", offset)  # as a bad wire would have
+                first = os.pread(self._fds[f], 1, offset)  # flipped, as a bad wire would
+                os.pwrite(self._fds[f], bytes([first[0] ^ 0xFF]), offset)
             if (
                 self.verify
                 and digest_at(self._fds[f], offset, n) != self.manifest.files[f].chunks[c]

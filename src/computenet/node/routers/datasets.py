@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path
+from fastapi import APIRouter, Depends, Path, Query
 
 from computenet.ident.cpi import CPIStr
 from computenet.model import Job, JobState, PoolStatus
@@ -17,6 +17,7 @@ from computenet.model.dataset import (
     NAME_RE,
     VERSION_RE,
     Dataset,
+    DatasetPage,
     DatasetPublish,
     DatasetRef,
     DatasetVersion,
@@ -72,11 +73,14 @@ async def publish(
     )
 
 
-@router.get("/datasets", response_model=list[DatasetVersion])
+@router.get("/datasets", response_model=DatasetPage)
 async def list_datasets(
-    _: Principal = Depends(principal), node: Node = Depends(node_of)
-) -> list[DatasetVersion]:
-    return await node.reading(store.list_all)
+    _: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+    limit: Annotated[int, Query(ge=1, le=1000, description="datasets per page")] = 100,
+    after: Annotated[str | None, Query(pattern=NAME_RE.pattern)] = None,
+) -> DatasetPage:
+    return await node.reading(store.list_page, limit, after)
 
 
 @router.get("/datasets/{name}", response_model=Dataset)
@@ -128,8 +132,12 @@ async def _asked(
 
 
 async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]:
-    """A pool that holds the version and can serve it now; this pool's own copy first."""
-    pools = {p.cpi: p for p in await node.reading(pool_store.list_all)}
+    """A pool that holds the version and can serve it now; this pool's own copy first.
+    The live index answers; the database only for a pool it does not hold yet (one that
+    registered through another replica since the index last loaded)."""
+    pools = {r.pool: e.pool for r in v.replicas if (e := node.index.entries.get(r.pool))}
+    if len(pools) < len({r.pool for r in v.replicas}):
+        pools = {p.cpi: p for p in await node.reading(pool_store.list_all)} | pools
     online = [
         r
         for r in v.replicas

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from computenet.model.dataset import Dataset, DatasetRef, DatasetVersion, Replica
+from computenet.model.dataset import Dataset, DatasetPage, DatasetRef, DatasetVersion, Replica
 from computenet.node.errors import Conflict, Forbidden, NotFound
 from computenet.node.store.tables import datasets, replicas
 
@@ -19,11 +19,15 @@ def _when(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
 
 
-def _versions(conn: Connection, name: str | None = None) -> list[DatasetVersion]:
+def _versions(
+    conn: Connection, name: str | None = None, names: list[str] | None = None
+) -> list[DatasetVersion]:
     q = select(datasets).order_by(datasets.c.name, datasets.c.created_at.desc())
     r = select(replicas).order_by(replicas.c.added_at)
     if name is not None:
         q, r = q.where(datasets.c.name == name), r.where(replicas.c.name == name)
+    if names is not None:
+        q, r = q.where(datasets.c.name.in_(names)), r.where(replicas.c.name.in_(names))
     held: dict[tuple[str, str], list[Replica]] = defaultdict(list)
     for row in conn.execute(r).all():
         held[(row.name, row.version)].append(
@@ -44,8 +48,15 @@ def _versions(conn: Connection, name: str | None = None) -> list[DatasetVersion]
     ]
 
 
-def list_all(conn: Connection) -> list[DatasetVersion]:
-    return _versions(conn)
+def list_page(conn: Connection, limit: int = 100, after: str | None = None) -> DatasetPage:
+    """Every version of the first ``limit`` dataset names after ``after``."""
+    q = select(datasets.c.name).distinct().order_by(datasets.c.name).limit(limit + 1)
+    if after is not None:
+        q = q.where(datasets.c.name > after)
+    names = [row.name for row in conn.execute(q).all()]
+    page = names[:limit]
+    items = _versions(conn, names=page) if page else []
+    return DatasetPage(items=items, next=page[-1] if len(names) > limit else None)
 
 
 def get(conn: Connection, name: str) -> Dataset:
