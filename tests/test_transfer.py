@@ -112,6 +112,29 @@ def test_tls_streams_carry_a_file_and_a_tree_both_ways(
     assert (root_of(shared) / "tls" / "again.bin").read_bytes() == src.read_bytes()
 
 
+def test_chunks_that_shrink_go_compressed_and_land_bit_for_bit(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    text = tmp_path / "log.txt"
+    text.write_text("".join(f"step {i} loss {i % 97 / 97:.4f}\n" for i in range(600_000)))
+    size = text.stat().st_size
+    assert size > CHUNK  # several chunks, the last one short
+    up = result(cp(shared, str(text), f"{pool}:/z/log.txt"))
+    assert up.counters.compressed_chunks == up.counters.chunks > 1
+    assert up.counters.bytes == size and up.counters.wire_bytes < size // 3
+    assert (root_of(shared) / "z" / "log.txt").read_bytes() == text.read_bytes()
+    down = result(cp(shared, "--tls", f"{pool}:/z/log.txt", str(tmp_path / "back.txt")))
+    assert down.counters.compressed_chunks == down.counters.chunks
+    assert (tmp_path / "back.txt").read_bytes() == text.read_bytes()
+    plain = result(cp(shared, "--no-compress", str(text), f"{pool}:/z/plain.txt"))
+    assert plain.counters.compressed_chunks == 0 and plain.counters.wire_bytes == size
+    noise = tmp_path / "noise.bin"
+    noise.write_bytes(os.urandom(CHUNK + 5))
+    auto = result(cp(shared, str(noise), f"{pool}:/z/noise.bin"))
+    assert auto.counters.compressed_chunks == 0  # the sample did not shrink
+    assert (root_of(shared) / "z" / "noise.bin").read_bytes() == noise.read_bytes()
+
+
 def test_a_tree_goes_both_ways_through_the_sdk(shared: Network, pool: str, tmp_path: Path) -> None:
     src = tmp_path / "tree"
     make_tree(src, 300, 10_000)

@@ -11,12 +11,13 @@ import pytest
 
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
+from computenet.transfer import compress, wire
 from computenet.transfer import ticket as tickets
-from computenet.transfer import wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import build, tree_hash
 from computenet.transfer.paths import PathError, confine, normalise, within
 from computenet.transfer.ticket import TicketError
+from computenet.transfer.wire import WireError
 
 POOL = "cpi:local:acme/gpu"
 
@@ -123,3 +124,19 @@ def test_the_fault_hook_reads_its_grammar(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setenv("CNET_TRANSFER_FAULTS", "explode")
     with pytest.raises(ValueError, match="corrupt:chunk=N"):
         Faults.from_env()
+
+
+def test_compression_is_chosen_by_a_sample_and_never_inflates_past_the_size(
+    tmp_path: Path,
+) -> None:
+    text, noise = tmp_path / "text", tmp_path / "noise"
+    text.write_bytes(b"the same line again\n" * 50_000)
+    noise.write_bytes(os.urandom(1 << 20))
+    assert compress.worth_it([text]) and not compress.worth_it([noise])
+    packed = compress.pack(text.read_bytes())
+    assert packed is not None and compress.unpack(packed, text.stat().st_size) == text.read_bytes()
+    assert compress.pack(noise.read_bytes()) is None  # it would not shrink: sent as it is
+    with pytest.raises(WireError):
+        compress.unpack(packed, 1000)  # claims less than it holds: refused, not inflated
+    with pytest.raises(WireError):
+        compress.unpack(b"not zstd at all", 10)

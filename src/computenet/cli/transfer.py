@@ -70,6 +70,13 @@ def cp(
         str | None, typer.Option(help="give up after this long, e.g. 10m (resume later)")
     ] = None,
     tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="encrypt data streams")] = None,
+    compress: Annotated[
+        bool | None,
+        typer.Option(
+            "--compress/--no-compress",
+            help="zstd the chunks (default: when a sample of the files shrinks by a fifth)",
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
 ) -> None:
@@ -100,6 +107,7 @@ def cp(
                 verify=verify,
                 deadline=seconds,
                 tls=tls,
+                compress=compress,
                 watcher=_Bar(bar),
             )
         except TransferError as e:

@@ -110,6 +110,8 @@ class TransferCounters(Model):
     chunks_present: int = Field(default=0, description="chunks a partial copy already held")
     retries: int = Field(default=0, description="chunks sent again")
     faults: int = Field(default=0, description="chunks that failed verification or streams lost")
+    compressed_chunks: int = Field(default=0, description="chunks that went zstd-compressed")
+    wire_bytes: int = Field(default=0, description="chunk bytes on the wire, after compression")
 
 
 class TransferResult(Model):

@@ -304,13 +304,15 @@ def _log_line(line: str) -> dict[str, Any] | None:
 class CopyOptions(TypedDict, total=False):
     """``copy``'s options: streams (default: by size), sync (none, exists, size, mtime,
     checksum), verify (check each chunk's hash as it lands; on), deadline (seconds), tls (default: as
-    the pool advises), watcher (told the total, then each verified chunk)."""
+    the pool advises), compress (zstd; default: when a sample shrinks), watcher (told the
+    total, then each verified chunk)."""
 
     streams: int | None
     sync: SyncLevel | str
     verify: bool
     deadline: float | None
     tls: bool | None
+    compress: bool | None
     watcher: Watcher | None
 
 

@@ -25,7 +25,7 @@ from computenet.model.transfer import (
     TransferGrant,
     TransferResult,
 )
-from computenet.transfer import sockets, tls, wire
+from computenet.transfer import compress, sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import CHUNK, build
 from computenet.transfer.paths import confine
@@ -55,6 +55,7 @@ class Options:
     verify: bool = True
     deadline: float | None = None  # seconds for the whole copy
     tls: bool | None = None  # None: as the pool's endpoint advises
+    compress: bool | None = None  # None: when a sample of the files shrinks (zstd)
     chunk_size: int = CHUNK
     watcher: Watcher | None = None
     faults: Faults = field(default_factory=Faults.from_env)
@@ -223,7 +224,10 @@ async def _put(grant: TransferGrant, source: Path, options: Options) -> Transfer
             m.files[i].size for i in skipped
         )
         w = options.watcher
-        sender = Sender(m, src.paths, plan["need"], counters, _advance(w), options.faults)
+        packed = options.compress
+        if packed is None:
+            packed = await asyncio.to_thread(compress.worth_it, src.paths)
+        sender = Sender(m, src.paths, plan["need"], counters, _advance(w), options.faults, packed)
         if w is not None:
             w.start(m.total_bytes - counters.bytes_skipped)
         streams = 0
@@ -274,7 +278,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             plan = await asyncio.to_thread(receiver.plan)
             if w is not None:
                 w.start(m.total_bytes - counters.bytes_skipped)
-            wire.send_json(writer, Kind.NEED, plan.wire())
+            wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
             await writer.drain()
             await wire.expect(reader, Kind.OK)
             todo = [
@@ -322,6 +326,7 @@ async def _relay(
             "sync": options.sync.value,
             "verify": options.verify,
             "tls": options.tls,
+            "compress": options.compress,
         }
         wire.send_json(writer, Kind.RELAY, body)
         await writer.drain()

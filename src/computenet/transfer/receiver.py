@@ -14,13 +14,14 @@ import os
 import queue
 import ssl
 import stat
+import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, TransferCounters
-from computenet.transfer import sockets, wire
+from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import digest, digest_at, hash_chunks
 from computenet.transfer.paths import open_part, part_of
@@ -132,8 +133,11 @@ class Receiver:
             os.truncate(part, e.size)
         return {j for j, h in enumerate(got) if h == e.chunks[j]}
 
-    def accept(self, f: int, c: int, data: bytes | memoryview) -> wire.Status:
-        """A chunk received into memory (the TLS path): checked, then written."""
+    def accept(
+        self, f: int, c: int, data: bytes | memoryview, packed: int | None = None
+    ) -> wire.Status:
+        """A chunk received into memory: checked, then written. ``packed`` is its size
+        on the wire when it came compressed."""
         fd = self._claim(f, c)
         if fd is None:
             return wire.Status.UNKNOWN
@@ -145,7 +149,7 @@ class Receiver:
             os.pwrite(fd, data, c * self.manifest.chunk_size)
             ok = True
         finally:
-            self._settle(f, c, len(data), ok)
+            self._settle(f, c, len(data), ok, packed)
         return wire.Status.OK
 
     def check(self, f: int, c: int, n: int) -> wire.Status:
@@ -182,7 +186,7 @@ class Receiver:
                 fd = self._fds[f] = open_part(part_of(self.finals[f]))
             return fd
 
-    def _settle(self, f: int, c: int, n: int, ok: bool) -> None:
+    def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
         with self._lock:
             self._busy.discard((f, c))
             left = self._left[f]
@@ -190,6 +194,8 @@ class Receiver:
                 left.discard(c)
                 self.counters.chunks += 1
                 self.counters.bytes += n
+                self.counters.wire_bytes += n if packed is None else packed
+                self.counters.compressed_chunks += packed is not None
                 if not left:
                     os.close(self._fds.pop(f))
         if ok:
@@ -222,7 +228,10 @@ class Receiver:
         if isinstance(sock, ssl.SSLSocket) or not sockets.SPLICE:
             buf = bytearray(self.manifest.chunk_size)
             while (head := self._head(sock)) is not None:
-                f, c, n = head
+                f, c, n, size = head
+                if size is not None:
+                    self._ack(sock, f, c, self._packed(sock, memoryview(buf), f, c, n, size))
+                    continue
                 if n and not sockets.recv_exact(sock, memoryview(buf)[:n]):
                     raise ConnectionResetError("the sender closed the stream inside a chunk")
                 self._ack(sock, f, c, self.accept(f, c, memoryview(buf)[:n]))
@@ -231,6 +240,7 @@ class Receiver:
         work = queue.SimpleQueue()
         failed: list[BaseException] = []
         small = memoryview(bytearray(min(SPLICE_MIN, self.manifest.chunk_size)))
+        packed = memoryview(b"")  # a chunk-sized buffer, made when the first DATAZ comes
         sending = threading.Lock()
         ready = bytearray()  # ACKs of small chunks, written when the socket runs dry
 
@@ -260,7 +270,14 @@ class Receiver:
         pipe = sockets.Pipe()
         try:
             while not failed and (head := self._head(sock)) is not None:
-                f, c, n = head
+                f, c, n, size = head
+                if size is not None:
+                    if len(packed) < self.manifest.chunk_size:
+                        packed = memoryview(bytearray(self.manifest.chunk_size))
+                    ready += _ack_frame(f, c, self._packed(sock, packed, f, c, n, size))
+                    if not sockets.readable(sock, 0):
+                        flush(ready)
+                    continue
                 if n < SPLICE_MIN:  # a syscall or two: cheaper than splicing
                     if n and not sockets.recv_exact(sock, small[:n]):
                         raise ConnectionResetError("the sender closed the stream inside a chunk")
@@ -295,19 +312,36 @@ class Receiver:
         if failed:
             raise failed[0]
 
-    def _head(self, sock: Sock) -> tuple[int, int, int] | None:
-        """The next DATA frame's header: (file, chunk, length), or None at the end."""
+    def _head(self, sock: Sock) -> tuple[int, int, int, int | None] | None:
+        """The next chunk's header: (file, chunk, bytes on the wire, size once unpacked or
+        None when it came as it is), or None at the end."""
         head = bytearray(wire.HEADER.size + wire.DATA.size)
         if not sockets.recv_exact(sock, memoryview(head)):
             return None
         kind, length = wire.parse_header(head)
-        n = length - wire.DATA.size
-        if kind is not wire.Kind.DATA or n < 0:
-            raise wire.WireError(f"expected DATA on a data stream, got {kind.name}")
-        if n > self.manifest.chunk_size:
-            raise wire.WireError(f"a chunk of {n} bytes is larger than the manifest's chunks")
         f, c = wire.DATA.unpack_from(head, wire.HEADER.size)
-        return f, c, n
+        size: int | None = None
+        if kind is wire.Kind.DATAZ:
+            more = bytearray(wire.DATAZ.size - wire.DATA.size)
+            if not sockets.recv_exact(sock, memoryview(more)):
+                raise ConnectionResetError("the sender closed the stream inside a chunk")
+            (size,) = struct.unpack("!I", more)
+            n = length - wire.DATAZ.size
+        elif kind is wire.Kind.DATA:
+            n = length - wire.DATA.size
+        else:
+            raise wire.WireError(f"expected DATA on a data stream, got {kind.name}")
+        if n < 0 or max(n, size or 0) > self.manifest.chunk_size:
+            raise wire.WireError(f"a chunk of {n} bytes is larger than the manifest's chunks")
+        return f, c, n, size
+
+    def _packed(
+        self, sock: Sock, buf: memoryview, f: int, c: int, n: int, size: int
+    ) -> wire.Status:
+        """A compressed chunk: received whole, unpacked, then checked and written."""
+        if not sockets.recv_exact(sock, buf[:n]):
+            raise ConnectionResetError("the sender closed the stream inside a chunk")
+        return self.accept(f, c, compress.unpack(buf[:n], size), packed=n)
 
     @staticmethod
     def _ack(sock: Sock, f: int, c: int, status: wire.Status) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from computenet.model.transfer import Manifest, TransferCounters
-from computenet.transfer import sockets, wire
+from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.paths import open_read
 from computenet.transfer.receiver import Progress
@@ -43,6 +43,7 @@ class Sender:
     counters: TransferCounters = field(default_factory=TransferCounters)
     progress: Progress | None = None
     faults: Faults | None = None
+    compress: bool = False
 
     def __post_init__(self) -> None:
         self.pending: deque[tuple[int, int]] = deque(
@@ -53,6 +54,7 @@ class Sender:
         self.streams = 0
         self._attempts: Counter[tuple[int, int]] = Counter()
         self._cv = threading.Condition()
+        self._wire: dict[tuple[int, int], tuple[int, bool]] = {}  # bytes sent, compressed
         self._sent = 0
         self.done = threading.Event()
         if not self.remaining:
@@ -131,22 +133,32 @@ class Sender:
     def _send(self, sock: Sock, key: tuple[int, int], n: int, files: _Files) -> None:
         f, c = key
         offset = c * self.manifest.chunk_size
-        head = wire.header(wire.Kind.DATA, wire.DATA.size + n) + wire.DATA.pack(f, c)
         with self._cv:
             ordinal = self._sent
         tamper = self.faults is not None and self.faults.corrupt_at == ordinal
-        if n < SMALL or tamper or isinstance(sock, ssl.SSLSocket):
+        if self.compress or n < SMALL or tamper or isinstance(sock, ssl.SSLSocket):
             data = os.pread(files.fd(f), n, offset)
             if len(data) < n:
                 raise TransferError(f"{self.sources[f]} shrank while it was being sent")
             if tamper and self.faults is not None:
                 data = self.faults.tamper(ordinal, data)
+            packed = compress.pack(data) if self.compress and n else None
+            if packed is not None:
+                body = wire.DATAZ.pack(f, c, n)
+                self._sent_as(key, len(packed), True)
+                sock.sendall(wire.header(wire.Kind.DATAZ, len(body) + len(packed)) + body)
+                sock.sendall(packed)
+                return
+            head = wire.header(wire.Kind.DATA, wire.DATA.size + n) + wire.DATA.pack(f, c)
+            self._sent_as(key, n, False)
             if n < SMALL:
                 sock.sendall(head + data)
             else:
                 sock.sendall(head)
                 sock.sendall(data)
             return
+        head = wire.header(wire.Kind.DATA, wire.DATA.size + n) + wire.DATA.pack(f, c)
+        self._sent_as(key, n, False)
         sock.sendall(head, socket.MSG_MORE)
         fd, sent = files.fd(f), 0
         while sent < n:
@@ -154,6 +166,10 @@ class Sender:
             if k == 0:
                 raise TransferError(f"{self.sources[f]} shrank while it was being sent")
             sent += k
+
+    def _sent_as(self, key: tuple[int, int], nbytes: int, packed: bool) -> None:
+        with self._cv:
+            self._wire[key] = (nbytes, packed)
 
     def _acks(
         self, sock: Sock, buf: bytearray, inflight: dict[tuple[int, int], int], wait: float
@@ -191,6 +207,9 @@ class Sender:
                 self.remaining -= 1
                 self.counters.chunks += 1
                 self.counters.bytes += n
+                sent, packed = self._wire.pop((f, c), (n, False))
+                self.counters.wire_bytes += sent
+                self.counters.compressed_chunks += packed
                 verified = n
                 if self.remaining == 0:
                     self.done.set()

@@ -34,7 +34,7 @@ from computenet.model.transfer import (
     Ticket,
     TransferGrant,
 )
-from computenet.transfer import client, sockets, wire
+from computenet.transfer import client, compress, sockets, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
@@ -243,6 +243,7 @@ class DataServer:
             sync=SyncLevel(body.get("sync", "none")),
             verify=bool(body.get("verify", True)),
             tls=body.get("tls"),
+            compress=body.get("compress"),
             watcher=tell,
             faults=Faults(),
         )
@@ -362,7 +363,11 @@ class DataServer:
             )
         ):
             raise wire.WireError("NEED does not match the manifest")
-        self.sessions[tid] = _Session(t.claims.id, sender=Sender(src.manifest, src.paths, need))
+        packed = body.get("compress")
+        if not isinstance(packed, bool):
+            packed = await asyncio.to_thread(compress.worth_it, src.paths)
+        sender = Sender(src.manifest, src.paths, need, compress=packed)
+        self.sessions[tid] = _Session(t.claims.id, sender=sender)
         wire.send(writer, Kind.OK)
         await writer.drain()
         with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):

@@ -3,7 +3,8 @@
     magic "CN" (2) | version (1) | kind (1) | payload length (4, big-endian)
 
 Control payloads are UTF-8 JSON. A DATA payload is ``file (u32) | chunk (u32)`` and the
-chunk's bytes; an ACK is ``file (u32) | chunk (u32) | status (u8)``. The layout is kept
+chunk's bytes; a DATAZ payload is ``file (u32) | chunk (u32) | size (u32)`` and the chunk
+as one zstd frame; an ACK is ``file (u32) | chunk (u32) | status (u8)``. The layout is kept
 fixed and small so that the sender can put a chunk's bytes on the socket with
 ``sendfile`` right after its header.
 """
@@ -20,6 +21,7 @@ MAGIC = b"CN"
 VERSION = 1
 HEADER = struct.Struct("!2sBBI")
 DATA = struct.Struct("!II")
+DATAZ = struct.Struct("!III")
 ACK = struct.Struct("!IIB")
 MAX_CONTROL = 256 << 20
 MAX_DATA = (64 << 20) + DATA.size
@@ -38,6 +40,7 @@ class Kind(IntEnum):
     DONE = 9
     PROGRESS = 10
     RELAY = 11
+    DATAZ = 12
 
 
 class Status(IntEnum):
@@ -71,7 +74,7 @@ def parse_header(raw: bytes | bytearray | memoryview) -> tuple[Kind, int]:
         k = Kind(kind)
     except ValueError as e:
         raise WireError(f"unknown frame kind {kind}") from e
-    if length > (MAX_DATA if k is Kind.DATA else MAX_CONTROL):
+    if length > (MAX_DATA + 4 if k in (Kind.DATA, Kind.DATAZ) else MAX_CONTROL):
         raise WireError(f"frame of {length} bytes is over the limit")
     return k, length
 
