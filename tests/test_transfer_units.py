@@ -11,8 +11,10 @@ import pytest
 
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
+from computenet.model.transfer import DataEndpoint
 from computenet.transfer import compress, wire
 from computenet.transfer import ticket as tickets
+from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import build, tree_hash
 from computenet.transfer.paths import PathError, confine, normalise, within
@@ -140,3 +142,19 @@ def test_compression_is_chosen_by_a_sample_and_never_inflates_past_the_size(
         compress.unpack(packed, 1000)  # claims less than it holds: refused, not inflated
     with pytest.raises(WireError):
         compress.unpack(b"not zstd at all", 10)
+
+
+@pytest.mark.parametrize(
+    ("host", "advised", "tls"),
+    [
+        ("127.0.0.1", False, False),
+        ("::1", False, False),
+        ("localhost", False, False),
+        ("127.0.0.1", True, True),
+        ("10.1.2.3", False, True),
+        ("data.site-b.example", False, True),
+    ],
+)
+def test_tls_is_on_off_loopback_unless_told(host: str, advised: bool, tls: bool) -> None:
+    ep = DataEndpoint(host=host, port=9000, tls=advised)
+    assert wants_tls(ep) is tls

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 import secrets
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from computenet.model.transfer import (
+    DataEndpoint,
     Direction,
     Manifest,
     SyncLevel,
@@ -70,13 +72,26 @@ def streams_for(lengths: Iterable[int]) -> int:
     return max(1, min(8, 2 * (os.cpu_count() or 1), 1 + large // (128 << 20)))
 
 
+def wants_tls(ep: DataEndpoint) -> bool:
+    """TLS unless asked otherwise: on where the pool advises it and on every link that
+    leaves this machine; off on loopback, where it would only cost CPU."""
+    if ep.tls:
+        return True
+    if ep.host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(ep.host).is_loopback
+    except ValueError:
+        return True  # a name: another machine, as far as this end can tell
+
+
 class _Link:
     """The connections of one transfer to one data server."""
 
     def __init__(self, grant: TransferGrant, direction: Direction, options: Options) -> None:
         self.grant, self.direction = grant, direction
         self.id = secrets.token_hex(8)
-        self.tls = grant.endpoint.tls if options.tls is None else options.tls
+        self.tls = wants_tls(grant.endpoint) if options.tls is None else options.tls
         self.conns: list[Conn] = []
         self.socks: list[Sock] = []
         self.welcome: dict[str, Any] = {}  # what the server said on accepting the control
