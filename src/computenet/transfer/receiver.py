@@ -14,7 +14,6 @@ import os
 import queue
 import ssl
 import stat
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -322,10 +321,10 @@ class Receiver:
         f, c = wire.DATA.unpack_from(head, wire.HEADER.size)
         size: int | None = None
         if kind is wire.Kind.DATAZ:
-            more = bytearray(wire.DATAZ.size - wire.DATA.size)
-            if not sockets.recv_exact(sock, memoryview(more)):
+            head += bytes(wire.DATAZ.size - wire.DATA.size)
+            if not sockets.recv_exact(sock, memoryview(head)[wire.HEADER.size + wire.DATA.size :]):
                 raise ConnectionResetError("the sender closed the stream inside a chunk")
-            (size,) = struct.unpack("!I", more)
+            _, _, size = wire.DATAZ.unpack_from(head, wire.HEADER.size)
             n = length - wire.DATAZ.size
         elif kind is wire.Kind.DATA:
             n = length - wire.DATA.size

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from computenet.transfer.wire import HEADER, Kind, Refused, WireError, header, parse_header
+from computenet.transfer.wire import HEADER, Kind, control, header, parse_header
 
 T = TypeVar("T")
 Sock = socket.socket  # an ssl.SSLSocket is one too
@@ -67,16 +67,7 @@ def expect(sock: Sock, *kinds: Kind) -> Any:
     frame = read_frame(sock)
     if frame is None:
         raise ConnectionResetError("the peer closed the stream")
-    kind, payload = frame
-    try:
-        body = json.loads(payload) if payload else {}
-    except ValueError as e:
-        raise WireError("a control frame is not JSON") from e
-    if kind is Kind.ERROR:
-        raise Refused(str(body.get("error", "refused")) if isinstance(body, dict) else "refused")
-    if kind not in kinds:
-        raise WireError(f"expected {' or '.join(k.name for k in kinds)}, got {kind.name}")
-    return body
+    return control(*frame, kinds)
 
 
 def readable(sock: Sock, timeout: float) -> bool:

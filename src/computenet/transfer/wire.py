@@ -95,12 +95,17 @@ def send_json(writer: asyncio.StreamWriter, kind: Kind, body: Any) -> None:
 async def expect(reader: asyncio.StreamReader, *kinds: Kind) -> tuple[Kind, Any]:
     """The next control frame, decoded; an ERROR frame raises ``Refused``."""
     kind, payload = await read_frame(reader)
+    return kind, control(kind, payload, kinds)
+
+
+def control(kind: Kind, payload: bytes, kinds: tuple[Kind, ...]) -> Any:
+    """A control frame's JSON body, if it is one of ``kinds``; an ERROR raises ``Refused``."""
     body = _json(payload)
     if kind is Kind.ERROR:
         raise Refused(str(body.get("error", "refused")) if isinstance(body, dict) else "refused")
     if kind not in kinds:
         raise WireError(f"expected {' or '.join(k.name for k in kinds)}, got {kind.name}")
-    return kind, body
+    return body
 
 
 def _json(payload: bytes) -> Any:
