@@ -234,6 +234,30 @@ def test_sync_levels_leave_what_matches(shared: Network, pool: str, tmp_path: Pa
     same_tree(src, root_of(shared) / "sync")
 
 
+def test_a_pool_file_changed_in_place_is_sent_as_it_is_now(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    """The data server keeps the hashes of files it has sent; a file rewritten in place,
+    with its size and mtime put back, must not be sent under its old hashes."""
+    src = tmp_path / "kept.bin"
+    src.write_bytes(os.urandom(2 * CHUNK + 7))
+    result(cp(shared, str(src), f"{pool}:/kept/"))
+    time.sleep(1.2)  # older than a clock tick: its hashes are kept from the next send
+    for _ in range(2):
+        result(cp(shared, f"{pool}:/kept/kept.bin", str(tmp_path / "out.bin")))
+        assert (tmp_path / "out.bin").read_bytes() == src.read_bytes()
+
+    there = root_of(shared) / "kept" / "kept.bin"
+    st = there.stat()
+    new = os.urandom(st.st_size)
+    with there.open("r+b") as fh:
+        fh.write(new)
+    os.utime(there, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = result(cp(shared, f"{pool}:/kept/kept.bin", str(tmp_path / "new.bin")))
+    assert r.counters.retries == 0 and r.counters.chunks == 3
+    assert (tmp_path / "new.bin").read_bytes() == new
+
+
 def test_a_deadline_stops_the_copy_with_a_clear_reason(
     shared: Network, pool: str, tmp_path: Path
 ) -> None:

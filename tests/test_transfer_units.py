@@ -12,11 +12,12 @@ import pytest
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
 from computenet.model.transfer import DataEndpoint
-from computenet.transfer import compress, wire
+from computenet.transfer import compress, hashes, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
-from computenet.transfer.manifest import build, tree_hash
+from computenet.transfer.hashes import HashCache
+from computenet.transfer.manifest import build, hash_chunks, tree_hash
 from computenet.transfer.paths import PathError, confine, normalise, within
 from computenet.transfer.ticket import TicketError
 from computenet.transfer.wire import WireError
@@ -103,6 +104,31 @@ def test_the_tree_hash_covers_names_sizes_and_content(tmp_path: Path) -> None:
     assert tree_hash(m.files, m.dirs) == m.tree_hash
     renamed = [files["a/f"].model_copy(update={"path": "a/h"}), files["g"]]
     assert tree_hash(renamed, m.dirs) != m.tree_hash
+
+
+def test_kept_hashes_serve_only_while_the_file_is_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(3 * 4096 + 5))
+    cache = HashCache()
+    first = build(f, 4096, cache).manifest
+    assert cache.hits == 0  # changed just now: a write in the same clock tick could hide
+    monkeypatch.setattr(hashes, "RACY", 0)
+    build(f, 4096, cache)
+    again = build(f, 4096, cache).manifest
+    assert cache.hits == 1 and again == first
+
+    st = f.stat()  # new bytes, same size, mtime put back: the ctime still tells
+    f.write_bytes(os.urandom(st.st_size))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    changed = build(f, 4096, cache).manifest.files[0]
+    assert changed.mtime_ns == st.st_mtime_ns and cache.hits == 1
+    assert changed.chunks == hash_chunks(f, st.st_size, 4096) != first.files[0].chunks
+
+    cache.forget([f])
+    build(f, 4096, cache)
+    assert cache.hits == 1
 
 
 def test_frames_round_trip_and_strangers_are_refused() -> None:

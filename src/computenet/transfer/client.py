@@ -12,6 +12,7 @@ import ipaddress
 import os
 import secrets
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -29,7 +30,8 @@ from computenet.model.transfer import (
 )
 from computenet.transfer import compress, sockets, tls, wire
 from computenet.transfer.faults import Faults
-from computenet.transfer.manifest import CHUNK, build
+from computenet.transfer.hashes import HashCache
+from computenet.transfer.manifest import CHUNK, Source, build
 from computenet.transfer.paths import confine
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
@@ -61,15 +63,25 @@ class Options:
     chunk_size: int = CHUNK
     watcher: Watcher | None = None
     faults: Faults = field(default_factory=Faults.from_env)
+    hashes: HashCache | None = None  # a data server's hashes of its own files
 
 
 def streams_for(lengths: Iterable[int]) -> int:
-    """One stream per 128 MiB of large chunks still to move, up to 8 and to twice the
-    cores. Chunks under 1 MiB (small files) count for nothing: each one costs its stream a
-    few system calls, and more streams would only make their threads fight for the
-    interpreter."""
-    large = sum(n for n in lengths if n >= SPLICE_MIN)
-    return max(1, min(8, 2 * (os.cpu_count() or 1), 1 + large // (128 << 20)))
+    """One stream per 128 MiB of large chunks still to move, and for small files (chunks
+    under 1 MiB) one per 256 MiB up to a stream a core; in all, up to 8 and to twice the
+    cores. A small file costs its stream a few system calls and a new file's pages, which
+    a second core halves; past a stream a core, threads only fight for the interpreter."""
+    large = small = 0
+    for n in lengths:
+        if n >= SPLICE_MIN:
+            large += n
+        else:
+            small += n
+    cores = os.cpu_count() or 1
+    want = (1 + large // (128 << 20) if large else 0) + (
+        min(cores, 1 + small // (256 << 20)) if small else 0
+    )
+    return max(1, min(8, 2 * cores, want))
 
 
 def wants_tls(ep: DataEndpoint) -> bool:
@@ -163,14 +175,27 @@ class _Link:
 
 def _advance(w: Watcher | None) -> Callable[[int], None] | None:
     """The watcher's ``advance``, called on the event loop's thread: streams run on threads
-    of their own, and a progress bar or a relay's teller is not thread-safe."""
+    of their own, and a progress bar or a relay's teller is not thread-safe. Chunks that
+    land while a call is pending join it: a wake-up of the loop per 100 KiB file would
+    cost the streams more than the file."""
     if w is None:
         return None
     loop = asyncio.get_running_loop()
+    lock = threading.Lock()
+    pending = [0]
+
+    def flush() -> None:
+        with lock:
+            n, pending[0] = pending[0], 0
+        w.advance(n)
 
     def advance(n: int) -> None:
-        with contextlib.suppress(RuntimeError):  # the loop has closed
-            loop.call_soon_threadsafe(w.advance, n)
+        with lock:
+            first = not pending[0]
+            pending[0] += n
+        if first:
+            with contextlib.suppress(RuntimeError):  # the loop has closed
+                loop.call_soon_threadsafe(flush)
 
     return advance
 
@@ -218,7 +243,18 @@ async def put(grant: TransferGrant, source: Path, options: Options | None = None
 
 async def _put(grant: TransferGrant, source: Path, options: Options) -> TransferResult:
     started = time.monotonic()
-    src = await asyncio.to_thread(build, source, options.chunk_size)
+    src = await asyncio.to_thread(build, source, options.chunk_size, options.hashes)
+    try:
+        return await _send(grant, src, source, options, started)
+    except BaseException:
+        if options.hashes is not None:
+            options.hashes.forget(src.paths)
+        raise
+
+
+async def _send(
+    grant: TransferGrant, src: Source, source: Path, options: Options, started: float
+) -> TransferResult:
     m = src.manifest
     link = _Link(grant, Direction.put, options)
     counters = TransferCounters()

@@ -15,6 +15,7 @@ from pathlib import Path
 import blake3
 
 from computenet.model.transfer import Manifest, ManifestEntry
+from computenet.transfer.hashes import HashCache
 from computenet.transfer.paths import PART, RESERVED, open_read
 
 CHUNK = 8 << 20
@@ -107,11 +108,22 @@ def scan(root: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[str]]
     return files, dirs
 
 
+def _hashes(path: Path, st: os.stat_result, chunk: int, cache: HashCache | None) -> list[str]:
+    if cache is None:
+        return hash_chunks(path, st.st_size, chunk)
+    got = cache.get(path, st, chunk)
+    if got is None:
+        got = hash_chunks(path, st.st_size, chunk)
+        cache.put(path, st, chunk, got)
+    return got
+
+
 def total_size(root: Path) -> int:
     return sum(s.st_size for _, _, s in scan(root)[0])
 
 
-def build(root: Path, chunk: int = CHUNK) -> Source:
+def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Source:
+    """The manifest of ``root``; files whose hashes ``cache`` holds are not read."""
     files, dirs = scan(root)
     entries = [
         ManifestEntry(
@@ -119,7 +131,7 @@ def build(root: Path, chunk: int = CHUNK) -> Source:
             size=s.st_size,
             mode=stat.S_IMODE(s.st_mode),
             mtime_ns=s.st_mtime_ns,
-            chunks=hash_chunks(p, s.st_size, chunk),
+            chunks=_hashes(p, s, chunk, cache),
         )
         for rel, p, s in files
     ]

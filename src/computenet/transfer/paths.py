@@ -7,6 +7,9 @@ the filesystem sees them (a symlink that leads out is refused), and files are op
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
 from pathlib import Path
 
@@ -58,3 +61,26 @@ def open_part(path: Path) -> int:
 
 def part_of(final: Path) -> Path:
     return final.with_name(f".{final.name}{PART}")
+
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+_fallocate = getattr(_libc, "fallocate", None)
+if _fallocate is not None:
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+def reserve(fd: int, offset: int, n: int) -> None:
+    """Allocates a chunk's blocks before its bytes are written into them. On tmpfs a
+    large write into blocks allocated as it goes runs at a third to a half of the speed
+    of one into blocks already there; on disk filesystems the file is laid out whole and
+    a full disk is found before the bytes are sent. ``fallocate``, not
+    ``posix_fallocate``: where a filesystem cannot reserve, this does nothing, rather
+    than write every block twice."""
+    if _fallocate is None or n <= 0:
+        return
+    if _fallocate(fd, 0, offset, n) == 0:
+        return
+    code = ctypes.get_errno()
+    if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+        return
+    raise OSError(code, os.strerror(code))

@@ -23,7 +23,7 @@ from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, Transf
 from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import digest, digest_at, hash_chunks
-from computenet.transfer.paths import open_part, part_of
+from computenet.transfer.paths import open_part, part_of, reserve
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
 
@@ -145,6 +145,8 @@ class Receiver:
             data = self._tamper(data)
             if self.verify and digest(data) != self.manifest.files[f].chunks[c]:
                 return self._bad()
+            if len(data) >= SPLICE_MIN:
+                reserve(fd, c * self.manifest.chunk_size, len(data))
             os.pwrite(fd, data, c * self.manifest.chunk_size)
             ok = True
         finally:
@@ -294,6 +296,7 @@ class Receiver:
                     work.put((f, c, n, wire.Status.UNKNOWN))
                     continue
                 try:
+                    reserve(fd, c * self.manifest.chunk_size, n)
                     pipe.splice(sock, fd, c * self.manifest.chunk_size, n)
                 except BaseException:
                     self._settle(f, c, n, False)

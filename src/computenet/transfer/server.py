@@ -37,6 +37,7 @@ from computenet.model.transfer import (
 from computenet.transfer import client, compress, sockets, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.faults import Faults
+from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
 from computenet.transfer.paths import RESERVED, PathError, confine, normalise
 from computenet.transfer.receiver import Receiver
@@ -109,6 +110,7 @@ class DataServer:
         self._key_at = 0.0
         self._server: asyncio.Server | None = None
         self.sessions: dict[str, _Session] = {}
+        self.hashes = HashCache()
 
     async def start(self) -> DataEndpoint:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -246,6 +248,7 @@ class DataServer:
             compress=body.get("compress"),
             watcher=tell,
             faults=Faults(),
+            hashes=self.hashes,
         )
         result = await client.put(grant, source, options)
         result.source = f"{self.pool()}:/{ctl.path}"
@@ -347,7 +350,7 @@ class DataServer:
         source = confine(self.root, path)
         if not source.exists():
             raise TransferError(f"/{path}: no such file or directory in the pool")
-        src = await asyncio.to_thread(build, source, CHUNK)
+        src = await asyncio.to_thread(build, source, CHUNK, self.hashes)
         wire.send_json(writer, Kind.MANIFEST, {"manifest": src.manifest.model_dump(mode="json")})
         await writer.drain()
         _, body = await wire.expect(reader, Kind.NEED)
@@ -370,5 +373,9 @@ class DataServer:
         self.sessions[tid] = _Session(t.claims.id, sender=sender)
         wire.send(writer, Kind.OK)
         await writer.drain()
-        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-            await wire.expect(reader, Kind.DONE)
+        try:
+            with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+                await wire.expect(reader, Kind.DONE)
+        finally:
+            if sender.remaining:  # refused or cut short: hash afresh next time
+                self.hashes.forget(src.paths)
