@@ -1,10 +1,9 @@
 """The receiving end, the same on the data server (put) and in the client (get).
 
-Each chunk is checked against the manifest's BLAKE3 hash before it is written with
-``pwrite`` into a partial file next to its destination. A file is renamed into place
-only when every chunk is in and, with verify on, reads back as the manifest says. A
-partial file left by an interrupted transfer is kept: its chunks that still hash right
-are not asked for again.
+Each chunk is checked against the manifest's BLAKE3 hash as it lands in a partial file
+next to its destination. A file is renamed into place once every chunk is in and, with
+verify on, has hashed as the manifest says. A partial file left by an interrupted
+transfer is kept: its chunks that still hash right are not asked for again.
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, Transf
 from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import digest, digest_at, hash_chunks
-from computenet.transfer.paths import open_part, part_of, reserve
+from computenet.transfer.paths import PART, open_part, part_of, reserve
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
 
@@ -83,6 +82,7 @@ class Receiver:
         self._left: dict[int, set[int]] = {}
         self._skip: set[int] = set()
         self._busy: set[tuple[int, int]] = set()
+        self._sealed: set[int] = set()
         self._arrived = 0
 
     @property
@@ -91,24 +91,27 @@ class Receiver:
 
     def plan(self) -> Plan:
         """Decides what must move: files the sync level keeps are skipped, chunks that a
-        partial file already holds are not asked for."""
+        partial file already holds are not asked for. Each destination directory is
+        listed once rather than each name looked up twice."""
         chunk = self.manifest.chunk_size
         plan = Plan([], [])
-        made: set[Path] = set()
+        listings: dict[Path, dict[str, os.DirEntry[str]]] = {}
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
-            if final.is_dir():
+            names = listings.get(final.parent)
+            if names is None:
+                names = listings[final.parent] = _listing(final.parent)
+            there = names.get(final.name)
+            if there is not None and there.is_dir():
                 raise TransferError(f"{final} is a directory; a file cannot replace it")
-            if unchanged(final, e, self.sync, chunk):
+            if there is not None and unchanged(final, e, self.sync, chunk):
                 plan.skip.append(i)
                 plan.need.append([])
                 self._skip.add(i)
                 self.counters.files_skipped += 1
                 self.counters.bytes_skipped += e.size
                 continue
-            if final.parent not in made:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                made.add(final.parent)
-            have = self._resumable(part_of(final), e)
+            part = names.get(f".{final.name}{PART}")
+            have = set() if part is None else self._resumable(Path(part.path), e)
             need = [j for j in range(len(e.chunks)) if j not in have]
             plan.need.append(need)
             self._left[i] = set(need)
@@ -188,6 +191,7 @@ class Receiver:
             return fd
 
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
+        fd = None
         with self._lock:
             self._busy.discard((f, c))
             left = self._left[f]
@@ -198,12 +202,29 @@ class Receiver:
                 self.counters.wire_bytes += n if packed is None else packed
                 self.counters.compressed_chunks += packed is not None
                 if not left:
-                    os.close(self._fds.pop(f))
+                    fd = self._fds.pop(f)
+        if fd is not None:
+            self._seal(f, fd)
         if ok:
             if self.progress is not None:
                 self.progress(n)
             if self.faults is not None:
                 self.faults.verified()
+
+    def _seal(self, f: int, fd: int) -> None:
+        """A file whose last chunk has landed, checked, goes into place now, on the stream
+        that finished it, rather than in a long serial commit at the end: a reader still
+        never sees it half written."""
+        e = self.manifest.files[f]
+        try:
+            os.chmod(fd, e.mode & 0o7777)
+            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+        finally:
+            os.close(fd)
+        os.replace(part_of(self.finals[f]), self.finals[f])
+        with self._lock:
+            self._sealed.add(f)
+            self.counters.files += 1
 
     def _bad(self) -> wire.Status:
         with self._lock:
@@ -350,16 +371,16 @@ class Receiver:
         sock.sendall(_ack_frame(f, c, status))
 
     def commit(self) -> None:
-        """Renames each finished file into place (atomically, one by one). With verify on,
-        each chunk was checked against the sender's hash as it landed, so nothing is read
-        back here."""
+        """Puts in place what the streams have not: empty files, and files whose chunks
+        were all in a partial file already. With verify on, each chunk was checked against
+        the sender's hash as it landed, so nothing is read back here."""
         if not self.complete:
             missing = sum(len(x) for x in self.files_left().values())
             raise TransferError(f"{missing} chunks are still missing; run the copy again")
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
-            if i in self._skip:
+            if i in self._skip or i in self._sealed:
                 continue
             part = part_of(final)
             if not e.chunks:
@@ -378,6 +399,16 @@ class Receiver:
                 with contextlib.suppress(OSError):
                     os.close(fd)
             self._fds.clear()
+
+
+def _listing(d: Path) -> dict[str, os.DirEntry[str]]:
+    """What a destination directory holds, by name; made, empty, where it is missing."""
+    try:
+        with os.scandir(d) as entries:
+            return {x.name: x for x in entries}
+    except FileNotFoundError:
+        d.mkdir(parents=True, exist_ok=True)
+        return {}
 
 
 def _ack_frame(f: int, c: int, status: wire.Status) -> bytes:
