@@ -64,18 +64,17 @@ def part_of(final: Path) -> Path:
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-_fallocate = getattr(_libc, "fallocate", None)
+_fallocate = getattr(_libc, "fallocate64", None) or getattr(_libc, "fallocate", None)
 if _fallocate is not None:
-    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    _fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
 
 
 def reserve(fd: int, offset: int, n: int) -> None:
-    """Allocates a chunk's blocks before its bytes are written into them. On tmpfs a
-    large write into blocks allocated as it goes runs at a third to a half of the speed
-    of one into blocks already there; on disk filesystems the file is laid out whole and
-    a full disk is found before the bytes are sent. ``fallocate``, not
-    ``posix_fallocate``: where a filesystem cannot reserve, this does nothing, rather
-    than write every block twice."""
+    """Allocates a chunk's blocks before its bytes land. Streams write one file at
+    several offsets at once; allocated as they land, the blocks of a file on disk would
+    interleave, and a full disk would be found half way through a chunk. ``fallocate``,
+    not ``posix_fallocate``: where a filesystem cannot reserve, this does nothing,
+    rather than write every block twice."""
     if _fallocate is None or n <= 0:
         return
     if _fallocate(fd, 0, offset, n) == 0:
