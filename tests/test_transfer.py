@@ -201,6 +201,23 @@ def test_a_killed_copy_resumes_with_only_the_missing_chunks(
     assert out.read_bytes() == src.read_bytes()
 
 
+def test_a_killed_tree_copy_resumes_without_the_files_it_finished(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "tree"
+    make_tree(src, 30, 20_000)
+    dest = root_of(shared) / "resumed-tree"
+    killed = cp(shared, "--streams", "1", str(src), f"{pool}:/resumed-tree", faults="kill:chunk=12")
+    assert killed.returncode == -9, killed.stderr
+    assert not [p for p in dest.rglob("*") if p.is_file() and not p.name.endswith(".cnetpart")]
+
+    r = result(cp(shared, str(src), f"{pool}:/resumed-tree"))
+    assert r.counters.chunks_present >= 12
+    assert r.counters.chunks + r.counters.chunks_present == 30
+    assert r.counters.files == 31  # every file, the empty one too, is put in place
+    same_tree(src, dest)
+
+
 def test_a_chunk_corrupted_on_the_wire_is_caught_and_sent_again(
     shared: Network, pool: str, tmp_path: Path
 ) -> None:

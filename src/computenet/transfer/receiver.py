@@ -212,19 +212,16 @@ class Receiver:
                 self.faults.verified()
 
     def _seal(self, f: int, fd: int) -> None:
-        """A file whose last chunk has landed, checked, goes into place now, on the stream
-        that finished it, rather than in a long serial commit at the end: a reader still
-        never sees it half written."""
+        """A file whose last chunk has landed, checked, gets its mode and times now, on
+        the stream that finished it: the commit at the end is then one rename a file."""
         e = self.manifest.files[f]
         try:
             os.chmod(fd, e.mode & 0o7777)
             os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
         finally:
             os.close(fd)
-        os.replace(part_of(self.finals[f]), self.finals[f])
         with self._lock:
             self._sealed.add(f)
-            self.counters.files += 1
 
     def _bad(self) -> wire.Status:
         with self._lock:
@@ -371,22 +368,24 @@ class Receiver:
         sock.sendall(_ack_frame(f, c, status))
 
     def commit(self) -> None:
-        """Puts in place what the streams have not: empty files, and files whose chunks
-        were all in a partial file already. With verify on, each chunk was checked against
-        the sender's hash as it landed, so nothing is read back here."""
+        """Renames each finished file into place (atomically, one by one), once every
+        file is in: an interrupted copy leaves only partial files, which the next run
+        resumes. With verify on, each chunk was checked against the sender's hash as it
+        landed, so nothing is read back here."""
         if not self.complete:
             missing = sum(len(x) for x in self.files_left().values())
             raise TransferError(f"{missing} chunks are still missing; run the copy again")
         for d in self.dirs:
             d.mkdir(parents=True, exist_ok=True)
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
-            if i in self._skip or i in self._sealed:
+            if i in self._skip:
                 continue
             part = part_of(final)
-            if not e.chunks:
-                os.close(open_part(part))
-            os.chmod(part, e.mode & 0o7777)
-            os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
+            if i not in self._sealed:
+                if not e.chunks:
+                    os.close(open_part(part))
+                os.chmod(part, e.mode & 0o7777)
+                os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(part, final)
             self.counters.files += 1
 
