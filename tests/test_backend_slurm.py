@@ -344,7 +344,11 @@ def test_restarted_agent_adopts_the_running_slurm_job(
     net: Network, cpi: str, cluster: SlurmCluster
 ) -> None:
     with net.client() as c:
-        job = c.submit(command=["sh", "-c", "sleep 5; echo adopted"], pool=cpi)
+        job = c.submit(
+            command=["sh", "-c", "sleep 5; echo adopted; mkdir out; echo 42 > out/answer"],
+            pool=cpi,
+            outputs=[{"path": "out", "uri": "cnet://dataset/adopted-out"}],
+        )
         wait_state(net, job.id, JobState.RUNNING)
         slurm_id, _ = slurm_job(cluster, job.id)
         net.agents[POOL].kill()  # no goodbye: the job is Slurm's, and must not notice
@@ -355,6 +359,8 @@ def test_restarted_agent_adopts_the_running_slurm_job(
         assert final.exit_code == 0
         assert [a.number for a in final.attempts] == [1]
         assert "".join(ch["data"] for ch in c.logs(job.id)) == "adopted\n"
+        out = c.dataset("adopted-out").versions[0]  # uploaded by the agent that adopted it
+        assert out.files == 1 and [r.pool for r in out.replicas] == [cpi]
     assert slurm_job(cluster, job.id) == (slurm_id, "COMPLETED")
     assert f"re-attached to {job.id}#1" in net.agents[POOL].output()
 

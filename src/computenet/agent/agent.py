@@ -453,11 +453,7 @@ class Agent:
                     None,
                 )
                 outcome = await self.backend.wait(task)
-                if outcome.state is JobState.COMPLETE and task.spec.outputs:
-                    try:
-                        await self.stager.outputs(task)
-                    except StagingError as e:
-                        outcome.state, outcome.reason = JobState.FAILED, str(e)
+                await self._stage_out(task, outcome)
             self._ship(run, final=True)
             self._finish(task, outcome)
         except Exception as e:
@@ -471,6 +467,15 @@ class Agent:
             )
         finally:
             self.running.pop(task.key, None)
+
+    async def _stage_out(self, task: Task, outcome: Outcome) -> None:
+        """A finished job's outputs, uploaded before its end is reported: a job is COMPLETE
+        only once its outputs are where it said they go."""
+        if outcome.state is JobState.COMPLETE and task.spec.outputs:
+            try:
+                await self.stager.outputs(task)
+            except StagingError as e:
+                outcome.state, outcome.reason = JobState.FAILED, str(e)
 
     async def _stage_in(self, run: _Running) -> None:
         task = run.task
@@ -625,9 +630,12 @@ class Agent:
             )
 
     async def _resume(self, run: _Running) -> None:
-        """Follows a task re-attached after a restart; its output is shipped from the start."""
+        """Follows a task re-attached after a restart; its output is shipped from the start,
+        and its outputs are uploaded as for any job (again, where the agent died while
+        uploading them: the copy resumes what it had moved)."""
         try:
             outcome = await self.backend.wait(run.task)
+            await self._stage_out(run.task, outcome)
             self._ship(run, final=True)
             # The node may never have heard that it started (a repeat is harmless).
             self._queue(
