@@ -82,7 +82,6 @@ class Receiver:
         self._left: dict[int, set[int]] = {}
         self._skip: set[int] = set()
         self._busy: set[tuple[int, int]] = set()
-        self._sealed: set[int] = set()
         self._arrived = 0
 
     @property
@@ -191,7 +190,6 @@ class Receiver:
             return fd
 
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
-        fd = None
         with self._lock:
             self._busy.discard((f, c))
             left = self._left[f]
@@ -202,26 +200,12 @@ class Receiver:
                 self.counters.wire_bytes += n if packed is None else packed
                 self.counters.compressed_chunks += packed is not None
                 if not left:
-                    fd = self._fds.pop(f)
-        if fd is not None:
-            self._seal(f, fd)
+                    os.close(self._fds.pop(f))
         if ok:
             if self.progress is not None:
                 self.progress(n)
             if self.faults is not None:
                 self.faults.verified()
-
-    def _seal(self, f: int, fd: int) -> None:
-        """A file whose last chunk has landed, checked, gets its mode and times now, on
-        the stream that finished it: the commit at the end is then one rename a file."""
-        e = self.manifest.files[f]
-        try:
-            os.chmod(fd, e.mode & 0o7777)
-            os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-        finally:
-            os.close(fd)
-        with self._lock:
-            self._sealed.add(f)
 
     def _bad(self) -> wire.Status:
         with self._lock:
@@ -381,11 +365,10 @@ class Receiver:
             if i in self._skip:
                 continue
             part = part_of(final)
-            if i not in self._sealed:
-                if not e.chunks:
-                    os.close(open_part(part))
-                os.chmod(part, e.mode & 0o7777)
-                os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
+            if not e.chunks:
+                os.close(open_part(part))
+            os.chmod(part, e.mode & 0o7777)
+            os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(part, final)
             self.counters.files += 1
 
