@@ -346,6 +346,33 @@ def test_dot_dot_and_symlink_escapes_are_refused(
     assert not (tmp_path / "stolen").exists() and not (outside / "planted").exists()
 
 
+def test_a_put_past_the_pools_data_quota_is_refused_before_bytes_flow(
+    shared: Network, tmp_path: Path
+) -> None:
+    if "capped" not in shared.agents:
+        shared.start_agent("capped", "--no-calibrate", "--data-quota", "300K")
+    capped = shared.wait_pool("capped")
+    root = root_of(shared, "capped")
+    a, b = tmp_path / "a.bin", tmp_path / "b.bin"
+    a.write_bytes(os.urandom(200_000))
+    b.write_bytes(os.urandom(200_000))
+    result(cp(shared, str(a), f"{capped}:/a.bin"))
+
+    refused = cp(shared, str(b), f"{capped}:/sub/b.bin")
+    assert refused.returncode == 1
+    assert "data quota is 300.0 KiB and it holds 195.3 KiB" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    held = [p.relative_to(root).as_posix() for p in root.rglob("*") if ".cnet" not in p.parts]
+    assert held == ["a.bin"]  # nothing of b.bin, not even its directory
+
+    a.write_bytes(os.urandom(200_000))  # a file that replaces another takes no more room
+    result(cp(shared, str(a), f"{capped}:/a.bin"))
+    assert (root / "a.bin").read_bytes() == a.read_bytes()
+
+    bad = shared.cnet("agent", "run", "--node", shared.url, "--token", "x", "--data-quota", "lots")
+    assert bad.returncode == 2 and "--data-quota: invalid size 'lots'" in bad.stderr
+
+
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:
     h = {"authorization": f"Bearer {shared.token}"}
     cases = [

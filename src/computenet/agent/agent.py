@@ -87,6 +87,7 @@ class AgentConfig:
     data_host: str = "127.0.0.1"
     data_port: int = 0  # 0: any free port, advertised at registration
     data_tls: bool = False  # advise clients to use TLS (they may anyway)
+    data_quota: int | None = None  # bytes the data root may hold; None: no cap
 
 
 class Backoff:
@@ -150,6 +151,7 @@ class Agent:
             cfg.data_port,
             cfg.data_tls,
             tls_dir=cfg.state_dir,
+            quota=cfg.data_quota,
         )
 
     # --- lifecycle ----------------------------------------------------------------------

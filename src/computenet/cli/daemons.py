@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from computenet import config
 from computenet.cli.output import CLIError, err, out
 from computenet.model import PoolConfig
+from computenet.model.common import parse_memory
 
 node_app = typer.Typer(help="Run and manage a node.", no_args_is_help=True)
 agent_app = typer.Typer(help="Run an agent that fronts a pool.", no_args_is_help=True)
@@ -118,6 +119,10 @@ def agent_run(
     data_host: Annotated[str, typer.Option(help="the data server's bind address")] = "127.0.0.1",
     data_port: Annotated[int, typer.Option(help="the data server's port (0: any free)")] = 0,
     data_tls: Annotated[bool, typer.Option(help="advise clients to use TLS for data")] = False,
+    data_quota: Annotated[
+        str | None,
+        typer.Option(help="the most the data root may hold, e.g. 500G; puts past it are refused"),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Front a pool (this machine, or a Ray or Slurm cluster): register, heartbeat, run work."""
@@ -139,6 +144,10 @@ def agent_run(
             raise CLIError(f"--option {item!r}: expected KEY=VALUE", 2)
         options[key] = value
     pool_name = pool or pc.pool or ""
+    try:
+        quota = None if data_quota is None else int(parse_memory(data_quota))
+    except ValueError as e:
+        raise CLIError(f"--data-quota: {e}", 2) from None
     cfg = AgentConfig(
         node_url=node,
         token=token,
@@ -160,6 +169,7 @@ def agent_run(
         data_host=data_host,
         data_port=data_port,
         data_tls=data_tls,
+        data_quota=quota,
     )
 
     async def main() -> None:

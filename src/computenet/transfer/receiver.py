@@ -36,6 +36,7 @@ class Plan:
     skip: list[int]
     present: int = 0
     present_bytes: int = 0
+    replaced: int = 0  # bytes of the files at the destination that the copy replaces
 
     def wire(self) -> dict[str, object]:
         return {
@@ -91,7 +92,8 @@ class Receiver:
     def plan(self) -> Plan:
         """Decides what must move: files the sync level keeps are skipped, chunks that a
         partial file already holds are not asked for. Each destination directory is
-        listed once rather than each name looked up twice."""
+        listed once rather than each name looked up twice. Nothing is written yet:
+        directories are made as the first chunk of a file in them lands."""
         chunk = self.manifest.chunk_size
         plan = Plan([], [])
         listings: dict[Path, dict[str, os.DirEntry[str]]] = {}
@@ -109,6 +111,8 @@ class Receiver:
                 self.counters.files_skipped += 1
                 self.counters.bytes_skipped += e.size
                 continue
+            if there is not None and there.is_file(follow_symlinks=False):
+                plan.replaced += there.stat(follow_symlinks=False).st_size
             part = names.get(f".{final.name}{PART}")
             have = set() if part is None else self._resumable(Path(part.path), e)
             need = [j for j in range(len(e.chunks)) if j not in have]
@@ -186,7 +190,7 @@ class Receiver:
             self._busy.add((f, c))
             fd = self._fds.get(f)
             if fd is None:
-                fd = self._fds[f] = open_part(part_of(self.finals[f]))
+                fd = self._fds[f] = _open_part(self.finals[f])
             return fd
 
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
@@ -366,7 +370,7 @@ class Receiver:
                 continue
             part = part_of(final)
             if not e.chunks:
-                os.close(open_part(part))
+                os.close(_open_part(final))
             os.chmod(part, e.mode & 0o7777)
             os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(part, final)
@@ -384,13 +388,23 @@ class Receiver:
 
 
 def _listing(d: Path) -> dict[str, os.DirEntry[str]]:
-    """What a destination directory holds, by name; made, empty, where it is missing."""
+    """What a destination directory holds, by name; nothing where it is missing."""
     try:
         with os.scandir(d) as entries:
             return {x.name: x for x in entries}
     except FileNotFoundError:
-        d.mkdir(parents=True, exist_ok=True)
         return {}
+    except NotADirectoryError:
+        raise TransferError(f"{d} is a file; a directory cannot replace it") from None
+
+
+def _open_part(final: Path) -> int:
+    """The partial file of ``final``, made with its directory where there is none yet."""
+    try:
+        return open_part(part_of(final))
+    except FileNotFoundError:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return open_part(part_of(final))
 
 
 def _ack_frame(f: int, c: int, status: wire.Status) -> bytes:

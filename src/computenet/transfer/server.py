@@ -40,6 +40,7 @@ from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
 from computenet.transfer.paths import RESERVED, PathError, confine, normalise
+from computenet.transfer.quota import Quota
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -98,8 +99,10 @@ class DataServer:
         port: int = 0,
         tls: bool = False,
         tls_dir: Path | None = None,
+        quota: int | None = None,
     ) -> None:
         self.root = root
+        self.quota = Quota(root, quota)
         self.pool, self._fetch_key = pool, node_key
         self.host, self.port = host, port
         self.tls_default = tls
@@ -320,7 +323,10 @@ class DataServer:
             verify=bool(body.get("verify", True)),
         )
         plan = await asyncio.to_thread(receiver.plan)
+        adds = total - receiver.counters.bytes_skipped - plan.replaced
+        await self.quota.claim(adds)
         self.sessions[tid] = _Session(t.claims.id, receiver=receiver)
+        done = False
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
@@ -332,8 +338,11 @@ class DataServer:
                 writer, Kind.DONE, {"files": c.files, "faults": c.faults, "tree_hash": m.tree_hash}
             )
             await writer.drain()
+            done = True
         finally:
             receiver.close()
+            if not done:
+                self.quota.release(adds)
 
     def _record(self, path: str, m: Manifest) -> None:
         """The manifest, committed after the files it names: written whole, then renamed."""

@@ -1,0 +1,73 @@
+"""A cap on what a pool's data root holds, set by the pool's operator and checked before
+a put's bytes flow.
+
+What the root holds is measured by walking it (partial files count: they take the
+space) at most once a minute; in between, each admitted put adds what it will add, so
+that two puts at once cannot both take the last free bytes. Files that reach the root
+by other ways (a job's outputs moved in) are seen at the next walk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import stat
+import time
+from pathlib import Path
+
+from computenet.model.common import format_bytes
+from computenet.transfer.paths import RESERVED
+from computenet.transfer.wire import TransferError
+
+STALE = 60.0  # seconds a walk of the root stands for
+
+
+class QuotaExceeded(TransferError):
+    """A put that would take the data root past its quota."""
+
+
+def held(root: Path) -> int:
+    """Bytes of every regular file under ``root``, the data server's own files aside."""
+    total = 0
+    for here, dirs, files in os.walk(root):
+        if here == str(root):
+            dirs[:] = [d for d in dirs if d != RESERVED]
+        for name in files:
+            try:
+                st = os.lstat(os.path.join(here, name))
+            except FileNotFoundError:
+                continue  # gone since the listing
+            if stat.S_ISREG(st.st_mode):
+                total += st.st_size
+    return total
+
+
+class Quota:
+    def __init__(self, root: Path, limit: int | None) -> None:
+        self.root, self.limit = root, limit
+        self.used = 0
+        self._at = -math.inf
+        self._lock = asyncio.Lock()
+
+    async def claim(self, n: int) -> None:
+        """Takes ``n`` more bytes, or refuses, naming the quota and what is left of it."""
+        if self.limit is None or n <= 0:
+            return
+        async with self._lock:
+            if time.monotonic() - self._at > STALE:
+                self.used = await asyncio.to_thread(held, self.root)
+                self._at = time.monotonic()
+            if self.used + n > self.limit:
+                left = max(0, self.limit - self.used)
+                raise QuotaExceeded(
+                    f"the pool's data quota is {format_bytes(self.limit)} and it holds "
+                    f"{format_bytes(self.used)}: this copy needs {format_bytes(n)}, "
+                    f"{format_bytes(left)} is left"
+                )
+            self.used += n
+
+    def release(self, n: int) -> None:
+        """Gives back a claim whose copy did not finish."""
+        if self.limit is not None and n > 0:
+            self.used = max(0, self.used - n)
