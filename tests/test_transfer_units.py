@@ -12,13 +12,15 @@ import pytest
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
 from computenet.model.transfer import DataEndpoint
-from computenet.transfer import compress, hashes, wire
+from computenet.transfer import compress, hashes, quota, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import build, hash_chunks, tree_hash
 from computenet.transfer.paths import PathError, confine, normalise, within
+from computenet.transfer.quota import Quota, QuotaExceeded
+from computenet.transfer.receiver import Receiver
 from computenet.transfer.ticket import TicketError
 from computenet.transfer.wire import WireError
 
@@ -129,6 +131,46 @@ def test_kept_hashes_serve_only_while_the_file_is_unchanged(
     cache.forget([f])
     build(f, 4096, cache)
     assert cache.hits == 1
+
+
+def test_the_quota_holds_with_puts_still_moving_across_a_new_walk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def run() -> None:
+        q = Quota(tmp_path, 100)
+        await q.claim(80)  # a put admitted, still moving...
+        (tmp_path / ".f.cnetpart").write_bytes(bytes(10))  # ...with 10 bytes written
+        monkeypatch.setattr(quota, "STALE", 0.0)  # each claim walks the root again
+        with pytest.raises(QuotaExceeded, match="quota is 100 B and it holds 90 B"):
+            await q.claim(80)
+        q.settle(80, landed=False)  # the first put fails; its partial file stays
+        await q.claim(80)
+        with pytest.raises(QuotaExceeded):
+            await q.claim(20)
+        q.settle(80, landed=True)
+        monkeypatch.setattr(quota, "STALE", 3600.0)  # no walk: the landed put still counts
+        with pytest.raises(QuotaExceeded):
+            await q.claim(20)
+
+    asyncio.run(run())
+
+
+def test_a_chunk_that_could_not_be_written_can_be_taken_again(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "d").mkdir(parents=True)
+    (src / "d" / "f").write_bytes(b"payload")
+    m = build(src, chunk=4096).manifest
+    dest = tmp_path / "dest"
+    r = Receiver(m, [dest / "d" / "f"], [])
+    r.plan()
+    dest.mkdir()
+    (dest / "d").write_bytes(b"")  # a file where the directory must go
+    with pytest.raises(OSError):
+        r.accept(0, 0, b"payload")
+    (dest / "d").unlink()
+    assert r.accept(0, 0, b"payload") is wire.Status.OK
+    r.commit()
+    assert (dest / "d" / "f").read_bytes() == b"payload"
 
 
 def test_frames_round_trip_and_strangers_are_refused() -> None:

@@ -160,9 +160,16 @@ class Stager:
         )
 
     async def outputs(self, task: Task) -> None:
+        """Each output, once: a marker in the job's directory records every one that has
+        landed, so that an agent restarted half way (the job adopted again) does not
+        publish the same output twice."""
         for i, item in enumerate(task.spec.outputs):
+            marker = task.workdir / f"output-{i}.staged"
+            if marker.exists():
+                continue
             with _failing(f"output {item.path} to {item.uri}"):
                 await self._output(task, i, confine(task.workdir, item.path))
+            marker.touch()
 
     async def _output(self, task: Task, index: int, src: Path) -> None:
         if not src.exists():

@@ -5,8 +5,10 @@ retried copy), and hashing the source is a quarter of a local copy's time. A fil
 same file while its device, inode, size, mtime and ctime are: the kernel sets ctime on
 every change, and no call can set it back. A file changed less than ``RACY`` before it
 was hashed is not kept, since a write in the same clock tick would leave its stamp as it
-was. Should a kept hash still go stale (a write through a mapping updates the times late),
-the receiver's check refuses the chunk and the server forgets the file's hashes.
+was. One change escapes the stamp: a write through a shared mapping on a filesystem that
+does not update the times for it (tmpfs). Such a stale hash is caught where chunks are
+verified (the default): the receiver refuses the chunk and the server forgets the file's
+hashes. A copy with verify off, or one that compares checksums to skip files, trusts it.
 """
 
 from __future__ import annotations
@@ -27,12 +29,16 @@ def stamp(st: os.stat_result) -> Stamp:
 
 
 class HashCache:
-    """Least recently used first out, up to ``limit`` files."""
+    """Least recently used first out, up to ``limit`` chunk hashes in all, each kept as
+    its 32 raw bytes. The stamps it compares must come from ``fstat`` of a descriptor
+    opened just before: on NFS an open revalidates a file's attributes, a bare ``stat``
+    may answer from a cache a minute old."""
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 1 << 20) -> None:
         self.limit = limit
         self._lock = threading.Lock()
-        self._files: OrderedDict[tuple[str, int], tuple[Stamp, list[str]]] = OrderedDict()
+        self._files: OrderedDict[tuple[str, int], tuple[Stamp, bytes]] = OrderedDict()
+        self._held = 0
         self.hits = 0
         self.misses = 0
 
@@ -45,26 +51,35 @@ class HashCache:
                 return None
             self._files.move_to_end(key)
             self.hits += 1
-            return list(got[1])
+            raw = got[1]
+        return [raw[i : i + 32].hex() for i in range(0, len(raw), 32)]
 
-    def put(self, path: Path, before: os.stat_result, chunk: int, hashes: list[str]) -> None:
-        """Keeps ``hashes``, taken from ``path`` as ``before`` found it, if the file has not
-        changed since then nor just before it."""
-        try:
-            after = os.lstat(path)
-        except OSError:
-            return
+    def put(
+        self,
+        path: Path,
+        before: os.stat_result,
+        after: os.stat_result,
+        chunk: int,
+        hashes: list[str],
+    ) -> None:
+        """Keeps ``hashes``, read from ``path`` between the two stamps, if the file did
+        not change in between nor just before."""
         changed = max(after.st_mtime_ns, after.st_ctime_ns)
         if stamp(after) != stamp(before) or time.time_ns() - changed < RACY:
             return
+        raw = bytes.fromhex("".join(hashes))
+        key = (str(path), chunk)
         with self._lock:
-            self._files[(str(path), chunk)] = (stamp(after), list(hashes))
-            self._files.move_to_end((str(path), chunk))
-            while len(self._files) > self.limit:
-                self._files.popitem(last=False)
+            old = self._files.pop(key, None)
+            self._held -= 0 if old is None else len(old[1]) // 32
+            self._files[key] = (stamp(after), raw)
+            self._held += len(hashes)
+            while self._held > self.limit and self._files:
+                _, (_, dropped) = self._files.popitem(last=False)
+                self._held -= len(dropped) // 32
 
     def forget(self, paths: Iterable[Path]) -> None:
         names = {str(p) for p in paths}
         with self._lock:
             for key in [k for k in self._files if k[0] in names]:
-                del self._files[key]
+                self._held -= len(self._files.pop(key)[1]) // 32

@@ -15,7 +15,7 @@ from pathlib import Path
 import blake3
 
 from computenet.model.transfer import Manifest, ManifestEntry
-from computenet.transfer.hashes import HashCache
+from computenet.transfer.hashes import HashCache, stamp
 from computenet.transfer.paths import PART, RESERVED, open_read
 
 CHUNK = 8 << 20
@@ -111,11 +111,18 @@ def scan(root: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[str]]
 def _hashes(path: Path, st: os.stat_result, chunk: int, cache: HashCache | None) -> list[str]:
     if cache is None:
         return hash_chunks(path, st.st_size, chunk)
-    got = cache.get(path, st, chunk)
-    if got is None:
-        got = hash_chunks(path, st.st_size, chunk)
-        cache.put(path, st, chunk, got)
-    return got
+    fd = open_read(path)
+    try:
+        now = os.fstat(fd)
+        same = stamp(now) == stamp(st)  # else it changed since the scan: hash, keep nothing
+        got = cache.get(path, now, chunk) if same else None
+        if got is None:
+            got = hash_fd(fd, st.st_size, chunk)
+            if same:
+                cache.put(path, now, os.fstat(fd), chunk, got)
+        return got
+    finally:
+        os.close(fd)
 
 
 def total_size(root: Path) -> int:

@@ -44,11 +44,21 @@ def held(root: Path) -> int:
 
 
 class Quota:
+    """What the root held at the last walk, what admitted puts have added since, and what
+    puts still moving have claimed. A walk sees a moving put's partial files as well as
+    its claim: counted twice, which errs on the side of the cap."""
+
     def __init__(self, root: Path, limit: int | None) -> None:
         self.root, self.limit = root, limit
-        self.used = 0
+        self.walked = 0  # bytes under the root at the last walk
+        self.since = 0  # bytes that puts committed after it began
+        self.open = 0  # bytes claimed by puts still moving
         self._at = -math.inf
         self._lock = asyncio.Lock()
+
+    @property
+    def used(self) -> int:
+        return self.walked + self.since + self.open
 
     async def claim(self, n: int) -> None:
         """Takes ``n`` more bytes, or refuses, naming the quota and what is left of it."""
@@ -56,18 +66,23 @@ class Quota:
             return
         async with self._lock:
             if time.monotonic() - self._at > STALE:
-                self.used = await asyncio.to_thread(held, self.root)
+                before = self.since
+                self.walked = await asyncio.to_thread(held, self.root)
+                self.since -= before  # what the walk counted; later commits stay
                 self._at = time.monotonic()
             if self.used + n > self.limit:
                 left = max(0, self.limit - self.used)
                 raise QuotaExceeded(
                     f"the pool's data quota is {format_bytes(self.limit)} and it holds "
-                    f"{format_bytes(self.used)}: this copy needs {format_bytes(n)}, "
-                    f"{format_bytes(left)} is left"
+                    f"{format_bytes(self.used)} (unfinished copies included): this copy "
+                    f"needs {format_bytes(n)}, {format_bytes(left)} is left"
                 )
-            self.used += n
+            self.open += n
 
-    def release(self, n: int) -> None:
-        """Gives back a claim whose copy did not finish."""
-        if self.limit is not None and n > 0:
-            self.used = max(0, self.used - n)
+    def settle(self, n: int, landed: bool) -> None:
+        """Ends a claim: its bytes are in the root now (``landed``) or never will be."""
+        if self.limit is None or n <= 0:
+            return
+        self.open -= n
+        if landed:
+            self.since += n

@@ -187,10 +187,10 @@ class Receiver:
         with self._lock:
             if (f, c) in self._busy or c not in left:
                 return None
-            self._busy.add((f, c))
             fd = self._fds.get(f)
             if fd is None:
                 fd = self._fds[f] = _open_part(self.finals[f])
+            self._busy.add((f, c))
             return fd
 
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
@@ -395,7 +395,7 @@ def _listing(d: Path) -> dict[str, os.DirEntry[str]]:
     except FileNotFoundError:
         return {}
     except NotADirectoryError:
-        raise TransferError(f"{d} is a file; a directory cannot replace it") from None
+        raise TransferError(f"{d}: a file stands where a directory must be") from None
 
 
 def _open_part(final: Path) -> int:

@@ -194,7 +194,7 @@ class Sender:
 
     def _ack(self, kind: wire.Kind, payload: bytes, inflight: dict[tuple[int, int], int]) -> None:
         if kind is wire.Kind.ERROR:
-            raise wire.Refused(payload.decode(errors="replace"))
+            wire.control(kind, payload, ())  # raises Refused, with the receiver's reason
         if kind is not wire.Kind.ACK:
             raise wire.WireError(f"expected ACK, got {kind.name}")
         f, c, status = wire.ACK.unpack(payload)

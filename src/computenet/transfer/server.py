@@ -199,15 +199,22 @@ class DataServer:
         return s
 
     def _data(self, sock: Sock, s: _Session) -> None:
-        """A data connection's whole life after admission, on a thread of its own."""
+        """A data connection's whole life after admission, on a thread of its own. A
+        write this server cannot make (a full disk, a directory it may not enter) is
+        told to the sender, which stops the copy with the reason."""
         try:
             sockets.send(sock, Kind.OK)
             if s.receiver is not None:
                 s.receiver.stream(sock)
             elif s.sender is not None:
                 s.sender.stream(sock)
-        except (ConnectionError, TransferError, OSError):
+        except ConnectionError:
             pass
+        except (TransferError, OSError) as e:
+            why = str(e) if isinstance(e, TransferError) else _write_error(e)
+            log.info("transfer %s stopped: %s", s.ticket, why)
+            with contextlib.suppress(Exception):
+                sockets.send_json(sock, Kind.ERROR, {"error": why})
         finally:
             sockets.shut(sock)
 
@@ -326,11 +333,12 @@ class DataServer:
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
         self.sessions[tid] = _Session(t.claims.id, receiver=receiver)
-        done = False
+        landed = False
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
             _, body = await wire.expect(reader, Kind.COMMIT)
+            landed = receiver.complete  # in place or in partial files: held either way
             await asyncio.to_thread(receiver.commit)
             await asyncio.to_thread(self._record, path, m)
             c = receiver.counters
@@ -338,11 +346,9 @@ class DataServer:
                 writer, Kind.DONE, {"files": c.files, "faults": c.faults, "tree_hash": m.tree_hash}
             )
             await writer.drain()
-            done = True
         finally:
             receiver.close()
-            if not done:
-                self.quota.release(adds)
+            self.quota.settle(adds, landed)
 
     def _record(self, path: str, m: Manifest) -> None:
         """The manifest, committed after the files it names: written whole, then renamed."""
@@ -388,3 +394,8 @@ class DataServer:
         finally:
             if sender.remaining:  # refused or cut short: hash afresh next time
                 self.hashes.forget(src.paths)
+
+
+def _write_error(e: OSError) -> str:
+    """An error of this server's file system, without the server's own paths."""
+    return f"the pool's data server cannot write the data: {e.strerror or e}"
