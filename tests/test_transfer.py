@@ -373,6 +373,22 @@ def test_a_put_past_the_pools_data_quota_is_refused_before_bytes_flow(
     assert bad.returncode == 2 and "--data-quota: invalid size 'lots'" in bad.stderr
 
 
+def test_partial_files_left_for_a_week_are_swept_at_start(shared: Network) -> None:
+    root = root_of(shared, "swept")
+    (root / "in").mkdir(parents=True)
+    old, recent = root / "in" / ".old.bin.cnetpart", root / "in" / ".recent.bin.cnetpart"
+    old.write_bytes(b"abandoned")
+    recent.write_bytes(b"resumable")
+    week = time.time() - 8 * 86400
+    os.utime(old, (week, week))
+    shared.start_agent("swept", "--no-calibrate")
+    shared.wait_pool("swept")
+    deadline = time.monotonic() + 30
+    while old.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not old.exists() and recent.read_bytes() == b"resumable"
+
+
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:
     h = {"authorization": f"Bearer {shared.token}"}
     cases = [

@@ -7,10 +7,13 @@ the filesystem sees them (a symlink that leads out is refused), and files are op
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
 import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 RESERVED = ".cnet"  # the data server's own files, under the root
@@ -61,6 +64,34 @@ def open_part(path: Path) -> int:
 
 def part_of(final: Path) -> Path:
     return final.with_name(f".{final.name}{PART}")
+
+
+def files_under(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every regular file under a data root, the data server's own aside, with its
+    ``lstat``."""
+    for here, dirs, files in os.walk(root):
+        if here == str(root):
+            dirs[:] = [d for d in dirs if d != RESERVED]
+        for name in files:
+            p = os.path.join(here, name)
+            try:
+                st = os.lstat(p)
+            except FileNotFoundError:
+                continue  # gone since the listing
+            if stat.S_ISREG(st.st_mode):
+                yield p, st
+
+
+def sweep_parts(root: Path, before: float) -> int:
+    """Removes the partial files under ``root`` last written before ``before`` (a time);
+    how many it removed."""
+    removed = 0
+    for p, st in files_under(root):
+        if p.endswith(PART) and st.st_mtime < before:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+                removed += 1
+    return removed
 
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)

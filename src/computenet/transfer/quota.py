@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import math
-import os
-import stat
 import time
 from pathlib import Path
 
 from computenet.model.common import format_bytes
-from computenet.transfer.paths import RESERVED
+from computenet.transfer.paths import files_under
 from computenet.transfer.wire import TransferError
 
 STALE = 60.0  # seconds a walk of the root stands for
@@ -28,19 +26,8 @@ class QuotaExceeded(TransferError):
 
 
 def held(root: Path) -> int:
-    """Bytes of every regular file under ``root``, the data server's own files aside."""
-    total = 0
-    for here, dirs, files in os.walk(root):
-        if here == str(root):
-            dirs[:] = [d for d in dirs if d != RESERVED]
-        for name in files:
-            try:
-                st = os.lstat(os.path.join(here, name))
-            except FileNotFoundError:
-                continue  # gone since the listing
-            if stat.S_ISREG(st.st_mode):
-                total += st.st_size
-    return total
+    """Bytes of every regular file under ``root``, the data server's own aside."""
+    return sum(st.st_size for _, st in files_under(root))
 
 
 class Quota:

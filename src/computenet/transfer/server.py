@@ -39,7 +39,7 @@ from computenet.transfer import ticket as tickets
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
-from computenet.transfer.paths import RESERVED, PathError, confine, normalise
+from computenet.transfer.paths import RESERVED, PathError, confine, normalise, sweep_parts
 from computenet.transfer.quota import Quota
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
@@ -51,6 +51,8 @@ from computenet.transfer.wire import Kind, Refused, TransferError
 log = logging.getLogger("computenet.transfer")
 KEY_REFRESH = 10.0
 ADMIT_TIMEOUT = 60.0
+PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
+SWEEP_EVERY = 3600.0
 
 
 class _Control(NamedTuple):
@@ -114,6 +116,8 @@ class DataServer:
         self._server: asyncio.Server | None = None
         self.sessions: dict[str, _Session] = {}
         self.hashes = HashCache()
+        self.part_days = PART_DAYS
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> DataEndpoint:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -123,6 +127,7 @@ class DataServer:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("data server for %s on %s:%d", self.root, self.host, self.port)
+        self._sweeper = asyncio.create_task(self._sweep())
         return self.endpoint
 
     @property
@@ -131,7 +136,23 @@ class DataServer:
             host=self.host, port=self.port, tls=self.tls_default, fingerprint=self._fingerprint
         )
 
+    async def _sweep(self) -> None:
+        """Removes partial files that no copy has resumed for ``part_days``: they hold
+        space (and quota) that nobody can see or free, since no path may name them."""
+        while True:
+            before = time.time() - self.part_days * 86400
+            try:
+                n = await asyncio.to_thread(sweep_parts, self.root, before)
+            except OSError as e:
+                log.warning("cannot sweep old partial files: %s", e)
+            else:
+                if n:
+                    log.info("removed %d partial files unfinished for %g days", n, self.part_days)
+            await asyncio.sleep(SWEEP_EVERY)
+
     async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
