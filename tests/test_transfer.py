@@ -389,6 +389,23 @@ def test_partial_files_left_for_a_week_are_swept_at_start(shared: Network) -> No
     assert not old.exists() and recent.read_bytes() == b"resumable"
 
 
+def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    (root_of(shared) / "taken" / "dir").mkdir(parents=True)
+    (root_of(shared) / "taken" / "plain").write_bytes(b"a file")
+    src = tmp_path / "f.bin"
+    src.write_bytes(b"data")
+    over_dir = cp(shared, str(src), f"{pool}:/taken/dir")
+    assert over_dir.returncode == 1
+    assert over_dir.stderr.strip() == "error: /taken/dir is a directory; a file cannot replace it"
+    under_file = cp(shared, str(src), f"{pool}:/taken/plain/f.bin")
+    assert under_file.returncode == 1
+    assert "/taken/plain: a file stands where a directory must be" in under_file.stderr
+    assert str(root_of(shared)) not in under_file.stderr
+    assert (root_of(shared) / "taken" / "plain").read_bytes() == b"a file"
+
+
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:
     h = {"authorization": f"Bearer {shared.token}"}
     cases = [

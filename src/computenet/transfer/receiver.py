@@ -76,6 +76,7 @@ class Receiver:
     progress: Progress | None = None
     faults: Faults | None = None
     verify: bool = True
+    root: Path | None = None  # where a data server's paths start: named from there in errors
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -100,10 +101,17 @@ class Receiver:
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
             names = listings.get(final.parent)
             if names is None:
-                names = listings[final.parent] = _listing(final.parent)
+                try:
+                    names = listings[final.parent] = _listing(final.parent)
+                except NotADirectoryError:
+                    raise TransferError(
+                        f"{self._shown(final.parent)}: a file stands where a directory must be"
+                    ) from None
             there = names.get(final.name)
             if there is not None and there.is_dir():
-                raise TransferError(f"{final} is a directory; a file cannot replace it")
+                raise TransferError(
+                    f"{self._shown(final)} is a directory; a file cannot replace it"
+                )
             if there is not None and unchanged(final, e, self.sync, chunk):
                 plan.skip.append(i)
                 plan.need.append([])
@@ -123,6 +131,12 @@ class Receiver:
         self.counters.chunks_present += plan.present
         self.counters.bytes_skipped += plan.present_bytes
         return plan
+
+    def _shown(self, p: Path) -> str:
+        """``p`` as the other end knows it: a pool path on a data server."""
+        if self.root is not None and p.is_relative_to(self.root):
+            return "/" + p.relative_to(self.root).as_posix()
+        return str(p)
 
     def _resumable(self, part: Path, e: ManifestEntry) -> set[int]:
         """The chunks a partial file left by an earlier try already holds. A file with no
@@ -394,8 +408,6 @@ def _listing(d: Path) -> dict[str, os.DirEntry[str]]:
             return {x.name: x for x in entries}
     except FileNotFoundError:
         return {}
-    except NotADirectoryError:
-        raise TransferError(f"{d}: a file stands where a directory must be") from None
 
 
 def _open_part(final: Path) -> int:

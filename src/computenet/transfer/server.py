@@ -349,6 +349,7 @@ class DataServer:
             dirs,
             SyncLevel(body.get("sync", "none")),
             verify=bool(body.get("verify", True)),
+            root=self.root.resolve(),
         )
         plan = await asyncio.to_thread(receiver.plan)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
