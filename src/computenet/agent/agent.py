@@ -633,8 +633,8 @@ class Agent:
 
     async def _resume(self, run: _Running) -> None:
         """Follows a task re-attached after a restart; its output is shipped from the start,
-        and its outputs are uploaded as for any job (again, where the agent died while
-        uploading them: the copy resumes what it had moved)."""
+        and its outputs are uploaded as for any job (those that landed before the restart
+        are not uploaded again)."""
         try:
             outcome = await self.backend.wait(run.task)
             await self._stage_out(run.task, outcome)
