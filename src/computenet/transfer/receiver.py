@@ -84,6 +84,7 @@ class Receiver:
         self._left: dict[int, set[int]] = {}
         self._skip: set[int] = set()
         self._busy: set[tuple[int, int]] = set()
+        self._writing: dict[int, threading.Lock] = {}
         self._arrived = 0
 
     @property
@@ -167,7 +168,10 @@ class Receiver:
                 return self._bad()
             if len(data) >= SPLICE_MIN:
                 reserve(fd, c * self.manifest.chunk_size, len(data))
-            os.pwrite(fd, data, c * self.manifest.chunk_size)
+                with self._writer(f):  # see sockets.Pipe.splice
+                    os.pwrite(fd, data, c * self.manifest.chunk_size)
+            else:
+                os.pwrite(fd, data, c * self.manifest.chunk_size)
             ok = True
         finally:
             self._settle(f, c, len(data), ok, packed)
@@ -207,6 +211,10 @@ class Receiver:
             self._busy.add((f, c))
             return fd
 
+    def _writer(self, f: int) -> threading.Lock:
+        with self._lock:
+            return self._writing.setdefault(f, threading.Lock())
+
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
         with self._lock:
             self._busy.discard((f, c))
@@ -219,6 +227,7 @@ class Receiver:
                 self.counters.compressed_chunks += packed is not None
                 if not left:
                     os.close(self._fds.pop(f))
+                    self._writing.pop(f, None)
         if ok:
             if self.progress is not None:
                 self.progress(n)
@@ -317,7 +326,7 @@ class Receiver:
                     continue
                 try:
                     reserve(fd, c * self.manifest.chunk_size, n)
-                    pipe.splice(sock, fd, c * self.manifest.chunk_size, n)
+                    pipe.splice(sock, fd, c * self.manifest.chunk_size, n, self._writer(f))
                 except BaseException:
                     self._settle(f, c, n, False)
                     raise

@@ -103,17 +103,23 @@ class Pipe:
             fcntl.fcntl(self.w, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         self.size = fcntl.fcntl(self.w, fcntl.F_GETPIPE_SZ)
 
-    def splice(self, sock: Sock, fd: int, offset: int, n: int) -> None:
-        """Moves exactly ``n`` bytes from ``sock`` to ``fd`` at ``offset``."""
+    def splice(
+        self, sock: Sock, fd: int, offset: int, n: int, writing: threading.Lock | None = None
+    ) -> None:
+        """Moves exactly ``n`` bytes from ``sock`` to ``fd`` at ``offset``. Streams that
+        write one file take ``writing`` around each write: the kernel serialises writes to
+        a file anyway, and a stream that waits here sleeps where one waiting on the
+        file's own lock would spin, taking the core another stream needs to hash."""
         while n:
             k = os.splice(sock.fileno(), self.w, min(n, self.size), flags=os.SPLICE_F_MOVE)
             if k == 0:
                 raise ConnectionResetError("the sender closed the stream inside a chunk")
             n -= k
-            while k:
-                m = os.splice(self.r, fd, k, offset_dst=offset, flags=os.SPLICE_F_MOVE)
-                offset += m
-                k -= m
+            with writing or contextlib.nullcontext():
+                while k:
+                    m = os.splice(self.r, fd, k, offset_dst=offset, flags=os.SPLICE_F_MOVE)
+                    offset += m
+                    k -= m
 
     @staticmethod
     def discard(sock: Sock, n: int) -> None:
