@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
-from computenet.model.transfer import DataEndpoint
+from computenet.model.transfer import DataEndpoint, ManifestFrame, SyncLevel
 from computenet.transfer import compress, hashes, quota, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
@@ -182,6 +184,39 @@ def test_frames_round_trip_and_strangers_are_refused() -> None:
         assert kind is wire.Kind.ACK and wire.ACK.unpack(payload) == (1, 2, 0)
         with pytest.raises(wire.WireError, match="bad magic"):
             await wire.read_frame(r)
+
+    asyncio.run(run())
+
+
+def test_a_manifest_frame_is_parsed_whole_and_a_bad_one_names_its_field(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "f").write_bytes(b"x" * 5000)
+    m = build(tmp_path, chunk=4096).manifest
+
+    async def run() -> None:
+        class Sink:
+            def __init__(self) -> None:
+                self.data = b""
+
+            def write(self, b: bytes) -> None:
+                self.data += b
+
+        sink = Sink()
+        frame = ManifestFrame(manifest=m, sync=SyncLevel.checksum, verify=False)
+        wire.send_model(sink, wire.Kind.MANIFEST, frame)  # type: ignore[arg-type]
+        r = asyncio.StreamReader()
+        r.feed_data(sink.data)
+        got = await wire.expect_model(r, wire.Kind.MANIFEST, ManifestFrame)
+        assert got == frame and got.manifest.files[0].chunks == m.files[0].chunks
+        bad = frame.model_dump(mode="json")
+        bad["manifest"]["files"][0]["size"] = -1
+        r.feed_data(wire.header(wire.Kind.MANIFEST, len(raw := json.dumps(bad).encode())) + raw)
+        with pytest.raises(ValidationError, match=r"manifest\.files\.0\.size"):
+            await wire.expect_model(r, wire.Kind.MANIFEST, ManifestFrame)
+        r.feed_data(wire.header(wire.Kind.ERROR, 15) + b'{"error":"no"}\n')
+        with pytest.raises(wire.Refused, match="no"):
+            await wire.expect_model(r, wire.Kind.MANIFEST, ManifestFrame)
 
     asyncio.run(run())
 

@@ -101,6 +101,15 @@ class Manifest(Model):
         return sum(len(f.chunks) for f in self.files)
 
 
+class ManifestFrame(Model):
+    """The MANIFEST frame: what a sender offers and, on a put, how the receiving end
+    treats what it holds already."""
+
+    manifest: Manifest
+    sync: SyncLevel = SyncLevel.none
+    verify: bool = True
+
+
 class TransferCounters(Model):
     bytes: int = Field(default=0, description="payload bytes moved")
     bytes_skipped: int = Field(default=0, description="already at the destination")

@@ -23,6 +23,7 @@ from computenet.model.transfer import (
     DataEndpoint,
     Direction,
     Manifest,
+    ManifestFrame,
     SyncLevel,
     TransferCounters,
     TransferGrant,
@@ -260,12 +261,8 @@ async def _send(
     counters = TransferCounters()
     try:
         reader, writer = await link.open("control")
-        body = {
-            "manifest": m.model_dump(mode="json"),
-            "sync": options.sync.value,
-            "verify": options.verify,
-        }
-        wire.send_json(writer, Kind.MANIFEST, body)
+        frame = ManifestFrame(manifest=m, sync=options.sync, verify=options.verify)
+        wire.send_model(writer, Kind.MANIFEST, frame)
         await writer.drain()
         _, plan = await wire.expect(reader, Kind.NEED)
         skipped = set(plan.get("skip", []))
@@ -311,8 +308,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
     counters = TransferCounters()
     try:
         reader, writer = await link.open("control")
-        _, body = await wire.expect(reader, Kind.MANIFEST)
-        m = Manifest.model_validate(body.get("manifest"))
+        m = (await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)).manifest
         if len(m.files) == 1 and not m.files[0].path and not m.dirs:
             name = grant.path.rstrip("/").rsplit("/", 1)[-1]
             target = dest / name if dest.is_dir() else dest

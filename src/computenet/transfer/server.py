@@ -30,6 +30,7 @@ from computenet.model.transfer import (
     DataEndpoint,
     Direction,
     Manifest,
+    ManifestFrame,
     SyncLevel,
     Ticket,
     TransferGrant,
@@ -330,25 +331,25 @@ class DataServer:
 
     async def _put(self, ctl: _Control) -> None:
         reader, writer, t, tid, path = ctl
-        _, body = await wire.expect(reader, Kind.MANIFEST)
-        m = Manifest.model_validate(body.get("manifest"))
+        frame = await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)
+        m = frame.manifest
         total = m.total_bytes
         if total > t.claims.max_bytes:
             raise TicketError(
                 f"ticket {t.claims.id} allows {t.claims.max_bytes} bytes; the manifest has {total}"
             )
-        if m.tree_hash != tree_hash(m.files, m.dirs):
+        if m.tree_hash != await asyncio.to_thread(tree_hash, m.files, m.dirs):
             raise TransferError("the manifest's tree hash does not match its entries")
         free = shutil.disk_usage(self.root).free
         if total > free:
             raise TransferError(f"not enough space: {total} bytes asked, {free} free")
-        finals, dirs = self._places(path, m)
+        finals, dirs = await asyncio.to_thread(self._places, path, m)
         receiver = Receiver(
             m,
             finals,
             dirs,
-            SyncLevel(body.get("sync", "none")),
-            verify=bool(body.get("verify", True)),
+            frame.sync,
+            verify=frame.verify,
             root=self.root.resolve(),
         )
         plan = await asyncio.to_thread(receiver.plan)
@@ -359,7 +360,7 @@ class DataServer:
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
-            _, body = await wire.expect(reader, Kind.COMMIT)
+            await wire.expect(reader, Kind.COMMIT)
             landed = receiver.complete  # in place or in partial files: held either way
             await asyncio.to_thread(receiver.commit)
             await asyncio.to_thread(self._record, path, m)
@@ -388,7 +389,7 @@ class DataServer:
         if not source.exists():
             raise TransferError(f"/{path}: no such file or directory in the pool")
         src = await asyncio.to_thread(build, source, CHUNK, self.hashes)
-        wire.send_json(writer, Kind.MANIFEST, {"manifest": src.manifest.model_dump(mode="json")})
+        wire.send_model(writer, Kind.MANIFEST, ManifestFrame(manifest=src.manifest))
         await writer.drain()
         _, body = await wire.expect(reader, Kind.NEED)
         need = body.get("need")
