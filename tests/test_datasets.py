@@ -15,8 +15,8 @@ import httpx
 import pytest
 import yaml
 
-from computenet.model import JobSpec, JobState
-from computenet.model.dataset import DatasetRef, parse_data_uri
+from computenet.model import JobSpec, JobState, PoolListing
+from computenet.model.dataset import DatasetRef, DatasetRemoval, parse_data_uri
 from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DataLocality
 from conftest import PYTHON, Network
@@ -130,6 +130,52 @@ def test_outputs_are_published_and_copied_back(net: Network, tmp_path: Path) -> 
     assert shown.returncode == 0 and "cnet://dataset/answers@1" in shown.stdout
     listed = cnet(net, "dataset", "ls", "--json")
     assert "answers" in {d["name"] for d in json.loads(listed.stdout)}
+    inside = cnet(net, "ls", "--json", "cnet://dataset/answers@1")
+    assert inside.returncode == 0, inside.stderr
+    page = PoolListing.model_validate_json(inside.stdout)
+    assert page.pool == v.replicas[0].pool and page.path == v.replicas[0].path
+    assert [(x.name, x.size) for x in page.entries] == [("answer.txt", len("forty-two\n"))]
+
+
+def test_a_version_is_removed_with_every_copy_and_only_by_name(
+    net: Network, tmp_path: Path
+) -> None:
+    publish(net, corpus(tmp_path, "r"), "cnet://dataset/corpus-r", "pool-a")
+    b = cpi(net, "pool-b")
+    copied = cnet(net, "cp", "--json", "cnet://dataset/corpus-r@1", f"{b}:/copies/r")
+    assert copied.returncode == 0, copied.stderr
+    with net.client() as c:
+        v = c.dataset("corpus-r").versions[0]
+    assert len(v.replicas) == 2
+
+    held = cnet(net, "rm", "-r", f"{b}:/copies/r")
+    assert held.returncode == 1 and "holds dataset corpus-r@1" in held.stderr
+    assert cnet(net, "ls", f"{b}:/copies/r").returncode == 0
+    vague = cnet(net, "dataset", "rm", "corpus-r")
+    assert vague.returncode == 2 and "name the version" in vague.stderr
+
+    with net.client() as c:
+        stranger = c.create_token("stranger", "stranger").secret
+    env = dict(net.env, CNET_TOKEN=stranger)
+    theirs = subprocess.run(
+        [*PYTHON, "dataset", "rm", "corpus-r@1"], env=env, capture_output=True, text=True
+    )
+    assert theirs.returncode == 1 and "belongs to tenant" in theirs.stderr
+
+    proc = cnet(net, "dataset", "rm", "--json", "corpus-r@1")
+    assert proc.returncode == 0, proc.stderr
+    gone = DatasetRemoval.model_validate_json(proc.stdout)
+    assert not gone.left and {(r.pool, r.path) for r in gone.removed} == {
+        (x.pool, "/" + x.path.strip("/")) for x in v.replicas
+    }
+    assert all(r.files == 2 for r in gone.removed)
+    for x in v.replicas:
+        listed = cnet(net, "ls", f"{x.pool}:{x.path}")
+        assert listed.returncode == 1 and "no such file or directory" in listed.stderr
+    shown = cnet(net, "dataset", "show", "corpus-r")
+    assert shown.returncode != 0 and "corpus-r" in shown.stderr
+    again = cnet(net, "dataset", "rm", "corpus-r@1")
+    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
 
 
 def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> None:

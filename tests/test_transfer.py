@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from computenet.model import TransferGrant, TransferResult
+from computenet.model import EntryKind, PoolListing, Removal, TransferGrant, TransferResult
 from computenet.transfer import client as transfer
 from computenet.transfer.faults import ENV as FAULTS
 from computenet.transfer.manifest import CHUNK
@@ -404,6 +404,111 @@ def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
     assert "/taken/plain: a file stands where a directory must be" in under_file.stderr
     assert str(root_of(shared)) not in under_file.stderr
     assert (root_of(shared) / "taken" / "plain").read_bytes() == b"a file"
+
+
+def cli(net: Network, *args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(net.env, CNET_TOKEN=net.token)
+    return subprocess.run([*PYTHON, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+def listed(net: Network, *args: str) -> PoolListing:
+    proc = cli(net, "ls", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return PoolListing.model_validate_json(proc.stdout)
+
+
+def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(shared: Network, pool: str) -> None:
+    root = root_of(shared) / "listing"
+    (root / "sub").mkdir(parents=True)
+    for i in range(25):
+        (root / f"f{i:02d}").write_bytes(b"x" * i)
+    (root / ".f99.bin.cnetpart").write_bytes(b"half a copy")
+    (root / "out").symlink_to("/etc")
+    whole = listed(shared, f"{pool}:/listing")
+    assert whole.kind is EntryKind.dir and whole.path == "/listing" and whole.next is None
+    names = [x.name for x in whole.entries]
+    assert names == [*(f"f{i:02d}" for i in range(25)), "out", "sub"]
+    kinds = {x.name: x.kind for x in whole.entries}
+    assert kinds["out"] is EntryKind.link and kinds["sub"] is EntryKind.dir
+    assert {x.name: x.size for x in whole.entries}["f07"] == 7
+
+    pages, after = [], None
+    while True:
+        page = listed(
+            shared, "--limit", "10", *(["--after", after] if after else []), f"{pool}:/listing"
+        )
+        pages.append([x.name for x in page.entries])
+        if (after := page.next) is None:
+            break
+        assert after == page.entries[-1].name
+    assert [len(p) for p in pages] == [10, 10, 7]
+    assert [n for p in pages for n in p] == names
+
+    one = listed(shared, f"{pool}:/listing/f03")
+    assert one.kind is EntryKind.file and [(x.name, x.size) for x in one.entries] == [("f03", 3)]
+    assert ".cnet" not in {x.name for x in listed(shared, f"{pool}:/").entries}
+    shown = cli(shared, "ls", f"{pool}:/listing")
+    assert shown.returncode == 0 and "sub/" in shown.stdout and "f24" in shown.stdout
+
+    for target, why in [
+        (f"{pool}:/listing/none", "/listing/none: no such file or directory in the pool"),
+        (f"{pool}:/listing/out", "escapes the data root"),
+        (f"{pool}:/../etc", ".."),
+        ("/tmp", "name a pool path"),
+    ]:
+        bad = cli(shared, "ls", target)
+        assert bad.returncode != 0 and why in bad.stderr, (target, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+
+
+def removed(net: Network, *args: str) -> Removal:
+    proc = cli(net, "rm", "--json", *args)
+    assert proc.returncode == 0, proc.stderr
+    return Removal.model_validate_json(proc.stdout)
+
+
+def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    root = root_of(shared) / "removing"
+    make_tree(root / "tree", 12, 1000)
+    (root / "tree" / ".left.bin.cnetpart").write_bytes(b"half")
+    (root / "one.bin").write_bytes(b"x" * 100)
+    (root / ".one.bin.cnetpart").write_bytes(b"half a copy")
+    (root / "link").symlink_to(root / "one.bin")
+    (tmp_path / "victim").write_text("outside the data root")
+    (root / "out").symlink_to(tmp_path)
+    (root_of(shared) / ".cnet").mkdir(exist_ok=True)
+
+    gone = removed(shared, f"{pool}:/removing/link")
+    assert (gone.kind, gone.files, gone.path) == (EntryKind.link, 1, "/removing/link")
+    assert (root / "one.bin").read_bytes() == b"x" * 100
+
+    flat = cli(shared, "rm", f"{pool}:/removing/tree")
+    assert flat.returncode == 1 and "is a directory" in flat.stderr and "-r" in flat.stderr
+    assert (root / "tree" / "empty-file").exists()
+    tree = removed(shared, "-r", f"{pool}:/removing/tree")
+    assert (tree.kind, tree.files, tree.bytes) == (EntryKind.dir, 14, 12 * 1000 + 4)
+    assert not (root / "tree").exists()
+
+    one = removed(shared, f"{pool}:/removing/one.bin")
+    assert (one.kind, one.bytes) == (EntryKind.file, 100)
+    assert not (root / "one.bin").exists() and not (root / ".one.bin.cnetpart").exists()
+
+    for target, why in [
+        (f"{pool}:/", "the data root itself cannot be removed"),
+        (f"{pool}:/removing/none", "/removing/none: no such file or directory in the pool"),
+        (f"{pool}:/removing/out/victim", "escapes the data root"),
+        (f"{pool}:/../etc", ".."),
+        (f"{pool}:/.cnet", "reserved"),
+        ("/tmp/x", "name a pool path"),
+    ]:
+        bad = cli(shared, "rm", "-r", target)
+        assert bad.returncode != 0 and why in bad.stderr, (target, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    assert (tmp_path / "victim").exists() and (root_of(shared) / ".cnet").is_dir()
+    link = removed(shared, f"{pool}:/removing/out")
+    assert link.kind is EntryKind.link and (tmp_path / "victim").exists()
 
 
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:

@@ -1,12 +1,16 @@
 """``cnet cp``: files and trees between this machine, pools and datasets, either way;
+``cnet ls`` and ``cnet rm``: what a pool path or a dataset holds, and removing it;
 ``cnet dataset``: what datasets there are, and where their copies are."""
 
 from __future__ import annotations
 
 import json
+import shlex
+from datetime import UTC, datetime
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -128,6 +132,71 @@ def cp(
     )
 
 
+def ls(
+    target: Annotated[str, typer.Argument(help="POOL-CPI:/path or cnet://dataset/NAME[@VERSION]")],
+    limit: Annotated[
+        int | None,
+        typer.Option(min=1, max=10_000, help="one page of this many names (default: all)"),
+    ] = None,
+    after: Annotated[
+        str | None, typer.Option(help="start after this name (a page's `next`)")
+    ] = None,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="encrypt the answer")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """What a pool path or a dataset holds: a directory's entries in name order, or the
+    file itself. Links are shown, never followed."""
+    from computenet.model import EntryKind
+    from computenet.transfer.wire import TransferError
+
+    with client() as c:
+        try:
+            page = c.ls(target, after=after, limit=limit, tls=tls)
+        except TransferError as e:
+            raise CLIError(str(e)) from e
+    if as_json:
+        print(page.model_dump_json(indent=2))
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("KIND", "SIZE", "MODIFIED", "NAME"):
+        table.add_column(col, justify="right" if col == "SIZE" else "left")
+    for x in page.entries:
+        when = datetime.fromtimestamp(x.mtime_ns / 1e9, UTC)
+        table.add_row(
+            x.kind.value,
+            "-" if x.kind is EntryKind.dir else _size(x.size),
+            when.strftime("%Y-%m-%d %H:%M"),
+            escape(x.name + ("/" if x.kind is EntryKind.dir else "")),
+        )
+    out.print(table)
+    if page.next is not None:
+        err.print(f"more after {page.next!r}: --after {shlex.quote(page.next)}", markup=False)
+
+
+def rm(
+    target: Annotated[str, typer.Argument(help="POOL-CPI:/path")],
+    recursive: Annotated[
+        bool, typer.Option("--recursive", "-r", help="a directory, with everything under it")
+    ] = False,
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="encrypt the request")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Remove a file or a link from a pool, or with -r a directory and everything under
+    it. A dataset's copy goes with `cnet dataset rm`."""
+    from computenet.transfer.wire import TransferError
+
+    with client() as c:
+        try:
+            gone = c.rm(target, recursive=recursive, tls=tls)
+        except TransferError as e:
+            raise CLIError(str(e)) from e
+    if as_json:
+        print(gone.model_dump_json(indent=2))
+        return
+    what = f"{gone.files} file{'s' if gone.files != 1 else ''}, {_size(gone.bytes)}"
+    out.print(f"removed {gone.pool}:{gone.path} ({gone.kind.value}; {what})", markup=False)
+
+
 dataset_app = typer.Typer(
     help="Datasets: named, versioned trees held by pools.", no_args_is_help=True
 )
@@ -186,3 +255,36 @@ def dataset_show(
         )
         for r in v.replicas:
             out.print(f"  {r.pool}:{r.path}  (since {ago(r.added_at)})")
+
+
+@dataset_app.command("rm")
+def dataset_rm(
+    target: Annotated[str, typer.Argument(help="NAME@VERSION, or cnet://dataset/NAME@VERSION")],
+    tls: Annotated[bool | None, typer.Option("--tls/--no-tls", help="encrypt the requests")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the result as JSON")] = False,
+) -> None:
+    """Remove one version of a dataset: the node forgets it, then each pool's copy is
+    removed. Only the dataset's owner (or an admin) may."""
+    from computenet.model.dataset import SCHEME, DataURIError, parse_dataset
+    from computenet.transfer.wire import TransferError
+
+    try:
+        ref = parse_dataset(target if target.startswith("cnet://") else SCHEME + target)
+    except DataURIError as e:
+        raise CLIError(str(e), 2) from e
+    if ref.version is None:
+        raise CLIError(f"{ref}: name the version to remove, {ref}@VERSION", 2)
+    with client() as c:
+        try:
+            gone = c.remove_dataset(str(ref), tls=tls)
+        except TransferError as e:
+            raise CLIError(str(e)) from e
+    if as_json:
+        print(gone.model_dump_json(indent=2))
+    else:
+        v = gone.version
+        out.print(f"removed {v.uri}: {len(v.replicas)} copies", markup=False)
+        for r in gone.removed:
+            out.print(f"  {r.pool}:{r.path}  ({r.files} files, {_size(r.bytes)})", markup=False)
+    if gone.left:
+        raise CLIError(f"{len(gone.left)} copies stay: " + "; ".join(gone.left))

@@ -22,7 +22,7 @@ from pydantic import AfterValidator, Field
 
 from computenet.ident.cpi import CPIError, CPIStr, parse
 from computenet.model.common import Model
-from computenet.model.transfer import Hex32, TransferGrant
+from computenet.model.transfer import Hex32, Removal, TransferGrant
 
 SCHEME = "cnet://dataset/"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -186,6 +186,16 @@ class DatasetPublish(Model):
     tree_hash: Hex32
     total_bytes: Annotated[int, Field(ge=0, le=1 << 50)]
     files: Annotated[int, Field(ge=0, le=100_000_000)]
+
+
+class DatasetRemoval(Model):
+    """A version the node has forgotten, and what became of its copies' data."""
+
+    version: DatasetVersion
+    removed: list[Removal] = Field(default_factory=list)
+    left: list[str] = Field(
+        default_factory=list, description="copies whose data stays, each with the reason"
+    )
 
 
 class ReplicaAdd(Model):

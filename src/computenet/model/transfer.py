@@ -23,6 +23,7 @@ PoolPath = Annotated[str, Field(max_length=4096, description="a path under the p
 class Direction(StrEnum):
     put = "put"  # into the pool
     get = "get"  # out of the pool
+    delete = "delete"  # removed from the pool
 
 
 class SyncLevel(StrEnum):
@@ -137,3 +138,51 @@ class TransferResult(Model):
     def rate(self) -> float:
         """Bytes moved per second (zero when nothing moved)."""
         return self.counters.bytes / self.seconds if self.seconds > 0 else 0.0
+
+
+LIST_PAGE = 1000
+MAX_LIST_PAGE = 10_000
+
+
+class EntryKind(StrEnum):
+    file = "file"
+    dir = "dir"
+    link = "link"  # a symbolic link, shown and never followed
+    other = "other"  # a socket, a device, a FIFO: never copied
+
+
+class PoolEntry(Model):
+    name: str
+    kind: EntryKind
+    size: int = Field(ge=0, description="bytes; for a directory, 0")
+    mtime_ns: int
+    mode: int = Field(ge=0, le=0o7777)
+
+
+class ListQuery(Model):
+    """Which page of a directory: names in byte order, the first ``limit`` after ``after``."""
+
+    after: Annotated[str, Field(min_length=1, max_length=255)] | None = None
+    limit: Annotated[int, Field(ge=1, le=MAX_LIST_PAGE)] = LIST_PAGE
+
+
+class PoolListing(Model):
+    """One page of what a pool path holds: a directory's entries, or the file itself."""
+
+    pool: CPIStr
+    path: str = Field(description="the path listed, as the pool names it")
+    kind: EntryKind = Field(description="what the path itself is")
+    entries: list[PoolEntry]
+    next: str | None = Field(
+        default=None, description="pass as ``after`` for the next page; null on the last"
+    )
+
+
+class Removal(Model):
+    """What a removal took away from a pool."""
+
+    pool: CPIStr
+    path: str = Field(description="the path removed, as the pool names it")
+    kind: EntryKind
+    files: int = Field(ge=0, description="files and links removed")
+    bytes: int = Field(ge=0, description="their bytes")

@@ -36,17 +36,24 @@ from computenet.model import (
     TokenSecret,
 )
 from computenet.model.dataset import (
+    SCHEME,
     Dataset,
     DatasetPage,
     DatasetPublish,
+    DatasetRef,
+    DatasetRemoval,
     DatasetVersion,
+    DataURIError,
     ReplicaAdd,
+    parse_dataset,
 )
 from computenet.model.discovery import DiscoverPage, PoolSummary
 from computenet.model.federation import Invite, InviteCreate, Resolution, TreeView
 from computenet.model.job import MAX_BATCH
 from computenet.model.plan import Plan
 from computenet.model.transfer import (
+    PoolListing,
+    Removal,
     SyncLevel,
     TransferGrant,
     TransferRequest,
@@ -229,6 +236,10 @@ class _Calls:
         return _Call("POST", "/v1/datasets", body=body, model=DatasetVersion)
 
     @staticmethod
+    def forget(name: str, version: str) -> _Call:
+        return _Call("DELETE", f"/v1/datasets/{name}/{version}", model=DatasetVersion)
+
+    @staticmethod
     def add_replica(name: str, version: str, body: ReplicaAdd) -> _Call:
         path = f"/v1/datasets/{name}/{version}/replicas"
         return _Call("POST", path, body=body, model=DatasetVersion)
@@ -323,6 +334,16 @@ def _copy_options(given: CopyOptions) -> Options:
     return Options(**{**given, "sync": sync})  # type: ignore[arg-type]
 
 
+def _dataset_ref(target: str) -> DatasetRef:
+    """``NAME@VERSION`` or the full URI; a bad one raises ``TransferError``."""
+    from computenet.transfer.wire import TransferError
+
+    try:
+        return parse_dataset(target if target.startswith("cnet://") else SCHEME + target)
+    except DataURIError as e:
+        raise TransferError(str(e)) from e
+
+
 def _copy_api(do: Callable[[_Call], Awaitable[Any]]) -> Api:
     """What ``copy`` asks of the node, through either client's own transport."""
     from computenet.transfer.copy import Api
@@ -352,7 +373,18 @@ def _copy_api(do: Callable[[_Call], Awaitable[Any]]) -> Api:
         out: builtins.list[Pool] = await do(_Calls.pools())
         return out
 
-    return Api(grant=grant, dataset=dataset, publish=publish, replica=replica, pools=pools)
+    async def forget(name: str, version: str) -> DatasetVersion:
+        out: DatasetVersion = await do(_Calls.forget(name, version))
+        return out
+
+    return Api(
+        grant=grant,
+        dataset=dataset,
+        publish=publish,
+        replica=replica,
+        pools=pools,
+        forget=forget,
+    )
 
 
 def _transport_error(url: str, e: httpx.TransportError) -> ApiError:
@@ -560,6 +592,14 @@ class Client:
         except httpx.TransportError as e:
             raise _transport_error(self.url, e) from e
 
+    def _api(self) -> Api:
+        """What a copy asks of the node, each call on a thread: the copy runs on a loop."""
+
+        def do(call: _Call) -> Awaitable[Any]:
+            return asyncio.to_thread(self._do, call)
+
+        return _copy_api(do)
+
     def ticket(self, request: TransferRequest | dict[str, Any]) -> TransferGrant:
         """A signed ticket for one pool path and direction, and where to use it."""
         out: TransferGrant = self._do(_Calls.transfer(TransferRequest.model_validate(request)))
@@ -578,10 +618,37 @@ class Client:
         (default: the source's pool, else the first pool online)."""
         from computenet.transfer.copy import copy_data
 
-        def do(call: _Call) -> Awaitable[Any]:
-            return asyncio.to_thread(self._do, call)
+        return asyncio.run(copy_data(src, dst, self._api(), _copy_options(options), pool))
 
-        return asyncio.run(copy_data(src, dst, _copy_api(do), _copy_options(options), pool))
+    def ls(
+        self,
+        target: str,
+        after: str | None = None,
+        limit: int | None = None,
+        tls: bool | None = None,
+    ) -> PoolListing:
+        """What a pool path (``POOL-CPI:/path``) or a dataset holds: a directory's entries
+        in name order, or the file itself. With ``limit``, one page: its ``next`` is the
+        ``after`` of the page that follows."""
+        from computenet.transfer.listing import ls
+
+        return asyncio.run(ls(target, self._api(), after, limit, tls))
+
+    def rm(self, target: str, recursive: bool = False, tls: bool | None = None) -> Removal:
+        """Removes a pool path (``POOL-CPI:/path``): a file or a link, or with ``recursive``
+        a directory and everything under it. A dataset's copy is removed with
+        ``remove_dataset``."""
+        from computenet.transfer.removal import rm
+
+        return asyncio.run(rm(target, self._api().grant, recursive, tls))
+
+    def remove_dataset(self, target: str, tls: bool | None = None) -> DatasetRemoval:
+        """Removes one version (``NAME@VERSION`` or ``cnet://dataset/NAME@VERSION``): the
+        node forgets it, then each copy's data is removed; copies that could not be are in
+        ``left``. Only the dataset's owner (or an admin) may."""
+        from computenet.transfer.removal import drop_version
+
+        return asyncio.run(drop_version(self._api(), _dataset_ref(target), tls))
 
     def datasets(self) -> builtins.list[DatasetVersion]:
         """Every version of every dataset, newest first within a name, with its replicas."""
@@ -731,6 +798,27 @@ class AsyncClient:
         from computenet.transfer.copy import copy_data
 
         return await copy_data(src, dst, _copy_api(self._do), _copy_options(options), pool)
+
+    async def ls(
+        self,
+        target: str,
+        after: str | None = None,
+        limit: int | None = None,
+        tls: bool | None = None,
+    ) -> PoolListing:
+        from computenet.transfer.listing import ls
+
+        return await ls(target, _copy_api(self._do), after, limit, tls)
+
+    async def rm(self, target: str, recursive: bool = False, tls: bool | None = None) -> Removal:
+        from computenet.transfer.removal import rm
+
+        return await rm(target, _copy_api(self._do).grant, recursive, tls)
+
+    async def remove_dataset(self, target: str, tls: bool | None = None) -> DatasetRemoval:
+        from computenet.transfer.removal import drop_version
+
+        return await drop_version(_copy_api(self._do), _dataset_ref(target), tls)
 
     async def datasets(self) -> builtins.list[DatasetVersion]:
         out: builtins.list[DatasetVersion] = []

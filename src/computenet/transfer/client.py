@@ -109,8 +109,8 @@ class _Link:
         self.socks: list[Sock] = []
         self.welcome: dict[str, Any] = {}  # what the server said on accepting the control
 
-    async def open(self, role: str) -> Conn:
-        """The control (or relay) connection, on the event loop."""
+    async def open(self, role: str, extra: dict[str, Any] | None = None) -> Conn:
+        """The control (or relay, or list) connection, on the event loop."""
         ep = self.grant.endpoint
         try:
             reader, writer = await asyncio.open_connection(
@@ -127,7 +127,7 @@ class _Link:
             await wire.expect(reader, Kind.OK)
             await writer.start_tls(tls.client_context())
             tls.pinned(writer.get_extra_info("ssl_object"), ep.fingerprint)
-        wire.send_json(writer, Kind.HELLO, self.hello(role))
+        wire.send_json(writer, Kind.HELLO, self.hello(role) | (extra or {}))
         await writer.drain()
         _, self.welcome = await wire.expect(reader, Kind.OK)
         return reader, writer
@@ -251,6 +251,19 @@ async def _put(grant: TransferGrant, source: Path, options: Options) -> Transfer
         if options.hashes is not None:
             options.hashes.forget(src.paths)
         raise
+
+
+async def ask(
+    grant: TransferGrant, role: str, body: dict[str, Any], tls: bool | None = None
+) -> dict[str, Any]:
+    """A question for the granted path's data server that one frame answers (a listing,
+    a removal): the answer comes with its OK."""
+    link = _Link(grant, grant.ticket.claims.direction, Options(tls=tls))
+    try:
+        await link.open(role, body)
+        return link.welcome
+    finally:
+        link.close()
 
 
 async def _send(

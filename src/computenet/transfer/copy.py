@@ -21,6 +21,7 @@ from computenet.model.dataset import (
     DatasetRef,
     DatasetVersion,
     DataURIError,
+    Replica,
     ReplicaAdd,
     parse_dataset,
     parse_pool_path,
@@ -44,6 +45,7 @@ class Api:
     publish: Callable[[DatasetPublish], Awaitable[DatasetVersion]]
     replica: Callable[[str, str, ReplicaAdd], Awaitable[DatasetVersion]]
     pools: Callable[[], Awaitable[list[Pool]]]
+    forget: Callable[[str, str], Awaitable[DatasetVersion]]  # drops a version's records
 
 
 @dataclass(frozen=True)
@@ -97,15 +99,6 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
     return await client.relay(g, destination, options)
 
 
-def _dataset(text: str) -> DatasetRef | None:
-    if not text.startswith("cnet://"):
-        return None
-    try:
-        return parse_dataset(text)
-    except DataURIError as e:
-        raise TransferError(str(e)) from e
-
-
 def _serving(pools: list[Pool]) -> dict[str, Pool]:
     return {p.cpi: p for p in pools if p.status is not PoolStatus.offline and p.data is not None}
 
@@ -114,6 +107,28 @@ async def _version(api: Api, ref: DatasetRef) -> DatasetVersion | None:
     d = await api.dataset(ref.name)
     versions = d.versions if d is not None else []
     return next((v for v in versions if ref.version in (None, v.version)), None)
+
+
+async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, list[Replica]]:
+    """The version ``ref`` names and its copies in pools that are online: at least one."""
+    v = await _version(api, ref)
+    if v is None:
+        raise TransferError(f"{ref}: no such dataset")
+    serving = _serving(await api.pools())
+    held = [r for r in v.replicas if r.pool in serving]
+    if not held:
+        raise TransferError(f"{v.uri}: no pool that holds it is online")
+    return v, held
+
+
+def dataset_ref(text: str) -> DatasetRef | None:
+    """The dataset a ``cnet://`` URI names; None for anything else."""
+    if not text.startswith("cnet://"):
+        return None
+    try:
+        return parse_dataset(text)
+    except DataURIError as e:
+        raise TransferError(str(e)) from e
 
 
 async def copy_data(
@@ -125,19 +140,13 @@ async def copy_data(
 ) -> TransferResult:
     """``copy``, with datasets on either side. ``pool`` is where a dataset destination
     goes (default: the source's pool, else the first pool online)."""
-    s_ref, d_ref = _dataset(src), _dataset(dst)
+    s_ref, d_ref = dataset_ref(src), dataset_ref(dst)
     if pool is not None and d_ref is None:
         raise TransferError("--pool chooses where a new dataset version goes: name a dataset")
     if s_ref is not None and d_ref is not None:
         raise TransferError("both sides are datasets: a version is already where it is")
     if s_ref is not None:
-        v = await _version(api, s_ref)
-        if v is None:
-            raise TransferError(f"{s_ref}: no such dataset")
-        serving = _serving(await api.pools())
-        held = [r for r in v.replicas if r.pool in serving]
-        if not held:
-            raise TransferError(f"{v.uri}: no pool that holds it is online")
+        v, held = await online_replicas(api, s_ref)
         d = location(dst)
         mine = next((r for r in held if r.pool == d.pool), held[0])
         result = await copy(f"{mine.pool}:{mine.path}", dst, api.grant, options)

@@ -29,18 +29,26 @@ from pydantic import ValidationError
 from computenet.model.transfer import (
     DataEndpoint,
     Direction,
+    ListQuery,
     Manifest,
     ManifestFrame,
     SyncLevel,
     Ticket,
     TransferGrant,
 )
-from computenet.transfer import client, compress, sockets, wire
+from computenet.transfer import client, compress, listing, removal, sockets, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
-from computenet.transfer.paths import RESERVED, PathError, confine, normalise, sweep_parts
+from computenet.transfer.paths import (
+    RESERVED,
+    PathError,
+    confine,
+    normalise,
+    sweep_parts,
+    within,
+)
 from computenet.transfer.quota import Quota
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
@@ -88,6 +96,7 @@ class _Teller:
 @dataclass
 class _Session:
     ticket: str
+    path: str  # normalised: what the transfer reads or writes
     receiver: Receiver | None = None
     sender: Sender | None = None
 
@@ -201,6 +210,15 @@ class DataServer:
         if role == "relay" and direction is Direction.get:
             await self._relay(ctl)
             return
+        if role == "remove" and direction is Direction.delete:
+            await self._remove(ctl, bool(hello.get("recursive")))
+            return
+        if role == "list" and direction is Direction.get:
+            query = ListQuery.model_validate(hello.get("list") or {})
+            shown = await asyncio.to_thread(listing.page, self.root, self.pool(), path, query)
+            wire.send_model(writer, Kind.OK, shown)
+            await writer.drain()
+            return
         if role != "control" or not tid or tid in self.sessions:
             raise Refused("a transfer starts with one control connection of a new id")
         wire.send(writer, Kind.OK)
@@ -259,6 +277,19 @@ class DataServer:
             sockets.shut(sock)
             return
         self._data(sock, s)
+
+    async def _remove(self, ctl: _Control, recursive: bool) -> None:
+        moving = [s.path for s in self.sessions.values() if within(s.path, ctl.path)]
+        moving += [s.path for s in self.sessions.values() if within(ctl.path, s.path)]
+        if moving:
+            raise Refused(f"a copy of /{moving[0]} is still moving: remove it when it ends")
+        gone = await asyncio.to_thread(removal.remove, self.root, self.pool(), ctl.path, recursive)
+        self.quota.freed(gone.bytes)
+        with contextlib.suppress(FileNotFoundError):
+            self._manifest(ctl.path).unlink()
+        log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
+        wire.send_model(ctl.writer, Kind.OK, gone)
+        await ctl.writer.drain()
 
     async def _relay(self, ctl: _Control) -> None:
         """Pool to pool: this server puts its own file or tree straight into another pool,
@@ -355,7 +386,7 @@ class DataServer:
         plan = await asyncio.to_thread(receiver.plan)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
-        self.sessions[tid] = _Session(t.claims.id, receiver=receiver)
+        self.sessions[tid] = _Session(t.claims.id, path, receiver=receiver)
         landed = False
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
@@ -373,15 +404,18 @@ class DataServer:
             receiver.close()
             self.quota.settle(adds, landed)
 
+    def _manifest(self, path: str) -> Path:
+        name = blake3.blake3(path.encode()).hexdigest()[:32]
+        return self.root / RESERVED / "manifests" / f"{name}.json"
+
     def _record(self, path: str, m: Manifest) -> None:
         """The manifest, committed after the files it names: written whole, then renamed."""
-        where = self.root / RESERVED / "manifests"
-        where.mkdir(parents=True, exist_ok=True)
-        name = blake3.blake3(path.encode()).hexdigest()[:32]
-        tmp = where / f"{name}.{os.getpid()}.tmp"
+        final = self._manifest(path)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")
         body: dict[str, Any] = {"path": "/" + path, "at": time.time(), **m.model_dump(mode="json")}
         tmp.write_text(json.dumps(body, separators=(",", ":")))
-        os.replace(tmp, where / f"{name}.json")
+        os.replace(tmp, final)
 
     async def _get(self, ctl: _Control) -> None:
         reader, writer, t, tid, path = ctl
@@ -408,7 +442,7 @@ class DataServer:
         if not isinstance(packed, bool):
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
         sender = Sender(src.manifest, src.paths, need, compress=packed)
-        self.sessions[tid] = _Session(t.claims.id, sender=sender)
+        self.sessions[tid] = _Session(t.claims.id, path, sender=sender)
         wire.send(writer, Kind.OK)
         await writer.drain()
         try:

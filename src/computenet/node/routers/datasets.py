@@ -108,6 +108,19 @@ async def add_replica(
     return await node.writing(store.add_replica, name, version, body.pool, path, body.tree_hash)
 
 
+@router.delete("/datasets/{name}/{version}", response_model=DatasetVersion)
+async def forget(
+    name: Name,
+    version: Version,
+    who: Principal = Depends(principal),
+    node: Node = Depends(node_of),
+) -> DatasetVersion:
+    """Forgets a version and the records of its copies, and answers what it was, copies
+    included: the data itself stays until removed (``cnet dataset rm`` does both). Only
+    the dataset's owner or an admin. Jobs that still have to stage it fail, naming it."""
+    return await node.writing(store.forget, name, version, who.tenant, who.admin)
+
+
 # --- the agents' side ------------------------------------------------------------------
 
 

@@ -17,6 +17,7 @@ from computenet.model.transfer import Direction, TicketClaims, TransferGrant, Tr
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict, Invalid, TooLarge
 from computenet.node.runtime import Node
+from computenet.node.store import datasets as dataset_store
 from computenet.node.store import pools as pool_store
 from computenet.transfer import ticket as tickets
 from computenet.transfer.paths import PathError, normalise
@@ -55,6 +56,8 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
             f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
         )
     pool = await node.reading(pool_store.get, body.pool)
+    if body.direction is Direction.delete:
+        await _removable(node, pool.cpi, path, field)
     if pool.data is None:
         raise Conflict(f"pool {pool.cpi} has no data server", field=f"{field}pool")
     if pool.status is PoolStatus.offline:
@@ -64,7 +67,7 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
         pool=pool.cpi,
         path=path,
         direction=body.direction,
-        max_bytes=body.size if body.direction is Direction.put else MAX_TRANSFER,
+        max_bytes={Direction.put: body.size, Direction.get: MAX_TRANSFER}.get(body.direction, 0),
         expires_at=time.time() + body.ttl,
         tenant=tenant,
         issuer=node.federation.code,
@@ -72,3 +75,18 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
     return TransferGrant(
         ticket=tickets.issue(node.federation.key, claims), endpoint=pool.data, path="/" + path
     )
+
+
+async def _removable(node: Node, pool: str, path: str, field: str) -> None:
+    """A delete ticket is never for the whole data root, nor for a dataset's copy: the
+    node would go on sending jobs to a copy that is gone."""
+    if not path:
+        raise Invalid("the data root itself cannot be removed", field=f"{field}path")
+    held = await node.reading(dataset_store.held_at, pool, path)
+    if held:
+        name, version, where = held[0]
+        raise Conflict(
+            f"/{where} holds dataset {name}@{version}: `cnet dataset rm {name}@{version}` "
+            "removes a version and its copies",
+            field=f"{field}path",
+        )

@@ -13,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from computenet.model.dataset import Dataset, DatasetPage, DatasetRef, DatasetVersion, Replica
 from computenet.node.errors import Conflict, Forbidden, NotFound
 from computenet.node.store.tables import datasets, replicas
+from computenet.transfer.paths import within
 
 
 def _when(t: float) -> datetime:
@@ -153,6 +154,36 @@ def _replica(
     values = {"name": name, "version": version, "pool_cpi": pool, "path": path}
     conn.execute(replicas.insert().values(**values, added_at=now))
     return resolve(conn, DatasetRef(name, version))
+
+
+def forget(conn: Connection, name: str, version: str, tenant: str, admin: bool) -> DatasetVersion:
+    """Drops a version and the records of its copies; only its owner (or an admin) may."""
+    v = resolve(conn, DatasetRef(name, version), "version")
+    if v.tenant != tenant and not admin:
+        raise Forbidden(f"dataset {name!r} belongs to tenant {v.tenant}", field="name")
+    conn.execute(
+        delete(replicas).where(and_(replicas.c.name == name, replicas.c.version == version))
+    )
+    conn.execute(
+        delete(datasets).where(and_(datasets.c.name == name, datasets.c.version == version))
+    )
+    return v
+
+
+def held_at(conn: Connection, pool: str, path: str) -> list[tuple[str, str, str]]:
+    """The dataset copies in ``pool`` at, under or above ``path`` (normalised): (name,
+    version, where)."""
+    rows = conn.execute(
+        select(replicas.c.name, replicas.c.version, replicas.c.path).where(
+            replicas.c.pool_cpi == pool
+        )
+    ).all()
+    out = []
+    for row in rows:
+        where = row.path.strip("/")
+        if within(path, where) or within(where, path):
+            out.append((row.name, row.version, where))
+    return out
 
 
 class Holdings:

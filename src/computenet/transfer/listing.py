@@ -1,0 +1,129 @@
+"""What a pool path holds, one directory level at a time: ``cnet ls`` and ``Client.ls``.
+
+The data server answers on a control connection under a get ticket: whoever may copy a
+path out may see what is in it. A directory comes in pages of names in byte order, each
+page starting after the last name of the one before, so a directory of a million files
+costs neither end more than a page at a time. Symbolic links are shown as links and not
+followed; the data server's own files (``/.cnet``) and the partial files of unfinished
+copies are not shown at all.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import stat
+from pathlib import Path
+
+from computenet.model.transfer import (
+    LIST_PAGE,
+    Direction,
+    EntryKind,
+    ListQuery,
+    PoolEntry,
+    PoolListing,
+    TransferGrant,
+    TransferRequest,
+)
+from computenet.transfer import client
+from computenet.transfer.copy import Api, dataset_ref, location, online_replicas
+from computenet.transfer.paths import PART, RESERVED, confine, normalise
+from computenet.transfer.wire import TransferError
+
+
+def _kind(mode: int) -> EntryKind:
+    if stat.S_ISREG(mode):
+        return EntryKind.file
+    if stat.S_ISDIR(mode):
+        return EntryKind.dir
+    if stat.S_ISLNK(mode):
+        return EntryKind.link
+    return EntryKind.other
+
+
+def _entry(name: str, st: os.stat_result) -> PoolEntry:
+    kind = _kind(st.st_mode)
+    return PoolEntry(
+        name=name,
+        kind=kind,
+        size=0 if kind is EntryKind.dir else st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        mode=stat.S_IMODE(st.st_mode),
+    )
+
+
+def _shown(name: str, top: bool) -> bool:
+    if name.startswith(".") and name.endswith(PART):
+        return False
+    return not (top and name == RESERVED)
+
+
+def page(root: Path, pool: str, path: str, query: ListQuery) -> PoolListing:
+    """One page of ``path`` under a data root, as its data server sees it."""
+    where = confine(root, path)
+    shown = "/" + normalise(path)
+    try:
+        st = where.lstat()
+    except FileNotFoundError:
+        raise TransferError(f"{shown}: no such file or directory in the pool") from None
+    kind = _kind(st.st_mode)
+    if kind is not EntryKind.dir:
+        return PoolListing(pool=pool, path=shown, kind=kind, entries=[_entry(where.name, st)])
+    top = where == root.resolve()
+    with os.scandir(where) as it:
+        names = sorted((e.name for e in it if _shown(e.name, top)), key=os.fsencode)
+    start = (
+        0
+        if query.after is None
+        else bisect.bisect_right(names, os.fsencode(query.after), key=os.fsencode)
+    )
+    chosen = names[start : start + query.limit]
+    entries = []
+    for name in chosen:
+        try:
+            entries.append(_entry(name, os.lstat(where / name)))
+        except FileNotFoundError:  # removed since the directory was read
+            continue
+    more = start + query.limit < len(names)
+    return PoolListing(
+        pool=pool,
+        path=shown,
+        kind=kind,
+        entries=entries,
+        next=chosen[-1] if more and chosen else None,
+    )
+
+
+async def _page(grant: TransferGrant, query: ListQuery, tls: bool | None) -> PoolListing:
+    answer = await client.ask(grant, "list", {"list": query.model_dump(mode="json")}, tls)
+    return PoolListing.model_validate(answer)
+
+
+async def ls(
+    target: str,
+    api: Api,
+    after: str | None = None,
+    limit: int | None = None,
+    tls: bool | None = None,
+) -> PoolListing:
+    """What a pool path (``POOL-CPI:/path``) or a dataset (``cnet://dataset/NAME[@V]``,
+    listed where one of its copies is) holds. With ``limit`` one page comes back, whose
+    ``next`` is the ``after`` of the page that follows; without it, every page as one."""
+    ref = dataset_ref(target)
+    if ref is not None:
+        _, held = await online_replicas(api, ref)
+        target = f"{held[0].pool}:{held[0].path}"
+    spot = location(target)
+    if spot.pool is None:
+        raise TransferError(f"{target}: name a pool path (POOL-CPI:/path) or a dataset")
+    grant = await api.grant(
+        TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
+    )
+    query = ListQuery(after=after, limit=limit or LIST_PAGE)
+    listing = await _page(grant, query, tls)
+    while limit is None and listing.next is not None:
+        query = ListQuery(after=listing.next, limit=LIST_PAGE)
+        more = await _page(grant, query, tls)
+        listing.entries += more.entries
+        listing.next = more.next
+    return listing
