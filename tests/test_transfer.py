@@ -324,6 +324,12 @@ def test_a_ticket_that_expired_or_was_altered_is_refused(
         put(forged, f)
     with pytest.raises(TransferError, match="allows get, not put"):
         put(wrong_way, f)
+    with shared.client() as c:
+        removing = c.ticket({"pool": pool, "path": "/exp", "direction": "delete", "ttl": 3600})
+    assert removing.ticket.claims.expires_at - time.time() <= 61  # a minute at most
+    with pytest.raises(TransferError, match="allows delete, not get"):
+        asyncio.run(transfer.get(removing, tmp_path / "got"))
+    assert not (tmp_path / "got").exists()
 
 
 def test_dot_dot_and_symlink_escapes_are_refused(
@@ -417,15 +423,21 @@ def listed(net: Network, *args: str) -> PoolListing:
     return PoolListing.model_validate_json(proc.stdout)
 
 
-def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(shared: Network, pool: str) -> None:
+def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
     root = root_of(shared) / "listing"
     (root / "sub").mkdir(parents=True)
     for i in range(25):
         (root / f"f{i:02d}").write_bytes(b"x" * i)
     (root / ".f99.bin.cnetpart").write_bytes(b"half a copy")
     (root / "out").symlink_to("/etc")
+    os.close(os.open(os.fsencode(root) + b"/latin-1 \xe9", os.O_CREAT | os.O_WRONLY))
+    (root_of(shared) / ".cnet").mkdir(exist_ok=True)
+    (root_of(shared) / "alias").symlink_to(root_of(shared))
     whole = listed(shared, f"{pool}:/listing")
     assert whole.kind is EntryKind.dir and whole.path == "/listing" and whole.next is None
+    assert whole.unnamed == 1  # a name that is not UTF-8: counted, not shown
     names = [x.name for x in whole.entries]
     assert names == [*(f"f{i:02d}" for i in range(25)), "out", "sub"]
     kinds = {x.name: x.kind for x in whole.entries}
@@ -444,6 +456,8 @@ def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(shared: Network, p
     assert [len(p) for p in pages] == [10, 10, 7]
     assert [n for p in pages for n in p] == names
 
+    link = listed(shared, f"{pool}:/listing/out")
+    assert link.kind is EntryKind.link and [x.name for x in link.entries] == ["out"]
     one = listed(shared, f"{pool}:/listing/f03")
     assert one.kind is EntryKind.file and [(x.name, x.size) for x in one.entries] == [("f03", 3)]
     assert ".cnet" not in {x.name for x in listed(shared, f"{pool}:/").entries}
@@ -452,13 +466,17 @@ def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(shared: Network, p
 
     for target, why in [
         (f"{pool}:/listing/none", "/listing/none: no such file or directory in the pool"),
-        (f"{pool}:/listing/out", "escapes the data root"),
+        (f"{pool}:/listing/out/passwd", "'/listing/out' is a link or a file"),
+        (f"{pool}:/alias/.cnet", "'/alias' is a link or a file"),
         (f"{pool}:/../etc", ".."),
         ("/tmp", "name a pool path"),
     ]:
         bad = cli(shared, "ls", target)
         assert bad.returncode != 0 and why in bad.stderr, (target, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and "Traceback" not in bad.stderr
+    into = cli(shared, "cp", f"{pool}:/alias/.cnet", str(tmp_path / "server-files"))
+    assert into.returncode == 1 and ".cnet is reserved" in into.stderr
+    (root_of(shared) / "alias").unlink()
 
 
 def removed(net: Network, *args: str) -> Removal:
@@ -491,14 +509,18 @@ def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(
     assert (tree.kind, tree.files, tree.bytes) == (EntryKind.dir, 14, 12 * 1000 + 4)
     assert not (root / "tree").exists()
 
+    (root_of(shared) / "alias").symlink_to(root_of(shared))
+    (root / "kept.txt").write_text("stays")
     one = removed(shared, f"{pool}:/removing/one.bin")
-    assert (one.kind, one.bytes) == (EntryKind.file, 100)
+    assert (one.kind, one.bytes) == (EntryKind.file, 100 + len("half a copy"))
     assert not (root / "one.bin").exists() and not (root / ".one.bin.cnetpart").exists()
 
     for target, why in [
         (f"{pool}:/", "the data root itself cannot be removed"),
         (f"{pool}:/removing/none", "/removing/none: no such file or directory in the pool"),
-        (f"{pool}:/removing/out/victim", "escapes the data root"),
+        (f"{pool}:/removing/out/victim", "'/removing/out' is a link or a file"),
+        (f"{pool}:/removing/kept.txt/x", "'/removing/kept.txt' is a link or a file"),
+        (f"{pool}:/alias/.cnet", "'/alias' is a link or a file"),
         (f"{pool}:/../etc", ".."),
         (f"{pool}:/.cnet", "reserved"),
         ("/tmp/x", "name a pool path"),
@@ -509,6 +531,9 @@ def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(
     assert (tmp_path / "victim").exists() and (root_of(shared) / ".cnet").is_dir()
     link = removed(shared, f"{pool}:/removing/out")
     assert link.kind is EntryKind.link and (tmp_path / "victim").exists()
+    assert (root / "kept.txt").read_text() == "stays"
+    assert removed(shared, f"{pool}:/alias").kind is EntryKind.link
+    assert (root_of(shared) / ".cnet").is_dir()
 
 
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:

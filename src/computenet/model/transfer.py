@@ -176,6 +176,9 @@ class PoolListing(Model):
     next: str | None = Field(
         default=None, description="pass as ``after`` for the next page; null on the last"
     )
+    unnamed: int = Field(
+        default=0, description="entries not shown: their names are not UTF-8, so no path names them"
+    )
 
 
 class Removal(Model):

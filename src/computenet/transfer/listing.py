@@ -4,8 +4,10 @@ The data server answers on a control connection under a get ticket: whoever may 
 path out may see what is in it. A directory comes in pages of names in byte order, each
 page starting after the last name of the one before, so a directory of a million files
 costs neither end more than a page at a time. Symbolic links are shown as links and not
-followed; the data server's own files (``/.cnet``) and the partial files of unfinished
-copies are not shown at all.
+followed, and a path that goes through a link is refused: name the path it leads to.
+The data server's own files (``/.cnet``) and the partial files of unfinished copies are
+not shown at all, nor are names that are not UTF-8, which no pool path can name (the
+page counts them).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ from computenet.model.transfer import (
 )
 from computenet.transfer import client
 from computenet.transfer.copy import Api, dataset_ref, location, online_replicas
-from computenet.transfer.paths import PART, RESERVED, confine, normalise
+from computenet.transfer.paths import PART, RESERVED, normalise, open_dir, parent_of
 from computenet.transfer.wire import TransferError
 
 
-def _kind(mode: int) -> EntryKind:
+def kind_of(mode: int) -> EntryKind:
     if stat.S_ISREG(mode):
         return EntryKind.file
     if stat.S_ISDIR(mode):
@@ -42,7 +44,7 @@ def _kind(mode: int) -> EntryKind:
 
 
 def _entry(name: str, st: os.stat_result) -> PoolEntry:
-    kind = _kind(st.st_mode)
+    kind = kind_of(st.st_mode)
     return PoolEntry(
         name=name,
         kind=kind,
@@ -55,46 +57,66 @@ def _entry(name: str, st: os.stat_result) -> PoolEntry:
 def _shown(name: str, top: bool) -> bool:
     if name.startswith(".") and name.endswith(PART):
         return False
+    if not _text(name):
+        return False  # no pool path can name it; counted as unnamed
     return not (top and name == RESERVED)
 
 
+def _text(name: str) -> bool:
+    try:
+        name.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8, held as surrogates
+        return False
+    return True
+
+
 def page(root: Path, pool: str, path: str, query: ListQuery) -> PoolListing:
-    """One page of ``path`` under a data root, as its data server sees it."""
-    where = confine(root, path)
+    """One page of ``path`` under a data root, as its data server sees it. Neither the
+    path nor anything in it is followed through a link."""
     shown = "/" + normalise(path)
     try:
-        st = where.lstat()
+        with parent_of(root, path) as (parent, name):
+            st = os.stat(name or ".", dir_fd=parent, follow_symlinks=False)
+            kind = kind_of(st.st_mode)
+            if kind is not EntryKind.dir:
+                return PoolListing(pool=pool, path=shown, kind=kind, entries=[_entry(name, st)])
+            fd = open_dir(parent, name)
+            try:
+                return _page(fd, pool, shown, query, top=not name)
+            finally:
+                os.close(fd)
     except FileNotFoundError:
         raise TransferError(f"{shown}: no such file or directory in the pool") from None
-    kind = _kind(st.st_mode)
-    if kind is not EntryKind.dir:
-        return PoolListing(pool=pool, path=shown, kind=kind, entries=[_entry(where.name, st)])
-    top = where == root.resolve()
-    with os.scandir(where) as it:
-        names = sorted((e.name for e in it if _shown(e.name, top)), key=os.fsencode)
-    start = (
-        0
-        if query.after is None
-        else bisect.bisect_right(names, os.fsencode(query.after), key=os.fsencode)
-    )
+    except OSError as e:
+        raise TransferError(f"{shown}: cannot list it: {e.strerror}") from None
+
+
+def _page(fd: int, pool: str, shown: str, query: ListQuery, top: bool) -> PoolListing:
+    with os.scandir(fd) as it:
+        every = [e.name for e in it]
+    names = sorted((n for n in every if _shown(n, top)), key=os.fsencode)
+    start = 0
+    if query.after is not None:
+        start = bisect.bisect_right(names, os.fsencode(query.after), key=os.fsencode)
     chosen = names[start : start + query.limit]
     entries = []
     for name in chosen:
         try:
-            entries.append(_entry(name, os.lstat(where / name)))
+            entries.append(_entry(name, os.stat(name, dir_fd=fd, follow_symlinks=False)))
         except FileNotFoundError:  # removed since the directory was read
             continue
     more = start + query.limit < len(names)
     return PoolListing(
         pool=pool,
         path=shown,
-        kind=kind,
+        kind=EntryKind.dir,
         entries=entries,
         next=chosen[-1] if more and chosen else None,
+        unnamed=sum(not _text(n) for n in every),
     )
 
 
-async def _page(grant: TransferGrant, query: ListQuery, tls: bool | None) -> PoolListing:
+async def _ask(grant: TransferGrant, query: ListQuery, tls: bool | None) -> PoolListing:
     answer = await client.ask(grant, "list", {"list": query.model_dump(mode="json")}, tls)
     return PoolListing.model_validate(answer)
 
@@ -120,10 +142,10 @@ async def ls(
         TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
     )
     query = ListQuery(after=after, limit=limit or LIST_PAGE)
-    listing = await _page(grant, query, tls)
+    listing = await _ask(grant, query, tls)
     while limit is None and listing.next is not None:
         query = ListQuery(after=listing.next, limit=LIST_PAGE)
-        more = await _page(grant, query, tls)
+        more = await _ask(grant, query, tls)
         listing.entries += more.entries
         listing.next = more.next
     return listing

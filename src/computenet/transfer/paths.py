@@ -50,7 +50,43 @@ def confine(root: Path, path: str) -> Path:
     target = (base / normalise(path)).resolve()
     if not target.is_relative_to(base):
         raise PathError(f"{'/' + normalise(path)!r} escapes the data root")
+    if target.is_relative_to(base / RESERVED):  # reached through a link to the root
+        raise PathError(f"{'/' + normalise(path)!r}: {RESERVED} is reserved for the data server")
     return target
+
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+@contextlib.contextmanager
+def parent_of(root: Path, path: str) -> Iterator[tuple[int, str]]:
+    """A descriptor of ``path``'s parent directory, reached one name at a time without
+    following a link, and the last name: ``ls`` and ``rm`` act through it, so neither a
+    link nor a directory swapped for one in the meantime takes them anywhere else. The
+    root itself is (its descriptor, "")."""
+    parts = normalise(path).split("/")
+    fd = os.open(root, _DIR)
+    try:
+        for i, name in enumerate(parts[:-1]):
+            try:
+                inner = os.open(name, _DIR, dir_fd=fd)
+            except OSError as e:
+                if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                shown = "/" + "/".join(parts[: i + 1])
+                raise PathError(
+                    f"{shown!r} is a link or a file, not a directory: name the path itself"
+                ) from None
+            os.close(fd)
+            fd = inner
+        yield fd, parts[-1]
+    finally:
+        os.close(fd)
+
+
+def open_dir(parent: int, name: str) -> int:
+    """A directory under ``parent`` (or ``parent`` again for ""), never through a link."""
+    return os.dup(parent) if not name else os.open(name, _DIR, dir_fd=parent)
 
 
 def open_read(path: Path) -> int:

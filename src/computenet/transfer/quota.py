@@ -38,7 +38,7 @@ class Quota:
     def __init__(self, root: Path, limit: int | None) -> None:
         self.root, self.limit = root, limit
         self.walked = 0  # bytes under the root at the last walk
-        self.since = 0  # bytes puts committed after it began, less bytes removed
+        self.since = 0  # bytes that puts committed after it began
         self.open = 0  # bytes claimed by puts still moving
         self._at = -math.inf
         self._lock = asyncio.Lock()
@@ -74,7 +74,7 @@ class Quota:
         if landed:
             self.since += n
 
-    def freed(self, n: int) -> None:
-        """Bytes removed from the root: room for later puts before the next walk."""
-        if self.limit is not None:
-            self.since -= n
+    def changed(self) -> None:
+        """Files left the root: the next claim walks it again. Subtracting what a removal
+        freed could count it twice, when a walk running meanwhile has already missed it."""
+        self._at = -math.inf

@@ -226,7 +226,9 @@ class Receiver:
                 self.counters.wire_bytes += n if packed is None else packed
                 self.counters.compressed_chunks += packed is not None
                 if not left:
-                    os.close(self._fds.pop(f))
+                    fd = self._fds.pop(f, None)  # None: closed already, the copy is over
+                    if fd is not None:
+                        os.close(fd)
                     self._writing.pop(f, None)
         if ok:
             if self.progress is not None:

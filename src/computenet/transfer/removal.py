@@ -1,12 +1,14 @@
 """Removing a file or a tree from a pool (``cnet rm``, ``Client.rm``), and a dataset
 version with its copies (``cnet dataset rm``, ``Client.remove_dataset``).
 
-The node grants a delete ticket for the path, and refuses one where the path holds a
-dataset's copy (that goes with ``cnet dataset rm``, so that no job is sent to a copy that
-is gone). The data server then removes the path itself: a symbolic link is removed as a
-link, never followed; a directory only when asked to (``recursive``), with everything
-under it, partial files of unfinished copies included; the data root and the server's
-own files never. A path that a copy is still reading or writing is refused until it ends.
+The node grants a delete ticket for the path, good for a minute, and refuses one where
+the path holds a dataset's copy (that goes with ``cnet dataset rm``, so that no job is
+sent to a copy that is gone). The data server then removes the path itself, reached one
+directory at a time without following a link: a path through a link is refused, and a
+link named by the path is removed as a link. A directory goes only when asked
+(``recursive``), with everything under it, partial files included; the data root and
+the server's own files never. A path that a copy is still reading or writing is refused
+until the copy ends.
 
 A dataset version goes in two steps: the node forgets it first, so that nothing is sent
 to its copies any more, and then each copy's data is removed under a delete ticket. A
@@ -16,6 +18,7 @@ removes it later.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import stat
@@ -25,44 +28,55 @@ from computenet.model.dataset import DatasetRef, DatasetRemoval
 from computenet.model.transfer import Direction, EntryKind, Removal, TransferRequest
 from computenet.transfer import client
 from computenet.transfer.copy import Api, Grant, location
-from computenet.transfer.paths import PathError, confine, normalise, part_of
+from computenet.transfer.listing import kind_of
+from computenet.transfer.paths import PART, PathError, normalise, parent_of
 from computenet.transfer.wire import TransferError
 
 
-def _sizes(where: Path) -> tuple[int, int]:
-    """Files and bytes under a directory, links and all, nothing followed."""
+def _sizes(parent: int, name: str) -> tuple[int, int]:
+    """Files and links under a directory, and the bytes of its regular files (what a
+    data quota counts); nothing is followed."""
     files = size = 0
-    for here, dirs, names in os.walk(where):
-        for name in [*names, *(d for d in dirs if os.path.islink(os.path.join(here, d)))]:
+    for _, dirs, names, fd in os.fwalk(name, dir_fd=parent):
+        for n in [*names, *dirs]:
+            st = os.stat(n, dir_fd=fd, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                continue
             files += 1
-            size += os.lstat(os.path.join(here, name)).st_size
+            size += st.st_size if stat.S_ISREG(st.st_mode) else 0
     return files, size
 
 
 def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
-    """Removes ``path`` under a data root: its parent is confined (no symlink leads out),
-    the last name is taken as it is."""
+    """Removes ``path`` under a data root, reached without following any link."""
     shown = "/" + normalise(path)
     if not normalise(path):
         raise PathError("the data root itself cannot be removed")
-    parent, _, name = normalise(path).rpartition("/")
-    where = confine(root, parent) / name
     try:
-        st = where.lstat()
+        with parent_of(root, path) as (parent, name):
+            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+            kind = kind_of(st.st_mode)
+            if kind is EntryKind.dir:
+                if not recursive:
+                    raise TransferError(
+                        f"{shown} is a directory: remove it with everything under it (-r)"
+                    )
+                files, size = _sizes(parent, name)
+                shutil.rmtree(name, dir_fd=parent)
+                return Removal(pool=pool, path=shown, kind=kind, files=files, bytes=size)
+            os.unlink(name, dir_fd=parent)
+            size = st.st_size if kind is EntryKind.file else 0
+            with contextlib.suppress(FileNotFoundError):
+                part = f".{name}{PART}"
+                left = os.stat(part, dir_fd=parent, follow_symlinks=False)
+                if stat.S_ISREG(left.st_mode):
+                    os.unlink(part, dir_fd=parent)
+                    size += left.st_size
+            return Removal(pool=pool, path=shown, kind=kind, files=1, bytes=size)
     except FileNotFoundError:
         raise TransferError(f"{shown}: no such file or directory in the pool") from None
-    if not stat.S_ISDIR(st.st_mode):
-        where.unlink()
-        part = part_of(where)
-        if part.is_file() and not part.is_symlink():
-            part.unlink()
-        kind = EntryKind.link if stat.S_ISLNK(st.st_mode) else EntryKind.file
-        return Removal(pool=pool, path=shown, kind=kind, files=1, bytes=st.st_size)
-    if not recursive:
-        raise TransferError(f"{shown} is a directory: remove it with everything under it (-r)")
-    files, size = _sizes(where)
-    shutil.rmtree(where)
-    return Removal(pool=pool, path=shown, kind=EntryKind.dir, files=files, bytes=size)
+    except OSError as e:
+        raise TransferError(f"{shown}: cannot remove it: {e.strerror}") from None
 
 
 async def rm(target: str, grant: Grant, recursive: bool, tls: bool | None = None) -> Removal:

@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import secrets
 import shutil
 import ssl
 import time
@@ -219,8 +220,11 @@ class DataServer:
             wire.send_model(writer, Kind.OK, shown)
             await writer.drain()
             return
+        if direction is Direction.delete:
+            raise Refused(f"ticket {t.claims.id} only removes /{path}")
         if role != "control" or not tid or tid in self.sessions:
             raise Refused("a transfer starts with one control connection of a new id")
+        self.sessions[tid] = _Session(t.claims.id, path)  # from now on, rm waits for it
         wire.send(writer, Kind.OK)
         await writer.drain()
         try:
@@ -234,8 +238,8 @@ class DataServer:
         await self._check(t, Direction(hello.get("direction", "")), str(hello.get("path", "")))
         tid = str(hello.get("transfer", ""))
         s = self.sessions.get(tid)
-        if s is None or s.ticket != t.claims.id:
-            raise Refused(f"no transfer {tid!r} under ticket {t.claims.id}")
+        if s is None or s.ticket != t.claims.id or (s.receiver is None and s.sender is None):
+            raise Refused(f"no transfer {tid!r} under ticket {t.claims.id} is ready for data")
         return s
 
     def _data(self, sock: Sock, s: _Session) -> None:
@@ -283,8 +287,12 @@ class DataServer:
         moving += [s.path for s in self.sessions.values() if within(ctl.path, s.path)]
         if moving:
             raise Refused(f"a copy of /{moving[0]} is still moving: remove it when it ends")
-        gone = await asyncio.to_thread(removal.remove, self.root, self.pool(), ctl.path, recursive)
-        self.quota.freed(gone.bytes)
+        try:
+            gone = await asyncio.to_thread(
+                removal.remove, self.root, self.pool(), ctl.path, recursive
+            )
+        finally:
+            self.quota.changed()
         with contextlib.suppress(FileNotFoundError):
             self._manifest(ctl.path).unlink()
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
@@ -294,6 +302,14 @@ class DataServer:
     async def _relay(self, ctl: _Control) -> None:
         """Pool to pool: this server puts its own file or tree straight into another pool,
         under the put ticket the client brings, and reports progress on the way."""
+        key = f"relay-{secrets.token_hex(8)}"
+        self.sessions[key] = _Session(ctl.ticket.claims.id, ctl.path)
+        try:
+            await self._relay_from(ctl)
+        finally:
+            self.sessions.pop(key, None)
+
+    async def _relay_from(self, ctl: _Control) -> None:
         source = confine(self.root, ctl.path)
         if not source.exists():
             raise TransferError(f"/{ctl.path}: no such file or directory in the pool")
@@ -386,7 +402,7 @@ class DataServer:
         plan = await asyncio.to_thread(receiver.plan)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
-        self.sessions[tid] = _Session(t.claims.id, path, receiver=receiver)
+        self.sessions[tid].receiver = receiver
         landed = False
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
@@ -418,7 +434,7 @@ class DataServer:
         os.replace(tmp, final)
 
     async def _get(self, ctl: _Control) -> None:
-        reader, writer, t, tid, path = ctl
+        reader, writer, _, tid, path = ctl
         source = confine(self.root, path)
         if not source.exists():
             raise TransferError(f"/{path}: no such file or directory in the pool")
@@ -442,7 +458,7 @@ class DataServer:
         if not isinstance(packed, bool):
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
         sender = Sender(src.manifest, src.paths, need, compress=packed)
-        self.sessions[tid] = _Session(t.claims.id, path, sender=sender)
+        self.sessions[tid].sender = sender
         wire.send(writer, Kind.OK)
         await writer.drain()
         try:

@@ -24,6 +24,7 @@ from computenet.transfer.paths import PathError, normalise
 
 router = APIRouter(prefix="/v1", tags=["transfers"])
 MAX_TRANSFER = int(os.environ.get("CNET_MAX_TRANSFER", str(1 << 40)))
+DELETE_TTL = 60.0  # a delete ticket is checked against datasets' copies only when granted
 
 
 class NodeKey(Model):
@@ -68,7 +69,8 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
         path=path,
         direction=body.direction,
         max_bytes={Direction.put: body.size, Direction.get: MAX_TRANSFER}.get(body.direction, 0),
-        expires_at=time.time() + body.ttl,
+        expires_at=time.time()
+        + (min(body.ttl, DELETE_TTL) if body.direction is Direction.delete else body.ttl),
         tenant=tenant,
         issuer=node.federation.code,
     )
