@@ -148,6 +148,13 @@ def test_a_version_is_removed_with_every_copy_and_only_by_name(
         v = c.dataset("corpus-r").versions[0]
     assert len(v.replicas) == 2
 
+    sub = cnet(net, "ls", "--json", "cnet://dataset/corpus-r@1/sub")
+    assert sub.returncode == 0, sub.stderr
+    assert [x.name for x in PoolListing.model_validate_json(sub.stdout).entries] == ["b.bin"]
+    nine = cnet(net, "ls", "cnet://dataset/corpus-r@9")
+    assert nine.returncode == 1 and "no such version (it has 1)" in nine.stderr
+    whole = cnet(net, "rm", "-r", "cnet://dataset/corpus-r@1")
+    assert whole.returncode == 1 and "cnet dataset rm" in whole.stderr
     held = cnet(net, "rm", "-r", f"{b}:/copies/r")
     assert held.returncode == 1 and "holds dataset corpus-r@1" in held.stderr
     assert cnet(net, "ls", f"{b}:/copies/r").returncode == 0

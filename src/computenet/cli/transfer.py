@@ -50,6 +50,10 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def _many(n: int, what: str, plural: str = "") -> str:
+    return f"{n} {what if n == 1 else plural or what + 's'}"
+
+
 def cp(
     src: Annotated[
         str, typer.Argument(help="a local path, POOL-CPI:/path or cnet://dataset/NAME[@VERSION]")
@@ -125,9 +129,9 @@ def cp(
     rate = f"{_size(r.rate)}/s" if k.bytes else "-"
     files = k.files + k.files_skipped
     out.print(
-        f"{r.source} -> {r.destination}: {files} file{'s' if files != 1 else ''}, "
-        f"{_size(k.bytes)} moved in {r.seconds:.2f}s ({rate}, {r.streams} streams); "
-        f"{k.chunks_present} chunks already there, {k.files_skipped} files unchanged, "
+        f"{r.source} -> {r.destination}: {_many(files, 'file')} "
+        f"({k.files_skipped} unchanged), {_size(k.bytes)} moved in {r.seconds:.2f}s "
+        f"({rate}, {_many(r.streams, 'stream')}); {k.chunks_present} chunks already there, "
         f"{k.retries} retries, {k.faults} faults"
     )
 
@@ -193,7 +197,7 @@ def rm(
     if as_json:
         print(gone.model_dump_json(indent=2))
         return
-    what = f"{gone.files} file{'s' if gone.files != 1 else ''}, {_size(gone.bytes)}"
+    what = f"{_many(gone.files, 'file')}, {_size(gone.bytes)}"
     out.print(f"removed {gone.pool}:{gone.path} ({gone.kind.value}; {what})", markup=False)
 
 
@@ -283,7 +287,7 @@ def dataset_rm(
         print(gone.model_dump_json(indent=2))
     else:
         v = gone.version
-        out.print(f"removed {v.uri}: {len(v.replicas)} copies", markup=False)
+        out.print(f"removed {v.uri}: {_many(len(v.replicas), 'copy', 'copies')}", markup=False)
         for r in gone.removed:
             out.print(f"  {r.pool}:{r.path}  ({r.files} files, {_size(r.bytes)})", markup=False)
     if gone.left:

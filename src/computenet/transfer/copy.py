@@ -111,9 +111,13 @@ async def _version(api: Api, ref: DatasetRef) -> DatasetVersion | None:
 
 async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, list[Replica]]:
     """The version ``ref`` names and its copies in pools that are online: at least one."""
-    v = await _version(api, ref)
-    if v is None:
+    d = await api.dataset(ref.name)
+    v = next((v for v in d.versions if ref.version in (None, v.version)), None) if d else None
+    if d is None or not d.versions:
         raise TransferError(f"{ref}: no such dataset")
+    if v is None:
+        have = ", ".join(x.version for x in d.versions[:5])
+        raise TransferError(f"{ref}: no such version (it has {have})")
     serving = _serving(await api.pools())
     held = [r for r in v.replicas if r.pool in serving]
     if not held:

@@ -17,6 +17,7 @@ import os
 import stat
 from pathlib import Path
 
+from computenet.model.dataset import SCHEME
 from computenet.model.transfer import (
     LIST_PAGE,
     Direction,
@@ -131,13 +132,20 @@ async def ls(
     """What a pool path (``POOL-CPI:/path``) or a dataset (``cnet://dataset/NAME[@V]``,
     listed where one of its copies is) holds. With ``limit`` one page comes back, whose
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
+    inside = ""
+    if target.startswith(SCHEME):  # a path inside a version: NAME@V/some/dir
+        head, _, inside = target[len(SCHEME) :].partition("/")
+        target = SCHEME + head
     ref = dataset_ref(target)
     if ref is not None:
         _, held = await online_replicas(api, ref)
-        target = f"{held[0].pool}:{held[0].path}"
+        target = f"{held[0].pool}:{held[0].path.rstrip('/')}" + (f"/{inside}" if inside else "")
     spot = location(target)
     if spot.pool is None:
-        raise TransferError(f"{target}: name a pool path (POOL-CPI:/path) or a dataset")
+        raise TransferError(
+            f"{target}: name a pool path (POOL-CPI:/path) or a dataset "
+            "(cnet://dataset/NAME[@VERSION][/path])"
+        )
     grant = await api.grant(
         TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
     )

@@ -81,6 +81,8 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
 
 async def rm(target: str, grant: Grant, recursive: bool, tls: bool | None = None) -> Removal:
     """Removes a pool path (``POOL-CPI:/path``)."""
+    if target.startswith("cnet://"):
+        raise TransferError(f"{target}: a dataset version goes with `cnet dataset rm NAME@VERSION`")
     spot = location(target)
     if spot.pool is None:
         raise TransferError(f"{target}: name a pool path (POOL-CPI:/path)")
