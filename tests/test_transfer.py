@@ -11,9 +11,11 @@ import os
 import subprocess
 import time
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import pytest
+from pydantic import BaseModel
 
 from computenet.model import EntryKind, PoolListing, Removal, TransferGrant, TransferResult
 from computenet.transfer import client as transfer
@@ -23,21 +25,28 @@ from computenet.transfer.wire import TransferError
 from conftest import PYTHON, Network
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+M = TypeVar("M", bound=BaseModel)
 
 
 def root_of(net: Network, name: str = "alpha") -> Path:
     return net.home / "agents" / name / "data"
 
 
-def cp(
-    net: Network, *args: str, faults: str = "", timeout: float = 120
+def cli(
+    net: Network, *args: str, faults: str = "", timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     env = dict(net.env, CNET_TOKEN=net.token)
     if faults:
         env[FAULTS] = faults
     return subprocess.run(
-        [*PYTHON, "cp", "--json", *args], env=env, capture_output=True, text=True, timeout=timeout
+        [*PYTHON, *args], env=env, capture_output=True, text=True, timeout=timeout
     )
+
+
+def cp(
+    net: Network, *args: str, faults: str = "", timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return cli(net, "cp", "--json", *args, faults=faults, timeout=timeout)
 
 
 def result(proc: subprocess.CompletedProcess[str]) -> TransferResult:
@@ -412,15 +421,15 @@ def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
     assert (root_of(shared) / "taken" / "plain").read_bytes() == b"a file"
 
 
-def cli(net: Network, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(net.env, CNET_TOKEN=net.token)
-    return subprocess.run([*PYTHON, *args], env=env, capture_output=True, text=True, timeout=60)
+def answer(model: type[M], net: Network, *args: str) -> M:
+    """What a ``--json`` command printed, once it succeeded."""
+    proc = cli(net, *args, "--json")
+    assert proc.returncode == 0, proc.stderr
+    return model.model_validate_json(proc.stdout)
 
 
 def listed(net: Network, *args: str) -> PoolListing:
-    proc = cli(net, "ls", "--json", *args)
-    assert proc.returncode == 0, proc.stderr
-    return PoolListing.model_validate_json(proc.stdout)
+    return answer(PoolListing, net, "ls", *args)
 
 
 def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(
@@ -480,9 +489,7 @@ def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(
 
 
 def removed(net: Network, *args: str) -> Removal:
-    proc = cli(net, "rm", "--json", *args)
-    assert proc.returncode == 0, proc.stderr
-    return Removal.model_validate_json(proc.stdout)
+    return answer(Removal, net, "rm", *args)
 
 
 def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(

@@ -58,8 +58,6 @@ def _entry(name: str, st: os.stat_result) -> PoolEntry:
 def _shown(name: str, top: bool) -> bool:
     if name.startswith(".") and name.endswith(PART):
         return False
-    if not _text(name):
-        return False  # no pool path can name it; counted as unnamed
     return not (top and name == RESERVED)
 
 
@@ -95,7 +93,8 @@ def page(root: Path, pool: str, path: str, query: ListQuery) -> PoolListing:
 def _page(fd: int, pool: str, shown: str, query: ListQuery, top: bool) -> PoolListing:
     with os.scandir(fd) as it:
         every = [e.name for e in it]
-    names = sorted((n for n in every if _shown(n, top)), key=os.fsencode)
+    named = [n for n in every if _text(n)]  # no pool path can name the rest: counted
+    names = sorted((n for n in named if _shown(n, top)), key=os.fsencode)
     start = 0
     if query.after is not None:
         start = bisect.bisect_right(names, os.fsencode(query.after), key=os.fsencode)
@@ -113,7 +112,7 @@ def _page(fd: int, pool: str, shown: str, query: ListQuery, top: bool) -> PoolLi
         kind=EntryKind.dir,
         entries=entries,
         next=chosen[-1] if more and chosen else None,
-        unnamed=sum(not _text(n) for n in every),
+        unnamed=len(every) - len(named),
     )
 
 

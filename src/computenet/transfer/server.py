@@ -283,8 +283,11 @@ class DataServer:
         self._data(sock, s)
 
     async def _remove(self, ctl: _Control, recursive: bool) -> None:
-        moving = [s.path for s in self.sessions.values() if within(s.path, ctl.path)]
-        moving += [s.path for s in self.sessions.values() if within(ctl.path, s.path)]
+        moving = [
+            s.path
+            for s in self.sessions.values()
+            if within(s.path, ctl.path) or within(ctl.path, s.path)
+        ]
         if moving:
             raise Refused(f"a copy of /{moving[0]} is still moving: remove it when it ends")
         try:
