@@ -156,6 +156,34 @@ def test_a_tree_goes_both_ways_through_the_sdk(shared: Network, pool: str, tmp_p
     assert down.tree_hash == up.tree_hash
 
 
+def test_modes_and_times_travel_with_the_files(shared: Network, pool: str, tmp_path: Path) -> None:
+    src = tmp_path / "kept"
+    (src / "bin").mkdir(parents=True)
+    files = {
+        "bin/run.sh": (0o755, b"#!/bin/sh\necho hi\n"),
+        "read-only.txt": (0o444, b"do not touch"),
+        "private": (0o600, os.urandom(3000)),
+        "two-chunks.bin": (0o640, os.urandom(CHUNK + 99)),
+        "empty": (0o700, b""),
+    }
+    for i, (name, (mode, data)) in enumerate(files.items()):
+        (src / name).write_bytes(data)
+        os.chmod(src / name, mode)
+        os.utime(src / name, ns=(0, 1_500_000_000_123_456_789 + i * 10**9))
+
+    def kept(root: Path) -> dict[str, tuple[int, int]]:
+        return {
+            n: (os.stat(root / n).st_mode & 0o7777, os.stat(root / n).st_mtime_ns) for n in files
+        }
+
+    up = result(cp(shared, str(src), f"{pool}:/kept"))
+    assert up.counters.files == len(files)
+    assert kept(root_of(shared) / "kept") == kept(src)
+    result(cp(shared, f"{pool}:/kept", str(tmp_path / "back")))
+    assert kept(tmp_path / "back") == kept(src)
+    same_tree(src, tmp_path / "back")
+
+
 def test_a_file_into_a_directory_keeps_its_name(shared: Network, pool: str, tmp_path: Path) -> None:
     src = tmp_path / "named.txt"
     src.write_text("hello")

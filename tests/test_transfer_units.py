@@ -19,7 +19,7 @@ from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
-from computenet.transfer.manifest import build, hash_chunks, tree_hash
+from computenet.transfer.manifest import build, hash_chunks, total_size, tree_hash
 from computenet.transfer.paths import PathError, confine, normalise, within
 from computenet.transfer.quota import Quota, QuotaExceeded
 from computenet.transfer.receiver import Receiver
@@ -108,6 +108,26 @@ def test_the_tree_hash_covers_names_sizes_and_content(tmp_path: Path) -> None:
     assert tree_hash(m.files, m.dirs) == m.tree_hash
     renamed = [files["a/f"].model_copy(update={"path": "a/h"}), files["g"]]
     assert tree_hash(renamed, m.dirs) != m.tree_hash
+
+
+def test_a_manifest_holds_the_trees_own_files_and_nothing_it_links_to(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    (outside / "d").mkdir(parents=True)
+    (outside / "secret").write_text("no")
+    src = tmp_path / "src"
+    (src / "b" / ".cnet").mkdir(parents=True)
+    (src / "b" / ".cnet" / "kept").write_text("a user's .cnet below the root is data")
+    (src / ".cnet").mkdir()
+    (src / ".cnet" / "own").write_text("the server's own")
+    (src / "a").write_text("a")
+    (src / ".a.cnetpart").write_text("half")
+    (src / "to-file").symlink_to(outside / "secret")
+    (src / "to-dir").symlink_to(outside / "d")
+    os.mkfifo(src / "pipe")
+    m = build(src, chunk=4096).manifest
+    assert [f.path for f in m.files] == ["a", "b/.cnet/kept"]
+    assert m.dirs == ["b", "b/.cnet"]
+    assert total_size(src) == 1 + len("a user's .cnet below the root is data")
 
 
 def test_kept_hashes_serve_only_while_the_file_is_unchanged(

@@ -9,6 +9,7 @@ fifth; a chunk that does not shrink still goes as it is.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import zstandard
@@ -22,7 +23,7 @@ SAMPLE_BYTES = 128 << 10  # from the start of each sampled file
 WORTH = 0.8  # compressed / raw at or below this turns compression on
 
 
-def worth_it(sources: list[Path]) -> bool:
+def worth_it(sources: Sequence[str | Path]) -> bool:
     """Whether a sample of ``sources`` shrinks enough to compress the transfer."""
     raw = packed = 0
     z = zstandard.ZstdCompressor(level=LEVEL)

@@ -42,7 +42,7 @@ class HashCache:
         self.hits = 0
         self.misses = 0
 
-    def get(self, path: Path, st: os.stat_result, chunk: int) -> list[str] | None:
+    def get(self, path: str | Path, st: os.stat_result, chunk: int) -> list[str] | None:
         key = (str(path), chunk)
         with self._lock:
             got = self._files.get(key)
@@ -56,7 +56,7 @@ class HashCache:
 
     def put(
         self,
-        path: Path,
+        path: str | Path,
         before: os.stat_result,
         after: os.stat_result,
         chunk: int,
@@ -78,7 +78,7 @@ class HashCache:
                 _, (_, dropped) = self._files.popitem(last=False)
                 self._held -= len(dropped) // 32
 
-    def forget(self, paths: Iterable[Path]) -> None:
+    def forget(self, paths: Iterable[str | Path]) -> None:
         names = {str(p) for p in paths}
         with self._lock:
             for key in [k for k in self._files if k[0] in names]:

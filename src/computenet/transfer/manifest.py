@@ -6,6 +6,7 @@ agree on it hold the same tree, bit for bit, without comparing file by file.
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 import stat
@@ -15,7 +16,7 @@ from pathlib import Path
 import blake3
 
 from computenet.model.transfer import Manifest, ManifestEntry
-from computenet.transfer.hashes import HashCache, stamp
+from computenet.transfer.hashes import HashCache
 from computenet.transfer.paths import PART, RESERVED, open_read
 
 CHUNK = 8 << 20
@@ -79,70 +80,82 @@ class Source:
     """A manifest and where each of its files is read from."""
 
     manifest: Manifest
-    paths: list[Path]
+    paths: list[str]
 
 
-def scan(root: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[str]]:
-    """Files (relative name, path, stat) and directories under ``root``. Symlinks inside
-    a tree are not followed: a tree is copied as the files it holds."""
+def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
+    """Files (relative name, path) and directories under ``root``: each directory's
+    files in name order, then its subdirectories, depth first. Symlinks inside a tree are
+    not followed: a tree is copied as the files it holds. Entries are told apart by the
+    type the directory listing gives, so the walk costs no call per file."""
     st = root.stat()
     if not stat.S_ISDIR(st.st_mode):
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{root} is neither a file nor a directory")
-        return [("", root, st)], []
-    files: list[tuple[str, Path, os.stat_result]] = []
+        return [("", str(root))], []
+    files: list[tuple[str, str]] = []
     dirs: list[str] = []
-    for here, subdirs, names in os.walk(root):
-        base = Path(here)
-        rel = base.relative_to(root).as_posix()
-        subdirs[:] = sorted(d for d in subdirs if not (rel == "." and d == RESERVED))
-        prefix = "" if rel == "." else rel + "/"
-        dirs.extend(prefix + d for d in subdirs if not (base / d).is_symlink())
-        for name in sorted(names):
-            if name.endswith(PART):
-                continue
-            p = base / name
-            s = p.lstat()
-            if stat.S_ISREG(s.st_mode):
-                files.append((prefix + name, p, s))
+    todo = [(str(root), "")]
+    while todo:
+        here, prefix = todo.pop()
+        with os.scandir(here) as listing:
+            entries = sorted(listing, key=lambda x: x.name)
+        subdirs = [
+            x.name
+            for x in entries
+            if x.is_dir(follow_symlinks=False) and (prefix or x.name != RESERVED)
+        ]
+        dirs.extend(prefix + d for d in subdirs)
+        files.extend(
+            (prefix + x.name, x.path)
+            for x in entries
+            if x.is_file(follow_symlinks=False) and not x.name.endswith(PART)
+        )
+        todo.extend((os.path.join(here, d), f"{prefix}{d}/") for d in reversed(subdirs))
     return files, dirs
 
 
-def _hashes(path: Path, st: os.stat_result, chunk: int, cache: HashCache | None) -> list[str]:
-    if cache is None:
-        return hash_chunks(path, st.st_size, chunk)
+def _entry(
+    rel: str, path: str, chunk: int, cache: HashCache | None
+) -> tuple[ManifestEntry, str] | None:
+    """A file's entry, from the descriptor its hashes are read through: None where it is
+    no longer a regular file. Stamps come from ``fstat`` (see ``HashCache``)."""
     fd = open_read(path)
     try:
-        now = os.fstat(fd)
-        same = stamp(now) == stamp(st)  # else it changed since the scan: hash, keep nothing
-        got = cache.get(path, now, chunk) if same else None
-        if got is None:
-            got = hash_fd(fd, st.st_size, chunk)
-            if same:
-                cache.put(path, now, os.fstat(fd), chunk, got)
-        return got
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        hashes = None if cache is None else cache.get(path, st, chunk)
+        if hashes is None:
+            hashes = hash_fd(fd, st.st_size, chunk)
+            if cache is not None:
+                cache.put(path, st, os.fstat(fd), chunk, hashes)
     finally:
         os.close(fd)
+    entry = ManifestEntry(
+        path=rel,
+        size=st.st_size,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        chunks=hashes,
+    )
+    return entry, path
 
 
 def total_size(root: Path) -> int:
-    return sum(s.st_size for _, _, s in scan(root)[0])
+    total = 0
+    for _, p in scan(root)[0]:
+        with contextlib.suppress(FileNotFoundError):
+            total += os.lstat(p).st_size
+    return total
 
 
 def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Source:
     """The manifest of ``root``; files whose hashes ``cache`` holds are not read."""
     files, dirs = scan(root)
-    entries = [
-        ManifestEntry(
-            path=rel,
-            size=s.st_size,
-            mode=stat.S_IMODE(s.st_mode),
-            mtime_ns=s.st_mtime_ns,
-            chunks=_hashes(p, s, chunk, cache),
-        )
-        for rel, p, s in files
-    ]
+    found = [x for rel, p in files if (x := _entry(rel, p, chunk, cache)) is not None]
+    entries = [e for e, _ in found]
     return Source(
         Manifest(chunk_size=chunk, files=entries, dirs=dirs, tree_hash=tree_hash(entries, dirs)),
-        [p for _, p, _ in files],
+        [p for _, p in found],
     )

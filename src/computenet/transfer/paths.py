@@ -89,7 +89,7 @@ def open_dir(parent: int, name: str) -> int:
     return os.dup(parent) if not name else os.open(name, _DIR, dir_fd=parent)
 
 
-def open_read(path: Path) -> int:
+def open_read(path: str | Path) -> int:
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import socket
 import ssl
 import stat
 import threading
@@ -85,6 +86,7 @@ class Receiver:
         self._skip: set[int] = set()
         self._busy: set[tuple[int, int]] = set()
         self._writing: dict[int, threading.Lock] = {}
+        self._stamped: set[int] = set()  # files given their mode and times as they finished
         self._arrived = 0
 
     @property
@@ -216,6 +218,7 @@ class Receiver:
             return self._writing.setdefault(f, threading.Lock())
 
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
+        fd = None
         with self._lock:
             self._busy.discard((f, c))
             left = self._left[f]
@@ -227,9 +230,14 @@ class Receiver:
                 self.counters.compressed_chunks += packed is not None
                 if not left:
                     fd = self._fds.pop(f, None)  # None: closed already, the copy is over
-                    if fd is not None:
-                        os.close(fd)
                     self._writing.pop(f, None)
+        if fd is not None:
+            try:
+                if _stamp(fd, self.manifest.files[f]):
+                    with self._lock:
+                        self._stamped.add(f)
+            finally:
+                os.close(fd)
         if ok:
             if self.progress is not None:
                 self.progress(n)
@@ -282,6 +290,9 @@ class Receiver:
                     sock.sendall(acks)
                 acks.clear()
 
+        def idle() -> None:
+            flush(ready)
+
         def worker() -> None:
             acks = bytearray()
             try:
@@ -301,21 +312,17 @@ class Receiver:
         t: threading.Thread | None = None
         pipe = sockets.Pipe()
         try:
-            while not failed and (head := self._head(sock)) is not None:
+            while not failed and (head := self._head(sock, idle)) is not None:
                 f, c, n, size = head
                 if size is not None:
                     if len(packed) < self.manifest.chunk_size:
                         packed = memoryview(bytearray(self.manifest.chunk_size))
                     ready += _ack_frame(f, c, self._packed(sock, packed, f, c, n, size))
-                    if not sockets.readable(sock, 0):
-                        flush(ready)
                     continue
                 if n < SPLICE_MIN:  # a syscall or two: cheaper than splicing
                     if n and not sockets.recv_exact(sock, small[:n]):
                         raise ConnectionResetError("the sender closed the stream inside a chunk")
                     ready += _ack_frame(f, c, self.accept(f, c, small[:n]))
-                    if not sockets.readable(sock, 0):
-                        flush(ready)
                     continue
                 flush(ready)
                 if t is None:
@@ -345,12 +352,27 @@ class Receiver:
         if failed:
             raise failed[0]
 
-    def _head(self, sock: Sock) -> tuple[int, int, int, int | None] | None:
+    def _head(
+        self, sock: Sock, idle: Callable[[], None] | None = None
+    ) -> tuple[int, int, int, int | None] | None:
         """The next chunk's header: (file, chunk, bytes on the wire, size once unpacked or
-        None when it came as it is), or None at the end."""
+        None when it came as it is), or None at the end. ``idle`` runs first where none
+        has arrived yet (ACKs held back are sent then): trying the read costs no more
+        than asking whether one would block."""
         head = bytearray(wire.HEADER.size + wire.DATA.size)
-        if not sockets.recv_exact(sock, memoryview(head)):
+        view, got = memoryview(head), 0
+        if idle is not None:
+            try:
+                got = sock.recv_into(view, len(view), socket.MSG_DONTWAIT)
+                if not got:
+                    return None
+            except BlockingIOError:
+                idle()
+        if got < len(view) and not sockets.recv_exact(sock, view[got:]):
+            if got:
+                raise ConnectionResetError("the sender closed the stream inside a frame")
             return None
+        view.release()  # ``head`` grows for DATAZ
         kind, length = wire.parse_header(head)
         f, c = wire.DATA.unpack_from(head, wire.HEADER.size)
         size: int | None = None
@@ -394,10 +416,11 @@ class Receiver:
             if i in self._skip:
                 continue
             part = part_of(final)
-            if not e.chunks:
-                os.close(_open_part(final))
-            os.chmod(part, e.mode & 0o7777)
-            os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
+            if i not in self._stamped:  # empty, resumed whole, or not writable by its owner
+                if not e.chunks:
+                    os.close(_open_part(final))
+                os.chmod(part, e.mode & 0o7777)
+                os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
             os.replace(part, final)
             self.counters.files += 1
 
@@ -428,6 +451,17 @@ def _open_part(final: Path) -> int:
     except FileNotFoundError:
         final.parent.mkdir(parents=True, exist_ok=True)
         return open_part(part_of(final))
+
+
+def _stamp(fd: int, e: ManifestEntry) -> bool:
+    """Gives a finished partial file its times and, where that leaves it writable (a
+    resumed copy may need to write it again), its mode, through the descriptor that
+    wrote it: at commit, each would be a lookup by path. True when both are set."""
+    os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
+    if e.mode & 0o200:
+        os.fchmod(fd, e.mode & 0o7777)
+        return True
+    return False
 
 
 def _ack_frame(f: int, c: int, status: wire.Status) -> bytes:

@@ -16,8 +16,6 @@ import ssl
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import BinaryIO
 
 from computenet.model.transfer import Manifest, TransferCounters
 from computenet.transfer import compress, sockets, wire
@@ -33,12 +31,13 @@ SMALL = 1 << 20
 MAX_ATTEMPTS = 5
 WAIT = 0.5  # seconds between looks at the shared state while waiting
 ACK_READ = 1 << 16
+ACK_POLL = 32  # chunks in flight before a look for ACKs: a look per 100 KiB file costs
 
 
 @dataclass
 class Sender:
     manifest: Manifest
-    sources: list[Path]
+    sources: list[str]
     need: list[list[int]]
     counters: TransferCounters = field(default_factory=TransferCounters)
     progress: Progress | None = None
@@ -79,7 +78,8 @@ class Sender:
             self.streams += 1
         try:
             while True:
-                self._acks(sock, acks, inflight, 0)
+                if len(inflight) >= ACK_POLL:
+                    self._acks(sock, acks, inflight, 0)
                 key = self._take(inflight)
                 if key is not None:
                     self._send(sock, key, inflight[key], files)
@@ -218,7 +218,7 @@ class Sender:
                 self.counters.faults += 1
                 self.counters.retries += 1
                 if self._attempts[(f, c)] >= MAX_ATTEMPTS:
-                    name = self.manifest.files[f].path or self.sources[f].name
+                    name = self.manifest.files[f].path or os.path.basename(self.sources[f])
                     self.error = TransferError(
                         f"chunk {c} of {name} failed verification {MAX_ATTEMPTS} times; "
                         "is the file changing while it is copied?"
@@ -236,22 +236,19 @@ class Sender:
 class _Files:
     """One stream's open source files: its own, because ``sendfile`` moves the position."""
 
-    def __init__(self, sources: list[Path]) -> None:
+    def __init__(self, sources: list[str]) -> None:
         self.sources = sources
-        self._open: dict[int, BinaryIO] = {}
-
-    def file(self, f: int) -> BinaryIO:
-        fh = self._open.get(f)
-        if fh is None:
-            if len(self._open) >= 8:
-                self.close()
-            fh = self._open[f] = os.fdopen(open_read(self.sources[f]), "rb", buffering=0)
-        return fh
+        self._open: dict[int, int] = {}
 
     def fd(self, f: int) -> int:
-        return self.file(f).fileno()
+        fd = self._open.get(f)
+        if fd is None:
+            if len(self._open) >= 8:
+                self.close()
+            fd = self._open[f] = open_read(self.sources[f])
+        return fd
 
     def close(self) -> None:
-        for fh in self._open.values():
-            fh.close()
+        for fd in self._open.values():
+            os.close(fd)
         self._open.clear()

@@ -432,8 +432,8 @@ class DataServer:
         final = self._manifest(path)
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")
-        body: dict[str, Any] = {"path": "/" + path, "at": time.time(), **m.model_dump(mode="json")}
-        tmp.write_text(json.dumps(body, separators=(",", ":")))
+        head = json.dumps({"path": "/" + path, "at": time.time()}, separators=(",", ":"))
+        tmp.write_bytes(head[:-1].encode() + b"," + m.model_dump_json().encode()[1:])
         os.replace(tmp, final)
 
     async def _get(self, ctl: _Control) -> None:
