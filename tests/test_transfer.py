@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 from typing import TypeVar
 
 import httpx
+import psutil
 import pytest
 from pydantic import BaseModel
 
@@ -569,6 +571,34 @@ def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(
     assert (root / "kept.txt").read_text() == "stays"
     assert removed(shared, f"{pool}:/alias").kind is EntryKind.link
     assert (root_of(shared) / ".cnet").is_dir()
+
+
+def test_rm_waits_for_a_copy_of_the_path_to_end(shared: Network, pool: str, tmp_path: Path) -> None:
+    src = tmp_path / "moving.bin"
+    src.write_bytes(os.urandom(4 * CHUNK))
+    env = dict(shared.env, CNET_TOKEN=shared.token, **{FAULTS: "stop:chunk=2"})
+    args = ["cp", "--streams", "1", str(src), f"{pool}:/moving/dir/m.bin"]
+    copy = subprocess.Popen([*PYTHON, *args], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        held = psutil.Process(copy.pid)
+        deadline = time.monotonic() + 60
+        while held.status() != psutil.STATUS_STOPPED:  # two chunks in, the copy held open
+            assert copy.poll() is None and time.monotonic() < deadline, copy.stderr
+            time.sleep(0.05)
+        for target in (f"{pool}:/moving", f"{pool}:/moving/dir/m.bin"):
+            busy = cli(shared, "rm", "-r", target)
+            assert busy.returncode == 1, busy.stderr
+            assert "a copy of /moving/dir/m.bin is still moving" in busy.stderr
+        assert (root_of(shared) / "moving" / "dir" / ".m.bin.cnetpart").exists()
+        other = root_of(shared) / "moving-not"
+        other.mkdir()
+        assert removed(shared, "-r", f"{pool}:/moving-not").kind is EntryKind.dir
+    finally:
+        copy.send_signal(signal.SIGCONT)
+    assert copy.wait(timeout=60) == 0, copy.stderr
+    assert (root_of(shared) / "moving" / "dir" / "m.bin").read_bytes() == src.read_bytes()
+    assert removed(shared, "-r", f"{pool}:/moving").files == 1
+    assert not (root_of(shared) / "moving").exists()
 
 
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:

@@ -4,7 +4,8 @@
 first attempt only), as a bad wire would; the receiver must catch it and have it sent
 again. ``kill:chunk=N`` kills the client with SIGKILL once N chunks have been verified,
 as a crash half way would; running the copy again must move only what is missing.
-Several faults are separated by commas. The data server never reads the variable.
+``stop:chunk=N`` stops the client with SIGSTOP there instead, holding the copy open at a
+known point until it gets SIGCONT. Several faults are separated by commas. The data server never reads the variable.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ import signal
 from dataclasses import dataclass
 
 ENV = "CNET_TRANSFER_FAULTS"
+FAULTS = ("corrupt", "kill", "stop")
 
 
 @dataclass
 class Faults:
     corrupt_at: int | None = None
     kill_at: int | None = None
+    stop_at: int | None = None
     moved: int = 0
 
     @classmethod
@@ -28,8 +31,8 @@ class Faults:
         for item in filter(None, (x.strip() for x in os.environ.get(ENV, "").split(","))):
             what, _, arg = item.partition(":")
             key, _, value = arg.partition("=")
-            if key != "chunk" or not value.isdigit() or what not in ("corrupt", "kill"):
-                raise ValueError(f"{ENV}: {item!r} is not corrupt:chunk=N or kill:chunk=N")
+            if key != "chunk" or not value.isdigit() or what not in FAULTS:
+                raise ValueError(f"{ENV}: {item!r} is not one of {', '.join(FAULTS)}:chunk=N")
             setattr(f, f"{what}_at", int(value))
         return f
 
@@ -43,3 +46,5 @@ class Faults:
         self.moved += 1
         if self.kill_at is not None and self.moved >= self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
+        if self.moved == self.stop_at:
+            os.kill(os.getpid(), signal.SIGSTOP)
