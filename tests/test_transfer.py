@@ -418,20 +418,21 @@ def test_a_put_past_the_pools_data_quota_is_refused_before_bytes_flow(
     assert bad.returncode == 2 and "--data-quota: invalid size 'lots'" in bad.stderr
 
 
-def test_partial_files_left_for_a_week_are_swept_at_start(shared: Network) -> None:
+def test_partial_files_past_their_days_are_swept_at_start(shared: Network) -> None:
     root = root_of(shared, "swept")
     (root / "in").mkdir(parents=True)
-    old, recent = root / "in" / ".old.bin.cnetpart", root / "in" / ".recent.bin.cnetpart"
+    old, kept = root / "in" / ".old.bin.cnetpart", root / "in" / "kept.bin"
     old.write_bytes(b"abandoned")
-    recent.write_bytes(b"resumable")
-    week = time.time() - 8 * 86400
-    os.utime(old, (week, week))
-    shared.start_agent("swept", "--no-calibrate")
+    kept.write_bytes(b"a file, not a partial one")
+    time.sleep(1.0)  # older than --part-days below: 0.864 s
+    shared.start_agent("swept", "--no-calibrate", "--part-days", "0.00001")
     shared.wait_pool("swept")
     deadline = time.monotonic() + 30
     while old.exists() and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not old.exists() and recent.read_bytes() == b"resumable"
+    assert not old.exists() and kept.exists()
+    bad = shared.cnet("agent", "run", "--node", shared.url, "--token", "x", "--part-days", "0")
+    assert bad.returncode == 2 and "--part-days: 0 is not a number of days above 0" in bad.stderr
 
 
 def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
@@ -449,6 +450,21 @@ def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
     assert "/taken/plain: a file stands where a directory must be" in under_file.stderr
     assert str(root_of(shared)) not in under_file.stderr
     assert (root_of(shared) / "taken" / "plain").read_bytes() == b"a file"
+
+
+def test_a_write_the_pool_cannot_make_stops_the_copy_with_its_reason(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "tree"
+    make_tree(src, 300, 5000)
+    blocked = root_of(shared) / "blocked" / "d0" / "sub0"
+    (blocked / ".f0.bin.cnetpart").mkdir(parents=True)  # where the first file's bytes go
+    failed = cp(shared, "--streams", "1", str(src), f"{pool}:/blocked")
+    assert failed.returncode == 1
+    assert failed.stderr.strip() == (
+        "error: the pool's data server cannot write the data: Is a directory"
+    )
+    assert not (blocked / "f0.bin").exists()
 
 
 def answer(model: type[M], net: Network, *args: str) -> M:

@@ -20,7 +20,7 @@ from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import build, hash_chunks, total_size, tree_hash
-from computenet.transfer.paths import PathError, confine, normalise, within
+from computenet.transfer.paths import PathError, confine, normalise, sweep_parts, within
 from computenet.transfer.quota import Quota, QuotaExceeded
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.ticket import TicketError
@@ -130,6 +130,20 @@ def test_a_manifest_holds_the_trees_own_files_and_nothing_it_links_to(tmp_path: 
     assert total_size(src) == 1 + len("a user's .cnet below the root is data")
 
 
+def test_partial_files_are_swept_by_when_a_copy_last_touched_them(tmp_path: Path) -> None:
+    old, finished = tmp_path / ".old.cnetpart", tmp_path / "d" / ".done.cnetpart"
+    old.write_bytes(b"abandoned")
+    time.sleep(0.05)
+    before = time.time()
+    time.sleep(0.05)
+    finished.parent.mkdir()
+    finished.write_bytes(b"whole, with its source's times")
+    os.utime(finished, ns=(0, 10**9))  # a source file from 1970: the ctime is now
+    (tmp_path / "plain").write_bytes(b"not partial")
+    assert sweep_parts(tmp_path, before) == 1
+    assert not old.exists() and finished.exists() and (tmp_path / "plain").exists()
+
+
 def test_kept_hashes_serve_only_while_the_file_is_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -195,6 +209,24 @@ def test_a_chunk_that_could_not_be_written_can_be_taken_again(tmp_path: Path) ->
     assert (dest / "d" / "f").read_bytes() == b"payload"
 
 
+def test_a_chunk_sent_again_after_it_landed_is_acknowledged_not_refused(tmp_path: Path) -> None:
+    """A stream that breaks loses the ACKs it had not read; its chunks go again on
+    another stream, and those that landed must not count as failures."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f").write_bytes(b"a" * 4096 + b"b" * 100)
+    m = build(src, chunk=4096).manifest
+    r = Receiver(m, [tmp_path / "dest" / "f"], [])
+    r.plan()
+    assert r.accept(0, 0, b"a" * 4096) is wire.Status.OK
+    assert r.accept(0, 0, b"a" * 4096) is wire.Status.OK
+    assert r.accept(0, 2, b"x") is wire.Status.UNKNOWN  # no such chunk
+    assert r.accept(0, 1, b"b" * 100) is wire.Status.OK
+    r.commit()
+    assert (tmp_path / "dest" / "f").read_bytes() == b"a" * 4096 + b"b" * 100
+    assert r.counters.chunks == 2 and r.counters.bytes == 4196
+
+
 def test_frames_round_trip_and_strangers_are_refused() -> None:
     async def run() -> None:
         r = asyncio.StreamReader()
@@ -242,12 +274,12 @@ def test_a_manifest_frame_is_parsed_whole_and_a_bad_one_names_its_field(
 
 
 def test_the_fault_hook_reads_its_grammar(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("CNET_TRANSFER_FAULTS", "corrupt:chunk=3, kill:chunk=9")
+    monkeypatch.setenv("CNET_TRANSFER_FAULTS", "corrupt:chunk=3, kill:chunk=9, stop:chunk=4")
     f = Faults.from_env()
-    assert (f.corrupt_at, f.kill_at) == (3, 9)
+    assert (f.corrupt_at, f.kill_at, f.stop_at) == (3, 9, 4)
     assert f.tamper(3, b"ab") != b"ab" and f.tamper(2, b"ab") == b"ab"
     monkeypatch.setenv("CNET_TRANSFER_FAULTS", "explode")
-    with pytest.raises(ValueError, match="corrupt:chunk=N"):
+    with pytest.raises(ValueError, match="not one of corrupt:chunk=N, kill:chunk=N, stop:chunk=N"):
         Faults.from_env()
 
 

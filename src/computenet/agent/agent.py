@@ -88,6 +88,7 @@ class AgentConfig:
     data_port: int = 0  # 0: any free port, advertised at registration
     data_tls: bool = False  # advise clients to use TLS (they may anyway)
     data_quota: int | None = None  # bytes the data root may hold; None: no cap
+    part_days: float = 7.0  # unfinished copies' partial files are removed after this
 
 
 class Backoff:
@@ -152,6 +153,7 @@ class Agent:
             cfg.data_tls,
             tls_dir=cfg.state_dir,
             quota=cfg.data_quota,
+            part_days=cfg.part_days,
         )
 
     # --- lifecycle ----------------------------------------------------------------------

@@ -123,6 +123,10 @@ def agent_run(
         str | None,
         typer.Option(help="the most the data root may hold, e.g. 500G; puts past it are refused"),
     ] = None,
+    part_days: Annotated[
+        float,
+        typer.Option(help="days an unfinished copy's partial files are kept for it to resume"),
+    ] = 7.0,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Front a pool (this machine, or a Ray or Slurm cluster): register, heartbeat, run work."""
@@ -148,6 +152,8 @@ def agent_run(
         quota = None if data_quota is None else int(parse_memory(data_quota))
     except ValueError as e:
         raise CLIError(f"--data-quota: {e}", 2) from None
+    if not part_days > 0:
+        raise CLIError(f"--part-days: {part_days:g} is not a number of days above 0", 2)
     cfg = AgentConfig(
         node_url=node,
         token=token,
@@ -170,6 +176,7 @@ def agent_run(
         data_port=data_port,
         data_tls=data_tls,
         data_quota=quota,
+        part_days=part_days,
     )
 
     async def main() -> None:

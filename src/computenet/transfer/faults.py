@@ -32,7 +32,8 @@ class Faults:
             what, _, arg = item.partition(":")
             key, _, value = arg.partition("=")
             if key != "chunk" or not value.isdigit() or what not in FAULTS:
-                raise ValueError(f"{ENV}: {item!r} is not one of {', '.join(FAULTS)}:chunk=N")
+                kinds = ", ".join(f"{k}:chunk=N" for k in FAULTS)
+                raise ValueError(f"{ENV}: {item!r} is not one of {kinds}")
             setattr(f, f"{what}_at", int(value))
         return f
 
@@ -46,5 +47,6 @@ class Faults:
         self.moved += 1
         if self.kill_at is not None and self.moved >= self.kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        if self.moved == self.stop_at:
+        if self.stop_at is not None and self.moved >= self.stop_at:
+            self.stop_at = None  # once: SIGCONT lets the copy go on
             os.kill(os.getpid(), signal.SIGSTOP)

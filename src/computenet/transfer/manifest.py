@@ -98,8 +98,11 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
     todo = [(str(root), "")]
     while todo:
         here, prefix = todo.pop()
-        with os.scandir(here) as listing:
-            entries = sorted(listing, key=lambda x: x.name)
+        try:
+            with os.scandir(here) as listing:
+                entries = sorted(listing, key=lambda x: x.name)
+        except FileNotFoundError:
+            continue  # removed while the tree was walked
         subdirs = [
             x.name
             for x in entries
@@ -120,7 +123,7 @@ def _entry(
 ) -> tuple[ManifestEntry, str] | None:
     """A file's entry, from the descriptor its hashes are read through: None where it is
     no longer a regular file. Stamps come from ``fstat`` (see ``HashCache``)."""
-    fd = open_read(path)
+    fd = open_read(path, nonblock=True)
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):

@@ -89,8 +89,11 @@ def open_dir(parent: int, name: str) -> int:
     return os.dup(parent) if not name else os.open(name, _DIR, dir_fd=parent)
 
 
-def open_read(path: str | Path) -> int:
-    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+def open_read(path: str | Path, nonblock: bool = False) -> int:
+    """``nonblock``: a FIFO swapped in for a listed file opens rather than waits for a
+    writer (regular files ignore the flag)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+    return os.open(path, flags | os.O_NONBLOCK if nonblock else flags)
 
 
 def open_part(path: Path) -> int:
@@ -119,11 +122,12 @@ def files_under(root: Path) -> Iterator[tuple[str, os.stat_result]]:
 
 
 def sweep_parts(root: Path, before: float) -> int:
-    """Removes the partial files under ``root`` last written before ``before`` (a time);
-    how many it removed."""
+    """Removes the partial files under ``root`` untouched since ``before`` (a time); how
+    many it removed. By ctime, not mtime: a finished partial file already carries its
+    source's mtime, which may be years old, and ctime is what no call can set back."""
     removed = 0
     for p, st in files_under(root):
-        if p.endswith(PART) and st.st_mtime < before:
+        if p.endswith(PART) and st.st_ctime < before:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
                 removed += 1

@@ -29,6 +29,7 @@ from computenet.transfer.wire import TransferError
 
 Progress = Callable[[int], None]
 SPLICE_MIN = 1 << 20  # smaller chunks are received into memory and written
+BUSY_WAIT = 30.0  # seconds a resent chunk waits for the stream still writing it
 
 
 @dataclass
@@ -81,12 +82,14 @@ class Receiver:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._free = threading.Condition(self._lock)  # a chunk's writer let go of it
         self._fds: dict[int, int] = {}
         self._left: dict[int, set[int]] = {}
         self._skip: set[int] = set()
         self._busy: set[tuple[int, int]] = set()
         self._writing: dict[int, threading.Lock] = {}
         self._stamped: set[int] = set()  # files given their mode and times as they finished
+        self._resumed: set[int] = set()  # files with a partial file from an earlier run
         self._arrived = 0
 
     @property
@@ -126,6 +129,8 @@ class Receiver:
                 plan.replaced += there.stat(follow_symlinks=False).st_size
             part = names.get(f".{final.name}{PART}")
             have = set() if part is None else self._resumable(Path(part.path), e)
+            if part is not None:
+                self._resumed.add(i)
             need = [j for j in range(len(e.chunks)) if j not in have]
             plan.need.append(need)
             self._left[i] = set(need)
@@ -161,8 +166,8 @@ class Receiver:
         """A chunk received into memory: checked, then written. ``packed`` is its size
         on the wire when it came compressed."""
         fd = self._claim(f, c)
-        if fd is None:
-            return wire.Status.UNKNOWN
+        if isinstance(fd, wire.Status):
+            return fd
         ok = False
         try:
             data = self._tamper(data)
@@ -198,18 +203,25 @@ class Receiver:
             self._settle(f, c, n, ok)
         return wire.Status.OK
 
-    def _claim(self, f: int, c: int) -> int | None:
-        """The partial file's descriptor, once this stream holds chunk ``c``: a chunk that
-        another stream is still writing (a resend after a lost stream) is not taken."""
+    def _claim(self, f: int, c: int) -> int | wire.Status:
+        """The partial file's descriptor, once this stream holds chunk ``c``; else the
+        answer for the sender. A chunk that landed already is OK: its ACK went down
+        with a stream that broke before reading it, and the copy must not fail for that.
+        One that another stream is still writing (the broken one, still draining) is
+        waited for, then taken or acknowledged."""
         left = self._left.get(f)
         if left is None or c >= len(self.manifest.files[f].chunks):
-            return None
-        with self._lock:
-            if (f, c) in self._busy or c not in left:
-                return None
+            return wire.Status.UNKNOWN
+        with self._free:
+            if not self._free.wait_for(lambda: (f, c) not in self._busy, BUSY_WAIT):
+                return wire.Status.UNKNOWN
+            if c not in left:
+                return wire.Status.OK
             fd = self._fds.get(f)
             if fd is None:
                 fd = self._fds[f] = _open_part(self.finals[f])
+                if f in self._resumed:  # it may hold an earlier run's mode: private again
+                    os.fchmod(fd, 0o600)
             self._busy.add((f, c))
             return fd
 
@@ -219,8 +231,9 @@ class Receiver:
 
     def _settle(self, f: int, c: int, n: int, ok: bool, packed: int | None = None) -> None:
         fd = None
-        with self._lock:
+        with self._free:
             self._busy.discard((f, c))
+            self._free.notify_all()
             left = self._left[f]
             if ok and c in left:
                 left.discard(c)
@@ -329,9 +342,9 @@ class Receiver:
                     t = threading.Thread(target=worker, name="cnet-verify", daemon=True)
                     t.start()
                 fd = self._claim(f, c)
-                if fd is None:
+                if isinstance(fd, wire.Status):
                     pipe.discard(sock, n)
-                    work.put((f, c, n, wire.Status.UNKNOWN))
+                    work.put((f, c, n, fd))
                     continue
                 try:
                     reserve(fd, c * self.manifest.chunk_size, n)
@@ -454,11 +467,11 @@ def _open_part(final: Path) -> int:
 
 
 def _stamp(fd: int, e: ManifestEntry) -> bool:
-    """Gives a finished partial file its times and, where that leaves it writable (a
-    resumed copy may need to write it again), its mode, through the descriptor that
+    """Gives a finished partial file its times and, where that leaves its owner able to
+    read and write it (a later run may resume it), its mode, through the descriptor that
     wrote it: at commit, each would be a lookup by path. True when both are set."""
     os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
-    if e.mode & 0o200:
+    if e.mode & 0o600 == 0o600:
         os.fchmod(fd, e.mode & 0o7777)
         return True
     return False

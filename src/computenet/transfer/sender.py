@@ -93,7 +93,7 @@ class Sender:
                         if not self.finished and not self.pending:
                             self._cv.wait(WAIT)
         except (OSError, wire.WireError, wire.Refused) as e:
-            self._lost(inflight, e)
+            self._lost(inflight, self._why(sock, acks, inflight, e))
         finally:
             files.close()
             sockets.shut(sock)
@@ -103,6 +103,21 @@ class Sender:
                     self.error = TransferError("every stream was lost before the transfer finished")
                     self.done.set()
                 self._cv.notify_all()
+
+    def _why(
+        self, sock: Sock, acks: bytearray, inflight: dict[tuple[int, int], int], e: Exception
+    ) -> Exception:
+        """Why a stream broke: the receiver's own reason where it sent one (an ERROR
+        frame, then a close) before the write that failed."""
+        if not isinstance(e, OSError):
+            return e
+        try:
+            self._acks(sock, acks, inflight, 0)
+        except wire.Refused as refused:
+            return refused
+        except (OSError, wire.WireError):
+            pass
+        return e
 
     def _take(self, inflight: dict[tuple[int, int], int]) -> tuple[int, int] | None:
         with self._cv:

@@ -113,6 +113,7 @@ class DataServer:
         tls: bool = False,
         tls_dir: Path | None = None,
         quota: int | None = None,
+        part_days: float = PART_DAYS,
     ) -> None:
         self.root = root
         self.quota = Quota(root, quota)
@@ -127,7 +128,7 @@ class DataServer:
         self._server: asyncio.Server | None = None
         self.sessions: dict[str, _Session] = {}
         self.hashes = HashCache()
-        self.part_days = PART_DAYS
+        self.part_days = part_days
         self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> DataEndpoint:
@@ -441,7 +442,12 @@ class DataServer:
         source = confine(self.root, path)
         if not source.exists():
             raise TransferError(f"/{path}: no such file or directory in the pool")
-        src = await asyncio.to_thread(build, source, CHUNK, self.hashes)
+        try:
+            src = await asyncio.to_thread(build, source, CHUNK, self.hashes)
+        except OSError as e:  # named as the pool knows it, not by the server's own paths
+            raise TransferError(
+                f"/{path}: the data server cannot read it: {e.strerror or e}"
+            ) from None
         wire.send_model(writer, Kind.MANIFEST, ManifestFrame(manifest=src.manifest))
         await writer.drain()
         _, body = await wire.expect(reader, Kind.NEED)
