@@ -1,6 +1,6 @@
 """Transfer throughput over loopback, side by side with the link's limit and the usual tools.
 
-    .venv/bin/python bench/transfer.py [--repeat 3] [--dir /dev/shm]
+    .venv/bin/python bench/transfer.py [--repeat 3] [--dir /dev/shm] [--settle 3]
 
 Two workloads: one 2 GiB file and a tree of 10,000 files of 100 KiB. In the same run, on
 the same data:
@@ -91,11 +91,19 @@ def clear(path: Path) -> None:
     os.sync()
 
 
-def timed(run: Callable[[], Any], dest: Path, repeat: int) -> tuple[list[float], Any]:
-    """Seconds of each run (a run may return its own figure) and the last run's value."""
+def timed(
+    run: Callable[[], Any], dest: Path, repeat: int, settle: float
+) -> tuple[list[float], Any]:
+    """Seconds of each run (a run may return its own figure) and the last run's value.
+    After the last run's output is removed, ``settle`` seconds pass before the next: a
+    virtual machine hands freed memory back to its host within about two seconds, and
+    pages it must take back cost 2-3 times as much to write. Without the pause, a tool
+    that starts at once (``cp``) writes into warm pages and one that starts a Python
+    process first may or may not."""
     seconds, last = [], None
     for i in range(repeat + 1):
         clear(dest)
+        time.sleep(settle)
         t = time.perf_counter()
         last = run()
         took = time.perf_counter() - t
@@ -266,6 +274,12 @@ def main() -> None:
     shm = Path("/dev/shm")
     default = shm if shm.is_dir() and shutil.disk_usage(shm).free > 12 * GIB else None
     ap.add_argument("--dir", type=Path, default=default, help="where the data lives")
+    ap.add_argument(
+        "--settle",
+        type=float,
+        default=3.0,
+        help="seconds between removing a run's output and the next run",
+    )
     opts = ap.parse_args()
     for tool in ("iperf3", "scp", "rsync", "ssh-keygen", "/usr/sbin/sshd"):
         if shutil.which(tool) is None:
@@ -307,7 +321,7 @@ def main() -> None:
                     )
                 for tool, run in runs.items():
                     where = base / "beta" / src.name if tool.startswith("computenet") else dst
-                    seconds, last = timed(run, where, opts.repeat)
+                    seconds, last = timed(run, where, opts.repeat, opts.settle)
                     row = {
                         "seconds": [round(x, 3) for x in seconds],
                         "median_s": round(median(seconds), 3),
@@ -360,6 +374,7 @@ def report(link: dict[str, float], rows: dict[str, dict[str, Any]], opts: Any) -
         "machine": machine(),
         "dir": str(opts.dir or tempfile.gettempdir()),
         "repeat": opts.repeat,
+        "settle_s": opts.settle,
         "link_GBps": {k: round(v, 3) for k, v in link.items()},
         "runs": rows,
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
@@ -368,9 +383,10 @@ def report(link: dict[str, float], rows: dict[str, dict[str, Any]], opts: Any) -
     lines = [
         "# Transfer over loopback",
         "",
-        f"`.venv/bin/python bench/transfer.py --repeat {opts.repeat}`; data on "
-        f"`{data['dir']}`; median of {opts.repeat} runs after a warm-up; computenet copies agent to agent "
-        "with every chunk's BLAKE3 verified.",
+        f"`.venv/bin/python bench/transfer.py --repeat {opts.repeat} --settle {opts.settle:g}`; "
+        f"data on `{data['dir']}`; median of {opts.repeat} runs after a warm-up, each "
+        f"{opts.settle:g} s after the last one's output was removed; computenet copies agent "
+        "to agent with every chunk's BLAKE3 verified.",
         "",
         f"iperf3: {link['iperf3 1']:.2f} GB/s on 1 stream, {link['iperf3 4']:.2f} GB/s on 4.",
         "",
