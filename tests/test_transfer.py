@@ -599,7 +599,8 @@ def test_rm_waits_for_a_copy_of_the_path_to_end(shared: Network, pool: str, tmp_
         held = psutil.Process(copy.pid)
         deadline = time.monotonic() + 60
         while held.status() != psutil.STATUS_STOPPED:  # two chunks in, the copy held open
-            assert copy.poll() is None and time.monotonic() < deadline, copy.stderr
+            assert copy.poll() is None, copy.communicate()[1]
+            assert time.monotonic() < deadline, "the copy never reached its second chunk"
             time.sleep(0.05)
         for target in (f"{pool}:/moving", f"{pool}:/moving/dir/m.bin"):
             busy = cli(shared, "rm", "-r", target)
@@ -611,7 +612,8 @@ def test_rm_waits_for_a_copy_of_the_path_to_end(shared: Network, pool: str, tmp_
         assert removed(shared, "-r", f"{pool}:/moving-not").kind is EntryKind.dir
     finally:
         copy.send_signal(signal.SIGCONT)
-    assert copy.wait(timeout=60) == 0, copy.stderr
+    _, err = copy.communicate(timeout=60)
+    assert copy.returncode == 0, err
     assert (root_of(shared) / "moving" / "dir" / "m.bin").read_bytes() == src.read_bytes()
     assert removed(shared, "-r", f"{pool}:/moving").files == 1
     assert not (root_of(shared) / "moving").exists()

@@ -5,7 +5,8 @@ first attempt only), as a bad wire would; the receiver must catch it and have it
 again. ``kill:chunk=N`` kills the client with SIGKILL once N chunks have been verified,
 as a crash half way would; running the copy again must move only what is missing.
 ``stop:chunk=N`` stops the client with SIGSTOP there instead, holding the copy open at a
-known point until it gets SIGCONT. Several faults are separated by commas. The data server never reads the variable.
+known point until it gets SIGCONT. Several faults are separated by commas. The data
+server never reads the variable.
 """
 
 from __future__ import annotations

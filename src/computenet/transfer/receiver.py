@@ -213,7 +213,8 @@ class Receiver:
         if left is None or c >= len(self.manifest.files[f].chunks):
             return wire.Status.UNKNOWN
         with self._free:
-            if not self._free.wait_for(lambda: (f, c) not in self._busy, BUSY_WAIT):
+            busy = (f, c) in self._busy
+            if busy and not self._free.wait_for(lambda: (f, c) not in self._busy, BUSY_WAIT):
                 return wire.Status.UNKNOWN
             if c not in left:
                 return wire.Status.OK
