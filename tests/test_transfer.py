@@ -615,8 +615,11 @@ def test_rm_waits_for_a_copy_of_the_path_to_end(shared: Network, pool: str, tmp_
     _, err = copy.communicate(timeout=60)
     assert copy.returncode == 0, err
     assert (root_of(shared) / "moving" / "dir" / "m.bin").read_bytes() == src.read_bytes()
+    manifests = root_of(shared) / ".cnet" / "manifests"
+    assert any(b'"path":"/moving/dir/m.bin"' in p.read_bytes()[:100] for p in manifests.iterdir())
     assert removed(shared, "-r", f"{pool}:/moving").files == 1
     assert not (root_of(shared) / "moving").exists()
+    assert not any(b'"path":"/moving/' in p.read_bytes()[:100] for p in manifests.iterdir())
 
 
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
 from computenet.model.transfer import DataEndpoint, ManifestFrame, SyncLevel
-from computenet.transfer import compress, hashes, quota, wire
+from computenet.transfer import compress, hashes, quota, records, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
@@ -142,6 +142,24 @@ def test_partial_files_are_swept_by_when_a_copy_last_touched_them(tmp_path: Path
     (tmp_path / "plain").write_bytes(b"not partial")
     assert sweep_parts(tmp_path, before) == 1
     assert not old.exists() and finished.exists() and (tmp_path / "plain").exists()
+
+
+def test_the_records_of_a_removed_path_and_below_it_go_with_it(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"x")
+    m = build(tmp_path / "src", chunk=4096).manifest
+    root = tmp_path / "root"
+    paths = ["a", "a/b", "ab", "c/a", 'a/q"uo\\te ü']
+    for p in paths:
+        records.write(root, p, m)
+    held = {
+        records.recorded(f.read_bytes()[: records.HEAD]) for f in records.folder(root).iterdir()
+    }
+    assert held == set(paths)
+    assert records.forget(root, "a") == 3
+    left = {records.recorded(f.read_bytes()) for f in records.folder(root).iterdir()}
+    assert left == {"ab", "c/a"}
+    assert json.loads(records.location(root, "ab").read_bytes())["tree_hash"] == m.tree_hash
 
 
 def test_kept_hashes_serve_only_while_the_file_is_unchanged(

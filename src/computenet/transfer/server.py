@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
-import os
 import secrets
 import shutil
 import ssl
@@ -24,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-import blake3
 from pydantic import ValidationError
 
 from computenet.model.transfer import (
@@ -37,7 +34,7 @@ from computenet.model.transfer import (
     Ticket,
     TransferGrant,
 )
-from computenet.transfer import client, compress, listing, removal, sockets, wire
+from computenet.transfer import client, compress, listing, records, removal, sockets, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
@@ -297,8 +294,7 @@ class DataServer:
             )
         finally:
             self.quota.changed()
-        with contextlib.suppress(FileNotFoundError):
-            self._manifest(ctl.path).unlink()
+        await asyncio.to_thread(records.forget, self.root, ctl.path)
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
         wire.send_model(ctl.writer, Kind.OK, gone)
         await ctl.writer.drain()
@@ -414,7 +410,7 @@ class DataServer:
             await wire.expect(reader, Kind.COMMIT)
             landed = receiver.complete  # in place or in partial files: held either way
             await asyncio.to_thread(receiver.commit)
-            await asyncio.to_thread(self._record, path, m)
+            await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
             wire.send_json(
                 writer, Kind.DONE, {"files": c.files, "faults": c.faults, "tree_hash": m.tree_hash}
@@ -423,19 +419,6 @@ class DataServer:
         finally:
             receiver.close()
             self.quota.settle(adds, landed)
-
-    def _manifest(self, path: str) -> Path:
-        name = blake3.blake3(path.encode()).hexdigest()[:32]
-        return self.root / RESERVED / "manifests" / f"{name}.json"
-
-    def _record(self, path: str, m: Manifest) -> None:
-        """The manifest, committed after the files it names: written whole, then renamed."""
-        final = self._manifest(path)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = final.with_name(f"{final.stem}.{os.getpid()}.tmp")
-        head = json.dumps({"path": "/" + path, "at": time.time()}, separators=(",", ":"))
-        tmp.write_bytes(head[:-1].encode() + b"," + m.model_dump_json().encode()[1:])
-        os.replace(tmp, final)
 
     async def _get(self, ctl: _Control) -> None:
         reader, writer, _, tid, path = ctl
