@@ -270,6 +270,15 @@ def test_a_chunk_corrupted_on_the_wire_is_caught_and_sent_again(
     assert r.counters.faults >= 1 and r.counters.retries >= 1
     assert (tmp_path / "c2").read_bytes() == src.read_bytes()
 
+    bad = cli(shared, "cp", str(src), f"{pool}:/corrupt/d.bin", faults="corrupt:chunk=x")
+    assert bad.returncode == 1 and bad.stdout == ""
+    assert bad.stderr == (  # one line: no traceback, no blank line left by a progress bar
+        "error: CNET_TRANSFER_FAULTS: 'corrupt:chunk=x' is not one of "
+        "corrupt:chunk=N, kill:chunk=N, stop:chunk=N\n"
+    )
+    missing = cli(shared, "cp", str(tmp_path / "nope"), f"{pool}:/corrupt/e.bin")
+    assert missing.returncode == 1 and missing.stderr.startswith("error: ")
+
 
 def test_sync_levels_leave_what_matches(shared: Network, pool: str, tmp_path: Path) -> None:
     src = tmp_path / "s"
@@ -547,9 +556,14 @@ def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(
     (root / "one.bin").write_bytes(b"x" * 100)
     (root / ".one.bin.cnetpart").write_bytes(b"half a copy")
     (root / "link").symlink_to(root / "one.bin")
+    (root / ".never.bin.cnetpart").write_bytes(b"abandoned")  # all a killed copy left
     (tmp_path / "victim").write_text("outside the data root")
     (root / "out").symlink_to(tmp_path)
     (root_of(shared) / ".cnet").mkdir(exist_ok=True)
+
+    never = removed(shared, f"{pool}:/removing/never.bin")
+    assert (never.kind, never.files, never.bytes) == (EntryKind.file, 1, len(b"abandoned"))
+    assert not (root / ".never.bin.cnetpart").exists()
 
     gone = removed(shared, f"{pool}:/removing/link")
     assert (gone.kind, gone.files, gone.path) == (EntryKind.link, 1, "/removing/link")
@@ -571,7 +585,11 @@ def test_rm_takes_a_link_as_a_link_a_tree_only_with_r_and_never_the_root(
     for target, why in [
         (f"{pool}:/", "the data root itself cannot be removed"),
         (f"{pool}:/removing/none", "/removing/none: no such file or directory in the pool"),
-        (f"{pool}:/removing/out/victim", "'/removing/out' is a link or a file"),
+        (
+            f"{pool}:/removing/out/victim",
+            "'/removing/out' is a link or a file, not a directory (through a link, name the "
+            "path it leads to)",
+        ),
         (f"{pool}:/removing/kept.txt/x", "'/removing/kept.txt' is a link or a file"),
         (f"{pool}:/alias/.cnet", "'/alias' is a link or a file"),
         (f"{pool}:/../etc", ".."),

@@ -297,7 +297,9 @@ def test_the_fault_hook_reads_its_grammar(monkeypatch: pytest.MonkeyPatch) -> No
     assert (f.corrupt_at, f.kill_at, f.stop_at) == (3, 9, 4)
     assert f.tamper(3, b"ab") != b"ab" and f.tamper(2, b"ab") == b"ab"
     monkeypatch.setenv("CNET_TRANSFER_FAULTS", "explode")
-    with pytest.raises(ValueError, match="not one of corrupt:chunk=N, kill:chunk=N, stop:chunk=N"):
+    with pytest.raises(
+        wire.TransferError, match="not one of corrupt:chunk=N, kill:chunk=N, stop:chunk=N"
+    ):
         Faults.from_env()
 
 

@@ -103,7 +103,7 @@ def cp(
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    hidden = quiet or as_json
+    hidden = quiet or as_json or not err.is_terminal  # a bar is for a person watching
     with client() as c, Progress(*columns, console=err, disable=hidden, transient=True) as bar:
         try:
             r = c.copy(

@@ -15,6 +15,8 @@ import os
 import signal
 from dataclasses import dataclass
 
+from computenet.transfer.wire import TransferError
+
 ENV = "CNET_TRANSFER_FAULTS"
 FAULTS = ("corrupt", "kill", "stop")
 
@@ -34,7 +36,7 @@ class Faults:
             key, _, value = arg.partition("=")
             if key != "chunk" or not value.isdigit() or what not in FAULTS:
                 kinds = ", ".join(f"{k}:chunk=N" for k in FAULTS)
-                raise ValueError(f"{ENV}: {item!r} is not one of {kinds}")
+                raise TransferError(f"{ENV}: {item!r} is not one of {kinds}")
             setattr(f, f"{what}_at", int(value))
         return f
 

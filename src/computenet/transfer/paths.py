@@ -75,7 +75,8 @@ def parent_of(root: Path, path: str) -> Iterator[tuple[int, str]]:
                     raise
                 shown = "/" + "/".join(parts[: i + 1])
                 raise PathError(
-                    f"{shown!r} is a link or a file, not a directory: name the path itself"
+                    f"{shown!r} is a link or a file, not a directory "
+                    "(through a link, name the path it leads to)"
                 ) from None
             os.close(fd)
             fd = inner

@@ -18,7 +18,6 @@ removes it later.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -47,6 +46,13 @@ def _sizes(parent: int, name: str) -> tuple[int, int]:
     return files, size
 
 
+def _lstat(parent: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
 def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
     """Removes ``path`` under a data root, reached without following any link."""
     shown = "/" + normalise(path)
@@ -54,8 +60,8 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
         raise PathError("the data root itself cannot be removed")
     try:
         with parent_of(root, path) as (parent, name):
-            st = os.stat(name, dir_fd=parent, follow_symlinks=False)
-            kind = kind_of(st.st_mode)
+            st = _lstat(parent, name)
+            kind = EntryKind.file if st is None else kind_of(st.st_mode)
             if kind is EntryKind.dir:
                 if not recursive:
                     raise TransferError(
@@ -64,14 +70,17 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
                 files, size = _sizes(parent, name)
                 shutil.rmtree(name, dir_fd=parent)
                 return Removal(pool=pool, path=shown, kind=kind, files=files, bytes=size)
-            os.unlink(name, dir_fd=parent)
-            size = st.st_size if kind is EntryKind.file else 0
-            with contextlib.suppress(FileNotFoundError):
-                part = f".{name}{PART}"
-                left = os.stat(part, dir_fd=parent, follow_symlinks=False)
-                if stat.S_ISREG(left.st_mode):
-                    os.unlink(part, dir_fd=parent)
-                    size += left.st_size
+            size = 0
+            if st is not None:
+                os.unlink(name, dir_fd=parent)
+                size = st.st_size if kind is EntryKind.file else 0
+            part = f".{name}{PART}"  # a copy that never finished leaves only this
+            left = _lstat(parent, part)
+            if left is not None and stat.S_ISREG(left.st_mode):
+                os.unlink(part, dir_fd=parent)
+                size += left.st_size
+            elif st is None:
+                raise FileNotFoundError(name)
             return Removal(pool=pool, path=shown, kind=kind, files=1, bytes=size)
     except FileNotFoundError:
         raise TransferError(f"{shown}: no such file or directory in the pool") from None
