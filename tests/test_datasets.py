@@ -6,6 +6,7 @@ leaves a replica; outputs are published as datasets; bad input is refused by fie
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -322,3 +323,73 @@ def test_pool_paths_as_inputs_and_outputs(net: Network, tmp_path: Path) -> None:
     data = net.home / "agents"
     assert (data / "pool-a" / "data" / "results" / "r1" / "up.txt").read_text() == "FROM A\n"
     assert (data / "pool-b" / "data" / "results" / "up.txt").read_text() == "FROM A\n"
+
+
+def _same(net: Network, uri: str, src: Path, tmp: Path) -> None:
+    back = tmp / f"back-{len(list(tmp.iterdir()))}"
+    proc = cnet(net, "cp", uri, str(back))
+    assert proc.returncode == 0, proc.stderr
+    assert subprocess.run(["diff", "-r", str(src), str(back)]).returncode == 0
+
+
+def test_nothing_writes_into_a_dataset_copy(net: Network, tmp_path: Path) -> None:
+    """A version never changes: a put at, inside or (for the files it would land there)
+    above a copy is refused, and so is a job output that would replace one."""
+    src = corpus(tmp_path, "w")
+    publish(net, src, "cnet://dataset/corpus-w", "pool-a")
+    a = cpi(net, "pool-a")
+    with net.client() as c:
+        at = c.dataset("corpus-w").versions[0].replicas[0].path.strip("/")
+    (tmp_path / "evil.txt").write_text("tampered\n")
+    for target in (at, f"{at}/a.txt", f"{at}/"):
+        proc = cnet(net, "cp", str(tmp_path / "evil.txt"), f"{a}:/{target}")
+        assert proc.returncode == 1, proc.stdout
+        assert "holds dataset corpus-w@1, and versions never change" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1
+    over = tmp_path / "over" / at
+    over.mkdir(parents=True)
+    (over / "a.txt").write_text("tampered\n")
+    beside = over.parent.parent / "corpus-w-notes"
+    beside.mkdir()
+    (beside / "n.txt").write_text("a note\n")
+    proc = cnet(net, "cp", str(tmp_path / "over"), f"{a}:/")
+    assert proc.returncode == 1
+    assert f"this copy would write /{at}/a.txt" in proc.stderr
+    listed = cnet(net, "ls", f"{a}:/datasets/corpus-w-notes")
+    assert listed.returncode == 1 and "no such file or directory" in listed.stderr
+    shutil.rmtree(over)
+    proc = cnet(net, "cp", str(tmp_path / "over"), f"{a}:/")  # lands beside the copy: fine
+    assert proc.returncode == 0, proc.stderr
+    assert cnet(net, "ls", f"{a}:/datasets/corpus-w-notes/n.txt").returncode == 0
+
+    with net.client() as c:
+        for where in (at, "datasets/corpus-w"):
+            out = [{"path": "o", "uri": f"{a}:/{where}"}]
+            job = c.wait(c.submit(command=["sh", "-c", "echo x > o"], pool=a, outputs=out).id)
+            assert job.state is JobState.FAILED
+            assert "holds dataset corpus-w@1" in (job.reason or ""), job.reason
+    _same(net, "cnet://dataset/corpus-w@1", src, tmp_path)
+
+
+def test_a_copy_changed_where_it_lies_is_refused_before_anything_lands(
+    net: Network, tmp_path: Path
+) -> None:
+    src = corpus(tmp_path, "x")
+    publish(net, src, "cnet://dataset/corpus-x@1", "pool-a")
+    kept = net.home / "agents" / "pool-a" / "data" / "datasets" / "corpus-x" / "1"
+    (kept / "a.txt").write_text("changed behind the data server's back\n")
+    b = cpi(net, "pool-b")
+    for dest in (str(tmp_path / "back"), f"{b}:/copies/x"):
+        proc = cnet(net, "cp", "cnet://dataset/corpus-x@1", dest)
+        assert proc.returncode == 1, proc.stdout
+        assert "/datasets/corpus-x/1 has changed since it was recorded" in proc.stderr
+        assert "nothing was copied" in proc.stderr
+    assert not (tmp_path / "back").exists()
+    listed = cnet(net, "ls", f"{b}:/copies/x")
+    assert listed.returncode == 1 and "no such file or directory" in listed.stderr
+    with net.client() as c:
+        inputs = [{"uri": "cnet://dataset/corpus-x@1", "path": "in"}]
+        job = c.wait(c.submit(command=["true"], pool=b, inputs=inputs).id, timeout=60)
+    assert job.state is JobState.FAILED
+    assert "has changed since it was recorded" in (job.reason or ""), job.reason
+    assert not (net.home / "agents" / "pool-b" / "data" / "datasets" / "corpus-x" / "1").exists()

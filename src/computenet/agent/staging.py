@@ -59,8 +59,9 @@ def _failing(what: str) -> Iterator[None]:
         raise StagingError(f"{what}: {e}") from e
 
 
-def _options() -> Options:
-    return Options(faults=Faults())  # the agent never breaks its own copies on purpose
+def _options(tree_hash: str | None = None) -> Options:
+    # The agent never breaks its own copies on purpose.
+    return Options(faults=Faults(), tree_hash=tree_hash)
 
 
 def link_tree(src: Path, dest: Path) -> None:
@@ -126,7 +127,7 @@ class Stager:
             return
         keep = confine(self.root, plan.keep)
         keep.parent.mkdir(parents=True, exist_ok=True)
-        result = await client.get(plan.grant, keep, _options())
+        result = await client.get(plan.grant, keep, _options(plan.tree_hash))
         if result.tree_hash != plan.tree_hash:
             await asyncio.to_thread(shutil.rmtree, keep, True)
             raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")

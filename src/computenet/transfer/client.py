@@ -65,6 +65,18 @@ class Options:
     watcher: Watcher | None = None
     faults: Faults = field(default_factory=Faults.from_env)
     hashes: HashCache | None = None  # a data server's hashes of its own files
+    tree_hash: str | None = None  # the tree the source must be: checked before bytes move
+
+
+def _expected(options: Options, m: Manifest, where: str) -> None:
+    """A source that is not the tree asked for (a dataset's copy changed where it lies)
+    is refused before anything lands: every chunk is then checked against this manifest,
+    so a copy that starts is a copy of that tree."""
+    if options.tree_hash is not None and m.tree_hash != options.tree_hash:
+        raise TransferError(
+            f"{where} has changed since it was recorded: its tree hash is "
+            f"{m.tree_hash[:16]}…, not {options.tree_hash[:16]}…; nothing was copied"
+        )
 
 
 def streams_for(lengths: Iterable[int]) -> int:
@@ -236,16 +248,20 @@ def _result(
     )
 
 
-async def put(grant: TransferGrant, source: Path, options: Options | None = None) -> TransferResult:
-    """Copies ``source`` (a file, or a directory's contents) to the ticket's path."""
+async def put(
+    grant: TransferGrant, source: Path, options: Options | None = None, where: str | None = None
+) -> TransferResult:
+    """Copies ``source`` (a file, or a directory's contents) to the ticket's path.
+    ``where`` names the source in errors (a data server's own paths stay its own)."""
     options = options or Options()
-    return await _bounded(options, _put(grant, source, options))
+    return await _bounded(options, _put(grant, source, options, where or str(source)))
 
 
-async def _put(grant: TransferGrant, source: Path, options: Options) -> TransferResult:
+async def _put(grant: TransferGrant, source: Path, options: Options, where: str) -> TransferResult:
     started = time.monotonic()
     src = await asyncio.to_thread(build, source, options.chunk_size, options.hashes)
     try:
+        _expected(options, src.manifest, where)
         return await _send(grant, src, source, options, started)
     except BaseException:
         if options.hashes is not None:
@@ -322,6 +338,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
     try:
         reader, writer = await link.open("control")
         m = (await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)).manifest
+        _expected(options, m, f"{grant.ticket.claims.pool}:{grant.path}")
         if len(m.files) == 1 and not m.files[0].path and not m.dirs:
             name = grant.path.rstrip("/").rsplit("/", 1)[-1]
             target = dest / name if dest.is_dir() else dest
@@ -387,6 +404,7 @@ async def _relay(
             "verify": options.verify,
             "tls": options.tls,
             "compress": options.compress,
+            "tree_hash": options.tree_hash,
         }
         wire.send_json(writer, Kind.RELAY, body)
         await writer.drain()

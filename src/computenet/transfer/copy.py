@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from computenet.model.dataset import (
@@ -153,7 +153,8 @@ async def copy_data(
         v, held = await online_replicas(api, s_ref)
         d = location(dst)
         mine = next((r for r in held if r.pool == d.pool), held[0])
-        result = await copy(f"{mine.pool}:{mine.path}", dst, api.grant, options)
+        checked = replace(options or Options(), tree_hash=v.tree_hash)
+        result = await copy(f"{mine.pool}:{mine.path}", dst, api.grant, checked)
         if result.tree_hash != v.tree_hash:
             raise TransferError(f"{v.uri}: the copy's tree hash is not the version's")
         if d.pool is not None and d.pool != mine.pool:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import shutil
 import ssl
@@ -60,6 +61,7 @@ KEY_REFRESH = 10.0
 ADMIT_TIMEOUT = 60.0
 PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
 SWEEP_EVERY = 3600.0
+HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 class _Control(NamedTuple):
@@ -328,8 +330,9 @@ class DataServer:
             watcher=tell,
             faults=Faults(),
             hashes=self.hashes,
+            tree_hash=_hex(body.get("tree_hash")),
         )
-        result = await client.put(grant, source, options)
+        result = await client.put(grant, source, options, where=f"{self.pool()}:/{ctl.path}")
         result.source = f"{self.pool()}:/{ctl.path}"
         wire.send_json(ctl.writer, Kind.DONE, {"result": result.model_dump(mode="json")})
         await ctl.writer.drain()
@@ -391,6 +394,7 @@ class DataServer:
         if total > free:
             raise TransferError(f"not enough space: {total} bytes asked, {free} free")
         finals, dirs = await asyncio.to_thread(self._places, path, m)
+        _keep_out(t.claims.keep, path, m)
         receiver = Receiver(
             m,
             finals,
@@ -459,6 +463,30 @@ class DataServer:
         finally:
             if sender.remaining:  # refused or cut short: hash afresh next time
                 self.hashes.forget(src.paths)
+
+
+def _hex(value: Any) -> str | None:
+    if value is None or (isinstance(value, str) and HEX64.fullmatch(value)):
+        return value
+    raise wire.WireError("a tree hash is 64 lowercase hex digits")
+
+
+def _keep_out(keep: list[str], path: str, m: Manifest) -> None:
+    """Refuses a put that would write into a dataset's copy, which the node named in the
+    ticket: a put above a copy may go on, as long as nothing it holds lands inside it."""
+    if not keep:
+        return
+    if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+        landing = [path]
+    else:
+        landing = [normalise(f"{path}/{x}") for x in [*(e.path for e in m.files), *m.dirs]]
+    for rel in landing:
+        for k in keep:
+            if within(normalise(k), rel):
+                raise TransferError(
+                    f"/{k} holds a dataset's copy, and versions never change: "
+                    f"this copy would write /{rel}"
+                )
 
 
 def _write_error(e: OSError) -> str:

@@ -31,7 +31,7 @@ from computenet.model.dataset import (
 from computenet.model.transfer import Direction, TransferRequest
 from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
-from computenet.node.routers.transfers import issue
+from computenet.node.routers.transfers import issue, writable
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as store
 from computenet.node.store import jobs as job_store
@@ -174,7 +174,10 @@ async def staging(
     job, uri, ref = await _asked(node, signer, body)
     if isinstance(ref, PoolRef):
         if ref.pool == signer:
-            return StagingPlan(uri=uri, local=_pool_path(ref.path))
+            local = _pool_path(ref.path)
+            if body.kind == "output":  # placed by replacing what is there
+                await writable(node, signer, local.strip("/"), "uri", whole=True)
+            return StagingPlan(uri=uri, local=local)
         way = Direction.get if body.kind == "input" else Direction.put
         req = TransferRequest(
             pool=ref.pool, path=ref.path, direction=way, size=body.size, ttl=STAGE_TTL

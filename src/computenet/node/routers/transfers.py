@@ -20,7 +20,7 @@ from computenet.node.runtime import Node
 from computenet.node.store import datasets as dataset_store
 from computenet.node.store import pools as pool_store
 from computenet.transfer import ticket as tickets
-from computenet.transfer.paths import PathError, normalise
+from computenet.transfer.paths import PathError, normalise, within
 
 router = APIRouter(prefix="/v1", tags=["transfers"])
 MAX_TRANSFER = int(os.environ.get("CNET_MAX_TRANSFER", str(1 << 40)))
@@ -57,8 +57,11 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
             f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
         )
     pool = await node.reading(pool_store.get, body.pool)
+    keep: list[str] = []
     if body.direction is Direction.delete:
         await _removable(node, pool.cpi, path, field)
+    elif body.direction is Direction.put:
+        keep = await writable(node, pool.cpi, path, f"{field}path")
     if pool.data is None:
         raise Conflict(f"pool {pool.cpi} has no data server", field=f"{field}pool")
     if pool.status is PoolStatus.offline:
@@ -73,10 +76,30 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
         + (min(body.ttl, DELETE_TTL) if body.direction is Direction.delete else body.ttl),
         tenant=tenant,
         issuer=node.federation.code,
+        keep=keep,
     )
     return TransferGrant(
         ticket=tickets.issue(node.federation.key, claims), endpoint=pool.data, path="/" + path
     )
+
+
+async def writable(
+    node: Node, pool: str, path: str, field: str = "path", whole: bool = False
+) -> list[str]:
+    """The dataset copies below ``path``, which the data server keeps a put out of; a
+    write at or inside a copy is refused here, and with ``whole`` (a write that replaces
+    everything at ``path``) one above a copy too. Versions never change, and jobs are
+    staged from a pool's copy by hard links, without reading it again."""
+    kept = []
+    for name, version, where in await node.reading(dataset_store.held_at, pool, path):
+        if whole or within(where, path):
+            raise Conflict(
+                f"/{where} holds dataset {name}@{version}, and versions never change: "
+                "write somewhere else, or publish the data as a new version",
+                field=field,
+            )
+        kept.append(where)
+    return kept
 
 
 async def _removable(node: Node, pool: str, path: str, field: str) -> None:
