@@ -5,6 +5,7 @@ leaves a replica; outputs are published as datasets; bad input is refused by fie
 
 from __future__ import annotations
 
+import asyncio
 import json
 import shutil
 import signal
@@ -18,8 +19,11 @@ import yaml
 
 from computenet.model import JobSpec, JobState, PoolListing
 from computenet.model.dataset import DatasetRef, DatasetRemoval, parse_data_uri
+from computenet.model.transfer import TransferGrant
 from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DataLocality
+from computenet.transfer import client as transfer_client
+from computenet.transfer.wire import TransferError
 from conftest import PYTHON, Network
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
@@ -349,18 +353,22 @@ def test_nothing_writes_into_a_dataset_copy(net: Network, tmp_path: Path) -> Non
     over = tmp_path / "over" / at
     over.mkdir(parents=True)
     (over / "a.txt").write_text("tampered\n")
-    beside = over.parent.parent / "corpus-w-notes"
+    beside = over.parent / f"{over.name}0"  # a name the copy's is a prefix of
     beside.mkdir()
     (beside / "n.txt").write_text("a note\n")
     proc = cnet(net, "cp", str(tmp_path / "over"), f"{a}:/")
     assert proc.returncode == 1
     assert f"this copy would write /{at}/a.txt" in proc.stderr
-    listed = cnet(net, "ls", f"{a}:/datasets/corpus-w-notes")
+    listed = cnet(net, "ls", f"{a}:/{at}0")
     assert listed.returncode == 1 and "no such file or directory" in listed.stderr
     shutil.rmtree(over)
     proc = cnet(net, "cp", str(tmp_path / "over"), f"{a}:/")  # lands beside the copy: fine
     assert proc.returncode == 0, proc.stderr
-    assert cnet(net, "ls", f"{a}:/datasets/corpus-w-notes/n.txt").returncode == 0
+    assert cnet(net, "ls", f"{a}:/{at}0/n.txt").returncode == 0
+    root = {"pool": a, "path": "/", "tree_hash": "0" * 64}
+    headers = {"authorization": f"Bearer {net.token}"}
+    r = httpx.post(f"{net.url}/v1/datasets/corpus-w/1/replicas", json=root, headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path"
 
     with net.client() as c:
         for where in (at, "datasets/corpus-w"):
@@ -393,3 +401,37 @@ def test_a_copy_changed_where_it_lies_is_refused_before_anything_lands(
     assert job.state is JobState.FAILED
     assert "has changed since it was recorded" in (job.reason or ""), job.reason
     assert not (net.home / "agents" / "pool-b" / "data" / "datasets" / "corpus-x" / "1").exists()
+
+
+def test_a_ticket_granted_before_a_publish_cannot_write_into_the_copy(
+    net: Network, tmp_path: Path
+) -> None:
+    """The data server asks the node which copies there are when a put starts, not
+    when its ticket was granted."""
+    a = cpi(net, "pool-a")
+    src = corpus(tmp_path, "late")
+    proc = cnet(net, "cp", "--json", str(src), f"{a}:/late/v1")
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout)
+    ask = {"pool": a, "path": "/late", "direction": "put", "size": 1 << 20}
+    headers = {"authorization": f"Bearer {net.token}"}
+    r = httpx.post(f"{net.url}/v1/transfers", json=ask, headers=headers)
+    grant = TransferGrant.model_validate(r.json())
+    with net.client() as c:
+        c.publish(
+            {
+                "name": "corpus-late",
+                "version": "1",
+                "pool": a,
+                "path": "/late/v1",
+                "tree_hash": done["tree_hash"],
+                "total_bytes": done["total_bytes"],
+                "files": 2,
+            }
+        )
+    evil = tmp_path / "evil" / "v1"
+    evil.mkdir(parents=True)
+    (evil / "a.txt").write_text("tampered\n")
+    with pytest.raises(TransferError, match=r"this copy would write /late/v1/a\.txt"):
+        asyncio.run(transfer_client.put(grant, evil.parent))
+    _same(net, "cnet://dataset/corpus-late@1", src, tmp_path)

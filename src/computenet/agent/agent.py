@@ -154,6 +154,7 @@ class Agent:
             tls_dir=cfg.state_dir,
             quota=cfg.data_quota,
             part_days=cfg.part_days,
+            copies=self.link.copies,
         )
 
     # --- lifecycle ----------------------------------------------------------------------

@@ -26,7 +26,14 @@ from computenet.model import (
     ReportBatch,
     ReportResult,
 )
-from computenet.model.dataset import DatasetVersion, StagingAsk, StagingLanded, StagingPlan
+from computenet.model.dataset import (
+    CopiesAsk,
+    DatasetVersion,
+    PoolCopies,
+    StagingAsk,
+    StagingLanded,
+    StagingPlan,
+)
 from computenet.sdk.client import check
 
 
@@ -86,6 +93,12 @@ class NodeLink:
         """Where one of a job's inputs is, or where one of its outputs goes."""
         resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/staging", _json(ask))
         return StagingPlan.model_validate_json(resp.content)
+
+    async def copies(self, path: str) -> list[str]:
+        """The dataset copies at, above or below ``path`` of this pool."""
+        body = _json(CopiesAsk(path=path))
+        resp = await self._signed("POST", f"/v1/pools/{self.pool_cpi}/copies", body)
+        return PoolCopies.model_validate_json(resp.content).copies
 
     async def landed(self, body: StagingLanded) -> DatasetVersion:
         path = f"/v1/pools/{self.pool_cpi}/staging/landed"

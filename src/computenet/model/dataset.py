@@ -230,6 +230,17 @@ class StagingPlan(Model):
     )
 
 
+class CopiesAsk(Model):
+    """A data server's question before a put: which dataset copies lie at, above or
+    below this path of its pool."""
+
+    path: Annotated[str, Field(max_length=4096)]
+
+
+class PoolCopies(Model):
+    copies: list[str] = Field(description="normalised paths of dataset copies in the pool")
+
+
 class StagingLanded(Model):
     """A tree now in the agent's data root: a replica of an input, or a job's output."""
 

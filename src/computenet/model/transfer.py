@@ -56,11 +56,6 @@ class TicketClaims(Model):
     expires_at: float
     tenant: str
     issuer: str = Field(description="the node code that signed it")
-    keep: list[PoolPath] = Field(
-        default_factory=list,
-        max_length=4096,
-        description="paths below ``path`` that a put may not write: dataset copies",
-    )
 
 
 class Ticket(Model):

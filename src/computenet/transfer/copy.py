@@ -31,6 +31,7 @@ from computenet.model.transfer import Direction, TransferGrant, TransferRequest,
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.manifest import total_size
+from computenet.transfer.paths import normalise
 from computenet.transfer.wire import TransferError
 
 Grant = Callable[[TransferRequest], Awaitable[TransferGrant]]
@@ -157,8 +158,9 @@ async def copy_data(
         result = await copy(f"{mine.pool}:{mine.path}", dst, api.grant, checked)
         if result.tree_hash != v.tree_hash:
             raise TransferError(f"{v.uri}: the copy's tree hash is not the version's")
-        if d.pool is not None and d.pool != mine.pool:
-            landed = parse_pool_path(result.destination)
+        landed = parse_pool_path(result.destination) if d.pool is not None else None
+        # A copy at a pool's root is not recorded: nothing could be written there then.
+        if landed is not None and landed.pool != mine.pool and normalise(landed.path):
             await api.replica(
                 v.name,
                 v.version,

@@ -113,10 +113,12 @@ class DataServer:
         tls_dir: Path | None = None,
         quota: int | None = None,
         part_days: float = PART_DAYS,
+        copies: Callable[[str], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.root = root
         self.quota = Quota(root, quota)
         self.pool, self._fetch_key = pool, node_key
+        self._copies = copies
         self.host, self.port = host, port
         self.tls_default = tls
         self._tls: ssl.SSLContext | None = None
@@ -337,6 +339,18 @@ class DataServer:
         wire.send_json(ctl.writer, Kind.DONE, {"result": result.model_dump(mode="json")})
         await ctl.writer.drain()
 
+    async def _keep_out(self, path: str, m: Manifest) -> None:
+        """Refuses a put that would write into a dataset's copy. The node names the
+        copies there are now, not when the ticket was granted: a version published since
+        is kept out too."""
+        if self._copies is None:
+            return
+        try:
+            held = await self._copies(path)
+        except Exception as e:
+            raise TransferError(f"cannot ask the node which paths hold dataset copies: {e}") from e
+        await asyncio.to_thread(_keep_out, held, path, m)
+
     async def _check(self, t: Ticket, direction: Direction, path: str) -> str:
         if self._key is None:
             await self._refresh_key()
@@ -394,7 +408,7 @@ class DataServer:
         if total > free:
             raise TransferError(f"not enough space: {total} bytes asked, {free} free")
         finals, dirs = await asyncio.to_thread(self._places, path, m)
-        _keep_out(t.claims.keep, path, m)
+        await self._keep_out(path, m)
         receiver = Receiver(
             m,
             finals,
@@ -413,6 +427,7 @@ class DataServer:
             await writer.drain()
             await wire.expect(reader, Kind.COMMIT)
             landed = receiver.complete  # in place or in partial files: held either way
+            await self._keep_out(path, m)  # a copy published while this one moved
             await asyncio.to_thread(receiver.commit)
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
@@ -471,22 +486,34 @@ def _hex(value: Any) -> str | None:
     raise wire.WireError("a tree hash is 64 lowercase hex digits")
 
 
-def _keep_out(keep: list[str], path: str, m: Manifest) -> None:
-    """Refuses a put that would write into a dataset's copy, which the node named in the
-    ticket: a put above a copy may go on, as long as nothing it holds lands inside it."""
-    if not keep:
+def _keep_out(copies: list[str], path: str, m: Manifest) -> None:
+    """A put above a copy may go on, as long as nothing it holds lands inside it: each
+    landing path's parents are looked up, so the cost is the tree's depth, not the
+    number of copies."""
+
+    def refuse(copy: str, rel: str) -> TransferError:
+        return TransferError(
+            f"/{copy} holds a dataset's copy, and versions never change: "
+            f"this copy would write /{rel}"
+        )
+
+    below = set()
+    for k in copies:
+        k = normalise(k)
+        if within(k, path):
+            raise refuse(k, path)
+        if within(path, k):
+            below.add(k)
+    if not below:
         return
     if len(m.files) == 1 and not m.files[0].path and not m.dirs:
-        landing = [path]
-    else:
-        landing = [normalise(f"{path}/{x}") for x in [*(e.path for e in m.files), *m.dirs]]
-    for rel in landing:
-        for k in keep:
-            if within(normalise(k), rel):
-                raise TransferError(
-                    f"/{k} holds a dataset's copy, and versions never change: "
-                    f"this copy would write /{rel}"
-                )
+        return  # one file at ``path``, which no copy is at or above
+    for x in [*(e.path for e in m.files), *m.dirs]:
+        rel = normalise(f"{path}/{x}")
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):
+            if (head := "/".join(parts[:i])) in below:
+                raise refuse(head, rel)
 
 
 def _write_error(e: OSError) -> str:

@@ -16,11 +16,13 @@ from computenet.model import Job, JobState, PoolStatus
 from computenet.model.dataset import (
     NAME_RE,
     VERSION_RE,
+    CopiesAsk,
     Dataset,
     DatasetPage,
     DatasetPublish,
     DatasetRef,
     DatasetVersion,
+    PoolCopies,
     PoolRef,
     ReplicaAdd,
     StagingAsk,
@@ -104,6 +106,8 @@ async def add_replica(
     if v.tenant != who.tenant and not who.admin:
         raise Forbidden(f"dataset {name!r} belongs to tenant {v.tenant}", field="name")
     path = _pool_path(body.path)
+    if path == "/":
+        raise Invalid("a dataset's copy is a file or directory under the data root", "path")
     await node.reading(pool_store.get, body.pool)
     return await node.writing(store.add_replica, name, version, body.pool, path, body.tree_hash)
 
@@ -191,8 +195,9 @@ async def staging(
             plan.local = path
         else:
             req = TransferRequest(pool=holder, path=path, direction=Direction.get, ttl=STAGE_TTL)
-            plan.grant = await issue(node, job.tenant, req)
             plan.keep = f"/datasets/{v.name}/{v.version}"
+            await writable(node, signer, plan.keep.strip("/"), "uri", whole=True)
+            plan.grant = await issue(node, job.tenant, req)
         return plan
     if ref.version is not None:
         try:
@@ -201,7 +206,24 @@ async def staging(
             pass  # a version not yet published: the output may become it
         else:
             raise Conflict(f"{ref} exists; versions never change", field="uri")
-    return StagingPlan(uri=uri, local=f"/datasets/{ref.name}/{ref.version or job.id}")
+    # A directory of the job's own: two jobs making one version must not meet there.
+    local = f"/datasets/{ref.name}/{job.id}"
+    await writable(node, signer, local.strip("/"), "uri", whole=True)
+    return StagingPlan(uri=uri, local=local)
+
+
+@router.post("/pools/{pool:path}/copies", response_model=PoolCopies)
+async def copies(
+    pool: CPIStr,
+    body: CopiesAsk,
+    signer: str = Depends(signed_pool),
+    node: Node = Depends(node_of),
+) -> PoolCopies:
+    """The dataset copies at, above or below a path of the asking pool: its data server
+    keeps every put out of them, checking when the put starts and when it commits."""
+    path = _pool_path(body.path).strip("/")
+    held = await node.reading(store.held_at, signer, path)
+    return PoolCopies(copies=sorted({where for _, _, where in held}))
 
 
 @router.post("/pools/{pool:path}/staging/landed", response_model=DatasetVersion)

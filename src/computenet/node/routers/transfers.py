@@ -57,11 +57,10 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
             f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
         )
     pool = await node.reading(pool_store.get, body.pool)
-    keep: list[str] = []
     if body.direction is Direction.delete:
         await _removable(node, pool.cpi, path, field)
     elif body.direction is Direction.put:
-        keep = await writable(node, pool.cpi, path, f"{field}path")
+        await writable(node, pool.cpi, path, f"{field}path")
     if pool.data is None:
         raise Conflict(f"pool {pool.cpi} has no data server", field=f"{field}pool")
     if pool.status is PoolStatus.offline:
@@ -76,7 +75,6 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
         + (min(body.ttl, DELETE_TTL) if body.direction is Direction.delete else body.ttl),
         tenant=tenant,
         issuer=node.federation.code,
-        keep=keep,
     )
     return TransferGrant(
         ticket=tickets.issue(node.federation.key, claims), endpoint=pool.data, path="/" + path
@@ -85,12 +83,12 @@ async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "")
 
 async def writable(
     node: Node, pool: str, path: str, field: str = "path", whole: bool = False
-) -> list[str]:
-    """The dataset copies below ``path``, which the data server keeps a put out of; a
-    write at or inside a copy is refused here, and with ``whole`` (a write that replaces
-    everything at ``path``) one above a copy too. Versions never change, and jobs are
-    staged from a pool's copy by hard links, without reading it again."""
-    kept = []
+) -> None:
+    """Refuses a write at or inside a dataset's copy, and with ``whole`` (a write that
+    replaces everything at ``path``) one above a copy too. Versions never change, and jobs
+    are staged from a pool's copy by hard links, without reading it again. A put above
+    a copy is checked again by the data server, file by file, against the copies there
+    are when it starts and when it commits."""
     for name, version, where in await node.reading(dataset_store.held_at, pool, path):
         if whole or within(where, path):
             raise Conflict(
@@ -98,8 +96,6 @@ async def writable(
                 "write somewhere else, or publish the data as a new version",
                 field=field,
             )
-        kept.append(where)
-    return kept
 
 
 async def _removable(node: Node, pool: str, path: str, field: str) -> None:
