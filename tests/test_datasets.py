@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import time
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 import yaml
 
@@ -23,6 +25,8 @@ from computenet.model.transfer import TransferGrant
 from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DataLocality
 from computenet.transfer import client as transfer_client
+from computenet.transfer.faults import ENV as FAULTS
+from computenet.transfer.manifest import CHUNK
 from computenet.transfer.wire import TransferError
 from conftest import PYTHON, Network
 
@@ -435,3 +439,49 @@ def test_a_ticket_granted_before_a_publish_cannot_write_into_the_copy(
     with pytest.raises(TransferError, match=r"this copy would write /late/v1/a\.txt"):
         asyncio.run(transfer_client.put(grant, evil.parent))
     _same(net, "cnet://dataset/corpus-late@1", src, tmp_path)
+
+
+def test_a_version_published_while_a_put_moves_is_kept_out_of_it(
+    net: Network, tmp_path: Path
+) -> None:
+    """Checked again as the put commits: the put is refused, and what it had written
+    (partial files, a directory it made inside the copy) is taken back."""
+    a = cpi(net, "pool-a")
+    src = corpus(tmp_path, "mid")
+    proc = cnet(net, "cp", "--json", str(src), f"{a}:/mid/v1")
+    assert proc.returncode == 0, proc.stderr
+    done = json.loads(proc.stdout)
+    late = tmp_path / "late" / "v1" / "new"
+    late.mkdir(parents=True)
+    (late / "x.bin").write_bytes(os.urandom(3 * CHUNK))
+    env = dict(net.env, CNET_TOKEN=net.token, **{FAULTS: "stop:chunk=1"})
+    args = ["cp", "--streams", "1", str(tmp_path / "late"), f"{a}:/mid"]
+    copy = subprocess.Popen([*PYTHON, *args], env=env, stderr=subprocess.PIPE, text=True)
+    root = net.home / "agents" / "pool-a" / "data"
+    try:
+        held = psutil.Process(copy.pid)
+        deadline = time.monotonic() + 60
+        while held.status() != psutil.STATUS_STOPPED:  # one chunk in, the put held open
+            assert copy.poll() is None, copy.communicate()[1]
+            assert time.monotonic() < deadline, "the put never reached its first chunk"
+            time.sleep(0.05)
+        assert (root / "mid" / "v1" / "new" / ".x.bin.cnetpart").exists()
+        with net.client() as c:
+            c.publish(
+                {
+                    "name": "corpus-mid",
+                    "version": "1",
+                    "pool": a,
+                    "path": "/mid/v1",
+                    "tree_hash": done["tree_hash"],
+                    "total_bytes": done["total_bytes"],
+                    "files": 2,
+                }
+            )
+    finally:
+        copy.send_signal(signal.SIGCONT)
+    _, err = copy.communicate(timeout=60)
+    assert copy.returncode == 1
+    assert "this copy would write /mid/v1/new/x.bin" in err, err
+    assert not (root / "mid" / "v1" / "new").exists()
+    _same(net, "cnet://dataset/corpus-mid@1", src, tmp_path)

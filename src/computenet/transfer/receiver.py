@@ -90,6 +90,7 @@ class Receiver:
         self._writing: dict[int, threading.Lock] = {}
         self._stamped: set[int] = set()  # files given their mode and times as they finished
         self._resumed: set[int] = set()  # files with a partial file from an earlier run
+        self._made: set[Path] = set()  # directories this copy made for its partial files
         self._arrived = 0
 
     @property
@@ -220,7 +221,7 @@ class Receiver:
                 return wire.Status.OK
             fd = self._fds.get(f)
             if fd is None:
-                fd = self._fds[f] = _open_part(self.finals[f])
+                fd = self._fds[f] = _open_part(self.finals[f], self._made)
                 if f in self._resumed:  # it may hold an earlier run's mode: private again
                     os.fchmod(fd, 0o600)
             self._busy.add((f, c))
@@ -438,6 +439,19 @@ class Receiver:
             os.replace(part, final)
             self.counters.files += 1
 
+    def discard(self) -> None:
+        """Takes back what a refused copy left: its partial files, and the directories it
+        made for them. Nothing was renamed into place yet, and a directory that was there
+        before stays."""
+        self.close()
+        for i, final in enumerate(self.finals):
+            if i not in self._skip:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(part_of(final))
+        for d in sorted(self._made, key=lambda p: len(p.parts), reverse=True):
+            with contextlib.suppress(OSError):  # not empty: something else is in it now
+                d.rmdir()
+
     def files_left(self) -> dict[int, set[int]]:
         return {f: left for f, left in self._left.items() if left}
 
@@ -458,12 +472,19 @@ def _listing(d: Path) -> dict[str, os.DirEntry[str]]:
         return {}
 
 
-def _open_part(final: Path) -> int:
-    """The partial file of ``final``, made with its directory where there is none yet."""
+def _open_part(final: Path, made: set[Path] | None = None) -> int:
+    """The partial file of ``final``, made with its directory where there is none yet;
+    the directories made go into ``made``."""
     try:
         return open_part(part_of(final))
     except FileNotFoundError:
+        missing, d = [], final.parent
+        while not d.exists():
+            missing.append(d)
+            d = d.parent
         final.parent.mkdir(parents=True, exist_ok=True)
+        if made is not None:
+            made.update(missing)
         return open_part(part_of(final))
 
 

@@ -61,6 +61,7 @@ KEY_REFRESH = 10.0
 ADMIT_TIMEOUT = 60.0
 PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
 SWEEP_EVERY = 3600.0
+COPIES_TIMEOUT = 10.0  # seconds to wait for the node to name a pool's dataset copies
 HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -342,13 +343,19 @@ class DataServer:
     async def _keep_out(self, path: str, m: Manifest) -> None:
         """Refuses a put that would write into a dataset's copy. The node names the
         copies there are now, not when the ticket was granted: a version published since
-        is kept out too."""
+        is kept out too. Without an answer the put stops, its partial files kept for a
+        rerun to resume: integrity first."""
         if self._copies is None:
             return
         try:
-            held = await self._copies(path)
+            async with asyncio.timeout(COPIES_TIMEOUT):
+                held = await self._copies(path)
         except Exception as e:
-            raise TransferError(f"cannot ask the node which paths hold dataset copies: {e}") from e
+            why = str(e) or type(e).__name__
+            raise TransferError(
+                f"cannot ask the node which paths hold dataset copies ({why}); "
+                "run the copy again once the node answers"
+            ) from e
         await asyncio.to_thread(_keep_out, held, path, m)
 
     async def _check(self, t: Ticket, direction: Direction, path: str) -> str:
@@ -427,7 +434,12 @@ class DataServer:
             await writer.drain()
             await wire.expect(reader, Kind.COMMIT)
             landed = receiver.complete  # in place or in partial files: held either way
-            await self._keep_out(path, m)  # a copy published while this one moved
+            try:
+                await self._keep_out(path, m)  # a copy published while this one moved
+            except KeptOut:
+                landed = False
+                await asyncio.to_thread(receiver.discard)
+                raise
             await asyncio.to_thread(receiver.commit)
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
@@ -486,13 +498,17 @@ def _hex(value: Any) -> str | None:
     raise wire.WireError("a tree hash is 64 lowercase hex digits")
 
 
+class KeptOut(TransferError):
+    """A put that would write into a dataset's copy."""
+
+
 def _keep_out(copies: list[str], path: str, m: Manifest) -> None:
     """A put above a copy may go on, as long as nothing it holds lands inside it: each
     landing path's parents are looked up, so the cost is the tree's depth, not the
     number of copies."""
 
-    def refuse(copy: str, rel: str) -> TransferError:
-        return TransferError(
+    def refuse(copy: str, rel: str) -> KeptOut:
+        return KeptOut(
             f"/{copy} holds a dataset's copy, and versions never change: "
             f"this copy would write /{rel}"
         )

@@ -172,7 +172,8 @@ def forget(conn: Connection, name: str, version: str, tenant: str, admin: bool) 
 
 def held_at(conn: Connection, pool: str, path: str) -> list[tuple[str, str, str]]:
     """The dataset copies in ``pool`` at, under or above ``path`` (normalised): (name,
-    version, where)."""
+    version, where). A copy recorded at the root itself (which no longer can be) is left
+    out: keeping it apart would keep every path of the pool."""
     rows = conn.execute(
         select(replicas.c.name, replicas.c.version, replicas.c.path).where(
             replicas.c.pool_cpi == pool
@@ -181,7 +182,7 @@ def held_at(conn: Connection, pool: str, path: str) -> list[tuple[str, str, str]
     out = []
     for row in rows:
         where = row.path.strip("/")
-        if within(path, where) or within(where, path):
+        if where and (within(path, where) or within(where, path)):
             out.append((row.name, row.version, where))
     return out
 
