@@ -292,6 +292,16 @@ def slurm_cluster(cpus: int) -> Iterator[Any]:
         cluster.stop()
 
 
+def held_open(copy: subprocess.Popen[str], what: str, timeout: float = 60) -> None:
+    """Waits for a copy run with a ``stop`` fault to stop itself (SIGSTOP) at its chunk."""
+    held = psutil.Process(copy.pid)
+    deadline = time.monotonic() + timeout
+    while held.status() != psutil.STATUS_STOPPED:
+        assert copy.poll() is None, copy.communicate()[1]
+        assert time.monotonic() < deadline, f"the copy never reached {what}"
+        time.sleep(0.05)
+
+
 def procs_with(marker: str) -> list[psutil.Process]:
     """Processes whose command line contains ``marker``: how a test finds a job's tree."""
     out = []

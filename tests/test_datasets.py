@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import yaml
 
@@ -28,7 +27,7 @@ from computenet.transfer import client as transfer_client
 from computenet.transfer.faults import ENV as FAULTS
 from computenet.transfer.manifest import CHUNK
 from computenet.transfer.wire import TransferError
-from conftest import PYTHON, Network
+from conftest import PYTHON, Network, held_open
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -459,12 +458,7 @@ def test_a_version_published_while_a_put_moves_is_kept_out_of_it(
     copy = subprocess.Popen([*PYTHON, *args], env=env, stderr=subprocess.PIPE, text=True)
     root = net.home / "agents" / "pool-a" / "data"
     try:
-        held = psutil.Process(copy.pid)
-        deadline = time.monotonic() + 60
-        while held.status() != psutil.STATUS_STOPPED:  # one chunk in, the put held open
-            assert copy.poll() is None, copy.communicate()[1]
-            assert time.monotonic() < deadline, "the put never reached its first chunk"
-            time.sleep(0.05)
+        held_open(copy, "its first chunk")
         assert (root / "mid" / "v1" / "new" / ".x.bin.cnetpart").exists()
         with net.client() as c:
             c.publish(

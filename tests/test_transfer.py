@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-import psutil
 import pytest
 from pydantic import BaseModel
 
@@ -24,7 +23,7 @@ from computenet.transfer import client as transfer
 from computenet.transfer.faults import ENV as FAULTS
 from computenet.transfer.manifest import CHUNK
 from computenet.transfer.wire import TransferError
-from conftest import PYTHON, Network
+from conftest import PYTHON, Network, held_open
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 M = TypeVar("M", bound=BaseModel)
@@ -614,12 +613,7 @@ def test_rm_waits_for_a_copy_of_the_path_to_end(shared: Network, pool: str, tmp_
     args = ["cp", "--streams", "1", str(src), f"{pool}:/moving/dir/m.bin"]
     copy = subprocess.Popen([*PYTHON, *args], env=env, stderr=subprocess.PIPE, text=True)
     try:
-        held = psutil.Process(copy.pid)
-        deadline = time.monotonic() + 60
-        while held.status() != psutil.STATUS_STOPPED:  # two chunks in, the copy held open
-            assert copy.poll() is None, copy.communicate()[1]
-            assert time.monotonic() < deadline, "the copy never reached its second chunk"
-            time.sleep(0.05)
+        held_open(copy, "its second chunk")
         for target in (f"{pool}:/moving", f"{pool}:/moving/dir/m.bin"):
             busy = cli(shared, "rm", "-r", target)
             assert busy.returncode == 1, busy.stderr
