@@ -479,3 +479,20 @@ def test_a_version_published_while_a_put_moves_is_kept_out_of_it(
     assert "this copy would write /mid/v1/new/x.bin" in err, err
     assert not (root / "mid" / "v1" / "new").exists()
     _same(net, "cnet://dataset/corpus-mid@1", src, tmp_path)
+
+
+def test_a_copy_a_job_wrote_to_is_not_handed_to_the_next_job(net: Network, tmp_path: Path) -> None:
+    """Inputs are hard links to the pool's copy: a job that appends to one changes the
+    copy, and the next job on that pool is refused it, saying why, rather than given it."""
+    publish(net, corpus(tmp_path, "t"), "cnet://dataset/corpus-t", "pool-a")
+    a = cpi(net, "pool-a")
+    inputs = [{"uri": "cnet://dataset/corpus-t@1", "path": "in"}]
+    read = ["sh", "-c", "cat in/a.txt"]
+    assert run(net, command=read, pool=a, inputs=inputs) == ("pool-a", "alpha t\n")
+    spoil = ["sh", "-c", "echo evil >> in/a.txt"]
+    assert run(net, command=spoil, pool=a, inputs=inputs)[0] == "pool-a"
+    with net.client() as c:
+        job = c.wait(c.submit(command=read, pool=a, inputs=inputs).id, timeout=60)
+    assert job.state is JobState.FAILED
+    assert "staging input cnet://dataset/corpus-t@1" in (job.reason or ""), job.reason
+    assert "has changed since it was recorded" in (job.reason or ""), job.reason

@@ -187,6 +187,27 @@ def test_kept_hashes_serve_only_while_the_file_is_unchanged(
     assert cache.hits == 1
 
 
+def test_hashes_kept_without_ctime_outlive_a_hard_link_but_not_a_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What staging verifies a pool's copy with: linking it into a job sets each file's
+    ctime, which must not cost a read of the whole copy per job."""
+    monkeypatch.setattr(hashes, "RACY", 0)
+    f = tmp_path / "f"
+    f.write_bytes(os.urandom(2 * 4096))
+    strict, loose = HashCache(), HashCache(ctime=False)
+    for cache in (strict, loose):
+        build(f, 4096, cache)
+    os.link(f, tmp_path / "job-input")
+    for cache in (strict, loose):
+        build(f, 4096, cache)
+    assert (strict.hits, loose.hits) == (0, 1)
+    with open(tmp_path / "job-input", "ab") as job:
+        job.write(b"evil")
+    again = build(f, 4096, loose).manifest.files[0]
+    assert loose.hits == 1 and again.chunks == hash_chunks(f, 2 * 4096 + 4, 4096)
+
+
 def test_the_quota_holds_with_puts_still_moving_across_a_new_walk(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

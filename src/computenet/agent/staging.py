@@ -2,7 +2,11 @@
 out after it completes.
 
 An input this pool already holds is hard-linked from the data root (copied where the
-working directory is on another file system): nothing moves. A dataset held elsewhere is
+working directory is on another file system): nothing moves. A dataset's copy here is
+first checked against the version's tree hash, its files read again only where their
+size or mtime changed since they were last hashed: a job that wrote to its inputs (they
+share their inodes with the copy) spoils the copy, and the next job is refused it rather
+than handed other data. A dataset held elsewhere is
 fetched once into this pool's data root, ``/datasets/NAME/VERSION``, checked against the
 version's tree hash, recorded with the node as a new replica, and linked from there, so
 the next job that needs it here moves nothing either. Linked inputs share their inodes
@@ -34,7 +38,8 @@ from computenet.sdk.client import ApiError
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.faults import Faults
-from computenet.transfer.manifest import build, total_size
+from computenet.transfer.hashes import HashCache
+from computenet.transfer.manifest import CHUNK, build, total_size
 from computenet.transfer.paths import PART, PathError, confine
 from computenet.transfer.wire import TransferError
 
@@ -102,6 +107,7 @@ class Stager:
     def __init__(self, link: NodeLink, data_root: Path) -> None:
         self.link = link
         self.root = data_root
+        self.hashes = HashCache(ctime=False)  # staging links the files, which sets ctime
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
     async def inputs(self, task: Task) -> None:
@@ -118,6 +124,15 @@ class Stager:
             src = confine(self.root, plan.local)
             if not src.exists():
                 raise StagingError(f"{plan.local} is not in this pool's data root")
+            if plan.tree_hash is not None:
+                m = (await asyncio.to_thread(build, src, CHUNK, self.hashes)).manifest
+                if m.tree_hash != plan.tree_hash:
+                    raise StagingError(
+                        f"this pool's copy at {plan.local} has changed since it was "
+                        f"recorded (its tree hash is {m.tree_hash[:16]}…, not "
+                        f"{plan.tree_hash[:16]}…); a job that wrote to its inputs, or a "
+                        "hand, changed it: jobs are not given it"
+                    )
             await asyncio.to_thread(link_tree, src, dest)
             return
         assert plan.grant is not None

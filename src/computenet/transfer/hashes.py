@@ -34,8 +34,9 @@ class HashCache:
     opened just before: on NFS an open revalidates a file's attributes, a bare ``stat``
     may answer from a cache a minute old."""
 
-    def __init__(self, limit: int = 1 << 20) -> None:
+    def __init__(self, limit: int = 1 << 20, ctime: bool = True) -> None:
         self.limit = limit
+        self.ctime = ctime  # False: a new hard link (which sets ctime) keeps the hashes
         self._lock = threading.Lock()
         self._files: OrderedDict[tuple[str, int], tuple[Stamp, bytes]] = OrderedDict()
         self._held = 0
@@ -46,7 +47,7 @@ class HashCache:
         key = (str(path), chunk)
         with self._lock:
             got = self._files.get(key)
-            if got is None or got[0] != stamp(st):
+            if got is None or got[0] != self._stamp(st):
                 self.misses += 1
                 return None
             self._files.move_to_end(key)
@@ -64,19 +65,22 @@ class HashCache:
     ) -> None:
         """Keeps ``hashes``, read from ``path`` between the two stamps, if the file did
         not change in between nor just before."""
-        changed = max(after.st_mtime_ns, after.st_ctime_ns)
-        if stamp(after) != stamp(before) or time.time_ns() - changed < RACY:
+        changed = max(after.st_mtime_ns, after.st_ctime_ns if self.ctime else 0)
+        if self._stamp(after) != self._stamp(before) or time.time_ns() - changed < RACY:
             return
         raw = bytes.fromhex("".join(hashes))
         key = (str(path), chunk)
         with self._lock:
             old = self._files.pop(key, None)
             self._held -= 0 if old is None else len(old[1]) // 32
-            self._files[key] = (stamp(after), raw)
+            self._files[key] = (self._stamp(after), raw)
             self._held += len(hashes)
             while self._held > self.limit and self._files:
                 _, (_, dropped) = self._files.popitem(last=False)
                 self._held -= len(dropped) // 32
+
+    def _stamp(self, st: os.stat_result) -> Stamp:
+        return stamp(st) if self.ctime else (*stamp(st)[:4], 0)
 
     def forget(self, paths: Iterable[str | Path]) -> None:
         names = {str(p) for p in paths}
