@@ -372,6 +372,15 @@ def test_nothing_writes_into_a_dataset_copy(net: Network, tmp_path: Path) -> Non
     headers = {"authorization": f"Bearer {net.token}"}
     r = httpx.post(f"{net.url}/v1/datasets/corpus-w/1/replicas", json=root, headers=headers)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path"
+    with net.client() as c:
+        tree_hash = c.dataset("corpus-w").versions[0].tree_hash
+    replicas = f"{net.url}/v1/datasets/corpus-w/1/replicas"
+    second = {"pool": a, "path": f"/{at}0", "tree_hash": tree_hash}
+    r = httpx.post(replicas, json=second, headers=headers)
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "pool", r.text
+    assert "one copy per pool" in r.json()["detail"]
+    again = httpx.post(replicas, json={**second, "path": f"/{at}"}, headers=headers)
+    assert again.status_code == 201 and len(again.json()["replicas"]) == 1
 
     with net.client() as c:
         for where in (at, "datasets/corpus-w"):

@@ -136,15 +136,23 @@ def publish(
 def add_replica(
     conn: Connection, name: str, version: str, pool: str, path: str, tree_hash: str
 ) -> DatasetVersion:
-    """Another pool's copy; it replaces that pool's earlier one (one place per pool)."""
+    """Another pool's copy, one place per pool. Recording it again is a no-op; a second
+    place in the same pool is refused: the first would no longer be known, nor kept
+    from writes, nor removed with the version."""
     v = resolve(conn, DatasetRef(name, version), "version")
     if v.tree_hash != tree_hash:
         raise Conflict(
             f"the copy's tree hash {tree_hash[:12]}… is not {name}@{version}'s {v.tree_hash[:12]}…",
             field="tree_hash",
         )
-    key = and_(replicas.c.name == name, replicas.c.version == version, replicas.c.pool_cpi == pool)
-    conn.execute(delete(replicas).where(key))
+    held = next((r for r in v.replicas if r.pool == pool), None)
+    if held is not None:
+        if held.path.strip("/") == path.strip("/"):
+            return v
+        raise Conflict(
+            f"pool {pool} holds {name}@{version} at {held.path} already: one copy per pool",
+            field="pool",
+        )
     return _replica(conn, name, version, pool, path, time.time())
 
 
