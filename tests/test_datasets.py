@@ -505,3 +505,43 @@ def test_a_copy_a_job_wrote_to_is_not_handed_to_the_next_job(net: Network, tmp_p
     assert job.state is JobState.FAILED
     assert "staging input cnet://dataset/corpus-t@1" in (job.reason or ""), job.reason
     assert "has changed since it was recorded" in (job.reason or ""), job.reason
+
+
+def test_outputs_that_could_only_fail_are_refused_at_submission(
+    net: Network, tmp_path: Path
+) -> None:
+    publish(net, corpus(tmp_path, "o"), "cnet://dataset/corpus-o", "pool-a")
+    with net.client() as c:
+        stranger = c.create_token("stranger-o", "stranger-o").secret
+    out = [{"path": "o", "uri": "cnet://dataset/corpus-o"}]
+    body = {"command": ["true"], "outputs": out}
+    theirs = {"authorization": f"Bearer {stranger}"}
+    mine = {"authorization": f"Bearer {net.token}"}
+    twice = [{"path": "o", "uri": "cnet://dataset/fresh-o@v"}] * 2
+    cases = [
+        (body, theirs, 403, "outputs.0.uri", "belongs to tenant"),
+        (
+            {**body, "outputs": [{**out[0], "uri": "cnet://dataset/corpus-o@1"}]},
+            mine,
+            409,
+            "outputs.0.uri",
+            "versions never change",
+        ),
+        ({**body, "outputs": twice}, mine, 422, "outputs.1.uri", "outputs.0 is"),
+    ]
+    for b, headers, status, field, says in cases:
+        r = httpx.post(f"{net.url}/v1/jobs", json=b, headers=headers)
+        assert r.status_code == status, r.text
+        assert r.json()["errors"][0]["field"] == field and says in r.json()["detail"]
+        r = httpx.post(f"{net.url}/v1/jobs/batch", json={"jobs": [b]}, headers=headers)
+        assert r.status_code == status and r.json()["errors"][0]["field"] == f"jobs.0.{field}"
+
+    both = [
+        {"path": "a", "uri": "cnet://dataset/pair-o"},
+        {"path": "b", "uri": "cnet://dataset/pair-o"},
+    ]
+    run(net, command=["sh", "-c", "echo 1 > a && echo 2 > b"], outputs=both)
+    with net.client() as c:
+        versions = c.dataset("pair-o").versions
+    assert sorted(v.version for v in versions) == ["1", "2"]
+    assert len({v.tree_hash for v in versions}) == 2

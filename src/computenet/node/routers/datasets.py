@@ -206,8 +206,8 @@ async def staging(
             pass  # a version not yet published: the output may become it
         else:
             raise Conflict(f"{ref} exists; versions never change", field="uri")
-    # A directory of the job's own: two jobs making one version must not meet there.
-    local = f"/datasets/{ref.name}/{job.id}"
+    # A directory of the output's own: two jobs making one version must not meet there.
+    local = f"/datasets/{ref.name}/{job.id}.{body.index}"
     await writable(node, signer, local.strip("/"), "uri", whole=True)
     return StagingPlan(uri=uri, local=local)
 

@@ -15,7 +15,7 @@ from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
 from computenet.model.dataset import DatasetRef, parse_data_uri
 from computenet.model.plan import Plan
 from computenet.node.auth import Principal, node_of, principal
-from computenet.node.errors import Conflict, Invalid, NotFound
+from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
 from computenet.node.metrics import JOBS_SUBMITTED
 from computenet.node.query import parse
 from computenet.node.runtime import Node
@@ -105,6 +105,30 @@ def pin_inputs(conn: Connection, spec: JobSpec, field: str = "") -> JobSpec:
     return spec.model_copy(update={"inputs": pinned})
 
 
+def check_outputs(conn: Connection, spec: JobSpec, tenant: str, field: str = "") -> None:
+    """Refuses at submission the dataset outputs that could only fail once the job has
+    run: a version that exists, a name another tenant owns, one version named twice."""
+    named: dict[str, int] = {}
+    for i, item in enumerate(spec.outputs):
+        ref = parse_data_uri(item.uri)
+        if not isinstance(ref, DatasetRef):
+            continue
+        where = f"{field}outputs.{i}.uri"
+        owner = dataset_store.owner(conn, ref.name)
+        if owner is not None and owner != tenant:
+            raise Forbidden(f"dataset {ref.name!r} belongs to tenant {owner}", field=where)
+        if ref.version is None:
+            continue
+        if str(ref) in named:
+            raise Invalid(f"outputs.{named[str(ref)]} is {ref} already", field=where)
+        named[str(ref)] = i
+        try:
+            dataset_store.resolve(conn, ref, where)
+        except NotFound:
+            continue
+        raise Conflict(f"{ref} exists; versions never change: name a new one", field=where)
+
+
 def _elsewhere(spec: JobSpec, own_code: str) -> bool:
     return bool(own_code and spec.pool and not spec.pool.startswith(f"cpi:{own_code}:"))
 
@@ -144,6 +168,7 @@ async def submit(
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
             admit(conn, node.profile, who.tenant, [spec], [""], code)
+            check_outputs(conn, spec, who.tenant)
             return job_store.insert(conn, who.tenant, pin_inputs(conn, spec))
 
     try:
@@ -181,6 +206,8 @@ async def submit_batch(
             fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
             code = node.federation.code if node.federation.chain else ""
             admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
+            for s, f in zip(batch.jobs, fields, strict=True):
+                check_outputs(conn, s, who.tenant, f)
             specs = [pin_inputs(conn, s, f) for s, f in zip(batch.jobs, fields, strict=True)]
             return job_store.insert_many(conn, who.tenant, specs)
 

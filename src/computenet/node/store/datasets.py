@@ -90,6 +90,13 @@ def _next_version(conn: Connection, name: str) -> str:
     return str(max(numbers, default=0) + 1)
 
 
+def owner(conn: Connection, name: str) -> str | None:
+    """The tenant a dataset name belongs to: whoever published it first."""
+    return conn.execute(
+        select(datasets.c.tenant).where(datasets.c.name == name).limit(1)
+    ).scalar_one_or_none()
+
+
 def publish(
     conn: Connection,
     tenant: str,
@@ -102,11 +109,9 @@ def publish(
     files: int,
 ) -> DatasetVersion:
     """A new, immutable version held by ``pool`` at ``path``; one tenant owns a name."""
-    owner = conn.execute(
-        select(datasets.c.tenant).where(datasets.c.name == name).limit(1)
-    ).scalar_one_or_none()
-    if owner is not None and owner != tenant:
-        raise Forbidden(f"dataset {name!r} belongs to tenant {owner}", field="name")
+    held_by = owner(conn, name)
+    if held_by is not None and held_by != tenant:
+        raise Forbidden(f"dataset {name!r} belongs to tenant {held_by}", field="name")
     version = version or _next_version(conn, name)
     now = time.time()
     try:
