@@ -254,7 +254,7 @@ def dataset_show(
         return
     for v in versions:
         out.print(
-            f"[bold]{v.uri}[/bold]  {_size(v.total_bytes)}, {v.files} files, "
+            f"[bold]{v.uri}[/bold]  {_size(v.total_bytes)}, {_many(v.files, 'file')}, "
             f"tree {v.tree_hash}, by {v.tenant}, {ago(v.created_at)}"
         )
         for r in v.replicas:
@@ -287,8 +287,12 @@ def dataset_rm(
         print(gone.model_dump_json(indent=2))
     else:
         v = gone.version
-        out.print(f"removed {v.uri}: {_many(len(v.replicas), 'copy', 'copies')}", markup=False)
+        held = _many(len(v.replicas), "copy", "copies")
+        out.print(f"removed {v.uri} ({held}): {len(gone.removed)} removed", markup=False)
         for r in gone.removed:
-            out.print(f"  {r.pool}:{r.path}  ({r.files} files, {_size(r.bytes)})", markup=False)
+            out.print(
+                f"  {r.pool}:{r.path}  ({_many(r.files, 'file')}, {_size(r.bytes)})", markup=False
+            )
     if gone.left:
-        raise CLIError(f"{len(gone.left)} copies stay: " + "; ".join(gone.left))
+        stay = _many(len(gone.left), "copy stays", "copies stay")
+        raise CLIError(f"{stay}: " + "; ".join(gone.left))
