@@ -20,7 +20,7 @@ import yaml
 
 from computenet.model import JobSpec, JobState, PoolListing
 from computenet.model.dataset import DatasetRef, DatasetRemoval, parse_data_uri
-from computenet.model.transfer import TransferGrant
+from computenet.model.transfer import TransferGrant, TransferResult
 from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DataLocality
 from computenet.transfer import client as transfer_client
@@ -545,3 +545,27 @@ def test_outputs_that_could_only_fail_are_refused_at_submission(
         versions = c.dataset("pair-o").versions
     assert sorted(v.version for v in versions) == ["1", "2"]
     assert len({v.tree_hash for v in versions}) == 2
+
+
+def test_an_interrupted_publish_without_a_version_resumes(net: Network, tmp_path: Path) -> None:
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(4 * CHUNK))
+    a = cpi(net, "pool-a")
+    args = ["cp", "--json", "--streams", "1", "--pool", a, str(src), "cnet://dataset/resumed-u"]
+    env = dict(net.env, CNET_TOKEN=net.token, **{FAULTS: "kill:chunk=2"})
+    killed = subprocess.run([*PYTHON, *args], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    again = cnet(net, *args)
+    assert again.returncode == 0, again.stderr
+    r = TransferResult.model_validate_json(again.stdout)
+    assert r.destination == "cnet://dataset/resumed-u@1" and r.counters.chunks_present >= 2
+    assert r.counters.chunks + r.counters.chunks_present == 4
+    later = cnet(net, *args)  # the same source again: a new version, in a place of its own
+    assert later.returncode == 0, later.stderr
+    with net.client() as c:
+        versions = c.dataset("resumed-u").versions
+    assert [v.version for v in versions] == ["2", "1"]
+    one, two = (v.replicas[0].path for v in reversed(versions))
+    assert two == f"{one}-2"
+    for v in versions:
+        _same(net, v.uri, src, tmp_path)

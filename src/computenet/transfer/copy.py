@@ -10,7 +10,8 @@ then published as a version, with the tree hash the copy verified.
 from __future__ import annotations
 
 import asyncio
-import secrets
+import hashlib
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -136,6 +137,23 @@ def dataset_ref(text: str) -> DatasetRef | None:
         raise TransferError(str(e)) from e
 
 
+async def _unnumbered(api: Api, ref: DatasetRef, pool: str, src: Location) -> str:
+    """The directory of a copy whose version is numbered only once it is published: the
+    same for the same source, pool and machine, so that running an interrupted copy
+    again resumes it; the next of ``-2``, ``-3``, … where that one is a published copy
+    already (a later version of the same source)."""
+    where = f"{src.pool}:/{normalise(src.path)}" if src.pool else str(Path(src.path).resolve())
+    key = "\0".join((socket.gethostname(), pool, where)).encode()
+    tag = "u-" + hashlib.sha256(key).hexdigest()[:12]
+    d = await api.dataset(ref.name)
+    held = {(r.pool, normalise(r.path)) for v in (d.versions if d else []) for r in v.replicas}
+    n, name = 1, tag
+    while (pool, f"datasets/{ref.name}/{name}") in held:
+        n += 1
+        name = f"{tag}-{n}"
+    return name
+
+
 async def copy_data(
     src: str,
     dst: str,
@@ -179,7 +197,7 @@ async def copy_data(
         raise TransferError("no pool with a data server is online to hold the dataset")
     if target not in serving:
         raise TransferError(f"pool {target} is not online with a data server")
-    path = f"/datasets/{d_ref.name}/{d_ref.version or 'u-' + secrets.token_hex(6)}"
+    path = f"/datasets/{d_ref.name}/{d_ref.version or await _unnumbered(api, d_ref, target, s)}"
     result = await copy(src, f"{target}:{path}", api.grant, options)
     v = await api.publish(
         DatasetPublish(
