@@ -238,7 +238,7 @@ def dataset_show(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
     """A dataset's versions and, for each, which pools hold a copy and where."""
-    from computenet.model.dataset import SCHEME, DataURIError, parse_dataset
+    from computenet.model.dataset import SCHEME, DataURIError, parse_dataset, some_versions
 
     try:
         ref = parse_dataset(name if name.startswith("cnet://") else SCHEME + name)
@@ -248,7 +248,8 @@ def dataset_show(
         d = c.dataset(ref.name)
     versions = [v for v in d.versions if ref.version in (None, v.version)]
     if ref.version is not None and not versions:
-        raise CLIError(f"{ref}: no such version")
+        have = some_versions([v.version for v in d.versions])
+        raise CLIError(f"{ref}: no such version (it has {have})")
     if as_json:
         print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
         return

@@ -124,6 +124,11 @@ DatasetName = Annotated[str, Field(pattern=NAME_RE.pattern)]
 DatasetVersionText = Annotated[str, Field(pattern=VERSION_RE.pattern)]
 
 
+def some_versions(versions: list[str], at_most: int = 5) -> str:
+    """The first few of a dataset's versions, for an error that names a missing one."""
+    return ", ".join(versions[:at_most]) + (", …" if len(versions) > at_most else "")
+
+
 class DataInput(Model):
     uri: DataURI = Field(description="cnet://dataset/NAME[@VERSION] or POOL-CPI:/path")
     path: WorkdirPath = Field(description="where it appears, relative to the working directory")

@@ -26,6 +26,7 @@ from computenet.model.dataset import (
     ReplicaAdd,
     parse_dataset,
     parse_pool_path,
+    some_versions,
 )
 from computenet.model.resources import Pool, PoolStatus
 from computenet.model.transfer import Direction, TransferGrant, TransferRequest, TransferResult
@@ -118,7 +119,7 @@ async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, li
     if d is None or not d.versions:
         raise TransferError(f"{ref}: no such dataset")
     if v is None:
-        have = ", ".join(x.version for x in d.versions[:5])
+        have = some_versions([x.version for x in d.versions])
         raise TransferError(f"{ref}: no such version (it has {have})")
     serving = _serving(await api.pools())
     held = [r for r in v.replicas if r.pool in serving]

@@ -10,7 +10,14 @@ from typing import Any
 from sqlalchemy import Connection, and_, delete, select
 from sqlalchemy.exc import IntegrityError
 
-from computenet.model.dataset import Dataset, DatasetPage, DatasetRef, DatasetVersion, Replica
+from computenet.model.dataset import (
+    Dataset,
+    DatasetPage,
+    DatasetRef,
+    DatasetVersion,
+    Replica,
+    some_versions,
+)
 from computenet.node.errors import Conflict, Forbidden, NotFound
 from computenet.node.store.tables import datasets, replicas
 from computenet.transfer.paths import within
@@ -77,7 +84,7 @@ def resolve(conn: Connection, ref: DatasetRef, field: str = "uri") -> DatasetVer
     for v in versions:
         if v.version == ref.version:
             return v
-    known = ", ".join(v.version for v in versions[:5])
+    known = some_versions([v.version for v in versions])
     raise NotFound(f"dataset {ref.name!r} has no version {ref.version!r} (has {known})", field)
 
 
