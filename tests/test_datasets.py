@@ -247,11 +247,17 @@ def test_the_dataset_list_comes_in_pages_by_name(net: Network) -> None:
     a = cpi(net, "pool-a")
     names = [f"paged-{i}" for i in range(5)]
     for n in names:
-        body = {"name": n, "pool": a, "path": f"/paged/{n}", "tree_hash": "1" * 64}
+        body = {"name": n, "pool": a, "tree_hash": "1" * 64}
         for version in ("1", "2"):
             r = httpx.post(
                 f"{net.url}/v1/datasets",
-                json={**body, "version": version, "total_bytes": 1, "files": 1},
+                json={
+                    **body,
+                    "version": version,
+                    "path": f"/paged/{n}/{version}",
+                    "total_bytes": 1,
+                    "files": 1,
+                },
                 headers=headers,
             )
             assert r.status_code == 201, r.text
@@ -381,6 +387,12 @@ def test_nothing_writes_into_a_dataset_copy(net: Network, tmp_path: Path) -> Non
     assert "one copy per pool" in r.json()["detail"]
     again = httpx.post(replicas, json={**second, "path": f"/{at}"}, headers=headers)
     assert again.status_code == 201 and len(again.json()["replicas"]) == 1
+    inside = {"name": "inside-w", "pool": a, "path": f"/{at}/sub", "tree_hash": tree_hash}
+    r = httpx.post(
+        f"{net.url}/v1/datasets", json={**inside, "total_bytes": 1, "files": 1}, headers=headers
+    )
+    assert r.status_code == 409 and r.json()["errors"][0]["field"] == "path", r.text
+    assert "a copy cannot lie at, inside or above another" in r.json()["detail"]
 
     with net.client() as c:
         for where in (at, "datasets/corpus-w"):
@@ -490,21 +502,38 @@ def test_a_version_published_while_a_put_moves_is_kept_out_of_it(
     _same(net, "cnet://dataset/corpus-mid@1", src, tmp_path)
 
 
-def test_a_copy_a_job_wrote_to_is_not_handed_to_the_next_job(net: Network, tmp_path: Path) -> None:
+def test_a_copy_a_job_wrote_to_is_fetched_afresh_or_refused(net: Network, tmp_path: Path) -> None:
     """Inputs are hard links to the pool's copy: a job that appends to one changes the
-    copy, and the next job on that pool is refused it, saying why, rather than given it."""
-    publish(net, corpus(tmp_path, "t"), "cnet://dataset/corpus-t", "pool-a")
-    a = cpi(net, "pool-a")
-    inputs = [{"uri": "cnet://dataset/corpus-t@1", "path": "in"}]
+    copy. The next job on that pool finds it so: the node forgets that copy, and the
+    agent fetches another pool's in its stead, or the job fails, saying why."""
+    a, b = cpi(net, "pool-a"), cpi(net, "pool-b")
     read = ["sh", "-c", "cat in/a.txt"]
-    assert run(net, command=read, pool=a, inputs=inputs) == ("pool-a", "alpha t\n")
     spoil = ["sh", "-c", "echo evil >> in/a.txt"]
-    assert run(net, command=spoil, pool=a, inputs=inputs)[0] == "pool-a"
-    with net.client() as c:
-        job = c.wait(c.submit(command=read, pool=a, inputs=inputs).id, timeout=60)
-    assert job.state is JobState.FAILED
-    assert "staging input cnet://dataset/corpus-t@1" in (job.reason or ""), job.reason
-    assert "has changed since it was recorded" in (job.reason or ""), job.reason
+    for tag, elsewhere in (("t", False), ("t2", True)):
+        publish(net, corpus(tmp_path, tag), f"cnet://dataset/corpus-{tag}", "pool-a")
+        uri = f"cnet://dataset/corpus-{tag}@1"
+        if elsewhere:
+            assert cnet(net, "cp", uri, f"{b}:/copies/{tag}").returncode == 0
+        inputs = [{"uri": uri, "path": "in"}]
+        assert run(net, command=read, pool=a, inputs=inputs) == ("pool-a", f"alpha {tag}\n")
+        assert run(net, command=spoil, pool=a, inputs=inputs)[0] == "pool-a"
+        with net.client() as c:
+            job = c.wait(c.submit(command=read, pool=a, inputs=inputs).id, timeout=60)
+            held = {r.pool: r.path for r in c.dataset(f"corpus-{tag}").versions[0].replicas}
+        if elsewhere:
+            assert job.state is JobState.COMPLETE, job.reason
+            with net.client() as c:
+                out = "".join(x["data"] for x in c.logs(job.id) if x["stream"] == "stdout")
+            assert out == f"alpha {tag}\n"
+            assert held == {b: f"/copies/{tag}", a: f"/datasets/corpus-{tag}/1"}
+            kept = net.home / "agents" / "pool-a" / "data" / "datasets" / f"corpus-{tag}"
+            assert [p.name for p in kept.iterdir()] == ["1"]  # the spoiled copy is gone
+        else:
+            assert job.state is JobState.FAILED
+            assert f"staging input {uri}" in (job.reason or ""), job.reason
+            assert "has changed since it was recorded" in (job.reason or ""), job.reason
+            assert "no other copy could be fetched" in (job.reason or ""), job.reason
+            assert held == {}
 
 
 def test_outputs_that_could_only_fail_are_refused_at_submission(
@@ -527,7 +556,7 @@ def test_outputs_that_could_only_fail_are_refused_at_submission(
             "outputs.0.uri",
             "versions never change",
         ),
-        ({**body, "outputs": twice}, mine, 422, "outputs.1.uri", "outputs.0 is"),
+        ({**body, "outputs": twice}, mine, 422, "outputs.1.uri", "outputs.0.uri is"),
     ]
     for b, headers, status, field, says in cases:
         r = httpx.post(f"{net.url}/v1/jobs", json=b, headers=headers)
@@ -535,6 +564,10 @@ def test_outputs_that_could_only_fail_are_refused_at_submission(
         assert r.json()["errors"][0]["field"] == field and says in r.json()["detail"]
         r = httpx.post(f"{net.url}/v1/jobs/batch", json={"jobs": [b]}, headers=headers)
         assert r.status_code == status and r.json()["errors"][0]["field"] == f"jobs.0.{field}"
+    one = {"command": ["true"], "outputs": twice[:1]}
+    r = httpx.post(f"{net.url}/v1/jobs/batch", json={"jobs": [one, one]}, headers=mine)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "jobs.1.outputs.0.uri"
+    assert "jobs.0.outputs.0.uri is cnet://dataset/fresh-o@v" in r.json()["detail"]
 
     both = [
         {"path": "a", "uri": "cnet://dataset/pair-o"},

@@ -33,14 +33,20 @@ import httpx
 from computenet.agent.backends import Task
 from computenet.agent.link import NodeLink
 from computenet.model import JobState
-from computenet.model.dataset import DatasetRef, StagingAsk, StagingLanded, parse_data_uri
+from computenet.model.dataset import (
+    DatasetRef,
+    StagingAsk,
+    StagingLanded,
+    StagingPlan,
+    parse_data_uri,
+)
 from computenet.sdk.client import ApiError
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size
-from computenet.transfer.paths import PART, PathError, confine
+from computenet.transfer.paths import PART, PathError, confine, normalise
 from computenet.transfer.wire import TransferError
 
 
@@ -120,27 +126,33 @@ class Stager:
     async def _input(self, task: Task, index: int, dest: Path) -> None:
         ask = StagingAsk(job_id=task.job_id, attempt=task.attempt, kind="input", index=index)
         plan = await self.link.staging(ask)
+        spoiled: str | None = None
         if plan.local is not None:
             src = confine(self.root, plan.local)
             if not src.exists():
                 raise StagingError(f"{plan.local} is not in this pool's data root")
-            if plan.tree_hash is not None:
-                m = (await asyncio.to_thread(build, src, CHUNK, self.hashes)).manifest
-                if m.tree_hash != plan.tree_hash:
-                    raise StagingError(
-                        f"this pool's copy at {plan.local} has changed since it was "
-                        f"recorded (its tree hash is {m.tree_hash[:16]}…, not "
-                        f"{plan.tree_hash[:16]}…); a job that wrote to its inputs, or a "
-                        "hand, changed it: jobs are not given it"
-                    )
-            await asyncio.to_thread(link_tree, src, dest)
-            return
+            why = await self._changed(src, plan)
+            if why is None:
+                await asyncio.to_thread(link_tree, src, dest)
+                return
+            # No longer the version: the node forgets it, and names a copy to fetch.
+            spoiled = plan.local
+            try:
+                plan = await self.link.staging(ask.model_copy(update={"spoiled": spoiled}))
+            except ApiError as e:
+                raise StagingError(f"{why}; no other copy could be fetched: {e}") from e
+            if plan.grant is None or plan.keep is None:
+                raise StagingError(why)
         assert plan.grant is not None
         if plan.keep is None:  # a pool path elsewhere: straight into the working directory
             dest.parent.mkdir(parents=True, exist_ok=True)
             await client.get(plan.grant, dest, _options())
             return
         keep = confine(self.root, plan.keep)
+        if spoiled is not None and normalise(spoiled).startswith("datasets/"):
+            # A spoiled copy that staging or publishing put there goes: a new one is fetched
+            # in its stead, not merged into it. One elsewhere is the user's to remove.
+            await asyncio.to_thread(shutil.rmtree, confine(self.root, spoiled), True)
         keep.parent.mkdir(parents=True, exist_ok=True)
         result = await client.get(plan.grant, keep, _options(plan.tree_hash))
         if result.tree_hash != plan.tree_hash:
@@ -151,6 +163,19 @@ class Stager:
             task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
         )
         await asyncio.to_thread(link_tree, keep, dest)
+
+    async def _changed(self, src: Path, plan: StagingPlan) -> str | None:
+        """Why this pool's copy of a dataset is not the version any more, if it is not."""
+        if plan.tree_hash is None:
+            return None
+        m = (await asyncio.to_thread(build, src, CHUNK, self.hashes)).manifest
+        if m.tree_hash == plan.tree_hash:
+            return None
+        return (
+            f"this pool's copy at {plan.local} has changed since it was recorded (its tree "
+            f"hash is {m.tree_hash[:16]}…, not {plan.tree_hash[:16]}…): a job that wrote to "
+            "its inputs, or a hand, changed it"
+        )
 
     async def _landed(
         self,

@@ -219,6 +219,10 @@ class StagingAsk(Model):
     kind: Literal["input", "output"]
     index: Annotated[int, Field(ge=0, lt=MAX_DATA)]
     size: Annotated[int, Field(ge=0, description="bytes of an output to copy out")] = 0
+    spoiled: Annotated[str, Field(max_length=4096)] | None = Field(
+        default=None,
+        description="this pool's copy of the input, found changed: forget it, fetch another",
+    )
 
 
 class StagingPlan(Model):

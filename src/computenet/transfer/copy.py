@@ -33,7 +33,7 @@ from computenet.model.transfer import Direction, TransferGrant, TransferRequest,
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.manifest import total_size
-from computenet.transfer.paths import normalise
+from computenet.transfer.paths import PathError, normalise
 from computenet.transfer.wire import TransferError
 
 Grant = Callable[[TransferRequest], Awaitable[TransferGrant]]
@@ -143,8 +143,11 @@ async def _unnumbered(api: Api, ref: DatasetRef, pool: str, src: Location) -> st
     same for the same source, pool and machine, so that running an interrupted copy
     again resumes it; the next of ``-2``, ``-3``, … where that one is a published copy
     already (a later version of the same source)."""
-    where = f"{src.pool}:/{normalise(src.path)}" if src.pool else str(Path(src.path).resolve())
-    key = "\0".join((socket.gethostname(), pool, where)).encode()
+    try:
+        where = f"{src.pool}:/{normalise(src.path)}" if src.pool else str(Path(src.path).resolve())
+    except PathError as e:
+        raise TransferError(str(e)) from e
+    key = "\0".join((socket.gethostname(), pool, where)).encode(errors="surrogateescape")
     tag = "u-" + hashlib.sha256(key).hexdigest()[:12]
     d = await api.dataset(ref.name)
     held = {(r.pool, normalise(r.path)) for v in (d.versions if d else []) for r in v.replicas}

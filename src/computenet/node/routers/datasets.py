@@ -189,6 +189,10 @@ async def staging(
         return StagingPlan(uri=uri, grant=await issue(node, job.tenant, req))
     if body.kind == "input":
         v = await node.reading(store.resolve, ref)
+        if body.spoiled is not None:
+            spoiled = _pool_path(body.spoiled, "spoiled")
+            if await node.writing(store.drop_replica, v.name, v.version, signer, spoiled):
+                v = await node.reading(store.resolve, ref)
         holder, path = await _holder(node, v, signer)
         plan = StagingPlan(uri=v.uri, tree_hash=v.tree_hash, total_bytes=v.total_bytes)
         if holder == signer:

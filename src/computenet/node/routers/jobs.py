@@ -105,10 +105,17 @@ def pin_inputs(conn: Connection, spec: JobSpec, field: str = "") -> JobSpec:
     return spec.model_copy(update={"inputs": pinned})
 
 
-def check_outputs(conn: Connection, spec: JobSpec, tenant: str, field: str = "") -> None:
+def check_outputs(
+    conn: Connection,
+    spec: JobSpec,
+    tenant: str,
+    field: str = "",
+    named: dict[str, str] | None = None,
+) -> None:
     """Refuses at submission the dataset outputs that could only fail once the job has
-    run: a version that exists, a name another tenant owns, one version named twice."""
-    named: dict[str, int] = {}
+    run: a version that exists, a name another tenant owns, one version named twice
+    (``named`` carries what earlier jobs of a batch name)."""
+    named = {} if named is None else named
     for i, item in enumerate(spec.outputs):
         ref = parse_data_uri(item.uri)
         if not isinstance(ref, DatasetRef):
@@ -120,13 +127,10 @@ def check_outputs(conn: Connection, spec: JobSpec, tenant: str, field: str = "")
         if ref.version is None:
             continue
         if str(ref) in named:
-            raise Invalid(f"outputs.{named[str(ref)]} is {ref} already", field=where)
-        named[str(ref)] = i
-        try:
-            dataset_store.resolve(conn, ref, where)
-        except NotFound:
-            continue
-        raise Conflict(f"{ref} exists; versions never change: name a new one", field=where)
+            raise Invalid(f"{named[str(ref)]} is {ref} already", field=where)
+        named[str(ref)] = where
+        if dataset_store.exists(conn, ref.name, ref.version):
+            raise Conflict(f"{ref} exists; versions never change: name a new one", field=where)
 
 
 def _elsewhere(spec: JobSpec, own_code: str) -> bool:
@@ -168,7 +172,8 @@ async def submit(
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
             admit(conn, node.profile, who.tenant, [spec], [""], code)
-            check_outputs(conn, spec, who.tenant)
+            if not _elsewhere(spec, code):  # else its pool's node checks them
+                check_outputs(conn, spec, who.tenant)
             return job_store.insert(conn, who.tenant, pin_inputs(conn, spec))
 
     try:
@@ -206,8 +211,10 @@ async def submit_batch(
             fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
             code = node.federation.code if node.federation.chain else ""
             admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
+            named: dict[str, str] = {}
             for s, f in zip(batch.jobs, fields, strict=True):
-                check_outputs(conn, s, who.tenant, f)
+                if not _elsewhere(s, code):
+                    check_outputs(conn, s, who.tenant, f, named)
             specs = [pin_inputs(conn, s, f) for s, f in zip(batch.jobs, fields, strict=True)]
             return job_store.insert_many(conn, who.tenant, specs)
 

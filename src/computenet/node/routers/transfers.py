@@ -86,7 +86,7 @@ async def writable(
 ) -> None:
     """Refuses a write at or inside a dataset's copy, and with ``whole`` (a write that
     replaces everything at ``path``) one above a copy too. Versions never change, and jobs
-    are staged from a pool's copy by hard links, without reading it again. A put above
+    are staged from a pool's copy by hard links. A put above
     a copy is checked again by the data server, file by file, against the copies there
     are when it starts and when it commits."""
     for name, version, where in await node.reading(dataset_store.held_at, pool, path):

@@ -120,6 +120,7 @@ def publish(
     if held_by is not None and held_by != tenant:
         raise Forbidden(f"dataset {name!r} belongs to tenant {held_by}", field="name")
     version = version or _next_version(conn, name)
+    _apart(conn, pool, path)
     now = time.time()
     try:
         with conn.begin_nested():
@@ -165,7 +166,39 @@ def add_replica(
             f"pool {pool} holds {name}@{version} at {held.path} already: one copy per pool",
             field="pool",
         )
-    return _replica(conn, name, version, pool, path, time.time())
+    _apart(conn, pool, path)
+    try:
+        with conn.begin_nested():
+            return _replica(conn, name, version, pool, path, time.time())
+    except IntegrityError:  # recorded meanwhile, by another node replica
+        return add_replica(conn, name, version, pool, path, tree_hash)
+
+
+def drop_replica(conn: Connection, name: str, version: str, pool: str, path: str) -> bool:
+    """Forgets ``pool``'s copy at ``path``, found changed: it is no longer the version."""
+    key = and_(
+        replicas.c.name == name,
+        replicas.c.version == version,
+        replicas.c.pool_cpi == pool,
+        replicas.c.path == path,
+    )
+    return bool(conn.execute(delete(replicas).where(key)).rowcount)
+
+
+def exists(conn: Connection, name: str, version: str) -> bool:
+    q = select(datasets.c.name).where(datasets.c.name == name, datasets.c.version == version)
+    return conn.execute(q.limit(1)).first() is not None
+
+
+def _apart(conn: Connection, pool: str, path: str) -> None:
+    """A copy never lies at, inside or above another: each is kept from writes, and
+    removed with its version, as a whole."""
+    for name, version, where in held_at(conn, pool, path.strip("/")):
+        raise Conflict(
+            f"/{where} holds dataset {name}@{version}: a copy cannot lie at, inside or "
+            "above another",
+            field="path",
+        )
 
 
 def _replica(
