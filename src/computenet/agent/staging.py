@@ -98,6 +98,14 @@ def link_tree(src: Path, dest: Path) -> None:
                 one(a, dest / rel / f)
 
 
+def _remove(p: Path) -> None:
+    """``p`` and all below it, without following links; nothing where it is missing."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    elif p.exists() or p.is_symlink():
+        p.unlink()
+
+
 def place(src: Path, dest: Path, tag: str) -> None:
     """Links ``src`` beside ``dest``, then renames it into place: nobody sees half of it."""
     tmp = dest.with_name(f".{dest.name}.{tag}.tmp")
@@ -126,19 +134,20 @@ class Stager:
     async def _input(self, task: Task, index: int, dest: Path) -> None:
         ask = StagingAsk(job_id=task.job_id, attempt=task.attempt, kind="input", index=index)
         plan = await self.link.staging(ask)
-        spoiled: str | None = None
         if plan.local is not None:
-            src = confine(self.root, plan.local)
-            if not src.exists():
-                raise StagingError(f"{plan.local} is not in this pool's data root")
-            why = await self._changed(src, plan)
-            if why is None:
-                await asyncio.to_thread(link_tree, src, dest)
-                return
+            async with self._locks[normalise(plan.local)]:
+                src = confine(self.root, plan.local)
+                why: str | None = f"{plan.local} is not in this pool's data root"
+                if src.exists():
+                    why = await self._changed(src, plan)
+                if why is None:
+                    await asyncio.to_thread(link_tree, src, dest)
+                    return
+            if plan.tree_hash is None:  # a pool path: nothing to fetch in its stead
+                raise StagingError(why)
             # No longer the version: the node forgets it, and names a copy to fetch.
-            spoiled = plan.local
             try:
-                plan = await self.link.staging(ask.model_copy(update={"spoiled": spoiled}))
+                plan = await self.link.staging(ask.model_copy(update={"spoiled": plan.local}))
             except ApiError as e:
                 raise StagingError(f"{why}; no other copy could be fetched: {e}") from e
             if plan.grant is None or plan.keep is None:
@@ -148,21 +157,35 @@ class Stager:
             dest.parent.mkdir(parents=True, exist_ok=True)
             await client.get(plan.grant, dest, _options())
             return
-        keep = confine(self.root, plan.keep)
-        if spoiled is not None and normalise(spoiled).startswith("datasets/"):
-            # A spoiled copy that staging or publishing put there goes: a new one is fetched
-            # in its stead, not merged into it. One elsewhere is the user's to remove.
-            await asyncio.to_thread(shutil.rmtree, confine(self.root, spoiled), True)
-        keep.parent.mkdir(parents=True, exist_ok=True)
-        result = await client.get(plan.grant, keep, _options(plan.tree_hash))
-        if result.tree_hash != plan.tree_hash:
-            await asyncio.to_thread(shutil.rmtree, keep, True)
-            raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
-        files = result.counters.files + result.counters.files_skipped
-        await self._landed(
-            task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
-        )
-        await asyncio.to_thread(link_tree, keep, dest)
+        async with self._locks[normalise(plan.keep)]:
+            keep = await asyncio.to_thread(self._fetch_target, plan.keep)
+            # Fetched beside its place and renamed into it once whole and checked: what
+            # was there before (a spoiled copy) is replaced, never merged into.
+            beside = keep.with_name(f".{keep.name}.fetch")
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            result = await client.get(plan.grant, beside, _options(plan.tree_hash))
+            if result.tree_hash != plan.tree_hash:
+                await asyncio.to_thread(_remove, beside)
+                raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
+            await asyncio.to_thread(_remove, keep)
+            os.replace(beside, keep)
+            files = result.counters.files + result.counters.files_skipped
+            await self._landed(
+                task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
+            )
+            await asyncio.to_thread(link_tree, keep, dest)
+        if plan.discard is not None:  # what is left of it only takes space: no job fails for it
+            async with self._locks[normalise(plan.discard)]:
+                with contextlib.suppress(StagingError, PathError, OSError):
+                    await asyncio.to_thread(_remove, self._fetch_target(plan.discard))
+
+    def _fetch_target(self, rel: str) -> Path:
+        """Where a fetched copy goes, refused where a link on the way would send it (and
+        the removal of what was there) elsewhere."""
+        keep = confine(self.root, rel)
+        if keep != self.root.resolve() / normalise(rel):
+            raise StagingError(f"/{normalise(rel)} goes through a link: nothing is fetched there")
+        return keep
 
     async def _changed(self, src: Path, plan: StagingPlan) -> str | None:
         """Why this pool's copy of a dataset is not the version any more, if it is not."""

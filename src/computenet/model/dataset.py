@@ -237,6 +237,10 @@ class StagingPlan(Model):
     keep: str | None = Field(
         default=None, description="for a dataset fetched from elsewhere: where this pool keeps it"
     )
+    discard: str | None = Field(
+        default=None,
+        description="a spoiled copy under /datasets/ to remove once the new one is in place",
+    )
 
 
 class CopiesAsk(Model):

@@ -168,6 +168,20 @@ async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]
     return online[0].pool, online[0].path
 
 
+async def _fetch_place(node: Node, pool: str, v: DatasetVersion) -> str:
+    """Where a pool fetches a version it lacks: ``/datasets/NAME/VERSION``, or beside
+    ``/datasets/NAME`` where that (or a path on the way) is another copy already."""
+    first: Conflict | None = None
+    for place in (f"/datasets/{v.name}/{v.version}", f"/datasets/{v.name}@{v.version}"):
+        try:
+            await writable(node, pool, place.strip("/"), "uri", whole=True)
+            return place
+        except Conflict as e:
+            first = first or e
+    assert first is not None
+    raise first
+
+
 @router.post("/pools/{pool:path}/staging", response_model=StagingPlan)
 async def staging(
     pool: CPIStr,
@@ -189,19 +203,24 @@ async def staging(
         return StagingPlan(uri=uri, grant=await issue(node, job.tenant, req))
     if body.kind == "input":
         v = await node.reading(store.resolve, ref)
+        discard = None
         if body.spoiled is not None:
             spoiled = _pool_path(body.spoiled, "spoiled")
             if await node.writing(store.drop_replica, v.name, v.version, signer, spoiled):
                 v = await node.reading(store.resolve, ref)
+                under = spoiled.strip("/")
+                overlaps = await node.reading(store.held_at, signer, under)
+                if under.startswith("datasets/") and not overlaps:
+                    discard = spoiled  # made by staging or publishing: the agent's to remove
         holder, path = await _holder(node, v, signer)
         plan = StagingPlan(uri=v.uri, tree_hash=v.tree_hash, total_bytes=v.total_bytes)
         if holder == signer:
             plan.local = path
         else:
             req = TransferRequest(pool=holder, path=path, direction=Direction.get, ttl=STAGE_TTL)
-            plan.keep = f"/datasets/{v.name}/{v.version}"
-            await writable(node, signer, plan.keep.strip("/"), "uri", whole=True)
+            plan.keep = await _fetch_place(node, signer, v)
             plan.grant = await issue(node, job.tenant, req)
+            plan.discard = discard if discard != plan.keep else None
         return plan
     if ref.version is not None:
         try:

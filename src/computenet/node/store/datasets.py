@@ -147,7 +147,13 @@ def publish(
 
 
 def add_replica(
-    conn: Connection, name: str, version: str, pool: str, path: str, tree_hash: str
+    conn: Connection,
+    name: str,
+    version: str,
+    pool: str,
+    path: str,
+    tree_hash: str,
+    again: bool = True,
 ) -> DatasetVersion:
     """Another pool's copy, one place per pool. Recording it again is a no-op; a second
     place in the same pool is refused: the first would no longer be known, nor kept
@@ -171,7 +177,9 @@ def add_replica(
         with conn.begin_nested():
             return _replica(conn, name, version, pool, path, time.time())
     except IntegrityError:  # recorded meanwhile, by another node replica
-        return add_replica(conn, name, version, pool, path, tree_hash)
+        if not again:
+            raise Conflict(f"{name}@{version} changed meanwhile: try again", "pool") from None
+        return add_replica(conn, name, version, pool, path, tree_hash, again=False)
 
 
 def drop_replica(conn: Connection, name: str, version: str, pool: str, path: str) -> bool:
