@@ -20,7 +20,15 @@ from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import build, hash_chunks, total_size, tree_hash
-from computenet.transfer.paths import PathError, confine, normalise, sweep_parts, within
+from computenet.transfer.paths import (
+    PathError,
+    confine,
+    fetch_area,
+    normalise,
+    sweep_fetches,
+    sweep_parts,
+    within,
+)
 from computenet.transfer.quota import Quota, QuotaExceeded
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.ticket import TicketError
@@ -142,6 +150,20 @@ def test_partial_files_are_swept_by_when_a_copy_last_touched_them(tmp_path: Path
     (tmp_path / "plain").write_bytes(b"not partial")
     assert sweep_parts(tmp_path, before) == 1
     assert not old.exists() and finished.exists() and (tmp_path / "plain").exists()
+
+
+def test_fetches_are_swept_when_nothing_in_them_changed_for_long(tmp_path: Path) -> None:
+    stale, moving = fetch_area(tmp_path, "/datasets/a/1"), fetch_area(tmp_path, "datasets/b/1")
+    assert fetch_area(tmp_path, "datasets/a/1") == stale != moving
+    for f in (stale / "x" / "f", moving / "g"):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"partly fetched")
+    time.sleep(0.05)
+    before = time.time()
+    time.sleep(0.05)
+    (moving / "g").write_bytes(b"still arriving")
+    assert sweep_fetches(tmp_path, before) == 1
+    assert not stale.exists() and (moving / "g").exists()
 
 
 def test_the_records_of_a_removed_path_and_below_it_go_with_it(tmp_path: Path) -> None:

@@ -40,13 +40,14 @@ from computenet.model.dataset import (
     StagingPlan,
     parse_data_uri,
 )
+from computenet.model.transfer import TransferResult
 from computenet.sdk.client import ApiError
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size
-from computenet.transfer.paths import PART, PathError, confine, normalise
+from computenet.transfer.paths import PART, PathError, confine, fetch_area, normalise, within
 from computenet.transfer.wire import TransferError
 
 
@@ -159,25 +160,44 @@ class Stager:
             return
         async with self._locks[normalise(plan.keep)]:
             keep = await asyncio.to_thread(self._fetch_target, plan.keep)
-            # Fetched beside its place and renamed into it once whole and checked: what
-            # was there before (a spoiled copy) is replaced, never merged into.
-            beside = keep.with_name(f".{keep.name}.fetch")
-            keep.parent.mkdir(parents=True, exist_ok=True)
-            result = await client.get(plan.grant, beside, _options(plan.tree_hash))
-            if result.tree_hash != plan.tree_hash:
-                await asyncio.to_thread(_remove, beside)
-                raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
-            await asyncio.to_thread(_remove, keep)
-            os.replace(beside, keep)
-            files = result.counters.files + result.counters.files_skipped
-            await self._landed(
-                task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
-            )
+            # Fetched meanwhile (and recorded), for a job that named the version otherwise?
+            if not keep.exists() or await self._changed(keep, plan) is not None:
+                result = await self._fetch(plan, keep)
+                files = result.counters.files + result.counters.files_skipped
+                await self._landed(
+                    task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
+                )
             await asyncio.to_thread(link_tree, keep, dest)
-        if plan.discard is not None:  # what is left of it only takes space: no job fails for it
-            async with self._locks[normalise(plan.discard)]:
+        gone = plan.discard
+        if gone is not None and not (
+            within(normalise(gone), normalise(plan.keep))
+            or within(normalise(plan.keep), normalise(gone))
+        ):  # what is left of it only takes space: no job fails for it
+            async with self._locks[normalise(gone)]:
                 with contextlib.suppress(StagingError, PathError, OSError):
-                    await asyncio.to_thread(_remove, self._fetch_target(plan.discard))
+                    await asyncio.to_thread(lambda: _remove(self._fetch_target(gone)))
+
+    async def _fetch(self, plan: StagingPlan, keep: Path) -> TransferResult:
+        """Fetches a dataset into the reserved fetch area, then renames it into place once
+        whole and checked: what was there before (a spoiled copy) is replaced, never
+        merged into, and an interrupted fetch resumes there."""
+        assert plan.grant is not None and plan.keep is not None
+        landing = fetch_area(self.root, plan.keep)
+        landing.parent.mkdir(parents=True, exist_ok=True)
+        result = await client.get(plan.grant, landing, _options(plan.tree_hash))
+        if result.tree_hash != plan.tree_hash:
+            await asyncio.to_thread(_remove, landing)
+            raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
+        if not landing.exists():  # an empty tree: nothing landed
+            landing.mkdir()
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        tomb = landing.with_name(landing.name + ".old")
+        await asyncio.to_thread(_remove, tomb)
+        if keep.exists() or keep.is_symlink():
+            os.replace(keep, tomb)
+        os.replace(landing, keep)
+        await asyncio.to_thread(_remove, tomb)
+        return result
 
     def _fetch_target(self, rel: str) -> Path:
         """Where a fetched copy goes, refused where a link on the way would send it (and

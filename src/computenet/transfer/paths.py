@@ -11,7 +11,9 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import os
+import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,6 +134,33 @@ def sweep_parts(root: Path, before: float) -> int:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(p)
                 removed += 1
+    return removed
+
+
+FETCHES = "fetch"  # under RESERVED: datasets an agent fetches for its jobs, until whole
+
+
+def fetch_area(root: Path, rel: str) -> Path:
+    """Where a fetch of pool path ``rel`` lands until it is whole: out of sight of
+    listings and puts, on the data root's file system so that a rename moves it in."""
+    key = hashlib.sha256(normalise(rel).encode(errors="surrogateescape")).hexdigest()[:24]
+    return root / RESERVED / FETCHES / key
+
+
+def sweep_fetches(root: Path, before: float) -> int:
+    """Removes fetches that nothing under them has changed since ``before`` (by ctime):
+    those of jobs canceled and never run again."""
+    removed = 0
+    area = root / RESERVED / FETCHES
+    for entry in area.iterdir() if area.is_dir() else []:
+        newest = entry.lstat().st_ctime
+        for here, _, files in os.walk(entry):
+            for name in files:
+                with contextlib.suppress(FileNotFoundError):
+                    newest = max(newest, os.lstat(os.path.join(here, name)).st_ctime)
+        if newest < before:
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink()
+            removed += 1
     return removed
 
 

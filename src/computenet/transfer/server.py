@@ -45,6 +45,7 @@ from computenet.transfer.paths import (
     PathError,
     confine,
     normalise,
+    sweep_fetches,
     sweep_parts,
     within,
 )
@@ -157,11 +158,17 @@ class DataServer:
             before = time.time() - self.part_days * 86400
             try:
                 n = await asyncio.to_thread(sweep_parts, self.root, before)
+                k = await asyncio.to_thread(sweep_fetches, self.root, before)
             except OSError as e:
                 log.warning("cannot sweep old partial files: %s", e)
             else:
-                if n:
-                    log.info("removed %d partial files unfinished for %g days", n, self.part_days)
+                if n or k:
+                    log.info(
+                        "removed %d partial files and %d fetches unfinished for %g days",
+                        n,
+                        k,
+                        self.part_days,
+                    )
             await asyncio.sleep(SWEEP_EVERY)
 
     async def close(self) -> None:

@@ -38,7 +38,7 @@ from computenet.node.runtime import Node
 from computenet.node.store import datasets as store
 from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
-from computenet.transfer.paths import PathError, normalise
+from computenet.transfer.paths import PathError, normalise, within
 
 router = APIRouter(prefix="/v1", tags=["datasets"])
 Name = Annotated[str, Path(pattern=NAME_RE.pattern)]
@@ -168,18 +168,22 @@ async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]
     return online[0].pool, online[0].path
 
 
-async def _fetch_place(node: Node, pool: str, v: DatasetVersion) -> str:
+async def _fetch_place(node: Node, pool: str, v: DatasetVersion, spoiled: str | None) -> str:
     """Where a pool fetches a version it lacks: ``/datasets/NAME/VERSION``, or beside
-    ``/datasets/NAME`` where that (or a path on the way) is another copy already."""
+    ``/datasets/NAME`` where that (or a path on the way) is another copy already, or
+    the spoiled copy the new one replaces, which is removed after it."""
     first: Conflict | None = None
+    gone = spoiled.strip("/") if spoiled else None
     for place in (f"/datasets/{v.name}/{v.version}", f"/datasets/{v.name}@{v.version}"):
+        at = place.strip("/")
+        if gone and (within(gone, at) or within(at, gone)) and at != gone:
+            continue
         try:
             await writable(node, pool, place.strip("/"), "uri", whole=True)
             return place
         except Conflict as e:
             first = first or e
-    assert first is not None
-    raise first
+    raise first or Conflict(f"no place in pool {pool} to fetch {v.uri} into", field="uri")
 
 
 @router.post("/pools/{pool:path}/staging", response_model=StagingPlan)
@@ -218,7 +222,7 @@ async def staging(
             plan.local = path
         else:
             req = TransferRequest(pool=holder, path=path, direction=Direction.get, ttl=STAGE_TTL)
-            plan.keep = await _fetch_place(node, signer, v)
+            plan.keep = await _fetch_place(node, signer, v, discard)
             plan.grant = await issue(node, job.tenant, req)
             plan.discard = discard if discard != plan.keep else None
         return plan
