@@ -110,8 +110,7 @@ def _remove(p: Path) -> None:
 def place(src: Path, dest: Path, tag: str) -> None:
     """Links ``src`` beside ``dest``, then renames it into place: nobody sees half of it."""
     tmp = dest.with_name(f".{dest.name}.{tag}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+    _remove(tmp)
     link_tree(src, tmp)
     if dest.is_dir() and not dest.is_symlink():
         shutil.rmtree(dest)

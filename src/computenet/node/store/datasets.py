@@ -201,7 +201,9 @@ def exists(conn: Connection, name: str, version: str) -> bool:
 def _apart(conn: Connection, pool: str, path: str) -> None:
     """A copy never lies at, inside or above another: each is kept from writes, and
     removed with its version, as a whole."""
-    for name, version, where in held_at(conn, pool, path.strip("/")):
+    held = held_at(conn, pool, path.strip("/"))
+    if held:
+        name, version, where = held[0]
         raise Conflict(
             f"/{where} holds dataset {name}@{version}: a copy cannot lie at, inside or "
             "above another",
