@@ -634,6 +634,90 @@ def test_rm_waits_for_a_copy_of_the_path_to_end(shared: Network, pool: str, tmp_
     assert not any(b'"path":"/moving/' in p.read_bytes()[:100] for p in manifests.iterdir())
 
 
+def test_a_tenant_reaches_its_own_home_and_reads_the_datasets(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    with shared.client() as admin:
+        a = admin.create_token("home-a", "home-a").secret
+        b = admin.create_token("home-b", "home-b").secret
+    mine = tmp_path / "mine.txt"
+    mine.write_bytes(b"a's own\n")
+    at = f"{pool}:/home/home-a/mine.txt"
+    assert shared.cnet("cp", str(mine), at, token=a).returncode == 0
+
+    def refused(token: str, tenant: str, *args: str) -> None:
+        proc = shared.cnet(*args, token=token)
+        assert proc.returncode == 1, proc.stdout
+        assert f"outside what tenant {tenant} may reach" in proc.stderr
+        assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+
+    refused(a, "home-a", "cp", str(mine), f"{pool}:/shared/x")
+    refused(a, "home-a", "ls", f"{pool}:/")
+    stolen = tmp_path / "stolen"
+    refused(b, "home-b", "cp", at, str(stolen))
+    refused(b, "home-b", "ls", f"{pool}:/home/home-a")
+    refused(b, "home-b", "rm", at)
+    assert not stolen.exists() and not (root_of(shared) / "shared").exists()
+    assert (root_of(shared) / "home/home-a/mine.txt").read_bytes() == b"a's own\n"
+    assert cli(shared, "ls", f"{pool}:/home/home-a").returncode == 0  # the admin's token
+
+    r = httpx.post(
+        f"{shared.url}/v1/transfers",
+        json={"pool": pool, "path": "/home/home-a/x", "direction": "put", "size": 1},
+        headers={"authorization": f"Bearer {b}"},
+    )
+    assert r.status_code == 403 and r.json()["errors"][0]["field"] == "path"
+
+    data = tmp_path / "set"
+    data.mkdir()
+    (data / "a.txt").write_bytes(b"for everyone\n")
+    pub = shared.cnet("cp", "--pool", pool, str(data), "cnet://dataset/homes-set", token=a)
+    assert pub.returncode == 0, pub.stderr
+    read = shared.cnet("cp", "cnet://dataset/homes-set", str(tmp_path / "read"), token=b)
+    assert read.returncode == 0, read.stderr
+    assert (tmp_path / "read" / "a.txt").read_bytes() == b"for everyone\n"
+    for path, says in [
+        ("/datasets/homes-set/v9", "belongs to tenant home-a"),
+        ("/datasets/homes-set@9", "belongs to tenant home-a"),
+        ("/datasets/homes-set", "outside what tenant home-b may reach"),
+    ]:
+        r = httpx.post(
+            f"{shared.url}/v1/transfers",
+            json={"pool": pool, "path": path, "direction": "put", "size": 1},
+            headers={"authorization": f"Bearer {b}"},
+        )
+        assert r.status_code == 403 and says in r.json()["detail"], r.text
+    grab = {"name": "grab", "pool": pool, "path": "/home/home-a/mine.txt", "total_bytes": 8}
+    r = httpx.post(
+        f"{shared.url}/v1/datasets",
+        json={**grab, "tree_hash": "0" * 64, "files": 1},
+        headers={"authorization": f"Bearer {b}"},
+    )
+    assert r.status_code == 403 and r.json()["errors"][0]["field"] == "path", r.text
+
+    theirs = {"uri": at, "path": "in"}
+    cases = [
+        ("/v1/jobs", {"command": ["true"], "inputs": [theirs]}, "inputs.0.uri"),
+        (
+            "/v1/jobs/batch",
+            {"jobs": [{"command": ["true"], "outputs": [{**theirs, "path": "o"}]}]},
+            "jobs.0.outputs.0.uri",
+        ),
+    ]
+    for route, body, field in cases:
+        r = httpx.post(f"{shared.url}{route}", json=body, headers={"authorization": f"Bearer {b}"})
+        assert r.status_code == 403 and r.json()["errors"][0]["field"] == field, r.text
+    with shared.client(a) as c:
+        job = c.submit(
+            command=["sh", "-c", "tr a-z A-Z < in > out"],
+            inputs=[theirs],
+            outputs=[{"path": "out", "uri": f"{pool}:/home/home-a/upper.txt"}],
+        )
+        job = c.wait(job.id, timeout=90)
+    assert job.state.value == "COMPLETE", job.reason
+    assert (root_of(shared) / "home/home-a/upper.txt").read_bytes() == b"A'S OWN\n"
+
+
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:
     h = {"authorization": f"Bearer {shared.token}"}
     cases = [

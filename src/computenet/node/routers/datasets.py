@@ -31,6 +31,7 @@ from computenet.model.dataset import (
     parse_data_uri,
 )
 from computenet.model.transfer import Direction, TransferRequest
+from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
 from computenet.node.routers.transfers import issue, writable
@@ -54,6 +55,13 @@ def _pool_path(path: str, field: str = "path") -> str:
         raise Invalid(str(e), field=field) from e
 
 
+async def _reached(node: Node, who: Principal, path: str) -> None:
+    """A copy is never written again, so recording one is held to what the tenant may
+    write: it cannot freeze another tenant's files, nor read them as a dataset."""
+    if not who.admin:
+        await node.reading(homes.check, who.tenant, path.strip("/"), Direction.put, "path")
+
+
 @router.post("/datasets", status_code=201, response_model=DatasetVersion)
 async def publish(
     body: DatasetPublish, who: Principal = Depends(principal), node: Node = Depends(node_of)
@@ -61,6 +69,7 @@ async def publish(
     path = _pool_path(body.path)
     if path == "/":
         raise Invalid("a dataset is a file or directory under the data root", field="path")
+    await _reached(node, who, path)
     await node.reading(pool_store.get, body.pool)
     return await node.writing(
         store.publish,
@@ -108,6 +117,7 @@ async def add_replica(
     path = _pool_path(body.path)
     if path == "/":
         raise Invalid("a dataset's copy is a file or directory under the data root", "path")
+    await _reached(node, who, path)
     await node.reading(pool_store.get, body.pool)
     return await node.writing(store.add_replica, name, version, body.pool, path, body.tree_hash)
 

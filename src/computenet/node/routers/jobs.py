@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
 from computenet.model.dataset import DatasetRef, parse_data_uri
 from computenet.model.plan import Plan
+from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
 from computenet.node.metrics import JOBS_SUBMITTED
@@ -174,6 +175,8 @@ async def submit(
             admit(conn, node.profile, who.tenant, [spec], [""], code)
             if not _elsewhere(spec, code):  # else its pool's node checks them
                 check_outputs(conn, spec, who.tenant)
+                if not who.admin:
+                    homes.check_job(conn, spec, who.tenant)
             return job_store.insert(conn, who.tenant, pin_inputs(conn, spec))
 
     try:
@@ -215,6 +218,8 @@ async def submit_batch(
             for s, f in zip(batch.jobs, fields, strict=True):
                 if not _elsewhere(s, code):
                     check_outputs(conn, s, who.tenant, f, named)
+                    if not who.admin:
+                        homes.check_job(conn, s, who.tenant, f)
             specs = [pin_inputs(conn, s, f) for s, f in zip(batch.jobs, fields, strict=True)]
             return job_store.insert_many(conn, who.tenant, specs)
 

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends
 
 from computenet.model import Model, PoolStatus
 from computenet.model.transfer import Direction, TicketClaims, TransferGrant, TransferRequest
+from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict, Invalid, TooLarge
 from computenet.node.runtime import Node
@@ -42,16 +43,21 @@ async def key(node: Node = Depends(node_of)) -> NodeKey:
 async def grant(
     body: TransferRequest, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> TransferGrant:
-    return await issue(node, who.tenant, body)
+    return await issue(node, who.tenant, body, confined=not who.admin)
 
 
-async def issue(node: Node, tenant: str, body: TransferRequest, field: str = "") -> TransferGrant:
-    """A ticket for ``tenant``; also what agents get to stage a job's data (``field``
-    prefixes the fields a refusal names)."""
+async def issue(
+    node: Node, tenant: str, body: TransferRequest, field: str = "", confined: bool = False
+) -> TransferGrant:
+    """A ticket for ``tenant``, held to the tenant's reach when ``confined``; also what
+    agents get to stage a job's data, whose paths were checked when it was submitted
+    (``field`` prefixes the fields a refusal names)."""
     try:
         path = normalise(body.path)
     except PathError as e:
         raise Invalid(str(e), field=f"{field}path") from e
+    if confined:
+        await node.reading(homes.check, tenant, path, body.direction, f"{field}path")
     if body.size > MAX_TRANSFER:
         raise TooLarge(
             f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
