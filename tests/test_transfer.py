@@ -660,6 +660,16 @@ def test_a_tenant_reaches_its_own_home_and_reads_the_datasets(
     assert not stolen.exists() and not (root_of(shared) / "shared").exists()
     assert (root_of(shared) / "home/home-a/mine.txt").read_bytes() == b"a's own\n"
     assert cli(shared, "ls", f"{pool}:/home/home-a").returncode == 0  # the admin's token
+    (root_of(shared) / "home/home-b").mkdir()
+    (root_of(shared) / "home/home-b/secret").write_text("b's own")
+    (root_of(shared) / "home/home-a/to-b").symlink_to("../home-b")  # as a job could
+    for args in (
+        ["cp", f"{pool}:/home/home-a/to-b/secret", str(stolen)],
+        ["cp", str(mine), f"{pool}:/home/home-a/to-b/planted"],
+    ):
+        proc = shared.cnet(*args, token=a)
+        assert proc.returncode == 1 and "'/home/home-a/to-b' is a link" in proc.stderr
+    assert not stolen.exists() and not (root_of(shared) / "home/home-b/planted").exists()
 
     r = httpx.post(
         f"{shared.url}/v1/transfers",
@@ -687,6 +697,17 @@ def test_a_tenant_reaches_its_own_home_and_reads_the_datasets(
             headers={"authorization": f"Bearer {b}"},
         )
         assert r.status_code == 403 and says in r.json()["detail"], r.text
+    kept = result(shared.cnet("cp", "--json", str(data), f"{pool}:/home/home-a/kept", token=a))
+    own = {"name": "homes-kept", "pool": pool, "path": "/home/home-a/kept", "files": 1}
+    r = httpx.post(
+        f"{shared.url}/v1/datasets",
+        json={**own, "tree_hash": kept.tree_hash, "total_bytes": kept.total_bytes},
+        headers={"authorization": f"Bearer {a}"},
+    )
+    assert r.status_code == 201, r.text
+    read = shared.cnet("cp", "cnet://dataset/homes-kept", str(tmp_path / "kept"), token=b)
+    assert read.returncode == 0, read.stderr  # a copy is read by all, wherever it lies
+    assert (tmp_path / "kept" / "a.txt").read_bytes() == b"for everyone\n"
     grab = {"name": "grab", "pool": pool, "path": "/home/home-a/mine.txt", "total_bytes": 8}
     r = httpx.post(
         f"{shared.url}/v1/datasets",
@@ -696,8 +717,10 @@ def test_a_tenant_reaches_its_own_home_and_reads_the_datasets(
     assert r.status_code == 403 and r.json()["errors"][0]["field"] == "path", r.text
 
     theirs = {"uri": at, "path": "in"}
+    unowned = {"path": "o", "uri": f"{pool}:/datasets/homes-none/o"}
     cases = [
         ("/v1/jobs", {"command": ["true"], "inputs": [theirs]}, "inputs.0.uri"),
+        ("/v1/jobs", {"command": ["true"], "outputs": [unowned]}, "outputs.0.uri"),
         (
             "/v1/jobs/batch",
             {"jobs": [{"command": ["true"], "outputs": [{**theirs, "path": "o"}]}]},
@@ -716,6 +739,12 @@ def test_a_tenant_reaches_its_own_home_and_reads_the_datasets(
         job = c.wait(job.id, timeout=90)
     assert job.state.value == "COMPLETE", job.reason
     assert (root_of(shared) / "home/home-a/upper.txt").read_bytes() == b"A'S OWN\n"
+    with shared.client(a) as c:
+        job = c.submit(
+            command=["true"], inputs=[{"uri": f"{pool}:/home/home-a/to-b/secret", "path": "in"}]
+        )
+        job = c.wait(job.id, timeout=90)
+    assert job.state.value == "FAILED" and "is a link" in (job.reason or ""), job.reason
 
 
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:

@@ -56,7 +56,7 @@ def test_within_is_by_component() -> None:
     assert not within("a", "ab") and not within("a/b", "a")
 
 
-def test_confine_follows_links_inside_and_refuses_links_out(tmp_path: Path) -> None:
+def test_confine_follows_links_inside_only_when_asked_and_never_out(tmp_path: Path) -> None:
     root, out = tmp_path / "root", tmp_path / "out"
     (root / "real").mkdir(parents=True)
     out.mkdir()
@@ -67,6 +67,10 @@ def test_confine_follows_links_inside_and_refuses_links_out(tmp_path: Path) -> N
     for bad in ("/outside/f", "/abs/passwd", "/outside"):
         with pytest.raises(PathError, match="escapes the data root"):
             confine(root, bad)
+    assert confine(root, "/real/new/f", links=False) == (root / "real/new/f").resolve()
+    for linked in ("/inside", "/inside/f", "/inside/new/f"):
+        with pytest.raises(PathError, match="'/inside' is a link: name the path it leads to"):
+            confine(root, linked, links=False)
 
 
 def claims(**over: object) -> TicketClaims:

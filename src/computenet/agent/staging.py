@@ -136,7 +136,7 @@ class Stager:
         plan = await self.link.staging(ask)
         if plan.local is not None:
             async with self._locks[normalise(plan.local)]:
-                src = confine(self.root, plan.local)
+                src = confine(self.root, plan.local, links=False)
                 why: str | None = f"{plan.local} is not in this pool's data root"
                 if src.exists():
                     why = await self._changed(src, plan)
@@ -266,7 +266,7 @@ class Stager:
             await client.put(plan.grant, src, _options())
             return
         assert plan.local is not None
-        dest = confine(self.root, plan.local)
+        dest = confine(self.root, plan.local, links=False)
         tag = f"{task.job_id}.{task.attempt}"
         await asyncio.to_thread(place, src, dest, tag)
         if not isinstance(parse_data_uri(plan.uri), DatasetRef):

@@ -18,32 +18,49 @@ from computenet.model.dataset import DatasetRef, PoolRef, parse_data_uri
 from computenet.model.job import JobSpec
 from computenet.node.errors import Forbidden
 from computenet.node.store import datasets as dataset_store
-from computenet.transfer.paths import PathError, normalise
+from computenet.transfer.paths import PathError, normalise, within
 
 
 def home(tenant: str) -> str:
     return f"/home/{tenant}"
 
 
-def check(conn: Connection, tenant: str, path: str, direction: Direction, field: str) -> None:
+def check(
+    conn: Connection,
+    tenant: str,
+    pool: str,
+    path: str,
+    direction: Direction,
+    field: str,
+    fresh: bool = True,
+) -> None:
     """Refuses (403, naming ``field``) a tenant's path outside its reach; ``path`` is
-    normalised (no leading slash)."""
+    normalised (no leading slash). Without ``fresh``, writing under ``/datasets/NAME``
+    needs a name the tenant owns already: a job's output lands long after the check."""
     parts = path.split("/") if path else []
     if parts[:2] == ["home", tenant]:
         return
+    if direction is Direction.get and (parts[:1] == ["datasets"] or _in_a_copy(conn, pool, path)):
+        return
     if parts[:1] == ["datasets"]:
-        if direction is Direction.get:
-            return
         name = parts[1].partition("@")[0] if len(parts) > 1 else ""  # staging fetches to NAME@V
         if name and (len(parts) >= 3 or name != parts[1]):
             owner = dataset_store.owner(conn, name)
-            if owner in (None, tenant):
+            if owner == tenant or (owner is None and fresh):
                 return
+            if owner is None:
+                why = f"a job's output goes to a new dataset as cnet://dataset/{name}"
+                raise Forbidden(f"dataset {name!r} has no version yet: {why}", field=field)
             raise Forbidden(f"dataset {name!r} belongs to tenant {owner}", field=field)
-    reach = f"its home {home(tenant)}, and /datasets to read"
+    reach = f"its home {home(tenant)}, and the datasets to read"
     raise Forbidden(
         f"/{path} is outside what tenant {tenant} may reach in a pool: {reach}", field=field
     )
+
+
+def _in_a_copy(conn: Connection, pool: str, path: str) -> bool:
+    """Every tenant may read every dataset, wherever in a pool its copy lies."""
+    return any(within(where, path) for _, _, where in dataset_store.held_at(conn, pool, path))
 
 
 def check_job(conn: Connection, spec: JobSpec, tenant: str, field: str = "") -> None:
@@ -61,4 +78,4 @@ def _check_uri(conn: Connection, tenant: str, uri: str, way: Direction, field: s
             path = normalise(ref.path)
         except PathError:
             path = ref.path.strip("/")  # staging refuses it, naming it
-        check(conn, tenant, path, way, field)
+        check(conn, tenant, ref.pool, path, way, field, fresh=False)

@@ -46,14 +46,24 @@ def within(prefix: str, path: str) -> bool:
     return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
-def confine(root: Path, path: str) -> Path:
-    """The real location of ``path`` under ``root``; refused where a symlink leads out."""
+def confine(root: Path, path: str, links: bool = True) -> Path:
+    """The real location of ``path`` under ``root``; refused where a symlink leads out and,
+    without ``links``, wherever one lies on the way: the node grants a path as text, so
+    through a link one tenant's path would reach another's."""
     base = root.resolve()
-    target = (base / normalise(path)).resolve()
+    rel = normalise(path)
+    target = (base / rel).resolve()
     if not target.is_relative_to(base):
-        raise PathError(f"{'/' + normalise(path)!r} escapes the data root")
+        raise PathError(f"{'/' + rel!r} escapes the data root")
     if target.is_relative_to(base / RESERVED):  # reached through a link to the root
-        raise PathError(f"{'/' + normalise(path)!r}: {RESERVED} is reserved for the data server")
+        raise PathError(f"{'/' + rel!r}: {RESERVED} is reserved for the data server")
+    if not links and target != base / rel:
+        at = base
+        for i, name in enumerate(rel.split("/")):
+            at = at / name
+            if at.is_symlink():
+                shown = "/" + "/".join(rel.split("/")[: i + 1])
+                raise PathError(f"{shown!r} is a link: name the path it leads to")
     return target
 
 

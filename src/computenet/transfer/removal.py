@@ -111,5 +111,8 @@ async def drop_version(api: Api, ref: DatasetRef, tls: bool | None = None) -> Da
         try:
             out.removed.append(await rm(where, api.grant, True, tls))
         except Exception as e:
-            out.left.append(f"{where}: {e} (remove it later with `cnet rm -r {where}`)")
+            later = f"remove it later with `cnet rm -r {where}`"
+            if getattr(e, "status", None) == 403:  # a copy outside the tenant's reach
+                later = f"the admin can remove it with `cnet rm -r {where}`"
+            out.left.append(f"{where}: {e} ({later})")
     return out

@@ -322,7 +322,7 @@ class DataServer:
             self.sessions.pop(key, None)
 
     async def _relay_from(self, ctl: _Control) -> None:
-        source = confine(self.root, ctl.path)
+        source = confine(self.root, ctl.path, links=False)
         if not source.exists():
             raise TransferError(f"/{ctl.path}: no such file or directory in the pool")
         welcome = {"total_bytes": total_size(source), "file": source.is_file()}
@@ -389,7 +389,7 @@ class DataServer:
 
     def _places(self, path: str, m: Manifest) -> tuple[list[Path], list[Path]]:
         if len(m.files) == 1 and not m.files[0].path and not m.dirs:
-            return [confine(self.root, path)], []
+            return [confine(self.root, path, links=False)], []
 
         parents: dict[str, Path] = {}
 
@@ -402,7 +402,7 @@ class DataServer:
             head, _, name = rel.rpartition("/")
             where = parents.get(head)
             if where is None:
-                where = parents[head] = confine(self.root, f"{path}/{head}")
+                where = parents[head] = confine(self.root, f"{path}/{head}", links=False)
             return where / name
 
         return [under(e.path) for e in m.files], [under(d) for d in m.dirs]
@@ -460,7 +460,7 @@ class DataServer:
 
     async def _get(self, ctl: _Control) -> None:
         reader, writer, _, tid, path = ctl
-        source = confine(self.root, path)
+        source = confine(self.root, path, links=False)
         if not source.exists():
             raise TransferError(f"/{path}: no such file or directory in the pool")
         try:

@@ -55,11 +55,12 @@ def _pool_path(path: str, field: str = "path") -> str:
         raise Invalid(str(e), field=field) from e
 
 
-async def _reached(node: Node, who: Principal, path: str) -> None:
+async def _reached(node: Node, who: Principal, pool: str, path: str) -> None:
     """A copy is never written again, so recording one is held to what the tenant may
     write: it cannot freeze another tenant's files, nor read them as a dataset."""
     if not who.admin:
-        await node.reading(homes.check, who.tenant, path.strip("/"), Direction.put, "path")
+        where = path.strip("/")
+        await node.reading(homes.check, who.tenant, pool, where, Direction.put, "path")
 
 
 @router.post("/datasets", status_code=201, response_model=DatasetVersion)
@@ -69,7 +70,7 @@ async def publish(
     path = _pool_path(body.path)
     if path == "/":
         raise Invalid("a dataset is a file or directory under the data root", field="path")
-    await _reached(node, who, path)
+    await _reached(node, who, body.pool, path)
     await node.reading(pool_store.get, body.pool)
     return await node.writing(
         store.publish,
@@ -117,7 +118,7 @@ async def add_replica(
     path = _pool_path(body.path)
     if path == "/":
         raise Invalid("a dataset's copy is a file or directory under the data root", "path")
-    await _reached(node, who, path)
+    await _reached(node, who, body.pool, path)
     await node.reading(pool_store.get, body.pool)
     return await node.writing(store.add_replica, name, version, body.pool, path, body.tree_hash)
 

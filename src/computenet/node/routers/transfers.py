@@ -57,7 +57,7 @@ async def issue(
     except PathError as e:
         raise Invalid(str(e), field=f"{field}path") from e
     if confined:
-        await node.reading(homes.check, tenant, path, body.direction, f"{field}path")
+        await node.reading(homes.check, tenant, body.pool, path, body.direction, f"{field}path")
     if body.size > MAX_TRANSFER:
         raise TooLarge(
             f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
