@@ -7,6 +7,8 @@ the same data:
 
 - iperf3 on 127.0.0.1 with 1 and 4 streams: the link's own limit, no disk, no checks;
 - ``cp`` (``cp -r``): no network at all;
+- for the file, ``dd`` from ``/dev/zero`` into the destination: only the writing that
+  any receiver must do, the ceiling of every tool here;
 - ``scp`` and ``rsync -e ssh`` to an sshd this script starts on 127.0.0.1;
 - computenet: ``cnet cp`` from one agent's pool to another's, so the bytes go agent to
   agent, with verification on (every chunk's BLAKE3 checked): the file with 1 and 4
@@ -306,7 +308,10 @@ def main() -> None:
                     "scp": lambda s=src, d=dst: sshd.scp(s, d),
                     "rsync -e ssh": lambda s=src, d=dst: sshd.rsync(s, d),
                 }
-                if label == "file":
+                if label == "file":  # a receiver's ceiling: only writing the file, no source
+                    runs["write only (dd from /dev/zero)"] = lambda d=dst: sh(
+                        ["dd", "if=/dev/zero", f"of={d}", "bs=8M", f"count={BIG >> 23}"]
+                    )
                     runs["computenet 1 stream"] = lambda s=src: net.cp(s.name, 1, False)
                     runs["computenet 4 streams"] = lambda s=src: net.cp(s.name, 4, False)
                     runs["computenet 4 streams TLS"] = lambda s=src: net.cp(s.name, 4, True)
@@ -362,6 +367,10 @@ def report(link: dict[str, float], rows: dict[str, dict[str, Any]], opts: Any) -
         / rate("tree: rsync -e ssh"),
         "file, 1 stream, no TLS / cp": rate("file: computenet 1 stream") / rate("file: cp"),
         "tree, no TLS / cp": rate("tree: computenet") / rate("tree: cp"),
+        "file, write only / iperf3 1 stream (any receiver's ceiling)": rate(
+            "file: write only (dd from /dev/zero)"
+        )
+        / link["iperf3 1"],
     }
     targets = {
         "file, 1 stream, no TLS / iperf3 1 stream": 0.7,
