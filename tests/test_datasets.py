@@ -145,6 +145,44 @@ def test_outputs_are_published_and_copied_back(net: Network, tmp_path: Path) -> 
     assert [(x.name, x.size) for x in page.entries] == [("answer.txt", len("forty-two\n"))]
 
 
+def test_a_path_inside_a_version_is_copied_and_checked_against_the_version(
+    net: Network, tmp_path: Path
+) -> None:
+    src = corpus(tmp_path, "p")
+    publish(net, src, "cnet://dataset/corpus-p", "pool-a")
+    one = cnet(net, "cp", "--json", "cnet://dataset/corpus-p@1/sub/b.bin", str(tmp_path / "b"))
+    assert one.returncode == 0, one.stderr
+    assert TransferResult.model_validate_json(one.stdout).source == (
+        "cnet://dataset/corpus-p@1/sub/b.bin"
+    )
+    assert (tmp_path / "b").read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    b = cpi(net, "pool-b")
+    part = cnet(net, "cp", "--json", "cnet://dataset/corpus-p/sub", f"{b}:/parts/sub")
+    assert part.returncode == 0, part.stderr
+    landed = net.home / "agents" / "pool-b" / "data" / "parts" / "sub" / "b.bin"
+    assert landed.read_bytes() == (src / "sub" / "b.bin").read_bytes()
+    with net.client() as c:
+        v = c.dataset("corpus-p").versions[0]
+    assert len(v.replicas) == 1  # a part of a version is not a copy of it
+
+    nope = cnet(net, "cp", "cnet://dataset/corpus-p@1/nope", str(tmp_path / "nope"))
+    assert nope.returncode == 1 and "no such file or directory in the version" in nope.stderr
+    up = cnet(net, "cp", "cnet://dataset/corpus-p@1/../x", str(tmp_path / "up"))
+    assert up.returncode == 1 and "'..' is not allowed" in up.stderr
+    r = httpx.post(
+        f"{net.url}/v1/jobs",
+        json={"command": ["true"], "inputs": [{"uri": "cnet://dataset/corpus-p/sub", "path": "x"}]},
+        headers={"authorization": f"Bearer {net.token}"},
+    )
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "inputs.0.uri", r.text
+
+    copy = net.home / "agents" / "pool-a" / "data" / v.replicas[0].path.strip("/")
+    (copy / "a.txt").write_text("changed beside the part asked for\n")
+    again = cnet(net, "cp", "cnet://dataset/corpus-p@1/sub/b.bin", str(tmp_path / "again"))
+    assert again.returncode == 1 and "has changed since it was recorded" in again.stderr
+    assert not (tmp_path / "again").exists()
+
+
 def test_a_version_is_removed_with_every_copy_and_only_by_name(
     net: Network, tmp_path: Path
 ) -> None:

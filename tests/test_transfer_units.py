@@ -19,7 +19,7 @@ from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
-from computenet.transfer.manifest import build, hash_chunks, total_size, tree_hash
+from computenet.transfer.manifest import build, hash_chunks, subtree, total_size, tree_hash
 from computenet.transfer.paths import (
     PathError,
     confine,
@@ -380,3 +380,16 @@ def test_compression_is_chosen_by_a_sample_and_never_inflates_past_the_size(
 def test_tls_is_on_off_loopback_unless_told(host: str, advised: bool, tls: bool) -> None:
     ep = DataEndpoint(host=host, port=9000, tls=advised)
     assert wants_tls(ep) is tls
+
+
+def test_a_part_of_a_tree_has_the_manifest_a_copy_of_it_would_have(tmp_path: Path) -> None:
+    root = tmp_path / "v"
+    for rel in ("a.txt", "sub/b.bin", "sub/deep/c.txt", "sub/.cnet/x", "sub/deep/.cnet/y"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(rel.encode() * 1000)
+    (root / "sub" / "empty").mkdir()
+    whole = build(root, 4096).manifest
+    for inside in ("sub", "sub/deep", "sub/empty", "sub/b.bin", "a.txt"):
+        part = subtree(whole, inside)
+        assert part is not None and part == build(root / inside, 4096).manifest, inside
+    assert subtree(whole, "nope") is None and subtree(whole, "su") is None

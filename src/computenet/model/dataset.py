@@ -58,6 +58,11 @@ class PoolRef:
 def parse_dataset(text: str) -> DatasetRef:
     if not text.startswith(SCHEME):
         raise DataURIError(f"{text!r}: a dataset is cnet://dataset/NAME[@VERSION]")
+    if "/" in text[len(SCHEME) :]:
+        raise DataURIError(
+            f"{text!r}: a path inside a dataset is only read, by cnet ls and cnet cp; "
+            "here name the dataset, cnet://dataset/NAME[@VERSION]"
+        )
     name, at, version = text[len(SCHEME) :].partition("@")
     if not NAME_RE.match(name):
         raise DataURIError(

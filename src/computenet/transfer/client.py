@@ -325,6 +325,33 @@ async def _send(
         link.close()
 
 
+async def manifest(grant: TransferGrant, options: Options | None = None) -> Manifest:
+    """What a get of the ticket's path would move, and nothing moved."""
+    options = options or Options()
+    link = _Link(grant, Direction.get, options)
+
+    async def ask() -> Manifest:
+        reader, writer = await link.open("control")
+        m = (await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)).manifest
+        wire.send_json(writer, Kind.NEED, {"need": [[] for _ in m.files], "compress": False})
+        await writer.drain()
+        await wire.expect(reader, Kind.OK)
+        wire.send(writer, Kind.DONE)
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        return m
+
+    try:
+        async with asyncio.timeout(options.deadline):
+            return await ask()
+    except TimeoutError:
+        raise TransferError(
+            f"the copy passed its deadline of {options.deadline:g}s before any byte moved"
+        ) from None
+    finally:
+        link.close()
+
+
 async def get(grant: TransferGrant, dest: Path, options: Options | None = None) -> TransferResult:
     """Copies the ticket's path (a file, or a directory's contents) to ``dest``."""
     options = options or Options()

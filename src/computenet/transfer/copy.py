@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from computenet.model.dataset import (
+    SCHEME,
     Dataset,
     DatasetPublish,
     DatasetRef,
@@ -32,7 +33,7 @@ from computenet.model.resources import Pool, PoolStatus
 from computenet.model.transfer import Direction, TransferGrant, TransferRequest, TransferResult
 from computenet.transfer import client
 from computenet.transfer.client import Options
-from computenet.transfer.manifest import total_size
+from computenet.transfer.manifest import subtree, total_size, tree_hash
 from computenet.transfer.paths import PathError, normalise
 from computenet.transfer.wire import TransferError
 
@@ -128,6 +129,22 @@ async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, li
     return v, held
 
 
+def dataset_part(text: str) -> tuple[DatasetRef, str] | None:
+    """The dataset a ``cnet://`` URI names and the path inside it ('' for all of it):
+    ``cnet://dataset/NAME[@VERSION][/path]``."""
+    inside = ""
+    if text.startswith(SCHEME):
+        head, _, inside = text[len(SCHEME) :].partition("/")
+        text = SCHEME + head
+    ref = dataset_ref(text)
+    if ref is None:
+        return None
+    try:
+        return ref, normalise(inside)
+    except PathError as e:
+        raise TransferError(f"{text}/{inside}: {e}") from e
+
+
 def dataset_ref(text: str) -> DatasetRef | None:
     """The dataset a ``cnet://`` URI names; None for anything else."""
     if not text.startswith("cnet://"):
@@ -158,6 +175,25 @@ async def _unnumbered(api: Api, ref: DatasetRef, pool: str, src: Location) -> st
     return name
 
 
+async def _inside(
+    api: Api, v: DatasetVersion, held: Replica, inside: str, options: Options
+) -> tuple[str, str]:
+    """Where a path inside a version lies in ``held``'s copy, and the tree hash a copy of
+    it must have: the copy's whole manifest is read first (nothing moves) and checked
+    against the version, so that the part is checked against the version too."""
+    ask = TransferRequest(pool=held.pool, path=held.path, direction=Direction.get, ttl=120)
+    whole = await client.manifest(await api.grant(ask), options)
+    if tree_hash(whole.files, whole.dirs) != v.tree_hash:
+        raise TransferError(
+            f"{v.uri}: the copy in {held.pool}:{held.path} has changed since it was "
+            "recorded; nothing was copied"
+        )
+    part = subtree(whole, inside)
+    if part is None:
+        raise TransferError(f"{v.uri}/{inside}: no such file or directory in the version")
+    return f"{held.pool}:{held.path.rstrip('/')}/{inside}", part.tree_hash
+
+
 async def copy_data(
     src: str,
     dst: str,
@@ -167,21 +203,30 @@ async def copy_data(
 ) -> TransferResult:
     """``copy``, with datasets on either side. ``pool`` is where a dataset destination
     goes (default: the source's pool, else the first pool online)."""
-    s_ref, d_ref = dataset_ref(src), dataset_ref(dst)
+    s_part, d_ref = dataset_part(src), dataset_ref(dst)
     if pool is not None and d_ref is None:
         raise TransferError("--pool chooses where a new dataset version goes: name a dataset")
-    if s_ref is not None and d_ref is not None:
+    if s_part is not None and d_ref is not None:
         raise TransferError("both sides are datasets: a version is already where it is")
-    if s_ref is not None:
+    if s_part is not None:
+        s_ref, inside = s_part
         v, held = await online_replicas(api, s_ref)
         d = location(dst)
         mine = next((r for r in held if r.pool == d.pool), held[0])
-        checked = replace(options or Options(), tree_hash=v.tree_hash)
-        result = await copy(f"{mine.pool}:{mine.path}", dst, api.grant, checked)
-        if result.tree_hash != v.tree_hash:
-            raise TransferError(f"{v.uri}: the copy's tree hash is not the version's")
+        where, expect = f"{mine.pool}:{mine.path}", v.tree_hash
+        if inside:
+            where, expect = await _inside(api, v, mine, inside, options or Options())
+        checked = replace(options or Options(), tree_hash=expect)
+        result = await copy(where, dst, api.grant, checked)
+        if result.tree_hash != expect:
+            what = f"{v.uri}/{inside}: the part's" if inside else f"{v.uri}: the copy's"
+            raise TransferError(f"{what} tree hash is not the version's")
         landed = parse_pool_path(result.destination) if d.pool is not None else None
         # A copy at a pool's root is not recorded: nothing could be written there then.
+        # Nor is a part of a version: a copy is of a whole version.
+        if inside:
+            result.source = f"{v.uri}/{inside}"
+            return result
         if landed is not None and landed.pool != mine.pool and normalise(landed.path):
             await api.replica(
                 v.name,

@@ -17,7 +17,6 @@ import os
 import stat
 from pathlib import Path
 
-from computenet.model.dataset import SCHEME
 from computenet.model.transfer import (
     LIST_PAGE,
     Direction,
@@ -29,7 +28,7 @@ from computenet.model.transfer import (
     TransferRequest,
 )
 from computenet.transfer import client
-from computenet.transfer.copy import Api, dataset_ref, location, online_replicas
+from computenet.transfer.copy import Api, dataset_part, location, online_replicas
 from computenet.transfer.paths import PART, RESERVED, normalise, open_dir, parent_of
 from computenet.transfer.wire import TransferError
 
@@ -131,12 +130,9 @@ async def ls(
     """What a pool path (``POOL-CPI:/path``) or a dataset (``cnet://dataset/NAME[@V]``,
     listed where one of its copies is) holds. With ``limit`` one page comes back, whose
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
-    inside = ""
-    if target.startswith(SCHEME):  # a path inside a version: NAME@V/some/dir
-        head, _, inside = target[len(SCHEME) :].partition("/")
-        target = SCHEME + head
-    ref = dataset_ref(target)
-    if ref is not None:
+    part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
+    if part is not None:
+        ref, inside = part
         _, held = await online_replicas(api, ref)
         target = f"{held[0].pool}:{held[0].path.rstrip('/')}" + (f"/{inside}" if inside else "")
     spot = location(target)

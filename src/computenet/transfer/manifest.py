@@ -75,6 +75,31 @@ def tree_hash(files: list[ManifestEntry], dirs: list[str]) -> str:
     return h.hexdigest()
 
 
+def subtree(m: Manifest, inside: str) -> Manifest | None:
+    """The manifest a copy of ``inside``, a file or directory of ``m``'s tree, would
+    have, tree hash included: a part is checked against the whole that was recorded.
+    None where the tree holds no such file or directory."""
+    files = [e.model_copy(update={"path": ""}) for e in m.files if e.path == inside]
+    dirs: list[str] = []
+    if not files:
+        if inside not in m.dirs:
+            return None
+        pre = inside + "/"
+
+        def kept(rel: str) -> bool:  # a walk of the part leaves out a .cnet at its top
+            return rel.partition("/")[0] != RESERVED
+
+        files = [
+            e.model_copy(update={"path": e.path[len(pre) :]})
+            for e in m.files
+            if e.path.startswith(pre) and kept(e.path[len(pre) :])
+        ]
+        dirs = [d[len(pre) :] for d in m.dirs if d.startswith(pre) and kept(d[len(pre) :])]
+    return Manifest(
+        chunk_size=m.chunk_size, files=files, dirs=dirs, tree_hash=tree_hash(files, dirs)
+    )
+
+
 @dataclass
 class Source:
     """A manifest and where each of its files is read from."""
