@@ -20,11 +20,11 @@ up: $(STAMP)
 # Suites that start whole engines (Ray, Slurm), tens of agents or move GiBs between data
 # servers are `test-heavy`; CI runs both.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -q -m "not heavy"
+	$(BIN)/python -m pytest -q -m "not heavy" --durations=15
 
 test-heavy: $(STAMP)
 	bash bench/peers/install_slurm.sh
-	$(BIN)/python -m pytest -q -m heavy
+	$(BIN)/python -m pytest -q -m heavy --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

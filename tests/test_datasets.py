@@ -91,6 +91,9 @@ def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
         )
         assert where == "pool-a"
         assert out.split() == ["alpha", "a", str(256 * 4096)]
+    modes = ["stat", "-c", "%a", "in/a.txt", "in/sub/b.bin"]  # the copy's own files
+    _, out = run(net, command=modes, inputs=[{"uri": "cnet://dataset/corpus-a", "path": "in"}])
+    assert out.split() == ["444", "444"]
     with net.client() as c:
         plan = c.plan(command=["true"], inputs=[{"uri": "cnet://dataset/corpus-a", "path": "x"}])
     moved = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
@@ -541,9 +544,10 @@ def test_a_version_published_while_a_put_moves_is_kept_out_of_it(
 
 
 def test_a_copy_a_job_wrote_to_is_fetched_afresh_or_refused(net: Network, tmp_path: Path) -> None:
-    """Inputs are hard links to the pool's copy: a job that appends to one changes the
-    copy. The next job on that pool finds it so: the node forgets that copy, and the
-    agent fetches another pool's in its stead, or the job fails, saying why."""
+    """Inputs are hard links to the pool's copy, read-only; a job that may write them
+    anyway (run as root, as here) and appends to one changes the copy. The next job on
+    that pool finds it so: the node forgets that copy, and the agent fetches another
+    pool's in its stead, or the job fails, saying why."""
     a, b = cpi(net, "pool-a"), cpi(net, "pool-b")
     read = ["sh", "-c", "cat in/a.txt"]
     spoil = ["sh", "-c", "echo evil >> in/a.txt"]

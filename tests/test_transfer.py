@@ -747,6 +747,43 @@ def test_a_tenant_reaches_its_own_home_and_reads_the_datasets(
     assert job.state.value == "FAILED" and "is a link" in (job.reason or ""), job.reason
 
 
+def test_a_tenants_home_holds_no_more_than_its_data_quota(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    with shared.client() as admin:
+        q = admin.create_token("home-q", "home-q").secret
+    capped = cli(shared, "tenant", "set", "home-q", "--max-data", "1K")
+    assert capped.returncode == 0 and "max data 1.0 KiB" in capped.stdout, capped.stderr
+    f = tmp_path / "600"
+    f.write_bytes(b"x" * 600)
+    home = root_of(shared) / "home" / "home-q"
+    assert shared.cnet("cp", str(f), f"{pool}:/home/home-q/a", token=q).returncode == 0
+    over = shared.cnet("cp", str(f), f"{pool}:/home/home-q/b", token=q)
+    assert over.returncode == 1 and "tenant home-q's home quota is 1.0 KiB" in over.stderr
+    assert not (home / "b").exists()
+    again = shared.cnet("cp", str(f), f"{pool}:/home/home-q/a", token=q)
+    assert again.returncode == 0, again.stderr  # a replaced file counts only the difference
+    assert cli(shared, "cp", str(f), f"{pool}:/home/home-q/by-admin").returncode == 0
+
+    with shared.client(q) as c:
+        job = c.submit(
+            command=["sh", "-c", "head -c 2000 /dev/zero > o"],
+            pool=pool,
+            outputs=[{"path": "o", "uri": f"{pool}:/home/home-q/o"}],
+        )
+        job = c.wait(job.id, timeout=90)
+    assert job.state.value == "FAILED", job.reason
+    assert "tenant home-q's home quota is 1.0 KiB" in (job.reason or ""), job.reason
+    assert not (home / "o").exists()
+
+    assert cli(shared, "tenant", "set", "home-q", "--max-data", "1M").returncode == 0
+    assert shared.cnet("cp", str(f), f"{pool}:/home/home-q/b", token=q).returncode == 0
+    listed = cli(shared, "tenant", "list")
+    assert any(ln.split()[0] == "home-q" and "1.0 MiB" in ln for ln in listed.stdout.splitlines())
+    bad = cli(shared, "tenant", "set", "home-q", "--max-data", "lots")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--max-data" in bad.stderr
+
+
 def test_bad_ticket_requests_are_4xx_naming_the_field(shared: Network, pool: str) -> None:
     h = {"authorization": f"Bearer {shared.token}"}
     cases = [

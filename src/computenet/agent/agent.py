@@ -143,7 +143,6 @@ class Agent:
         self.pool_cpi = ""
         self.fatal: Exception | None = None
         data_root = cfg.data_root or cfg.state_dir / "data"
-        self.stager = Stager(self.link, data_root)
         self.data = DataServer(
             data_root,
             lambda: self.pool_cpi,
@@ -156,6 +155,7 @@ class Agent:
             part_days=cfg.part_days,
             copies=self.link.copies,
         )
+        self.stager = Stager(self.link, data_root, self.data.home_quota)
 
     # --- lifecycle ----------------------------------------------------------------------
 

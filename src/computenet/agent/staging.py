@@ -24,7 +24,7 @@ import contextlib
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -48,6 +48,7 @@ from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size
 from computenet.transfer.paths import PART, PathError, confine, fetch_area, normalise, within
+from computenet.transfer.quota import Quota
 from computenet.transfer.wire import TransferError
 
 
@@ -71,15 +72,24 @@ def _failing(what: str) -> Iterator[None]:
         raise StagingError(f"{what}: {e}") from e
 
 
+HomeAccounts = Callable[[str, int | None, str], Quota | None]
+
+
 def _options(tree_hash: str | None = None) -> Options:
     # The agent never breaks its own copies on purpose.
     return Options(faults=Faults(), tree_hash=tree_hash)
 
 
-def link_tree(src: Path, dest: Path) -> None:
-    """``dest`` becomes ``src``'s file, or a tree of its files, by hard link where it can."""
+def link_tree(src: Path, dest: Path, frozen: bool = False) -> None:
+    """``dest`` becomes ``src``'s file, or a tree of its files, by hard link where it can.
+    ``frozen`` (a dataset's copy) takes the write bits off each file first: a link is
+    the copy itself, and a job that opens its input to write is refused rather than
+    changing the version for every later job."""
 
     def one(a: Path, b: Path) -> None:
+        if frozen and (mode := os.lstat(a).st_mode) & 0o222:
+            with contextlib.suppress(OSError):  # a copy on read-only storage, say
+                os.chmod(a, mode & 0o7555)
         try:
             os.link(a, b)
         except OSError:
@@ -118,9 +128,10 @@ def place(src: Path, dest: Path, tag: str) -> None:
 
 
 class Stager:
-    def __init__(self, link: NodeLink, data_root: Path) -> None:
+    def __init__(self, link: NodeLink, data_root: Path, homes: HomeAccounts | None = None) -> None:
         self.link = link
         self.root = data_root
+        self._homes = homes  # the data server's accounts of tenants' home quotas
         self.hashes = HashCache(ctime=False)  # staging links the files, which sets ctime
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -141,7 +152,7 @@ class Stager:
                 if src.exists():
                     why = await self._changed(src, plan)
                 if why is None:
-                    await asyncio.to_thread(link_tree, src, dest)
+                    await asyncio.to_thread(link_tree, src, dest, plan.tree_hash is not None)
                     return
             if plan.tree_hash is None:  # a pool path: nothing to fetch in its stead
                 raise StagingError(why)
@@ -166,7 +177,7 @@ class Stager:
                 await self._landed(
                     task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
                 )
-            await asyncio.to_thread(link_tree, keep, dest)
+            await asyncio.to_thread(link_tree, keep, dest, True)
         gone = plan.discard
         if gone is not None and not (
             within(normalise(gone), normalise(plan.keep))
@@ -268,7 +279,22 @@ class Stager:
         assert plan.local is not None
         dest = confine(self.root, plan.local, links=False)
         tag = f"{task.job_id}.{task.attempt}"
-        await asyncio.to_thread(place, src, dest, tag)
+        account = None
+        if plan.home is not None and self._homes is not None:
+            tenant = plan.home.strip("/").partition("/")[2]
+            account = self._homes(tenant, plan.home_quota, plan.local.strip("/"))
+        # Held to its tenant's home quota as a put into it is: what it replaces is freed.
+        there = dest.exists() and not dest.is_symlink()
+        adds = size - (await asyncio.to_thread(total_size, dest) if there else 0)
+        if account is not None:
+            await account.claim(adds, plan.home_quota)
+        placed = False
+        try:
+            await asyncio.to_thread(place, src, dest, tag)
+            placed = True
+        finally:
+            if account is not None:
+                account.settle(adds, placed)
         if not isinstance(parse_data_uri(plan.uri), DatasetRef):
             return
         try:

@@ -13,8 +13,8 @@ from rich.table import Table
 
 from computenet.cli.output import ago, fail, out
 from computenet.cli.session import client
-from computenet.model import DeviceKind, Pool, Role
-from computenet.model.common import format_bytes
+from computenet.model import DeviceKind, Pool, Role, TenantPolicy
+from computenet.model.common import format_bytes, parse_memory
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants' fair-share weights and quotas.", no_args_is_help=True)
@@ -62,7 +62,8 @@ def tenant_list() -> None:
     with client() as c:
         tenants = c.tenants()
     table = Table(box=None, pad_edge=False)
-    for col in ("TENANT", "WEIGHT", "CPUS IN USE", "MAX CPUS", "GPUS IN USE", "MAX GPUS"):
+    cols = ("TENANT", "WEIGHT", "CPUS IN USE", "MAX CPUS", "GPUS IN USE", "MAX GPUS", "MAX DATA")
+    for col in cols:
         table.add_column(col)
     for t in tenants:
         table.add_row(
@@ -72,6 +73,7 @@ def tenant_list() -> None:
             "-" if t.max_cpus is None else f"{t.max_cpus:g}",
             str(t.gpus_in_use),
             "-" if t.max_gpus is None else str(t.max_gpus),
+            "-" if t.max_data is None else format_bytes(t.max_data),
         )
     out.print(table)
 
@@ -82,22 +84,30 @@ def tenant_set(
     weight: Annotated[float | None, typer.Option(help="share under contention, relative")] = None,
     max_cpus: Annotated[float | None, typer.Option(help="CPUs it may hold at once")] = None,
     max_gpus: Annotated[int | None, typer.Option(help="accelerators it may hold at once")] = None,
-    no_limits: Annotated[bool, typer.Option("--no-limits", help="remove both quotas")] = False,
+    max_data: Annotated[
+        str | None, typer.Option(help="what its home may hold in each pool: 512M, 10G, …")
+    ] = None,
+    no_limits: Annotated[bool, typer.Option("--no-limits", help="remove every quota")] = False,
 ) -> None:
     """Change a tenant's weight and quotas (admin); what you leave out stays as it was."""
+    try:
+        data = None if max_data is None else int(parse_memory(max_data))
+    except ValueError as e:
+        fail(f"--max-data: {e}", 2)
     with client() as c:
         now = next((t for t in c.tenants() if t.name == name), None)
-        keep_cpus = None if no_limits or now is None else now.max_cpus
-        keep_gpus = None if no_limits or now is None else now.max_gpus
+        keep = TenantPolicy() if no_limits or now is None else now
         t = c.set_tenant(
             name,
             weight if weight is not None else (now.weight if now else 1.0),
-            max_cpus if max_cpus is not None else keep_cpus,
-            max_gpus if max_gpus is not None else keep_gpus,
+            max_cpus if max_cpus is not None else keep.max_cpus,
+            max_gpus if max_gpus is not None else keep.max_gpus,
+            data if data is not None else keep.max_data,
         )
     cpus = "-" if t.max_cpus is None else f"{t.max_cpus:g}"
     gpus = "-" if t.max_gpus is None else str(t.max_gpus)
-    out.print(f"{t.name}: weight {t.weight:g}, max cpus {cpus}, max gpus {gpus}")
+    most = "-" if t.max_data is None else format_bytes(t.max_data)
+    out.print(f"{t.name}: weight {t.weight:g}, max cpus {cpus}, max gpus {gpus}, max data {most}")
 
 
 def status() -> None:

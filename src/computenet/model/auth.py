@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field
 
-from computenet.model.common import Model, Name
+from computenet.model.common import MemoryBytes, Model, Name
 
 
 class Role(StrEnum):
@@ -47,6 +47,9 @@ class TenantPolicy(Model):
     weight: float = Field(default=1.0, gt=0, le=1_000_000)
     max_cpus: float | None = Field(default=None, ge=0, le=10_000_000)
     max_gpus: int | None = Field(default=None, ge=0, le=10_000_000)
+    max_data: MemoryBytes | None = Field(
+        default=None, description="bytes its home may hold in each pool (512M, 10G, …)"
+    )
 
 
 class Tenant(TenantPolicy):

@@ -246,6 +246,10 @@ class StagingPlan(Model):
         default=None,
         description="a spoiled copy under /datasets/ to remove once the new one is in place",
     )
+    home: str | None = Field(
+        default=None, description="for an output into its tenant's home: that home"
+    )
+    home_quota: int | None = Field(default=None, description="what ``home`` may hold")
 
 
 class CopiesAsk(Model):

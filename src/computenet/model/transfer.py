@@ -56,6 +56,10 @@ class TicketClaims(Model):
     expires_at: float
     tenant: str
     issuer: str = Field(description="the node code that signed it")
+    home_quota: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="a put inside home/TENANT: what that home may hold in the pool",
+    )
 
 
 class Ticket(Model):

@@ -558,9 +558,13 @@ class Client:
         weight: float = 1.0,
         max_cpus: float | None = None,
         max_gpus: int | None = None,
+        max_data: int | None = None,
     ) -> Tenant:
-        """Weight for fair share and quotas (admin)."""
-        policy = TenantPolicy(weight=weight, max_cpus=max_cpus, max_gpus=max_gpus)
+        """Weight for fair share and quotas (admin); ``max_data``: bytes the tenant's home
+        may hold in each pool."""
+        policy = TenantPolicy(
+            weight=weight, max_cpus=max_cpus, max_gpus=max_gpus, max_data=max_data
+        )
         out: Tenant = self._do(_Calls.set_tenant(name, policy))
         return out
 

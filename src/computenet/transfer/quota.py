@@ -1,5 +1,5 @@
-"""A cap on what a pool's data root holds, set by the pool's operator and checked before
-a put's bytes flow.
+"""A cap on what a pool's data root holds, set by the pool's operator, and on what a
+tenant's home holds in it, set by the node's admin: checked before a put's bytes flow.
 
 What the root holds is measured by walking it (partial files count: they take the
 space) at most once a minute; in between, each admitted put adds what it will add, so
@@ -35,8 +35,8 @@ class Quota:
     puts still moving have claimed. A walk sees a moving put's partial files as well as
     its claim: counted twice, which errs on the side of the cap."""
 
-    def __init__(self, root: Path, limit: int | None) -> None:
-        self.root, self.limit = root, limit
+    def __init__(self, root: Path, limit: int | None, what: str = "the pool's data") -> None:
+        self.root, self.limit, self.what = root, limit, what
         self.walked = 0  # bytes under the root at the last walk
         self.since = 0  # bytes that puts committed after it began
         self.open = 0  # bytes claimed by puts still moving
@@ -47,9 +47,11 @@ class Quota:
     def used(self) -> int:
         return self.walked + self.since + self.open
 
-    async def claim(self, n: int) -> None:
-        """Takes ``n`` more bytes, or refuses, naming the quota and what is left of it."""
-        if self.limit is None or n <= 0:
+    async def claim(self, n: int, limit: int | None = None) -> None:
+        """Takes ``n`` more bytes, or refuses, naming the quota (``limit`` where given, as
+        a ticket states it) and what is left of it."""
+        limit = self.limit if limit is None else limit
+        if limit is None or n <= 0:
             return
         async with self._lock:
             if time.monotonic() - self._at > STALE:
@@ -57,10 +59,10 @@ class Quota:
                 self.walked = await asyncio.to_thread(held, self.root)
                 self.since -= before  # what the walk counted; later commits stay
                 self._at = time.monotonic()
-            if self.used + n > self.limit:
-                left = max(0, self.limit - self.used)
+            if self.used + n > limit:
+                left = max(0, limit - self.used)
                 raise QuotaExceeded(
-                    f"the pool's data quota is {format_bytes(self.limit)} and it holds "
+                    f"{self.what} quota is {format_bytes(limit)} and it holds "
                     f"{format_bytes(self.used)} (unfinished copies included): this copy "
                     f"needs {format_bytes(n)}, {format_bytes(left)} is left"
                 )

@@ -119,6 +119,7 @@ class DataServer:
     ) -> None:
         self.root = root
         self.quota = Quota(root, quota)
+        self._homes: dict[str, Quota] = {}  # tenants' homes with a data quota
         self.pool, self._fetch_key = pool, node_key
         self._copies = copies
         self.host, self.port = host, port
@@ -305,7 +306,8 @@ class DataServer:
                 removal.remove, self.root, self.pool(), ctl.path, recursive
             )
         finally:
-            self.quota.changed()
+            for q in (self.quota, *self._homes.values()):
+                q.changed()
         await asyncio.to_thread(records.forget, self.root, ctl.path)
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
         wire.send_model(ctl.writer, Kind.OK, gone)
@@ -434,6 +436,13 @@ class DataServer:
         plan = await asyncio.to_thread(receiver.plan)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
+        home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
+        try:
+            if home is not None:
+                await home.claim(adds, t.claims.home_quota)
+        except BaseException:
+            self.quota.settle(adds, False)
+            raise
         self.sessions[tid].receiver = receiver
         landed = False
         try:
@@ -456,7 +465,22 @@ class DataServer:
             await writer.drain()
         finally:
             receiver.close()
-            self.quota.settle(adds, landed)
+            for q in (self.quota, home):
+                if q is not None:
+                    q.settle(adds, landed)
+
+    def home_quota(self, tenant: str, limit: int | None, path: str) -> Quota | None:
+        """The account of the tenant's home that a write at ``path`` lands in, where
+        there is a cap (``limit``, as the ticket or staging plan states it: the node's
+        admin may change it, and each claim names the cap it is held to). The agent's
+        job outputs claim from the same account as puts."""
+        home = f"home/{tenant}"
+        if limit is None or not within(home, path):
+            return None
+        q = self._homes.get(home)
+        if q is None:
+            q = self._homes[home] = Quota(self.root / home, limit, f"tenant {tenant}'s home")
+        return q
 
     async def _get(self, ctl: _Control) -> None:
         reader, writer, _, tid, path = ctl

@@ -28,8 +28,14 @@ def new_id() -> str:
     return f"t-{secrets.token_hex(8)}"
 
 
+def _signed(claims: TicketClaims) -> dict[str, object]:
+    """What the signature covers: a claim left out (None) is not there at all, so a
+    ticket without one reads the same to a node and a data server of any release."""
+    return claims.model_dump(mode="json", exclude_none=True)
+
+
 def issue(key: KeyPair, claims: TicketClaims) -> Ticket:
-    return Ticket(claims=claims, signature=key.sign_json(claims.model_dump(mode="json")))
+    return Ticket(claims=claims, signature=key.sign_json(_signed(claims)))
 
 
 def check(
@@ -45,7 +51,7 @@ def check(
     """Returns the normalised path the ticket allows, or raises ``TicketError``."""
     c = ticket.claims
     try:
-        verify_json(node_key, c.model_dump(mode="json"), ticket.signature)
+        verify_json(node_key, _signed(c), ticket.signature)
     except SignatureError as e:
         raise BadSignature(f"ticket {c.id} is not signed by the node: {e}") from e
     if (now if now is not None else time.time()) >= c.expires_at:

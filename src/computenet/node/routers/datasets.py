@@ -34,7 +34,7 @@ from computenet.model.transfer import Direction, TransferRequest
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
-from computenet.node.routers.transfers import issue, writable
+from computenet.node.routers.transfers import home_quota, issue, writable
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as store
 from computenet.node.store import jobs as job_store
@@ -208,9 +208,14 @@ async def staging(
     if isinstance(ref, PoolRef):
         if ref.pool == signer:
             local = _pool_path(ref.path)
+            plan = StagingPlan(uri=uri, local=local)
             if body.kind == "output":  # placed by replacing what is there
                 await writable(node, signer, local.strip("/"), "uri", whole=True)
-            return StagingPlan(uri=uri, local=local)
+                plan.home_quota = await home_quota(
+                    node, job.tenant, local.strip("/"), Direction.put
+                )
+                plan.home = None if plan.home_quota is None else homes.home(job.tenant)
+            return plan
         way = Direction.get if body.kind == "input" else Direction.put
         req = TransferRequest(
             pool=ref.pool, path=ref.path, direction=way, size=body.size, ttl=STAGE_TTL

@@ -20,6 +20,7 @@ from computenet.node.errors import Conflict, Invalid, TooLarge
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as dataset_store
 from computenet.node.store import pools as pool_store
+from computenet.node.store import tenants as tenant_store
 from computenet.transfer import ticket as tickets
 from computenet.transfer.paths import PathError, normalise, within
 
@@ -81,10 +82,19 @@ async def issue(
         + (min(body.ttl, DELETE_TTL) if body.direction is Direction.delete else body.ttl),
         tenant=tenant,
         issuer=node.federation.code,
+        home_quota=await home_quota(node, tenant, path, body.direction),
     )
     return TransferGrant(
         ticket=tickets.issue(node.federation.key, claims), endpoint=pool.data, path="/" + path
     )
+
+
+async def home_quota(node: Node, tenant: str, path: str, way: Direction) -> int | None:
+    """A put into the tenant's own home carries its data quota, which the pool's data
+    server holds the home to; a job's output into it too, since it goes the same way."""
+    if way is not Direction.put or not within(homes.home(tenant).strip("/"), path):
+        return None
+    return await node.reading(tenant_store.max_data, tenant)
 
 
 async def writable(

@@ -196,6 +196,7 @@ tenants = Table(
     Column("weight", Float, nullable=False, default=1.0),
     Column("max_cpus", Float),
     Column("max_gpus", Integer),
+    Column("max_data", BigInteger),
     Column("updated_at", Float, nullable=False),
 )
 

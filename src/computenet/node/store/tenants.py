@@ -14,9 +14,18 @@ _LIVE = (JobState.SCHEDULED.value, JobState.STAGING.value, JobState.RUNNING.valu
 
 def policies(conn: Connection) -> dict[str, TenantPolicy]:
     return {
-        r.name: TenantPolicy(weight=r.weight, max_cpus=r.max_cpus, max_gpus=r.max_gpus)
+        r.name: TenantPolicy(
+            weight=r.weight, max_cpus=r.max_cpus, max_gpus=r.max_gpus, max_data=r.max_data
+        )
         for r in conn.execute(select(tenants)).all()
     }
+
+
+def max_data(conn: Connection, name: str) -> int | None:
+    """What the tenant's home may hold in each pool; None: no cap."""
+    return conn.execute(
+        select(tenants.c.max_data).where(tenants.c.name == name)
+    ).scalar_one_or_none()
 
 
 def usage(conn: Connection) -> dict[str, tuple[float, int]]:
