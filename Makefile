@@ -17,8 +17,8 @@ up: $(STAMP)
 	$(BIN)/cnet up
 
 # The suite runs against SQLite and PostgreSQL (each database is a fixture parameter).
-# Suites that start whole engines (Ray, Slurm), tens of agents or move GiBs between data
-# servers are `test-heavy`; CI runs both.
+# Suites that start whole engines (Ray, Slurm), tens of agents, move GiBs between data
+# servers or kill and restart processes are `test-heavy`; CI runs both.
 test: $(STAMP) lint
 	$(BIN)/python -m pytest -q -m "not heavy" --durations=15
 

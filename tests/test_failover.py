@@ -29,7 +29,7 @@ from computenet.model import (
 )
 from conftest import Network
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # kills and restarts processes: long waits
 
 
 def _procs_with(marker: str) -> list[psutil.Process]:

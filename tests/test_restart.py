@@ -13,7 +13,7 @@ import pytest
 from computenet.model import JobState
 from conftest import PYTHON, Network, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # kills and restarts processes: long waits
 
 
 def _wait_state(net: Network, job_id: str, state: JobState, timeout: float = 30) -> None:
