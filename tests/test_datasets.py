@@ -575,6 +575,7 @@ def test_a_copy_a_job_wrote_to_is_fetched_afresh_or_refused(net: Network, tmp_pa
             assert f"staging input {uri}" in (job.reason or ""), job.reason
             assert "has changed since it was recorded" in (job.reason or ""), job.reason
             assert "no other copy could be fetched" in (job.reason or ""), job.reason
+            assert "no pool holds an intact copy" in (job.reason or ""), job.reason
             assert held == {}
 
 

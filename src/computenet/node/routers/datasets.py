@@ -175,6 +175,8 @@ async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]
     ]
     online.sort(key=lambda r: r.pool != signer)
     if not online:
+        if not v.replicas:  # its last copy was found changed and forgotten
+            raise Conflict(f"no pool holds an intact copy of {v.uri} any more", field="uri")
         raise Conflict(f"no pool that holds {v.uri} is online", field="uri")
     return online[0].pool, online[0].path
 
