@@ -140,11 +140,25 @@ def test_cli_create_bad_name(shared: Network, args: list[str]) -> None:
     one_line_error(shared.cnet("token", "create", *args), "name" if len(args) == 1 else "tenant")
 
 
+def test_a_local_tenant_cannot_take_a_far_nodes_tenant_name(shared: Network) -> None:
+    """A job forwarded from node ``east`` for its tenant alice acts here as ``alice.east``:
+    a local tenant of that name would share its jobs, home and quota."""
+    one_line_error(shared.cnet("token", "create", "bot", "--tenant", "alice.east"), "tenant", "dot")
+    one_line_error(shared.cnet("token", "create", "alice.east"), "tenant", "dot")
+    token_id, _ = cli_create(shared, "ci.bot", "--tenant", "team-ci")
+    with shared.client() as admin:
+        (t,) = [t for t in admin.tokens() if t.id == token_id]
+        assert t.tenant == "team-ci"
+        assert not any(t.tenant == "alice.east" for t in admin.tokens())
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [
         ({"name": "Bad Name"}, "name"),
         ({"name": "ok", "tenant": "Not OK"}, "tenant"),
+        ({"name": "ok", "tenant": "alice.east"}, "tenant"),
+        ({"name": "alice.east"}, "tenant"),
         ({"name": "ok", "role": "root"}, "role"),
         ({"name": "ok", "secret": "chosen"}, "secret"),
     ],

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from computenet.model.common import MemoryBytes, Model, Name
 
@@ -18,8 +18,28 @@ class Role(StrEnum):
 
 class TokenCreate(Model):
     name: Name
-    tenant: Name | None = Field(default=None, description="defaults to the token's name")
+    tenant: Name | None = Field(
+        default=None,
+        validate_default=True,
+        description="defaults to the token's name; no dots (NAME.NODE is another node's tenant)",
+    )
     role: Role = Role.tenant
+
+    @field_validator("tenant")
+    @classmethod
+    def _local(cls, tenant: str | None, info: ValidationInfo) -> str | None:
+        """A job forwarded from another node acts here as ``NAME.NODE``: a local tenant
+        with a dotted name could be that tenant, and share its jobs, home and quota."""
+        name = tenant if tenant is not None else info.data.get("name")
+        if name is not None and "." in name:
+            said = (
+                "the tenant" if tenant is not None else "the token's name, its tenant by default,"
+            )
+            raise ValueError(
+                f"{said} holds a dot: dotted names (NAME.NODE) are other nodes' tenants; "
+                "name a tenant without dots"
+            )
+        return name
 
 
 class Token(Model):

@@ -45,7 +45,7 @@ def install(app: FastAPI) -> None:
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = []
         for e in exc.errors()[:20]:
-            msg = str(e.get("msg", "invalid"))
+            msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
             field = _field(tuple(e.get("loc", ())))
             if e.get("type") == "extra_forbidden":
                 msg = "unknown field"
