@@ -14,15 +14,18 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 up: $(STAMP)
+	bash scripts/install_sandbox.sh
 	$(BIN)/cnet up
 
 # The suite runs against SQLite and PostgreSQL (each database is a fixture parameter).
 # Suites that start whole engines (Ray, Slurm), tens of agents, move GiBs between data
 # servers or kill and restart processes are `test-heavy`; CI runs both.
 test: $(STAMP) lint
+	bash scripts/install_sandbox.sh
 	$(BIN)/python -m pytest -q -m "not heavy" --durations=15
 
 test-heavy: $(STAMP)
+	bash scripts/install_sandbox.sh
 	bash bench/peers/install_slurm.sh
 	$(BIN)/python -m pytest -q -m heavy --durations=15
 

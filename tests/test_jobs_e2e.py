@@ -4,7 +4,10 @@ processes: run, exit codes, ps, logs, time limits, cancel, and the process trees
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from computenet import AsyncClient, JobFailed
 from computenet.model import JobState
 from computenet.sdk import ApiError
-from conftest import Network
+from conftest import PYTHON, Network
 
 pytestmark = pytest.mark.slow
 
@@ -71,6 +74,87 @@ def test_job_environment_names_job_and_hides_agent_secrets(shared: Network) -> N
     job_id, cpus, greeting, token = r.stdout.split()
     assert job_id.startswith("j-") and cpus == "0.5" and greeting == "hi"
     assert token == "none"
+
+
+LOOK = """
+import json, os, sys
+def listed(p):
+    try:
+        return sorted(os.listdir(p))
+    except OSError as e:
+        return type(e).__name__
+def writes(p):
+    try:
+        open(os.path.join(p, "planted"), "w").close()
+        return True
+    except OSError:
+        return False
+print(json.dumps({
+    "listed": {p: listed(p) for p in sys.argv[1:]},
+    "writes": {p: writes(p) for p in sys.argv[1:]},
+    "cwd": os.getcwd(),
+    "own": listed("."),
+    "procs": len([x for x in os.listdir("/proc") if x.isdigit()]),
+}))
+"""
+
+
+def test_a_job_sees_none_of_computenets_own_files(shared: Network) -> None:
+    """A local job runs as the agent's user, yet what belongs to computenet on the machine
+    is not there for it: the admin's credentials, the node's database, the agent's key,
+    other jobs' directories and every tenant's files in the pool's data root."""
+    agent = shared.home / "agents" / "alpha"
+    private = [shared.home / "config", shared.home / "data", agent, agent / "data", agent / "jobs"]
+    assert (shared.home / "config" / "credentials.json").is_file()
+    assert (agent / "identity").exists() and any((agent / "jobs").iterdir())
+    r = shared.cnet("run", "--", "python3", "-c", LOOK, *map(str, private))
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout)
+    workdir = Path(seen["cwd"])
+    assert workdir.parent == agent / "jobs" and workdir.name.startswith("j-")
+    assert {"assignment.json", "stdout", "stderr"} <= set(seen["own"])
+    assert seen["listed"] == {
+        str(shared.home / "config"): [],
+        str(shared.home / "data"): [],
+        str(agent): ["jobs"],
+        str(agent / "data"): "FileNotFoundError",
+        str(agent / "jobs"): [workdir.name],
+    }
+    assert not any(seen["writes"].values())
+    assert seen["procs"] <= 3  # its own: none of the machine's other processes
+    assert not any(p.name == "planted" for d in private if d.is_dir() for p in d.iterdir())
+    # outside, everything is where it was
+    assert (shared.home / "config" / "credentials.json").is_file()
+    assert (workdir / "stdout").is_file()
+
+
+def test_a_killed_job_in_its_sandbox_says_which_signal(shared: Network) -> None:
+    r = shared.cnet("run", "--", "sh", "-c", "kill -TERM $$")
+    assert r.returncode == 143, r.stderr
+    with shared.client() as c:
+        job = c.list(limit=1).items[0]
+    assert (job.state, job.reason) == (JobState.FAILED, "killed by SIGTERM")
+
+
+def test_an_agent_asked_for_a_sandbox_it_cannot_have_does_not_start(
+    shared: Network, tmp_path: Path
+) -> None:
+    """Where bubblewrap is missing, ``sandbox=on`` refuses to run jobs at all rather than
+    run them unconfined; a setting that is not a mode is refused by name."""
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    env = dict(shared.env, PATH=str(bare))
+    base = [*PYTHON, "agent", "run", "--node", shared.url, "--token", shared.token]
+    base += ["--state-dir", str(tmp_path / "agent"), "--no-calibrate"]
+    for option, words in (("sandbox=on", "bwrap"), ("sandbox=maybe", "auto, on, off")):
+        r = subprocess.run(
+            [*base, "--pool", "boxless", "--option", option],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode != 0, r.stdout
+        assert "Traceback" not in r.stderr and words in r.stderr, r.stderr
+    with shared.client() as c:
+        assert "boxless" not in {p.name for p in c.pools()}
 
 
 def _tree_gone(marker: str, timeout: float = 10) -> bool:

@@ -160,7 +160,8 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self.backend.open(self.cfg.state_dir)
+        private = (self.cfg.state_dir, self.data.root, config.config_dir(), config.data_dir())
+        await self.backend.open(self.cfg.state_dir, private)
         try:
             self.machines = self.cfg.machines or await self.backend.inventory(self.cfg.state_dir)
             if self.cfg.calibrate and not self.cfg.machines and self.backend.name == "local":

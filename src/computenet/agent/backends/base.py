@@ -78,8 +78,10 @@ class Backend(ABC):
     # of waiting for a round trip to the node. 0 for backends that start what they receive.
     queue_factor: float = 0.0
 
-    async def open(self, state_dir: Path) -> None:  # noqa: B027 - optional hook
-        """Connects to, or starts, the engine; called once before anything else."""
+    async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:  # noqa: B027
+        """Connects to, or starts, the engine; called once before anything else.
+        ``private``: directories no job may see (the agent's state, the pool's data root,
+        this user's computenet credentials), for a backend that runs jobs beside them."""
 
     async def inventory(self, state_dir: Path) -> list[Machine]:
         """The machines (with their devices) this pool offers."""

@@ -1,7 +1,8 @@
 """Runs tasks as processes on the agent's own machine.
 
 Each task is a process group and session of its own, so a time limit or a cancel reaches
-every process it started. The agent learns of an exit through a pidfd (no thread per task)
+every process it started, and runs in a sandbox (``sandbox.py``) that hides computenet's
+own files from it. The agent learns of an exit through a pidfd (no thread per task)
 and reaps the child with ``wait4`` to get its exit status and resource usage together.
 """
 
@@ -21,12 +22,14 @@ from typing import Any
 
 import psutil
 
+from computenet.agent.backends import sandbox as sandbox_
 from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task, format_seconds
 from computenet.agent.backends.confine import Confinement, Cores, job_cgroups, make_cgroup
 from computenet.model import JobState, Usage
 
 log = logging.getLogger("computenet.agent")
 KILL_GRACE = 5.0
+sandbox_modes = sandbox_.MODES
 
 
 @dataclass
@@ -38,20 +41,31 @@ class _Proc:
     stop_reason: str = ""
     descendants: list[psutil.Process] = field(default_factory=list)
     confined: Confinement | None = None
+    boxed: bool = False  # in the sandbox: a signal's death comes as exit code 128 + N
 
 
 class LocalBackend(Backend):
     """Options: ``kill_grace`` (seconds from SIGTERM to SIGKILL); ``pin`` (``false`` to
-    leave jobs unpinned to cores)."""
+    leave jobs unpinned to cores); ``sandbox`` (``auto``: where bubblewrap works, ``on``:
+    refuse to start without it, ``off``)."""
 
     name = "local"
 
-    def __init__(self, kill_grace: float | str = KILL_GRACE, pin: bool | str = True) -> None:
+    def __init__(
+        self, kill_grace: float | str = KILL_GRACE, pin: bool | str = True, sandbox: str = "auto"
+    ) -> None:
         self.kill_grace = float(kill_grace)
         self.pin = str(pin).lower() not in ("false", "0", "no")
+        self.sandbox_mode = str(sandbox).lower()
+        if self.sandbox_mode not in sandbox_modes:
+            raise ValueError(f"sandbox={sandbox!r}: expected one of {', '.join(sandbox_modes)}")
+        self.sandbox: sandbox_.Sandbox | None = None
         self._procs: dict[str, _Proc] = {}
         self._cores = Cores()
         self._cgroups = job_cgroups()
+
+    async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
+        self.sandbox = await asyncio.to_thread(sandbox_.make, self.sandbox_mode, private)
 
     def _confine(self, task: Task) -> Confinement:
         req = task.spec.resources
@@ -71,10 +85,16 @@ class LocalBackend(Backend):
         env = dict(task.env)
         if confined.cores:
             env["CNET_CORES"] = ",".join(map(str, confined.cores))
+        argv = task.spec.command
         try:
+            if self.sandbox is not None:
+                missing = sandbox_.missing(argv, task.workdir, env)
+                if missing is not None:
+                    raise missing
+                argv = self.sandbox.wrap(argv, task.workdir)
             with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
                 popen = subprocess.Popen(
-                    task.spec.command,
+                    argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
@@ -97,7 +117,9 @@ class LocalBackend(Backend):
             raise
         started = time.time()
         loop = asyncio.get_running_loop()
-        proc = _Proc(popen, started, loop.create_future(), confined=confined)
+        proc = _Proc(
+            popen, started, loop.create_future(), confined=confined, boxed=self.sandbox is not None
+        )
         self._procs[task.key] = proc
         _write_pidfile(task.workdir, popen.pid, started)
         self._watch(proc)
@@ -135,6 +157,8 @@ class LocalBackend(Backend):
         _signal_all(proc.descendants, signal.SIGKILL)
         _clear_pidfile(task.workdir)
         code = os.waitstatus_to_exitcode(status)
+        if proc.boxed and code > 128 and code - 128 in signal.valid_signals():
+            code = 128 - code
         exit_code = code if code >= 0 else 128 - code
         usage = Usage(
             wall_seconds=max(0.0, ended - proc.started_at),

@@ -147,7 +147,7 @@ class RayBackend(Backend):
 
     # --- connection ---------------------------------------------------------------------
 
-    async def open(self, state_dir: Path) -> None:
+    async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
         try:
             from ray.job_submission import JobSubmissionClient
         except ImportError as e:

@@ -277,7 +277,7 @@ class SlurmBackend(Backend):
 
     # --- the Backend interface ----------------------------------------------------------
 
-    async def open(self, state_dir: Path) -> None:
+    async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
         """Fails fast, with Slurm's own words, when the cluster or partition is unusable."""
         for command in ("sbatch", "squeue", "scancel", "scontrol"):
             self._binary(command)
