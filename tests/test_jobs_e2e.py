@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -13,7 +14,9 @@ import psutil
 import pytest
 
 from computenet import AsyncClient, JobFailed
-from computenet.model import JobState
+from computenet.agent.backends import Outcome, Task
+from computenet.agent.backends.local import LocalBackend
+from computenet.model import JobSpec, JobState
 from computenet.sdk import ApiError
 from conftest import PYTHON, Network
 
@@ -91,7 +94,8 @@ def writes(p):
         return False
 print(json.dumps({
     "listed": {p: listed(p) for p in sys.argv[1:]},
-    "writes": {p: writes(p) for p in sys.argv[1:]},
+    "writes": {p: writes(p) for p in [*sys.argv[1:], sys.prefix, "/etc"]},
+    "beside": os.path.exists(os.environ["BESIDE"]),
     "cwd": os.getcwd(),
     "own": listed("."),
     "procs": len([x for x in os.listdir("/proc") if x.isdigit()]),
@@ -99,15 +103,20 @@ print(json.dumps({
 """
 
 
-def test_a_job_sees_none_of_computenets_own_files(shared: Network) -> None:
+def test_a_job_sees_none_of_computenets_own_files(shared: Network, tmp_path: Path) -> None:
     """A local job runs as the agent's user, yet what belongs to computenet on the machine
     is not there for it: the admin's credentials, the node's database, the agent's key,
     other jobs' directories and every tenant's files in the pool's data root."""
     agent = shared.home / "agents" / "alpha"
     private = [shared.home / "config", shared.home / "data", agent, agent / "data", agent / "jobs"]
+    assert shared.cnet("run", "--", "true").returncode == 0  # another job's directory
     assert (shared.home / "config" / "credentials.json").is_file()
     assert (agent / "identity").exists() and any((agent / "jobs").iterdir())
-    r = shared.cnet("run", "--", "python3", "-c", LOOK, *map(str, private))
+    beside = tmp_path / "beside.txt"  # in the machine's /tmp
+    beside.write_text("another user's file\n")
+    r = shared.cnet(
+        "run", "-e", f"BESIDE={beside}", "--", "python3", "-c", LOOK, *map(str, private)
+    )
     assert r.returncode == 0, r.stderr
     seen = json.loads(r.stdout)
     workdir = Path(seen["cwd"])
@@ -120,7 +129,8 @@ def test_a_job_sees_none_of_computenets_own_files(shared: Network) -> None:
         str(agent / "data"): "FileNotFoundError",
         str(agent / "jobs"): [workdir.name],
     }
-    assert not any(seen["writes"].values())
+    assert not any(seen["writes"].values()), seen["writes"]  # nor the machine's files
+    assert not seen["beside"]  # a /tmp of its own
     assert seen["procs"] <= 3  # its own: none of the machine's other processes
     assert not any(p.name == "planted" for d in private if d.is_dir() for p in d.iterdir())
     # outside, everything is where it was
@@ -133,7 +143,26 @@ def test_a_killed_job_in_its_sandbox_says_which_signal(shared: Network) -> None:
     assert r.returncode == 143, r.stderr
     with shared.client() as c:
         job = c.list(limit=1).items[0]
-    assert (job.state, job.reason) == (JobState.FAILED, "killed by SIGTERM")
+        assert (job.state, job.reason) == (JobState.FAILED, "killed by SIGTERM")
+        with pytest.raises(JobFailed) as info:
+            c.run(["sh", "-c", "exit 130"])  # a code of its own, though it reads like SIGINT's
+    assert (info.value.job.exit_code, info.value.job.reason) == (130, "exit code 130")
+
+
+def test_a_canceled_job_has_its_grace_to_clean_up(shared: Network) -> None:
+    clean = "trap 'sleep 1; echo cleaned; exit 3' TERM; echo ready; sleep 60 & wait"
+    r = shared.cnet("run", "-d", "--", "sh", "-c", clean)
+    job_id = r.stdout.strip()
+    with shared.client() as c:
+        deadline = time.monotonic() + 20
+        while "ready" not in "".join(x["data"] for x in c.logs(job_id)):
+            assert time.monotonic() < deadline, c.get(job_id)
+            time.sleep(0.1)
+        assert shared.cnet("cancel", job_id).returncode == 0
+        job = c.wait(job_id, timeout=30)
+        out = "".join(x["data"] for x in c.logs(job_id))
+    assert job.state is JobState.CANCELED
+    assert "cleaned" in out, out
 
 
 def test_an_agent_asked_for_a_sandbox_it_cannot_have_does_not_start(
@@ -259,6 +288,24 @@ def test_sdk_run_and_usage_fields(shared: Network) -> None:
         with pytest.raises(JobFailed) as info:
             c.run(["sh", "-c", "exit 5"])
         assert info.value.job.exit_code == 5
+
+
+def test_the_sandbox_reports_the_jobs_own_usage(tmp_path: Path) -> None:
+    """What an attempt used is the job's, measured inside its sandbox, not bwrap's."""
+    backend = LocalBackend(pin=False, sandbox="on")
+    spec = JobSpec(command=["python3", "-c", "b = bytearray(100 << 20); sum(range(10**7))"])
+    task = Task("j-usage", 1, "t", spec, [], tmp_path / "jobs" / "j-usage.1")
+    task.env = {"PATH": os.environ["PATH"]}
+
+    async def run() -> Outcome:
+        await backend.open(tmp_path, (tmp_path / "jobs",))
+        await backend.start(task)
+        return await backend.wait(task)
+
+    outcome = asyncio.run(run())
+    assert outcome.state is JobState.COMPLETE, outcome.reason
+    assert outcome.usage.max_rss_bytes >= 100 << 20
+    assert outcome.usage.cpu_seconds > 0.1
 
 
 def test_async_client_runs_many_jobs(shared: Network) -> None:

@@ -31,6 +31,16 @@ def config_dir() -> Path:
     return h / "config" if h else Path(platformdirs.user_config_dir("computenet"))
 
 
+def own_dirs() -> tuple[Path, ...]:
+    """Where computenet keeps this user's state: as ``CNET_HOME`` says, and the defaults
+    beside (another process of the user may use those)."""
+    defaults = (
+        Path(platformdirs.user_config_dir("computenet")),
+        Path(platformdirs.user_data_dir("computenet")),
+    )
+    return (config_dir(), data_dir(), *defaults)
+
+
 def credentials_path() -> Path:
     return config_dir() / "credentials.json"
 

@@ -160,8 +160,9 @@ class Agent:
     # --- lifecycle ----------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        private = (self.cfg.state_dir, self.data.root, config.config_dir(), config.data_dir())
-        await self.backend.open(self.cfg.state_dir, private)
+        key = self.cfg.provider_key
+        private = (self.cfg.state_dir, self.data.root, *config.own_dirs())
+        await self.backend.open(self.cfg.state_dir, private + ((key,) if key else ()))
         try:
             self.machines = self.cfg.machines or await self.backend.inventory(self.cfg.state_dir)
             if self.cfg.calibrate and not self.cfg.machines and self.backend.name == "local":

@@ -41,7 +41,11 @@ class _Proc:
     stop_reason: str = ""
     descendants: list[psutil.Process] = field(default_factory=list)
     confined: Confinement | None = None
-    boxed: bool = False  # in the sandbox: a signal's death comes as exit code 128 + N
+    report: int | None = None  # in the sandbox: where the job's usage comes from
+
+    @property
+    def boxed(self) -> bool:
+        return self.report is not None
 
 
 class LocalBackend(Backend):
@@ -85,27 +89,30 @@ class LocalBackend(Backend):
         env = dict(task.env)
         if confined.cores:
             env["CNET_CORES"] = ",".join(map(str, confined.cores))
-        argv = task.spec.command
+        argv, launch = task.spec.command, None
         try:
             if self.sandbox is not None:
                 missing = sandbox_.missing(argv, task.workdir, env)
                 if missing is not None:
                     raise missing
-                argv = self.sandbox.wrap(argv, task.workdir)
+                launch = self.sandbox.launch(argv, env, task.workdir)
             with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
                 popen = subprocess.Popen(
-                    argv,
+                    argv if launch is None else launch.argv,
                     stdin=subprocess.DEVNULL,
                     stdout=out,
                     stderr=err,
                     cwd=task.workdir,
-                    env=env,
+                    env=env if launch is None else launch.env,
                     start_new_session=True,
                     close_fds=True,
+                    pass_fds=() if launch is None else launch.pass_fds,
                     preexec_fn=confined.preexec(),  # system calls only, no Python locks
                 )
         except OSError as e:
             self._free(confined)
+            if launch is not None:
+                launch.abandon()
             what = task.spec.command[0]
             if isinstance(e, FileNotFoundError):
                 raise LaunchError(f"command not found: {what}", 127) from e
@@ -114,11 +121,19 @@ class LocalBackend(Backend):
             raise LaunchError(f"cannot start {what}: {e}", 126) from e
         except BaseException:
             self._free(confined)
+            if launch is not None:
+                launch.abandon()
             raise
+        if launch is not None:
+            launch.started()
         started = time.time()
         loop = asyncio.get_running_loop()
         proc = _Proc(
-            popen, started, loop.create_future(), confined=confined, boxed=self.sandbox is not None
+            popen,
+            started,
+            loop.create_future(),
+            confined=confined,
+            report=None if launch is None else launch.report,
         )
         self._procs[task.key] = proc
         _write_pidfile(task.workdir, popen.pid, started)
@@ -157,20 +172,33 @@ class LocalBackend(Backend):
         _signal_all(proc.descendants, signal.SIGKILL)
         _clear_pidfile(task.workdir)
         code = os.waitstatus_to_exitcode(status)
-        if proc.boxed and code > 128 and code - 128 in signal.valid_signals():
-            code = 128 - code
-        exit_code = code if code >= 0 else 128 - code
         usage = Usage(
             wall_seconds=max(0.0, ended - proc.started_at),
             cpu_seconds=(rusage.ru_utime + rusage.ru_stime) if rusage else 0.0,
             max_rss_bytes=(rusage.ru_maxrss * 1024) if rusage else 0,
         )
+        unrun = ""
+        if proc.report is not None:  # bwrap passes a signal's death on as 128 + N
+            seen = await asyncio.to_thread(sandbox_.usage, proc.report)
+            code = int(seen.get("status", code))
+            usage.cpu_seconds = float(seen.get("cpu", 0.0))
+            usage.max_rss_bytes = int(seen.get("max_rss", 0))
+            if "error" in seen:  # the job's command could not be run
+                what = task.spec.command[0]
+                unrun = (
+                    f"command not found: {what}"
+                    if code == 127
+                    else f"cannot run {what}: {seen['error']}"
+                )
+        exit_code = code if code >= 0 else 128 - code
         if proc.stop_state is not None:
             state, reason = proc.stop_state, proc.stop_reason
+        elif unrun:
+            state, reason = JobState.FAILED, unrun
         elif code == 0:
             state, reason = JobState.COMPLETE, ""
         elif code < 0:
-            state, reason = JobState.FAILED, f"killed by {signal.Signals(-code).name}"
+            state, reason = JobState.FAILED, f"killed by {_signal_name(-code)}"
         else:
             state, reason = JobState.FAILED, f"exit code {code}"
         if proc.confined is not None:
@@ -191,7 +219,8 @@ class LocalBackend(Backend):
         if proc.stop_state is None:
             proc.stop_state, proc.stop_reason = state, reason
         proc.descendants = _descendants(proc.popen.pid)
-        _kill_group(proc.popen.pid, signal.SIGTERM)
+        if not proc.boxed:  # bwrap would die of it at once, and the grace with it
+            _kill_group(proc.popen.pid, signal.SIGTERM)
         _signal_all(proc.descendants, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.shield(proc.exited), self.kill_grace)
@@ -241,6 +270,13 @@ def _reap_blocking(proc: _Proc, loop: asyncio.AbstractEventLoop) -> None:
             proc.exited.set_result((status, rusage))
 
     loop.call_soon_threadsafe(done)
+
+
+def _signal_name(n: int) -> str:
+    try:
+        return signal.Signals(n).name
+    except ValueError:  # a real-time signal
+        return f"signal {n}"
 
 
 def _descendants(pid: int) -> list[psutil.Process]:

@@ -1,55 +1,107 @@
-"""Keeping a local job out of what belongs to computenet on the machine.
+"""Keeping a local job out of what belongs to computenet, and off the machine's files.
 
 A job on the local backend runs as the agent's user. Without more it could read what that
 user can: the computenet credentials in the user's config (an admin token, on a machine
-set up by ``cnet up``), the agent's state (its key, other jobs' directories and outputs)
-and the pool's data root, every tenant's home included. bubblewrap (``bwrap``) runs each
-job in namespaces of its own, in which the machine's file system is as it is except that
-those directories are empty and read-only, the job's own directory is in place, and
-``/proc`` shows the job's own processes only: with the host's, another process of the
-same user would show the whole file system under ``/proc/PID/root``.
+set up by ``cnet up``), the node's database, the agent's state (its key, other jobs'
+directories and outputs) and the pool's data root, every tenant's home included; and it
+could write where that user can, leaving code for the user's next login to run.
 
-The job's exit status passes through; a job killed by signal N exits 128 + N, as under a
-shell.
+bubblewrap (``bwrap``) runs each job in namespaces of its own, in which:
+
+- the machine's file system is read-only, except ``/dev`` and the job's own directory;
+- ``/tmp``, ``/dev/shm`` and the user's runtime directory are empty and the job's own;
+- computenet's directories are empty and read-only, and its key files empty;
+- ``/proc`` shows the job's own processes only (with the host's, another process of the
+  same user would show the whole file system under ``/proc/PID/root``);
+- a root agent's job has no capabilities, so it cannot mount or unmount anything.
+
+bwrap itself starts with an environment of its own; the job's goes to ``reaper.py``, the
+first process inside, through a descriptor.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
+REAPER = Path(__file__).with_name("reaper.py")
+LEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
 class SandboxError(RuntimeError):
     """The sandbox was asked for and cannot be had here."""
 
 
+@dataclass
+class Launch:
+    """What starts a job in the sandbox: bwrap's command and environment, the descriptors
+    it inherits, and the one the agent reads the job's usage from once it has ended."""
+
+    argv: list[str]
+    env: dict[str, str]
+    pass_fds: tuple[int, ...]
+    report: int
+    _theirs: list[int] = field(default_factory=list)
+
+    def started(self) -> None:
+        """The child holds its ends now; the agent's copies would keep the pipe open."""
+        for fd in self._theirs:
+            os.close(fd)
+        self._theirs.clear()
+
+    def abandon(self) -> None:
+        self.started()
+        os.close(self.report)
+
+
 @dataclass(frozen=True)
 class Sandbox:
     bwrap: str
-    private: tuple[Path, ...]
+    private: tuple[Path, ...]  # directories hidden whole
+    secret: tuple[Path, ...] = ()  # files hidden (found empty)
 
-    def wrap(self, argv: list[str], workdir: Path) -> list[str]:
-        """``argv`` run by bwrap; what to hide is looked up now, so that a directory made
-        since the agent started (the user's first ``cnet login``) is hidden too."""
+    def command(self, workdir: Path) -> list[str]:
+        """bwrap's part of the command; what to hide is looked up now, so that a
+        directory made since the agent started is hidden too."""
+        args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
+        if os.geteuid() == 0:
+            args += ["--cap-drop", "ALL"]
+        args += ["--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc"]
+        args += ["--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+        runtime = Path(f"/run/user/{os.getuid()}")
+        if runtime.is_dir():
+            args += ["--tmpfs", str(runtime)]
         dirs = hidden(self.private)
-        args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--dev-bind", "/", "/"]
-        args += ["--proc", "/proc"]
         for d in dirs:
             args += ["--tmpfs", str(d)]
+        for f in self.secret:
+            if f.is_file():
+                args += ["--ro-bind", "/dev/null", str(f)]
         args += ["--bind", str(workdir), str(workdir)]
         for d in dirs:
             args += ["--remount-ro", str(d)]
-        return [*args, "--chdir", str(workdir), "--", *argv]
+        return [*args, "--chdir", str(workdir)]
+
+    def launch(self, argv: list[str], env: dict[str, str], workdir: Path) -> Launch:
+        spec = os.memfd_create("cnet-job", 0)  # inheritable: bwrap passes it on
+        os.write(spec, json.dumps({"argv": argv, "env": env}).encode())
+        os.lseek(spec, 0, os.SEEK_SET)
+        report, theirs = os.pipe()
+        os.set_inheritable(theirs, True)
+        reaper = [sys.executable, "-I", "-S", str(REAPER), str(spec), str(theirs)]
+        cmd = [*self.command(workdir), "--", *reaper]
+        return Launch(cmd, dict(LEAN_ENV), (spec, theirs), report, [spec, theirs])
 
 
 def hidden(paths: Iterable[Path]) -> tuple[Path, ...]:
@@ -65,13 +117,23 @@ def hidden(paths: Iterable[Path]) -> tuple[Path, ...]:
 
 def make(mode: str, private: Iterable[Path]) -> Sandbox | None:
     """The sandbox for ``mode``: ``on`` needs one, ``auto`` takes one where bwrap works
-    here and says loudly where it does not, ``off`` runs jobs as they are."""
+    here and says loudly where it does not, ``off`` runs jobs as they are. ``private``:
+    directories to hide, and files (a key kept apart); a private directory is made where
+    it is missing, so that it can always be hidden: one made later (the user's first
+    ``cnet login``) would otherwise be in plain view."""
     if mode not in MODES:
         raise SandboxError(f"sandbox={mode!r}: expected one of {', '.join(MODES)}")
     if mode == "off":
         return None
-    box = Sandbox(shutil.which("bwrap") or "", tuple(private))
-    why = _unusable(box)
+    secret = tuple(p for p in private if p.is_file())
+    dirs = tuple(p for p in private if not p.is_file())
+    for d in dirs:
+        try:
+            d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as e:
+            raise SandboxError(f"{d} cannot be made, and so cannot be hidden from jobs: {e}") from e
+    box = Sandbox(shutil.which("bwrap") or "", dirs, secret)
+    why = unusable(box)
     if why is None:
         return box
     if mode == "on":
@@ -85,14 +147,17 @@ def make(mode: str, private: Iterable[Path]) -> Sandbox | None:
     return None
 
 
-def _unusable(box: Sandbox) -> str | None:
+def unusable(box: Sandbox) -> str | None:
     """Why bwrap cannot run jobs here, tried once as a job would run; None when it can."""
     if not box.bwrap:
         return "bwrap (Debian's bubblewrap) is not installed"
     with tempfile.TemporaryDirectory(prefix="cnet-sandbox-") as workdir:
+        launch = box.launch(["true"], {}, Path(workdir))
         try:
             r = subprocess.run(
-                box.wrap(["true"], Path(workdir)),
+                launch.argv,
+                env=launch.env,
+                pass_fds=launch.pass_fds,
                 capture_output=True,
                 text=True,
                 timeout=30,
@@ -100,6 +165,8 @@ def _unusable(box: Sandbox) -> str | None:
             )
         except (OSError, subprocess.TimeoutExpired) as e:
             return f"bwrap did not run: {e}"
+        finally:
+            launch.abandon()
     if r.returncode != 0:
         words = r.stderr.strip().splitlines()
         return f"bwrap cannot make namespaces here ({words[-1] if words else r.returncode})"
@@ -107,8 +174,8 @@ def _unusable(box: Sandbox) -> str | None:
 
 
 def missing(argv: list[str], workdir: Path, env: dict[str, str]) -> OSError | None:
-    """The error ``exec`` would give for ``argv[0]``, looked for as the job would: in the
-    sandbox, a command that is not there would be bwrap's failure, not the job's."""
+    """The error ``exec`` would give for ``argv[0]``, looked for as the job would, so that
+    a command that is not there fails before the job starts, as outside the sandbox."""
     name = argv[0]
     if "/" in name:
         path = workdir / name
@@ -120,3 +187,22 @@ def missing(argv: list[str], workdir: Path, env: dict[str, str]) -> OSError | No
     if shutil.which(name, path=env.get("PATH", os.defpath)) is None:
         return FileNotFoundError(name)
     return None
+
+
+def usage(report: int) -> dict[str, float | int | str]:
+    """What the reaper wrote, once the job has ended: its usage, or why it did not start."""
+    data = b""
+    try:
+        while chunk := os.read(report, 1 << 16):
+            data += chunk
+    except OSError:
+        pass
+    finally:
+        os.close(report)
+    out: dict[str, float | int | str] = {}
+    for line in data.splitlines():
+        try:
+            out.update(json.loads(line))
+        except ValueError:
+            continue
+    return out

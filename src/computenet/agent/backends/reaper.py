@@ -1,0 +1,64 @@
+"""The first process in a local job's sandbox: starts the job, waits for it, reports what
+it used, then ends as the job ended.
+
+bwrap's own process outside the sandbox never reaps the job, so ``wait4`` on it would
+measure bwrap alone; this one does, and writes the job's CPU time and peak memory to a
+pipe the agent reads. It ignores SIGTERM, SIGINT and SIGHUP (the agent sends them to the
+job, which ends; then this ends) and takes the job's command and environment from a
+descriptor, so that the environment a job asked for (``LD_PRELOAD``, say) reaches only
+the job, never bwrap. It imports nothing of computenet: it starts with every job.
+
+    python -I -S reaper.py SPEC_FD REPORT_FD
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import sys
+
+PASSED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _report(fd: int, **fields: object) -> None:
+    os.write(fd, json.dumps(fields).encode() + b"\n")
+
+
+def main() -> None:
+    spec_fd, report_fd = int(sys.argv[1]), int(sys.argv[2])
+    with os.fdopen(spec_fd, "rb") as f:
+        spec = json.loads(f.read())
+    argv, env = spec["argv"], spec["env"]
+    for s in PASSED:
+        signal.signal(s, signal.SIG_IGN)
+    os.set_inheritable(report_fd, False)
+    pid = os.fork()
+    if pid == 0:
+        for s in PASSED:
+            signal.signal(s, signal.SIG_DFL)
+        try:
+            os.execvpe(argv[0], argv, env)
+        except OSError as e:
+            code = 127 if isinstance(e, FileNotFoundError) else 126
+            _report(report_fd, error=e.strerror or str(e), code=code)
+            os._exit(code)
+    _, status, usage = os.wait4(pid, 0)
+    _report(
+        report_fd,
+        cpu=usage.ru_utime + usage.ru_stime,
+        max_rss=usage.ru_maxrss * 1024,
+        status=os.waitstatus_to_exitcode(status),  # -N: killed by signal N
+    )
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # the job's core, not this one's
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those are always the default
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+    os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
+
+
+if __name__ == "__main__":
+    main()
