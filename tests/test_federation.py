@@ -13,14 +13,16 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import create_engine
 
 from computenet.agent.identity import Identity
 from computenet.agent.link import NodeLink
 from computenet.ident import requests as signed
 from computenet.ident.delegation import ChainError, issue, verify_chain, verify_record
 from computenet.ident.keys import KeyPair
-from computenet.model import JobState, Machine, PoolInventory, ProviderRegistration
+from computenet.model import JobState, Machine, PoolInventory, ProviderRegistration, Role
 from computenet.model.federation import Delegation, Record, Summary
+from computenet.node.store import tokens as token_store
 from computenet.sdk import ApiError
 from conftest import Network, procs_with
 
@@ -293,6 +295,26 @@ def test_job_for_another_nodes_pool_runs_there(tree: dict[str, Network]) -> None
     with tree["west"].client() as c:
         there = [j for j in c.list(all_tenants=True, limit=50).items if j.pool == west_pool]
     assert any(j.tenant == "admin.cn.east.fin" and j.exit_code == 3 for j in there)
+
+
+def test_a_dotted_local_tenant_from_before_cannot_share_a_far_tenants_jobs(
+    tree: dict[str, Network],
+) -> None:
+    """A local tenant named as a forwarded one (possible before local names lost their
+    dots) would share its jobs: the owner refuses the forwarded job until it is revoked."""
+    west_pool = _west_pool(tree)
+    engine = create_engine(tree["west"].db_url)
+    with engine.begin() as conn:  # as an older release made it
+        old = token_store.create(conn, "old", "admin.cn.east.fin", Role.tenant)
+    engine.dispose()
+    try:
+        r = tree["fin"].cnet("run", "--pool", west_pool, "--", "true", timeout=120)
+        assert r.returncode != 0 and "also a local tenant" in r.stderr, r.stderr
+    finally:
+        with tree["west"].client() as c:
+            c.revoke_token(old.id)
+    r = tree["fin"].cnet("run", "--pool", west_pool, "--", "true", timeout=120)
+    assert r.returncode == 0, r.stderr
 
 
 def test_job_that_fits_only_elsewhere_is_placed_there(tree: dict[str, Network]) -> None:

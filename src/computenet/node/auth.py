@@ -13,6 +13,7 @@ from computenet.model import Role, Token
 from computenet.node.errors import Forbidden, Unauthorized
 from computenet.node.federation import HEADER_CHAIN, HEADER_TENANT
 from computenet.node.runtime import Node
+from computenet.node.store import tokens as token_store
 
 
 @dataclass(frozen=True)
@@ -119,10 +120,16 @@ async def _far_node(request: Request) -> Principal:
     )
     if not stamp or not sig:
         raise Unauthorized("unsigned request: calls between nodes carry a node signature")
-    key, tenant = node_of(request).federation.far_caller(
+    node = node_of(request)
+    key, tenant = node.federation.far_caller(
         code, h.get(HEADER_CHAIN, ""), h.get(HEADER_TENANT, "")
     )
     await _check_signature(request, key, stamp, sig, "node")
+    if any(t.revoked_at is None for t in await node.reading(token_store.list_all, tenant)):
+        raise Forbidden(
+            f"tenant {tenant} of node {code} is also a local tenant of this node (made before "
+            "local tenants' names lost their dots): its admin must revoke those tokens"
+        )
     now = datetime.now(UTC)
     return Principal(
         Token(id=f"node-{code}", name=code, tenant=tenant, role=Role.tenant, created_at=now)
