@@ -124,6 +124,40 @@ def test_a_job_elsewhere_stages_the_input_and_leaves_a_replica(
     assert (kept / "sub" / "b.bin").read_bytes() == bytes(range(256)) * 4096
 
 
+def test_a_job_input_names_a_path_inside_a_version(net: Network, tmp_path: Path) -> None:
+    """Only that path of the version is at the input's place; the version is pinned,
+    placed by and staged whole, and a path it lacks fails the job, naming it."""
+    publish(net, corpus(tmp_path, "q"), "cnet://dataset/corpus-q", "pool-a")
+    inputs = [
+        {"uri": "cnet://dataset/corpus-q/a.txt", "path": "one.txt"},
+        {"uri": "cnet://dataset/corpus-q@1/./sub/", "path": "part"},
+    ]
+    read = ["sh", "-c", "cat one.txt && ls part && wc -c < part/b.bin"]
+    with net.client() as c:
+        plan = c.plan(command=["true"], inputs=inputs)
+        job = c.submit(command=read, inputs=inputs, pool=cpi(net, "pool-b"))
+        pinned = ["cnet://dataset/corpus-q@1/a.txt", "cnet://dataset/corpus-q@1/sub"]
+        assert [i.uri for i in job.spec.inputs] == pinned
+        job = c.wait(job.id, timeout=90)
+        out = "".join(x["data"] for x in c.logs(job.id) if x["stream"] == "stdout")
+        v = c.dataset("corpus-q").versions[0]
+        missing = c.submit(
+            command=["true"], inputs=[{"uri": "cnet://dataset/corpus-q@1/sub/nope", "path": "x"}]
+        )
+        missing = c.wait(missing.id, timeout=60)
+    moved = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
+    assert moved["pool-a"] == 0 and moved["pool-b"] == v.total_bytes  # the whole version
+    assert job.state is JobState.COMPLETE, job.reason
+    assert out.split() == ["alpha", "q", "b.bin", str(256 * 4096)]
+    kept = net.home / "agents" / "pool-b" / "data" / "datasets" / "corpus-q" / "1"
+    assert (kept / "a.txt").read_text() == "alpha q\n"  # the version, kept for later jobs
+    assert {r.pool.rsplit("/", 1)[-1] for r in v.replicas} == {"pool-a", "pool-b"}
+    assert missing.state is JobState.FAILED
+    assert "corpus-q@1/sub/nope: no such file or directory in cnet://dataset/corpus-q@1" in (
+        missing.reason
+    )
+
+
 def test_outputs_are_published_and_copied_back(net: Network, tmp_path: Path) -> None:
     where, _ = run(
         net,
@@ -174,10 +208,14 @@ def test_a_path_inside_a_version_is_copied_and_checked_against_the_version(
     assert up.returncode == 1 and "'..' is not allowed" in up.stderr
     r = httpx.post(
         f"{net.url}/v1/jobs",
-        json={"command": ["true"], "inputs": [{"uri": "cnet://dataset/corpus-p/sub", "path": "x"}]},
+        json={
+            "command": ["true"],
+            "outputs": [{"uri": "cnet://dataset/corpus-p/sub", "path": "x"}],
+        },
         headers={"authorization": f"Bearer {net.token}"},
     )
-    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "inputs.0.uri", r.text
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "outputs.0.uri", r.text
+    assert "a job's inputs" in r.json()["detail"]
 
     copy = net.home / "agents" / "pool-a" / "data" / v.replicas[0].path.strip("/")
     (copy / "a.txt").write_text("changed beside the part asked for\n")

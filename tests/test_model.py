@@ -433,3 +433,31 @@ def test_schema_export_is_deterministic(tmp_path: Path) -> None:
     a = {p.name: p.read_text() for p in export(tmp_path / "a")}
     b = {p.name: p.read_text() for p in export(tmp_path / "b")}
     assert a == b
+
+
+@pytest.mark.parametrize(
+    ("uri", "whole", "inside"),
+    [
+        ("cnet://dataset/x", "cnet://dataset/x", ""),
+        ("cnet://dataset/x@2/a/./b/", "cnet://dataset/x@2", "a/b"),
+        ("cnet://dataset/x/", "cnet://dataset/x", ""),
+        ("cpi:local:acme/gpu:/in/x", "cpi:local:acme/gpu:/in/x", ""),
+    ],
+)
+def test_a_job_input_may_name_a_path_inside_a_version(uri: str, whole: str, inside: str) -> None:
+    from computenet.model.dataset import DataInput, split_input
+
+    assert split_input(uri) == (whole, inside)
+    assert DataInput(uri=uri, path="in").uri == (f"{whole}/{inside}" if inside else whole)
+
+
+@pytest.mark.parametrize(
+    "uri", ["cnet://dataset/x@2/../y", "cnet://dataset/X/a", "cnet://dataset/"]
+)
+def test_a_bad_path_inside_a_version_is_refused(uri: str) -> None:
+    from computenet.model.dataset import DataInput, DataOutput
+
+    with pytest.raises(ValidationError):
+        DataInput(uri=uri, path="in")
+    with pytest.raises(ValidationError, match="a job's inputs"):
+        DataOutput(uri="cnet://dataset/x/a", path="out")

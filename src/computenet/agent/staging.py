@@ -39,6 +39,7 @@ from computenet.model.dataset import (
     StagingLanded,
     StagingPlan,
     parse_data_uri,
+    split_input,
 )
 from computenet.model.transfer import TransferResult
 from computenet.sdk.client import ApiError
@@ -109,6 +110,19 @@ def link_tree(src: Path, dest: Path, frozen: bool = False) -> None:
                 one(a, dest / rel / f)
 
 
+def _part(copy: Path, inside: str, uri: str) -> Path:
+    """The path inside a version's copy that a job input names; the copy itself for ''."""
+    if not inside:
+        return copy
+    try:
+        part = confine(copy, inside, links=False)
+    except PathError as e:
+        raise StagingError(f"in {uri}: {e}") from e
+    if not part.exists():
+        raise StagingError(f"no such file or directory in {uri}")
+    return part
+
+
 def _remove(p: Path) -> None:
     """``p`` and all below it, without following links; nothing where it is missing."""
     if p.is_dir() and not p.is_symlink():
@@ -137,12 +151,15 @@ class Stager:
 
     async def inputs(self, task: Task) -> None:
         for i, item in enumerate(task.spec.inputs):
+            uri, inside = split_input(item.uri)
             # One fetch of a dataset into the pool at a time; who waits then links it.
             with _failing(f"staging input {item.uri}"):
-                async with self._locks[item.uri]:
-                    await self._input(task, i, confine(task.workdir, item.path))
+                async with self._locks[uri]:
+                    await self._input(task, i, confine(task.workdir, item.path), inside)
 
-    async def _input(self, task: Task, index: int, dest: Path) -> None:
+    async def _input(self, task: Task, index: int, dest: Path, inside: str = "") -> None:
+        """Links the input into place; for a path inside a dataset version (``inside``),
+        the version is staged whole, checked, and that path of it linked."""
         ask = StagingAsk(job_id=task.job_id, attempt=task.attempt, kind="input", index=index)
         plan = await self.link.staging(ask)
         if plan.local is not None:
@@ -152,6 +169,7 @@ class Stager:
                 if src.exists():
                     why = await self._changed(src, plan)
                 if why is None:
+                    src = _part(src, inside, plan.uri)
                     await asyncio.to_thread(link_tree, src, dest, plan.tree_hash is not None)
                     return
             if plan.tree_hash is None:  # a pool path: nothing to fetch in its stead
@@ -177,7 +195,7 @@ class Stager:
                 await self._landed(
                     task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
                 )
-            await asyncio.to_thread(link_tree, keep, dest, True)
+            await asyncio.to_thread(link_tree, _part(keep, inside, plan.uri), dest, True)
         gone = plan.discard
         if gone is not None and not (
             within(normalise(gone), normalise(plan.keep))

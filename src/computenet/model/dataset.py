@@ -7,7 +7,9 @@ pools, and agents stage a job's inputs from them.
 
 Data URIs, the one grammar for the CLI, job files, REST and the SDK:
 
-- ``cnet://dataset/NAME`` (the newest version) or ``cnet://dataset/NAME@VERSION``;
+- ``cnet://dataset/NAME`` (the newest version) or ``cnet://dataset/NAME@VERSION``, and
+  where data is read (``cnet cp``, ``cnet ls``, a job's inputs) a path inside the version
+  after it, ``cnet://dataset/NAME@VERSION/some/file``;
 - ``POOL-CPI:/path``, a path under a pool's data root (``cpi:local:acme/gpu:/in/x``).
 """
 
@@ -60,8 +62,8 @@ def parse_dataset(text: str) -> DatasetRef:
         raise DataURIError(f"{text!r}: a dataset is cnet://dataset/NAME[@VERSION]")
     if "/" in text[len(SCHEME) :]:
         raise DataURIError(
-            f"{text!r}: a path inside a dataset is only read, by cnet ls and cnet cp; "
-            "here name the dataset, cnet://dataset/NAME[@VERSION]"
+            f"{text!r}: a path inside a dataset is only read (by cnet ls, cnet cp and a "
+            "job's inputs); here name the dataset, cnet://dataset/NAME[@VERSION]"
         )
     name, at, version = text[len(SCHEME) :].partition("@")
     if not NAME_RE.match(name):
@@ -90,6 +92,17 @@ def parse_pool_path(text: str) -> PoolRef:
     return PoolRef(cpi, path or "/")
 
 
+def split_input(text: str) -> tuple[str, str]:
+    """A job input's data URI without the path inside a dataset version it may name, and
+    that path ('' for the whole version): ``cnet://dataset/NAME[@VERSION][/PATH]``. The
+    version is staged whole (and kept in the pool for later jobs); the path is linked."""
+    if not text.startswith(SCHEME):
+        return text, ""
+    head, _, inside = text[len(SCHEME) :].partition("/")
+    _no_dotdot(inside)
+    return SCHEME + head, "/".join(p for p in inside.split("/") if p not in ("", "."))
+
+
 def parse_data_uri(text: str) -> DatasetRef | PoolRef:
     if text.startswith("cnet://"):
         return parse_dataset(text)
@@ -103,6 +116,12 @@ def _uri(v: str) -> str:
     if isinstance(ref, PoolRef):
         _no_dotdot(ref.path)
     return v
+
+
+def _input_uri(v: str) -> str:
+    uri, inside = split_input(v)
+    _uri(uri)
+    return f"{uri}/{inside}" if inside else uri
 
 
 def _no_dotdot(path: str) -> None:
@@ -124,6 +143,7 @@ def _workdir_path(v: str) -> str:
 
 
 DataURI = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_uri)]
+InputURI = Annotated[str, Field(min_length=1, max_length=4096), AfterValidator(_input_uri)]
 WorkdirPath = Annotated[str, Field(min_length=1, max_length=1024), AfterValidator(_workdir_path)]
 DatasetName = Annotated[str, Field(pattern=NAME_RE.pattern)]
 DatasetVersionText = Annotated[str, Field(pattern=VERSION_RE.pattern)]
@@ -135,7 +155,10 @@ def some_versions(versions: list[str], at_most: int = 5) -> str:
 
 
 class DataInput(Model):
-    uri: DataURI = Field(description="cnet://dataset/NAME[@VERSION] or POOL-CPI:/path")
+    uri: InputURI = Field(
+        description="cnet://dataset/NAME[@VERSION][/PATH] (PATH: a file or directory inside "
+        "the version) or POOL-CPI:/path"
+    )
     path: WorkdirPath = Field(description="where it appears, relative to the working directory")
 
 

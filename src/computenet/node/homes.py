@@ -14,7 +14,7 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from computenet.model import Direction
-from computenet.model.dataset import DatasetRef, PoolRef, parse_data_uri
+from computenet.model.dataset import DatasetRef, PoolRef, parse_data_uri, split_input
 from computenet.model.job import JobSpec
 from computenet.node.errors import Forbidden
 from computenet.node.store import datasets as dataset_store
@@ -72,7 +72,7 @@ def check_job(conn: Connection, spec: JobSpec, tenant: str, field: str = "") -> 
 
 
 def _check_uri(conn: Connection, tenant: str, uri: str, way: Direction, field: str) -> None:
-    ref: DatasetRef | PoolRef = parse_data_uri(uri)
+    ref: DatasetRef | PoolRef = parse_data_uri(split_input(uri)[0])
     if isinstance(ref, PoolRef):
         try:
             path = normalise(ref.path)

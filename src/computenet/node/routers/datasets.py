@@ -29,6 +29,7 @@ from computenet.model.dataset import (
     StagingLanded,
     StagingPlan,
     parse_data_uri,
+    split_input,
 )
 from computenet.model.transfer import Direction, TransferRequest
 from computenet.node import homes
@@ -155,7 +156,7 @@ async def _asked(
     items = job.spec.inputs if body.kind == "input" else job.spec.outputs
     if body.index >= len(items):
         raise Invalid(f"{job.id} has {len(items)} {body.kind}s", field="index")
-    uri = items[body.index].uri
+    uri = split_input(items[body.index].uri)[0]  # a part of a version: staged whole
     return job, uri, parse_data_uri(uri)
 
 

@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import Connection
 
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
-from computenet.model.dataset import DatasetRef, parse_data_uri
+from computenet.model.dataset import DatasetRef, parse_data_uri, split_input
 from computenet.model.plan import Plan
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
@@ -94,14 +94,15 @@ def pin_inputs(conn: Connection, spec: JobSpec, field: str = "") -> JobSpec:
         return spec
     pinned = []
     for i, item in enumerate(spec.inputs):
-        ref = parse_data_uri(item.uri)
+        uri, inside = split_input(item.uri)
+        ref = parse_data_uri(uri)
         if isinstance(ref, DatasetRef):
             where = f"{field}inputs.{i}.uri"
             try:
                 v = dataset_store.resolve(conn, ref, where)
             except NotFound as e:
                 raise Invalid(e.detail, field=where) from e
-            item = item.model_copy(update={"uri": v.uri})
+            item = item.model_copy(update={"uri": f"{v.uri}/{inside}" if inside else v.uri})
         pinned.append(item)
     return spec.model_copy(update={"inputs": pinned})
 
@@ -199,8 +200,15 @@ async def plan(
 ) -> Plan:
     """The optimizer table for a job: candidates with estimated start, cost and score parts,
     the rejected pools with reasons, and what the scheduler would do. Nothing is submitted."""
-    view = _view(spec, who.tenant, "j-plan")
-    return await node.reading(plan_job, node.profile, view)
+
+    def run(conn: Connection) -> Plan:
+        try:  # as submission would name its data: two inputs of one version move it once
+            pinned = pin_inputs(conn, spec)
+        except Invalid:
+            pinned = spec  # an unknown dataset counts nothing anywhere
+        return plan_job(conn, node.profile, _view(pinned, who.tenant, "j-plan"))
+
+    return await node.reading(run)
 
 
 @router.post("/batch", status_code=201, response_model=list[Job])

@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, bindparam, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus, Price
-from computenet.model.dataset import DataURIError, PoolRef, parse_data_uri
+from computenet.model.dataset import DataURIError, PoolRef, parse_data_uri, split_input
 from computenet.model.job import accelerators
 from computenet.model.plan import Plan, PlanCandidate, PlanRejection
 from computenet.node.metrics import PLACED, SCHEDULE_PASS
@@ -176,7 +176,7 @@ def data_of(holdings: Holdings) -> Callable[[str], tuple[int, frozenset[str]] | 
 
     def data(uri: str) -> tuple[int, frozenset[str]] | None:
         try:
-            ref = parse_data_uri(uri)
+            ref = parse_data_uri(split_input(uri)[0])  # a part of a version: it moves whole
         except DataURIError:
             return None
         if isinstance(ref, PoolRef):

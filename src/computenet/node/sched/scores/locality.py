@@ -4,11 +4,13 @@ An input a pool already holds (a replica of the dataset version, or a pool path 
 pool) counts zero; any other input counts its size. The node has no measure of the links
 between pools, so every remote link counts the same: fewer bytes to move wins, wherever
 they come from. An input the node does not know (a dataset deleted since submission)
-counts nothing anywhere.
+counts nothing anywhere. Data named by several inputs (paths inside one version, say)
+moves once, and counts once.
 """
 
 from __future__ import annotations
 
+from computenet.model.dataset import split_input
 from computenet.node.sched.framework import Context, JobView, PoolView
 
 
@@ -18,7 +20,7 @@ class DataLocality:
 
     def raw(self, job: JobView, pool: PoolView, ctx: Context) -> float | None:
         moved = 0
-        for uri in job.inputs:
+        for uri in dict.fromkeys(split_input(u)[0] for u in job.inputs):
             known = ctx.data(uri)
             if known is not None and pool.cpi not in known[1]:
                 moved += known[0]
