@@ -94,6 +94,15 @@ def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
     modes = ["stat", "-c", "%a", "in/a.txt", "in/sub/b.bin"]  # the copy's own files
     _, out = run(net, command=modes, inputs=[{"uri": "cnet://dataset/corpus-a", "path": "in"}])
     assert out.split() == ["444", "444"]
+    spoil = ["sh", "-c", "chmod u+w in/a.txt || echo spoiled >> in/a.txt || exit 9"]
+    with net.client() as c:
+        job = c.wait(
+            c.submit(command=spoil, inputs=[{"uri": "cnet://dataset/corpus-a", "path": "in"}]).id,
+            timeout=90,
+        )
+    assert (job.state, job.exit_code) == (JobState.FAILED, 9)  # read-only, even to its owner
+    copy = net.home / "agents" / "pool-a" / "data" / "datasets" / "corpus-a"
+    assert [p.read_text() for p in copy.rglob("a.txt")] == ["alpha a\n"]
     with net.client() as c:
         plan = c.plan(command=["true"], inputs=[{"uri": "cnet://dataset/corpus-a", "path": "x"}])
     moved = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
@@ -582,9 +591,9 @@ def test_a_version_published_while_a_put_moves_is_kept_out_of_it(
 
 
 def test_a_copy_a_job_wrote_to_is_fetched_afresh_or_refused(net: Network, tmp_path: Path) -> None:
-    """Inputs are hard links to the pool's copy, read-only; a job that may write them
-    anyway (run as root, as here) and appends to one changes the copy. The next job on
-    that pool finds it so: the node forgets that copy, and the agent fetches another
+    """Inputs are hard links to the pool's copy, read-only in the job's sandbox: a job
+    that appends to one fails. A hand that changes the copy anyway is found out by the
+    next job on that pool: the node forgets that copy, and the agent fetches another
     pool's in its stead, or the job fails, saying why."""
     a, b = cpi(net, "pool-a"), cpi(net, "pool-b")
     read = ["sh", "-c", "cat in/a.txt"]
@@ -596,7 +605,13 @@ def test_a_copy_a_job_wrote_to_is_fetched_afresh_or_refused(net: Network, tmp_pa
             assert cnet(net, "cp", uri, f"{b}:/copies/{tag}").returncode == 0
         inputs = [{"uri": uri, "path": "in"}]
         assert run(net, command=read, pool=a, inputs=inputs) == ("pool-a", f"alpha {tag}\n")
-        assert run(net, command=spoil, pool=a, inputs=inputs)[0] == "pool-a"
+        with net.client() as c:
+            refused = c.wait(c.submit(command=spoil, pool=a, inputs=inputs).id, timeout=60)
+            where = {r.pool: r.path for r in c.dataset(f"corpus-{tag}").versions[0].replicas}
+        assert refused.state is JobState.FAILED, refused.reason
+        root = net.home / "agents" / "pool-a" / "data"
+        with open(root / where[a].strip("/") / "a.txt", "a") as f:
+            f.write("evil\n")
         with net.client() as c:
             job = c.wait(c.submit(command=read, pool=a, inputs=inputs).id, timeout=60)
             held = {r.pool: r.path for r in c.dataset(f"corpus-{tag}").versions[0].replicas}

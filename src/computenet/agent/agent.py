@@ -26,6 +26,7 @@ import websockets
 
 from computenet import __version__, config
 from computenet.agent import calibrate as calibration
+from computenet.agent import workdir as job_files
 from computenet.agent.backends import Backend, LaunchError, Outcome, Task
 from computenet.agent.backends import create as create_backend
 from computenet.agent.environment import job_env, pick_variant
@@ -429,7 +430,7 @@ class Agent:
         try:
             task.workdir.mkdir(parents=True, exist_ok=True)
             # Written before launch, so that a restarted agent knows what it was running.
-            (task.workdir / "assignment.json").write_text(_assignment(task).model_dump_json())
+            job_files.write(task.workdir / "assignment.json", _assignment(task).model_dump_json())
             given = [d for d in self.devices if d.index in task.devices]
             variants = {str(k): v for k, v in task.spec.variants.items()}
             rt, command = pick_variant(variants, task.spec.command, given, self.devices)
@@ -511,8 +512,7 @@ class Agent:
             usage=outcome.usage,
         )
         # On disk first: if the node is away, or this agent restarts, the result survives.
-        result = task.workdir / "result.json"
-        result.write_text(report.model_dump_json())
+        job_files.write(task.workdir / "result.json", report.model_dump_json())
         self._queue(report, task.workdir)
 
     # --- logs and reports ---------------------------------------------------------------
@@ -581,9 +581,9 @@ class Agent:
         del self._reports[: len(reports)]
         for why in result.refused:
             log.warning("node refused a report: %s", why)
-        for report, workdir in reports:
-            if workdir is not None and report.state.terminal:
-                (workdir / "reported").touch()
+        for report, where in reports:
+            if where is not None and report.state.terminal:
+                job_files.write(where / "reported")
         self.handle(result.directives)
 
     async def _retention_loop(self) -> None:
@@ -601,23 +601,26 @@ class Agent:
     async def _recover(self) -> None:
         """Re-queues results the node never acknowledged; re-attaches to work still running
         where the backend can follow it, and reports the rest as lost."""
-        for workdir in sorted(self.jobs_dir.iterdir()):
-            if not workdir.is_dir() or (workdir / "reported").exists():
+        for where in sorted(self.jobs_dir.iterdir()):
+            if not where.is_dir() or (where / "reported").exists():
                 continue
-            result = workdir / "result.json"
+            result = where / "result.json"
             if result.exists():
                 try:
-                    report = Report.model_validate_json(result.read_text())
-                except ValueError:
+                    report = Report.model_validate_json(job_files.read(result))
+                except (OSError, ValueError):
                     continue
-                self._remember(f"{report.job_id}#{report.attempt}")
-                self._reports.append((report, workdir))
+                if job_files.belongs(where, report.job_id, report.attempt):
+                    self._remember(f"{report.job_id}#{report.attempt}")
+                    self._reports.append((report, where))
                 continue
             try:
-                a = Assignment.model_validate_json((workdir / "assignment.json").read_text())
+                a = Assignment.model_validate_json(job_files.read(where / "assignment.json"))
             except (OSError, ValueError):
                 continue
-            task = Task(a.job_id, a.attempt, a.tenant, a.spec, a.devices, workdir)
+            if not job_files.belongs(where, a.job_id, a.attempt):
+                continue
+            task = Task(a.job_id, a.attempt, a.tenant, a.spec, a.devices, where)
             self._remember(task.key)
             if await self.backend.recover(task):
                 log.info("re-attached to %s", task.key)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import codecs
+import os
 from pathlib import Path
 
+from computenet.agent import workdir as job_files
 from computenet.model.agent import MAX_LOG_CHUNK
 
 READ = MAX_LOG_CHUNK // 4  # leaves room for the worst-case UTF-8 → JSON escaping growth
@@ -19,9 +21,11 @@ class Tail:
 
     def read(self, final: bool = False) -> list[tuple[int, str]]:
         out: list[tuple[int, str]] = []
-        if not self.path.exists():
+        try:
+            fd = job_files.open_read(self.path)  # a link the job left there is not followed
+        except OSError:
             return out
-        with open(self.path, "rb") as f:
+        with os.fdopen(fd, "rb") as f:
             f.seek(self.offset)
             while True:
                 raw = f.read(READ)

@@ -30,6 +30,7 @@ from typing import Literal
 
 import httpx
 
+from computenet.agent import workdir as job_files
 from computenet.agent.backends import Task
 from computenet.agent.link import NodeLink
 from computenet.model import JobState
@@ -281,7 +282,7 @@ class Stager:
                 continue
             with _failing(f"output {item.path} to {item.uri}"):
                 await self._output(task, i, confine(task.workdir, item.path))
-            marker.touch()
+            job_files.write(marker)
 
     async def _output(self, task: Task, index: int, src: Path) -> None:
         if not src.exists():

@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from computenet.agent import workdir as job_files
 from computenet.agent.backends import sandbox as sandbox_
 from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task, format_seconds
 from computenet.agent.backends.confine import Confinement, Cores, job_cgroups, make_cgroup
@@ -95,7 +96,8 @@ class LocalBackend(Backend):
                 missing = sandbox_.missing(argv, task.workdir, env)
                 if missing is not None:
                     raise missing
-                launch = self.sandbox.launch(argv, env, task.workdir)
+                inputs = [task.workdir / item.path for item in task.spec.inputs]
+                launch = self.sandbox.launch(argv, env, task.workdir, inputs)
             with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
                 popen = subprocess.Popen(
                     argv if launch is None else launch.argv,
@@ -180,15 +182,18 @@ class LocalBackend(Backend):
         unrun = ""
         if proc.report is not None:  # bwrap passes a signal's death on as 128 + N
             seen = await asyncio.to_thread(sandbox_.usage, proc.report)
-            code = int(seen.get("status", code))
-            usage.cpu_seconds = float(seen.get("cpu", 0.0))
-            usage.max_rss_bytes = int(seen.get("max_rss", 0))
-            if "error" in seen:  # the job's command could not be run
-                what = task.spec.command[0]
+            usage.cpu_seconds, usage.max_rss_bytes = seen.cpu, seen.max_rss
+            what = task.spec.command[0]
+            if seen.status is None:
+                if proc.stop_state is None and code != -signal.SIGKILL:
+                    unrun = f"the job's sandbox failed (bwrap exited {code}; see its stderr)"
+            else:
+                code = seen.status
+            if seen.error:  # the job's command could not be run
                 unrun = (
                     f"command not found: {what}"
                     if code == 127
-                    else f"cannot run {what}: {seen['error']}"
+                    else f"cannot run {what}: {seen.error}"
                 )
         exit_code = code if code >= 0 else 128 - code
         if proc.stop_state is not None:
@@ -298,12 +303,12 @@ def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
 
 
 def _write_pidfile(workdir: Path, pid: int, started: float) -> None:
-    (workdir / "pid.json").write_text(json.dumps({"pid": pid, "started_at": started}))
+    job_files.write(workdir / "pid.json", json.dumps({"pid": pid, "started_at": started}))
 
 
 def _read_pidfile(workdir: Path) -> tuple[int, float] | None:
     try:
-        data = json.loads((workdir / "pid.json").read_text())
+        data = json.loads(job_files.read(workdir / "pid.json"))
         return int(data["pid"]), float(data["started_at"])
     except (OSError, ValueError, KeyError):
         return None

@@ -21,6 +21,7 @@ first process inside, through a descriptor.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -36,6 +37,20 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 REAPER = Path(__file__).with_name("reaper.py")
+RUNTIME = (Path(sys.prefix), Path(sys.base_prefix), REAPER.parent)
+DEVICES = (
+    "nvidia*",
+    "nvidia-caps",
+    "dri",
+    "kfd",
+    "davinci*",
+    "devmm_svm",
+    "hisi_hdc",
+    "accel",
+    "infiniband",
+    "mlu*",
+    "cambricon*",
+)
 LEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
 
@@ -71,14 +86,21 @@ class Sandbox:
     private: tuple[Path, ...]  # directories hidden whole
     secret: tuple[Path, ...] = ()  # files hidden (found empty)
 
-    def command(self, workdir: Path) -> list[str]:
+    def command(self, workdir: Path, inputs: Iterable[Path] = ()) -> list[str]:
         """bwrap's part of the command; what to hide is looked up now, so that a
-        directory made since the agent started is hidden too."""
+        directory made since the agent started is hidden too. ``inputs``: the job's
+        staged inputs, linked to the pool's copies, which it may read only."""
+        workdir = workdir.resolve()
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
-        args += ["--ro-bind", "/", "/", "--dev-bind", "/dev", "/dev", "--proc", "/proc"]
-        args += ["--tmpfs", "/dev/shm", "--tmpfs", "/tmp"]
+        args += ["--ro-bind", "/", "/", "--dev", "/dev"]
+        for dev in devices():
+            args += ["--dev-bind", dev, dev]
+        args += ["--proc", "/proc"]
+        for kernel in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"):
+            args += ["--ro-bind-try", kernel, kernel]
+        args += ["--tmpfs", "/tmp"]
         runtime = Path(f"/run/user/{os.getuid()}")
         if runtime.is_dir():
             args += ["--tmpfs", str(runtime)]
@@ -87,21 +109,39 @@ class Sandbox:
             args += ["--tmpfs", str(d)]
         for f in self.secret:
             if f.is_file():
-                args += ["--ro-bind", "/dev/null", str(f)]
+                args += ["--ro-bind", "/dev/null", str(f.resolve())]
+        for keep in dict.fromkeys(RUNTIME):  # the reaper's Python, wherever it lies
+            args += ["--ro-bind", str(keep), str(keep)]
         args += ["--bind", str(workdir), str(workdir)]
+        for path in inputs:
+            real = path.resolve()
+            if real.is_relative_to(workdir) and real.exists() and not path.is_symlink():
+                args += ["--ro-bind", str(real), str(real)]
         for d in dirs:
             args += ["--remount-ro", str(d)]
         return [*args, "--chdir", str(workdir)]
 
-    def launch(self, argv: list[str], env: dict[str, str], workdir: Path) -> Launch:
+    def launch(
+        self, argv: list[str], env: dict[str, str], workdir: Path, inputs: Iterable[Path] = ()
+    ) -> Launch:
+        cmd = self.command(workdir, inputs)
         spec = os.memfd_create("cnet-job", 0)  # inheritable: bwrap passes it on
-        os.write(spec, json.dumps({"argv": argv, "env": env}).encode())
-        os.lseek(spec, 0, os.SEEK_SET)
-        report, theirs = os.pipe()
+        try:
+            os.write(spec, json.dumps({"argv": argv, "env": env}).encode())
+            os.lseek(spec, 0, os.SEEK_SET)
+            report, theirs = os.pipe()
+        except BaseException:
+            os.close(spec)
+            raise
         os.set_inheritable(theirs, True)
         reaper = [sys.executable, "-I", "-S", str(REAPER), str(spec), str(theirs)]
-        cmd = [*self.command(workdir), "--", *reaper]
-        return Launch(cmd, dict(LEAN_ENV), (spec, theirs), report, [spec, theirs])
+        return Launch([*cmd, "--", *reaper], dict(LEAN_ENV), (spec, theirs), report, [spec, theirs])
+
+
+def devices() -> list[str]:
+    """Accelerators' device files (and what their runtimes open beside them): the rest of
+    the machine's ``/dev``, its disks among them, stays out of a job's reach."""
+    return sorted({str(p) for pattern in DEVICES for p in Path("/dev").glob(pattern)})
 
 
 def hidden(paths: Iterable[Path]) -> tuple[Path, ...]:
@@ -128,10 +168,9 @@ def make(mode: str, private: Iterable[Path]) -> Sandbox | None:
     secret = tuple(p for p in private if p.is_file())
     dirs = tuple(p for p in private if not p.is_file())
     for d in dirs:
-        try:
+        # One this user cannot make (a system user's missing home) holds nothing of it.
+        with contextlib.suppress(PermissionError, FileExistsError, OSError):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        except OSError as e:
-            raise SandboxError(f"{d} cannot be made, and so cannot be hidden from jobs: {e}") from e
     box = Sandbox(shutil.which("bwrap") or "", dirs, secret)
     why = unusable(box)
     if why is None:
@@ -189,20 +228,43 @@ def missing(argv: list[str], workdir: Path, env: dict[str, str]) -> OSError | No
     return None
 
 
-def usage(report: int) -> dict[str, float | int | str]:
-    """What the reaper wrote, once the job has ended: its usage, or why it did not start."""
+@dataclass
+class Report:
+    """What the reaper said once the job ended; ``status`` None where it said nothing (it
+    was killed, or the sandbox failed before it ran)."""
+
+    status: int | None = None  # the job's exit code; -N: killed by signal N
+    cpu: float = 0.0
+    max_rss: int = 0
+    error: str = ""  # why the command could not be run
+
+
+def usage(report: int) -> Report:
+    """Reads the reaper's lines, at most a few KiB, each checked: a job cannot reach the
+    pipe (the reaper is not dumpable), yet nothing it says is taken on trust."""
     data = b""
     try:
-        while chunk := os.read(report, 1 << 16):
+        while len(data) < 1 << 14 and (chunk := os.read(report, 1 << 12)):
             data += chunk
     except OSError:
         pass
     finally:
         os.close(report)
-    out: dict[str, float | int | str] = {}
+    out = Report()
     for line in data.splitlines():
         try:
-            out.update(json.loads(line))
+            said = json.loads(line)
         except ValueError:
             continue
+        if not isinstance(said, dict):
+            continue
+        if isinstance(said.get("error"), str):
+            out.error = said["error"][:500]
+        status, cpu, rss = said.get("status"), said.get("cpu"), said.get("max_rss")
+        if isinstance(status, int) and -64 <= status <= 255:
+            out.status = status
+        if isinstance(cpu, int | float) and 0 <= cpu < 1e12:
+            out.cpu = float(cpu)
+        if isinstance(rss, int) and 0 <= rss < 1 << 50:
+            out.max_rss = rss
     return out

@@ -9,10 +9,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
-from computenet.model.dataset import DatasetRef, parse_data_uri, split_input
+from computenet.model.dataset import DataInput, DatasetRef, parse_data_uri, split_input
 from computenet.model.plan import Plan
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
@@ -102,7 +103,10 @@ def pin_inputs(conn: Connection, spec: JobSpec, field: str = "") -> JobSpec:
                 v = dataset_store.resolve(conn, ref, where)
             except NotFound as e:
                 raise Invalid(e.detail, field=where) from e
-            item = item.model_copy(update={"uri": f"{v.uri}/{inside}" if inside else v.uri})
+            try:  # the version's name can take the URI past its length
+                item = DataInput(uri=f"{v.uri}/{inside}" if inside else v.uri, path=item.path)
+            except ValidationError as e:
+                raise Invalid(f"pinned to {v.uri}, the input is too long", field=where) from e
         pinned.append(item)
     return spec.model_copy(update={"inputs": pinned})
 
