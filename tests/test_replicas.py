@@ -49,9 +49,11 @@ def test_two_replicas_place_each_job_once_without_overcommit(
     replicas: tuple[Network, Network], tmp_path: Path
 ) -> None:
     a, b = replicas
-    a.start_agent("r1", "--config", str(declared(tmp_path, "r1", 4)))
+    # Jobs append to one file of the machine's, to show that each ran once: no sandbox.
+    unboxed = ("--option", "sandbox=off")
+    a.start_agent("r1", "--config", str(declared(tmp_path, "r1", 4)), *unboxed)
     b.admin_token = a.token  # one database, one set of tokens
-    b.start_agent("r2", "--config", str(declared(tmp_path, "r2", 3)))
+    b.start_agent("r2", "--config", str(declared(tmp_path, "r2", 3)), *unboxed)
     ran = tmp_path / "ran.txt"
     spec = {
         "command": ["sh", "-c", f'echo "$CNET_JOB_ID" >> {ran}'],

@@ -91,7 +91,7 @@ class Sandbox:
         directory made since the agent started is hidden too. ``inputs``: the job's
         staged inputs, linked to the pool's copies, which it may read only."""
         workdir = workdir.resolve()
-        args = [self.bwrap, "--unshare-pid", "--unshare-ipc", "--die-with-parent"]
+        args = [self.bwrap, "--unshare-pid", "--unshare-ipc"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
         args += ["--ro-bind", "/", "/", "--dev", "/dev"]
