@@ -22,8 +22,8 @@ first process inside, through a descriptor.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import marshal
 import os
 import shutil
 import subprocess
@@ -127,7 +127,7 @@ class Sandbox:
         cmd = self.command(workdir, inputs)
         spec = os.memfd_create("cnet-job", 0)  # inheritable: bwrap passes it on
         try:
-            os.write(spec, json.dumps({"argv": argv, "env": env}).encode())
+            os.write(spec, marshal.dumps((list(argv), dict(env))))
             os.lseek(spec, 0, os.SEEK_SET)
             report, theirs = os.pipe()
         except BaseException:
@@ -251,20 +251,17 @@ def usage(report: int) -> Report:
     finally:
         os.close(report)
     out = Report()
-    for line in data.splitlines():
+    for line in data.decode(errors="replace").splitlines():
+        key, _, value = line.partition("=")
         try:
-            said = json.loads(line)
+            if key == "error":
+                out.error = value[:500]
+            elif key == "status" and -64 <= (status := int(value)) <= 255:
+                out.status = status
+            elif key == "cpu" and 0 <= (cpu := float(value)) < 1e12:
+                out.cpu = cpu
+            elif key == "max_rss" and 0 <= (rss := int(value)) < 1 << 50:
+                out.max_rss = rss
         except ValueError:
             continue
-        if not isinstance(said, dict):
-            continue
-        if isinstance(said.get("error"), str):
-            out.error = said["error"][:500]
-        status, cpu, rss = said.get("status"), said.get("cpu"), said.get("max_rss")
-        if isinstance(status, int) and -64 <= status <= 255:
-            out.status = status
-        if isinstance(cpu, int | float) and 0 <= cpu < 1e12:
-            out.cpu = float(cpu)
-        if isinstance(rss, int) and 0 <= rss < 1 << 50:
-            out.max_rss = rss
     return out
