@@ -41,6 +41,7 @@ bench: $(STAMP)
 	bash bench/peers/install_slurm.sh
 	bash bench/peers/install_transfer.sh
 	$(BIN)/python bench/jobs.py
+	$(BIN)/python bench/sandbox.py
 	$(BIN)/python bench/discovery.py
 	$(BIN)/python bench/resolve.py
 	$(BIN)/python bench/functions.py

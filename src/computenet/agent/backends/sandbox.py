@@ -37,7 +37,15 @@ log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
 REAPER = Path(__file__).with_name("reaper.py")
-RUNTIME = (Path(sys.prefix), Path(sys.base_prefix), REAPER.parent)
+# The agent's Python and its import path, bound back where /tmp or a hidden directory
+# would hide them (a checkout under /tmp): the reaper, and a function job, run them.
+RUNTIME = tuple(
+    dict.fromkeys(
+        Path(p)
+        for p in (sys.prefix, sys.base_prefix, *sys.path)
+        if p and os.path.isabs(p) and os.path.isdir(p)
+    )
+)
 DEVICES = (
     "nvidia*",
     "nvidia-caps",
@@ -105,13 +113,14 @@ class Sandbox:
         if runtime.is_dir():
             args += ["--tmpfs", str(runtime)]
         dirs = hidden(self.private)
+        for keep in RUNTIME:  # first: a private directory inside one is hidden after it
+            if not any(keep.resolve().is_relative_to(d) for d in dirs):
+                args += ["--ro-bind", str(keep), str(keep)]
         for d in dirs:
             args += ["--tmpfs", str(d)]
         for f in self.secret:
             if f.is_file():
                 args += ["--ro-bind", "/dev/null", str(f.resolve())]
-        for keep in dict.fromkeys(RUNTIME):  # the reaper's Python, wherever it lies
-            args += ["--ro-bind", str(keep), str(keep)]
         args += ["--bind", str(workdir), str(workdir)]
         for path in inputs:
             real = path.resolve()
