@@ -30,7 +30,6 @@ from computenet.model import JobState, Usage
 
 log = logging.getLogger("computenet.agent")
 KILL_GRACE = 5.0
-sandbox_modes = sandbox_.MODES
 
 
 @dataclass
@@ -62,8 +61,8 @@ class LocalBackend(Backend):
         self.kill_grace = float(kill_grace)
         self.pin = str(pin).lower() not in ("false", "0", "no")
         self.sandbox_mode = str(sandbox).lower()
-        if self.sandbox_mode not in sandbox_modes:
-            raise ValueError(f"sandbox={sandbox!r}: expected one of {', '.join(sandbox_modes)}")
+        if self.sandbox_mode not in sandbox_.MODES:
+            raise ValueError(f"sandbox={sandbox!r}: expected one of {', '.join(sandbox_.MODES)}")
         self.sandbox: sandbox_.Sandbox | None = None
         self._procs: dict[str, _Proc] = {}
         self._cores = Cores()
@@ -181,7 +180,7 @@ class LocalBackend(Backend):
         )
         unrun = ""
         if proc.report is not None:  # bwrap passes a signal's death on as 128 + N
-            seen = await asyncio.to_thread(sandbox_.usage, proc.report)
+            seen = await asyncio.to_thread(sandbox_.reaped, proc.report)
             usage.cpu_seconds, usage.max_rss_bytes = seen.cpu, seen.max_rss
             what = task.spec.command[0]
             if seen.status is None:

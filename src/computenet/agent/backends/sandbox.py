@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -75,13 +75,12 @@ class Launch:
     env: dict[str, str]
     pass_fds: tuple[int, ...]
     report: int
-    _theirs: list[int] = field(default_factory=list)
 
     def started(self) -> None:
         """The child holds its ends now; the agent's copies would keep the pipe open."""
-        for fd in self._theirs:
+        for fd in self.pass_fds:
             os.close(fd)
-        self._theirs.clear()
+        self.pass_fds = ()
 
     def abandon(self) -> None:
         self.started()
@@ -144,7 +143,7 @@ class Sandbox:
             raise
         os.set_inheritable(theirs, True)
         reaper = [sys.executable, "-I", "-S", str(REAPER), str(spec), str(theirs)]
-        return Launch([*cmd, "--", *reaper], dict(LEAN_ENV), (spec, theirs), report, [spec, theirs])
+        return Launch([*cmd, "--", *reaper], dict(LEAN_ENV), (spec, theirs), report)
 
 
 def devices() -> list[str]:
@@ -238,7 +237,7 @@ def missing(argv: list[str], workdir: Path, env: dict[str, str]) -> OSError | No
 
 
 @dataclass
-class Report:
+class Reaped:
     """What the reaper said once the job ended; ``status`` None where it said nothing (it
     was killed, or the sandbox failed before it ran)."""
 
@@ -248,7 +247,7 @@ class Report:
     error: str = ""  # why the command could not be run
 
 
-def usage(report: int) -> Report:
+def reaped(report: int) -> Reaped:
     """Reads the reaper's lines, at most a few KiB, each checked: a job cannot reach the
     pipe (the reaper is not dumpable), yet nothing it says is taken on trust."""
     data = b""
@@ -259,7 +258,7 @@ def usage(report: int) -> Report:
         pass
     finally:
         os.close(report)
-    out = Report()
+    out = Reaped()
     for line in data.decode(errors="replace").splitlines():
         key, _, value = line.partition("=")
         try:
