@@ -175,7 +175,12 @@ def test_an_agent_asked_for_a_sandbox_it_cannot_have_does_not_start(
     env = dict(shared.env, PATH=str(bare))
     base = [*PYTHON, "agent", "run", "--node", shared.url, "--token", shared.token]
     base += ["--state-dir", str(tmp_path / "agent"), "--no-calibrate"]
-    for option, words in (("sandbox=on", "bwrap"), ("sandbox=maybe", "auto, on, off")):
+    for option, words in (
+        ("sandbox=on", "bwrap"),
+        ("sandbox=maybe", "auto, on, off"),
+        ("user=no-such-user-here", "no such user"),
+        ("user=nobody", "bwrap" if os.geteuid() == 0 else "only an agent running as root"),
+    ):
         r = subprocess.run(
             [*base, "--pool", "boxless", "--option", option],
             env=env, capture_output=True, text=True, timeout=60,
@@ -184,6 +189,62 @@ def test_an_agent_asked_for_a_sandbox_it_cannot_have_does_not_start(
         assert "Traceback" not in r.stderr and words in r.stderr, r.stderr
     with shared.client() as c:
         assert "boxless" not in {p.name for p in c.pools()}
+
+
+AS_USER = r"""
+id -u; id -g
+cat in/secret.txt
+echo mine > out.txt && mkdir -p made/deeper && echo x > made/deeper/y && echo made
+echo t > "$TMPDIR/t" && echo t > /tmp/t && echo s > /dev/shm/s && echo scratch
+head -c 1 /etc/shadow >/dev/null 2>&1 && echo SHADOW-READ || echo shadow-refused
+echo no >> in/secret.txt 2>/dev/null && echo INPUT-WRITTEN || echo input-refused
+echo "$USER $LOGNAME $HOME"
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0, reason="LOUD SKIP: only a root agent runs jobs as another user"
+)
+def test_a_root_agents_jobs_run_as_the_user_it_names(network: Network, tmp_path: Path) -> None:
+    """``--option user=nobody``: the job is that user (uid, groups, ``USER``), reads its
+    staged input though the file was 0600 root's, writes in its own directory and its
+    scratch places, and reads none of root's files; a time limit still ends its tree."""
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    network.start_agent("as-nobody", "--no-calibrate", "--option", "user=nobody")
+    pool = network.wait_pool("as-nobody")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("for the job only\n")
+    secret.chmod(0o600)
+    r = network.cnet("cp", "--pool", pool, str(secret), "cnet://dataset/as-nobody-in")
+    assert r.returncode == 0, r.stderr
+    with network.client() as c:
+        job = c.wait(
+            c.submit(
+                command=["sh", "-c", AS_USER],
+                pool=pool,
+                inputs=[{"uri": "cnet://dataset/as-nobody-in", "path": "in/secret.txt"}],
+            ).id,
+            timeout=60,
+        )
+        logs = list(c.logs(job.id))
+    out = "".join(x["data"] for x in logs if x["stream"] == "stdout")
+    out += "".join("\n" + x["data"] for x in logs if x["stream"] == "stderr")  # why, if any
+    assert job.state is JobState.COMPLETE, (job.reason, out)
+    lines = out.split("\n\n")[0].splitlines()
+    assert lines[:2] == [str(nobody.pw_uid), str(nobody.pw_gid)], out
+    assert lines[2:-1] == [
+        "for the job only", "made", "scratch", "shadow-refused", "input-refused"
+    ], out  # fmt: skip
+    user, logname, home = lines[-1].split()
+    assert (user, logname) == ("nobody", "nobody") and home.endswith(f"/{job.id}.1"), out
+    marker = "sleep 173"
+    r = network.cnet(
+        "run", "--pool", pool, "--time", "2s", "--", "sh", "-c", f"{marker} & {marker}"
+    )  # fmt: skip
+    assert r.returncode != 0 and "time limit of 2s exceeded" in r.stderr, r.stderr
+    assert _tree_gone(marker)
 
 
 def _tree_gone(marker: str, timeout: float = 10) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 import psutil
 
 from computenet.agent import workdir as job_files
+from computenet.agent.backends import runas
 from computenet.agent.backends import sandbox as sandbox_
 from computenet.agent.backends.base import Backend, LaunchError, Outcome, Task, format_seconds
 from computenet.agent.backends.confine import Confinement, Cores, job_cgroups, make_cgroup
@@ -51,25 +52,38 @@ class _Proc:
 class LocalBackend(Backend):
     """Options: ``kill_grace`` (seconds from SIGTERM to SIGKILL); ``pin`` (``false`` to
     leave jobs unpinned to cores); ``sandbox`` (``auto``: where bubblewrap works, ``on``:
-    refuse to start without it, ``off``)."""
+    refuse to start without it, ``off``); ``user`` (a root agent's jobs run as this user,
+    in the sandbox)."""
 
     name = "local"
 
     def __init__(
-        self, kill_grace: float | str = KILL_GRACE, pin: bool | str = True, sandbox: str = "auto"
+        self,
+        kill_grace: float | str = KILL_GRACE,
+        pin: bool | str = True,
+        sandbox: str = "auto",
+        user: str = "",
     ) -> None:
         self.kill_grace = float(kill_grace)
         self.pin = str(pin).lower() not in ("false", "0", "no")
         self.sandbox_mode = str(sandbox).lower()
         if self.sandbox_mode not in sandbox_.MODES:
             raise ValueError(f"sandbox={sandbox!r}: expected one of {', '.join(sandbox_.MODES)}")
+        self.user = runas.lookup(user) if user else None
+        self.user_asked = bool(user)
         self.sandbox: sandbox_.Sandbox | None = None
         self._procs: dict[str, _Proc] = {}
         self._cores = Cores()
         self._cgroups = job_cgroups()
 
     async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
-        self.sandbox = await asyncio.to_thread(sandbox_.make, self.sandbox_mode, private)
+        self.sandbox = await asyncio.to_thread(sandbox_.make, self.sandbox_mode, private, self.user)
+        if os.geteuid() == 0 and not self.user_asked:
+            log.warning(
+                "jobs run as root%s: they can read every file root can; pass --option "
+                "user=NAME to run them as that user (user=root to say so on purpose)",
+                " (without capabilities, in the sandbox)" if self.sandbox else "",
+            )
 
     def _confine(self, task: Task) -> Confinement:
         req = task.spec.resources
@@ -96,6 +110,9 @@ class LocalBackend(Backend):
                 if missing is not None:
                     raise missing
                 inputs = [task.workdir / item.path for item in task.spec.inputs]
+                if self.user is not None:
+                    env.update(self.user.env())
+                    runas.hand_over(task.workdir, self.user, inputs)
                 launch = self.sandbox.launch(argv, env, task.workdir, inputs)
             with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
                 popen = subprocess.Popen(

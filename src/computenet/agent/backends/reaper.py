@@ -6,7 +6,9 @@ measure bwrap alone; this one does, and writes the job's CPU time and peak memor
 pipe the agent reads. It ignores SIGTERM, SIGINT and SIGHUP (the agent sends them to the
 job, which ends; then this ends) and takes the job's command and environment from a
 descriptor, so that the environment a job asked for (``LD_PRELOAD``, say) reaches only
-the job, never bwrap. It starts with every job, so it imports nothing it can do without:
+the job, never bwrap. Where the job runs as another user, this stays root (with no
+capability but to change user) and only the job becomes that user: the job cannot
+signal it. It starts with every job, so it imports nothing it can do without:
 nothing of computenet, ``_signal`` rather than ``signal`` (which imports ``enum``),
 ``marshal`` rather than ``json``; each costs milliseconds a job.
 
@@ -42,7 +44,7 @@ def main() -> None:
     while chunk := os.read(spec_fd, 1 << 16):
         data += chunk
     os.close(spec_fd)
-    argv, env = marshal.loads(data)
+    argv, env, ids = marshal.loads(data)
     for s in PASSED:
         signal.signal(s, signal.SIG_IGN)
     os.set_inheritable(report_fd, False)
@@ -52,10 +54,19 @@ def main() -> None:
         for s in (*PASSED, signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores the last two
             signal.signal(s, signal.SIG_DFL)
         try:
+            if ids is not None:  # (uid, gid, groups): the job's own, no capabilities
+                uid, gid, groups = ids
+                os.get_exec_path(env)  # imports warnings while the stdlib is in reach
+                os.setgroups(groups)
+                os.setgid(gid)
+                os.setuid(uid)
             os.execvpe(argv[0], argv, env)
         except OSError as e:
             _report(report_fd, "error", (e.strerror or str(e)).replace("\n", " "))
             os._exit(127 if isinstance(e, FileNotFoundError) else 126)
+        except BaseException as e:
+            _report(report_fd, "error", repr(e).replace("\n", " "))
+            os._exit(126)
     _, status, usage = os.wait4(pid, 0)
     _report(report_fd, "cpu", usage.ru_utime + usage.ru_stime)
     _report(report_fd, "max_rss", usage.ru_maxrss * 1024)

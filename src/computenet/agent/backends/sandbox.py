@@ -33,6 +33,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from computenet.agent.backends import runas
+from computenet.agent.backends.runas import RunAs
+
 log = logging.getLogger(__name__)
 
 MODES = ("auto", "on", "off")
@@ -92,6 +95,8 @@ class Sandbox:
     bwrap: str
     private: tuple[Path, ...]  # directories hidden whole
     secret: tuple[Path, ...] = ()  # files hidden (found empty)
+    user: RunAs | None = None  # who the job runs as; None: the agent's user
+    perms: bool = True  # bwrap knows --perms (0.5 and later)
 
     def command(self, workdir: Path, inputs: Iterable[Path] = ()) -> list[str]:
         """bwrap's part of the command; what to hide is looked up now, so that a
@@ -101,25 +106,56 @@ class Sandbox:
         args = [self.bwrap, "--unshare-pid", "--unshare-ipc"]
         if os.geteuid() == 0:
             args += ["--cap-drop", "ALL"]
+            if self.user is not None:  # the reaper's, to become the user; not the job's
+                args += ["--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
         args += ["--ro-bind", "/", "/", "--dev", "/dev"]
         for dev in devices():
             args += ["--dev-bind", dev, dev]
         args += ["--proc", "/proc"]
         for kernel in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"):
             args += ["--ro-bind-try", kernel, kernel]
-        args += ["--tmpfs", "/tmp"]
+        fresh: list[Path] = []  # empty file systems mounted so far
+        made: set[Path] = set()
+
+        def room(target: Path) -> None:
+            """Directories on the way to ``target`` inside an empty file system, made
+            traversable: bwrap makes them for root alone, and a job run as another user
+            could not reach its own directory by its full path."""
+            if not self.perms:
+                return
+            under = [m for m in fresh if target.is_relative_to(m) and target != m]
+            top = max(under, key=lambda m: len(m.parts), default=None)
+            if top is None:
+                return
+            for a in reversed(target.parents):
+                if a.is_relative_to(top) and a != top and a not in made:
+                    made.add(a)
+                    args.extend(["--perms", "0755", "--dir", str(a)])
+
+        def empty(path: Path, perms: str) -> None:
+            room(path)
+            args.extend(
+                ["--perms", perms, "--tmpfs", str(path)] if self.perms else ["--tmpfs", str(path)]
+            )
+            fresh.append(path)
+
+        for scratch in ("/tmp", "/dev/shm"):  # writable to every user, as on the host
+            empty(Path(scratch), "1777")
         runtime = Path(f"/run/user/{os.getuid()}")
         if runtime.is_dir():
-            args += ["--tmpfs", str(runtime)]
+            empty(runtime, "0700")
         dirs = hidden(self.private)
         for keep in RUNTIME:  # first: a private directory inside one is hidden after it
             if not any(keep.resolve().is_relative_to(d) for d in dirs):
+                room(keep)
                 args += ["--ro-bind", str(keep), str(keep)]
         for d in dirs:
-            args += ["--tmpfs", str(d)]
+            empty(d, "0755")
         for f in self.secret:
             if f.is_file():
+                room(f.resolve())
                 args += ["--ro-bind", "/dev/null", str(f.resolve())]
+        room(workdir)
         args += ["--bind", str(workdir), str(workdir)]
         for path in inputs:
             real = path.resolve()
@@ -135,7 +171,8 @@ class Sandbox:
         cmd = self.command(workdir, inputs)
         spec = os.memfd_create("cnet-job", 0)  # inheritable: bwrap passes it on
         try:
-            os.write(spec, marshal.dumps((list(argv), dict(env))))
+            ids = None if self.user is None else self.user.ids()
+            os.write(spec, marshal.dumps((list(argv), dict(env), ids)))
             os.lseek(spec, 0, os.SEEK_SET)
             report, theirs = os.pipe()
         except BaseException:
@@ -163,14 +200,17 @@ def hidden(paths: Iterable[Path]) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def make(mode: str, private: Iterable[Path]) -> Sandbox | None:
+def make(mode: str, private: Iterable[Path], user: RunAs | None = None) -> Sandbox | None:
     """The sandbox for ``mode``: ``on`` needs one, ``auto`` takes one where bwrap works
     here and says loudly where it does not, ``off`` runs jobs as they are. ``private``:
     directories to hide, and files (a key kept apart); a private directory is made where
     it is missing, so that it can always be hidden: one made later (the user's first
-    ``cnet login``) would otherwise be in plain view."""
+    ``cnet login``) would otherwise be in plain view. A ``user`` to run jobs as needs the
+    sandbox, whatever the mode: it is the reaper inside that becomes the user."""
     if mode not in MODES:
         raise SandboxError(f"sandbox={mode!r}: expected one of {', '.join(MODES)}")
+    if user is not None and mode == "off":
+        raise SandboxError(f"user={user.name} needs the sandbox: sandbox=off cannot have it")
     if mode == "off":
         return None
     secret = tuple(p for p in private if p.is_file())
@@ -179,12 +219,15 @@ def make(mode: str, private: Iterable[Path]) -> Sandbox | None:
         # One this user cannot make (a system user's missing home) holds nothing of it.
         with contextlib.suppress(PermissionError, FileExistsError, OSError):
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    box = Sandbox(shutil.which("bwrap") or "", dirs, secret)
+    bwrap = shutil.which("bwrap") or ""
+    box = Sandbox(bwrap, dirs, secret, user, _knows_perms(bwrap))
     why = unusable(box)
     if why is None:
         return box
     if mode == "on":
         raise SandboxError(f"sandbox=on, but {why}")
+    if user is not None:
+        raise SandboxError(f"user={user.name} needs the sandbox, but {why}")
     log.warning(
         "jobs run WITHOUT a sandbox: %s. A job can then read this user's computenet "
         "credentials, the agent's state and every tenant's files in the data root; "
@@ -194,11 +237,23 @@ def make(mode: str, private: Iterable[Path]) -> Sandbox | None:
     return None
 
 
+def _knows_perms(bwrap: str) -> bool:
+    if not bwrap:
+        return False
+    try:
+        r = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--perms" in r.stdout + r.stderr
+
+
 def unusable(box: Sandbox) -> str | None:
     """Why bwrap cannot run jobs here, tried once as a job would run; None when it can."""
     if not box.bwrap:
         return "bwrap (Debian's bubblewrap) is not installed"
     with tempfile.TemporaryDirectory(prefix="cnet-sandbox-") as workdir:
+        if box.user is not None:
+            runas.hand_over(Path(workdir), box.user)
         launch = box.launch(["true"], {}, Path(workdir))
         try:
             r = subprocess.run(
