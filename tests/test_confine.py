@@ -35,6 +35,13 @@ def test_within_its_memory_a_job_runs(shared: Network) -> None:
     assert (r.returncode, r.stdout) == (0, f"{50 * 1024**2}\n"), r.stderr
 
 
+def test_a_small_memory_limit_is_the_jobs_alone(shared: Network) -> None:
+    """The limit holds the job, not the sandbox's own process that starts it (a Python
+    of some MB): a job asking for little memory runs in it."""
+    r = shared.cnet("run", "--mem", "2M", "--", "sh", "-c", "echo small", timeout=60)
+    assert (r.returncode, r.stdout) == (0, "small\n"), r.stderr
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores to tell apart")
 def test_jobs_are_pinned_to_cores_of_their_own(shared: Network) -> None:
     hold = f"import os, time; print(sorted(os.sched_getaffinity(0)), flush=True); {'time.sleep(8)'}"

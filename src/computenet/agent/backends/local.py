@@ -113,8 +113,14 @@ class LocalBackend(Backend):
                 if self.user is not None:
                     env.update(self.user.env())
                     runas.hand_over(task.workdir, self.user, inputs)
-                launch = self.sandbox.launch(argv, env, task.workdir, inputs)
-            with open(task.stdout, "ab") as out, open(task.stderr, "ab") as err:
+                limit = confined.memory if confined.cgroup is None else 0
+                launch = self.sandbox.launch(argv, env, task.workdir, inputs, limit)
+            preexec = confined.preexec(rlimit=launch is None)
+            with (
+                open(task.stdout, "ab") as out,
+                open(task.stderr, "ab") as err,
+                confined.pinned(),
+            ):
                 popen = subprocess.Popen(
                     argv if launch is None else launch.argv,
                     stdin=subprocess.DEVNULL,
@@ -125,7 +131,7 @@ class LocalBackend(Backend):
                     start_new_session=True,
                     close_fds=True,
                     pass_fds=() if launch is None else launch.pass_fds,
-                    preexec_fn=confined.preexec(),  # system calls only, no Python locks
+                    preexec_fn=preexec,  # system calls only, no Python locks
                 )
         except OSError as e:
             self._free(confined)

@@ -44,7 +44,7 @@ def main() -> None:
     while chunk := os.read(spec_fd, 1 << 16):
         data += chunk
     os.close(spec_fd)
-    argv, env, ids = marshal.loads(data)
+    argv, env, ids, data_limit = marshal.loads(data)
     for s in PASSED:
         signal.signal(s, signal.SIG_IGN)
     os.set_inheritable(report_fd, False)
@@ -54,6 +54,8 @@ def main() -> None:
         for s in (*PASSED, signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores the last two
             signal.signal(s, signal.SIG_DFL)
         try:
+            if data_limit:  # the job's alone: this process needs its own few MB
+                resource.setrlimit(resource.RLIMIT_DATA, (data_limit, data_limit))
             if ids is not None:  # (uid, gid, groups): the job's own, no capabilities
                 uid, gid, groups = ids
                 os.get_exec_path(env)  # imports warnings while the stdlib is in reach

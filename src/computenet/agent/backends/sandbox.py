@@ -166,13 +166,19 @@ class Sandbox:
         return [*args, "--chdir", str(workdir)]
 
     def launch(
-        self, argv: list[str], env: dict[str, str], workdir: Path, inputs: Iterable[Path] = ()
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        workdir: Path,
+        inputs: Iterable[Path] = (),
+        data_limit: int = 0,
     ) -> Launch:
+        """``data_limit``: the job's ``RLIMIT_DATA`` in bytes, 0 for none."""
         cmd = self.command(workdir, inputs)
         spec = os.memfd_create("cnet-job", 0)  # inheritable: bwrap passes it on
         try:
             ids = None if self.user is None else self.user.ids()
-            os.write(spec, marshal.dumps((list(argv), dict(env), ids)))
+            os.write(spec, marshal.dumps((list(argv), dict(env), ids, int(data_limit))))
             os.lseek(spec, 0, os.SEEK_SET)
             report, theirs = os.pipe()
         except BaseException:
