@@ -198,6 +198,7 @@ echo mine > out.txt && mkdir -p made/deeper && echo x > made/deeper/y && echo ma
 echo t > "$TMPDIR/t" && echo t > /tmp/t && echo s > /dev/shm/s && echo scratch
 head -c 1 /etc/shadow >/dev/null 2>&1 && echo SHADOW-READ || echo shadow-refused
 echo no >> in/secret.txt 2>/dev/null && echo INPUT-WRITTEN || echo input-refused
+python3 -c 'import os; print("python", os.getuid())'
 echo "$USER $LOGNAME $HOME"
 """
 
@@ -208,11 +209,15 @@ echo "$USER $LOGNAME $HOME"
 def test_a_root_agents_jobs_run_as_the_user_it_names(network: Network, tmp_path: Path) -> None:
     """``--option user=nobody``: the job is that user (uid, groups, ``USER``), reads its
     staged input though the file was 0600 root's, writes in its own directory and its
-    scratch places, and reads none of root's files; a time limit still ends its tree."""
+    scratch places (by their full paths, though the agent's state lies in a directory
+    closed to it), runs Python, and reads none of root's files; a time limit still ends
+    its tree. The agent's state is closed to the machine's other users."""
     import pwd
 
     nobody = pwd.getpwnam("nobody")
+    (network.home / "agents").mkdir(mode=0o700)
     network.start_agent("as-nobody", "--no-calibrate", "--option", "user=nobody")
+    assert (network.home / "agents" / "as-nobody").stat().st_mode & 0o077 == 0
     pool = network.wait_pool("as-nobody")
     secret = tmp_path / "secret.txt"
     secret.write_text("for the job only\n")
@@ -235,7 +240,8 @@ def test_a_root_agents_jobs_run_as_the_user_it_names(network: Network, tmp_path:
     lines = out.split("\n\n")[0].splitlines()
     assert lines[:2] == [str(nobody.pw_uid), str(nobody.pw_gid)], out
     assert lines[2:-1] == [
-        "for the job only", "made", "scratch", "shadow-refused", "input-refused"
+        "for the job only", "made", "scratch", "shadow-refused", "input-refused",
+        f"python {nobody.pw_uid}",
     ], out  # fmt: skip
     user, logname, home = lines[-1].split()
     assert (user, logname) == ("nobody", "nobody") and home.endswith(f"/{job.id}.1"), out

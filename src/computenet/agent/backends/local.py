@@ -77,7 +77,11 @@ class LocalBackend(Backend):
         self._cgroups = job_cgroups()
 
     async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
-        self.sandbox = await asyncio.to_thread(sandbox_.make, self.sandbox_mode, private, self.user)
+        if self.user is not None:  # its files are made readable to the job's user
+            runas.close_up(private)
+        self.sandbox = await asyncio.to_thread(
+            sandbox_.make, self.sandbox_mode, private, self.user, state_dir
+        )
         if os.geteuid() == 0 and not self.user_asked:
             log.warning(
                 "jobs run as root%s: they can read every file root can; pass --option "

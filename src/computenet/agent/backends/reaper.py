@@ -38,6 +38,16 @@ def _undumpable() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0
 
 
+def _no_capabilities() -> None:
+    """Clears the inheritable set too (setuid leaves it): the job keeps nothing of the
+    two capabilities this process had to become its user."""
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, self
+    if ctypes.CDLL(None, use_errno=True).capset(header, (ctypes.c_uint32 * 6)()) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
 def main() -> None:
     spec_fd, report_fd = int(sys.argv[1]), int(sys.argv[2])
     data = b""
@@ -62,6 +72,7 @@ def main() -> None:
                 os.setgroups(groups)
                 os.setgid(gid)
                 os.setuid(uid)
+                _no_capabilities()
             os.execvpe(argv[0], argv, env)
         except OSError as e:
             _report(report_fd, "error", (e.strerror or str(e)).replace("\n", " "))

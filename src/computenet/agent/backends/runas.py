@@ -62,7 +62,8 @@ def hand_over(workdir: Path, user: RunAs, inputs: Iterable[Path] = ()) -> None:
     files in it stay the agent's; the user may remove them, as the job could before).
     Staged inputs are read-only mounts in the sandbox; they become readable to all, a
     dataset's pool copy with them (hard links), which is hidden from jobs."""
-    inputs = [p for p in inputs if p.exists() and not p.is_symlink()]
+    real = workdir.resolve()  # no link on the way: a chmod must not land elsewhere
+    inputs = [p for p in inputs if p.exists() and p.resolve() == real / p.relative_to(workdir)]
     for p in inputs:
         _readable(p)
     skip = {os.path.abspath(p) for p in inputs}
@@ -73,6 +74,17 @@ def hand_over(workdir: Path, user: RunAs, inputs: Iterable[Path] = ()) -> None:
         for d in dirs:
             with contextlib.suppress(OSError):
                 os.chown(os.path.join(here, d), user.uid, user.gid, follow_symlinks=False)
+
+
+def close_up(dirs: Iterable[Path]) -> None:
+    """computenet's own directories (the agent's state, the data root) to the agent's
+    user alone: the pool's files in them are made readable to all when linked into a
+    job, and must not be so to the machine's other users."""
+    for d in dirs:
+        with contextlib.suppress(OSError):
+            st = os.stat(d)
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+                os.chmod(d, stat.S_IMODE(st.st_mode) & ~0o077)
 
 
 def _readable(path: Path) -> None:

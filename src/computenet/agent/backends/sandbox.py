@@ -114,53 +114,29 @@ class Sandbox:
         args += ["--proc", "/proc"]
         for kernel in ("/proc/sys", "/proc/sysrq-trigger", "/proc/irq", "/proc/bus"):
             args += ["--ro-bind-try", kernel, kernel]
-        fresh: list[Path] = []  # empty file systems mounted so far
-        made: set[Path] = set()
-
-        def room(target: Path) -> None:
-            """Directories on the way to ``target`` inside an empty file system, made
-            traversable: bwrap makes them for root alone, and a job run as another user
-            could not reach its own directory by its full path."""
-            if not self.perms:
-                return
-            under = [m for m in fresh if target.is_relative_to(m) and target != m]
-            top = max(under, key=lambda m: len(m.parts), default=None)
-            if top is None:
-                return
-            for a in reversed(target.parents):
-                if a.is_relative_to(top) and a != top and a not in made:
-                    made.add(a)
-                    args.extend(["--perms", "0755", "--dir", str(a)])
-
-        def empty(path: Path, perms: str) -> None:
-            room(path)
-            args.extend(
-                ["--perms", perms, "--tmpfs", str(path)] if self.perms else ["--tmpfs", str(path)]
-            )
-            fresh.append(path)
-
-        for scratch in ("/tmp", "/dev/shm"):  # writable to every user, as on the host
-            empty(Path(scratch), "1777")
+        dirs = hidden(self.private)
+        empty = [(Path("/tmp"), "1777"), (Path("/dev/shm"), "1777")]  # as on the host
         runtime = Path(f"/run/user/{os.getuid()}")
         if runtime.is_dir():
-            empty(runtime, "0700")
-        dirs = hidden(self.private)
-        for keep in RUNTIME:  # first: a private directory inside one is hidden after it
-            if not any(keep.resolve().is_relative_to(d) for d in dirs):
-                room(keep)
-                args += ["--ro-bind", str(keep), str(keep)]
-        for d in dirs:
-            empty(d, "0755")
-        for f in self.secret:
-            if f.is_file():
-                room(f.resolve())
-                args += ["--ro-bind", "/dev/null", str(f.resolve())]
-        room(workdir)
-        args += ["--bind", str(workdir), str(workdir)]
+            empty.append((runtime, "0700"))
+        empty += [(d, "0755") for d in dirs]
+        binds = [
+            (Path(keep), Path(keep), True)
+            for keep in RUNTIME  # a private directory inside one is hidden after it
+            if not any(keep.resolve().is_relative_to(d) for d in dirs)
+        ]
+        if self.user is not None:
+            places = [workdir, *(d for _, d, _ in binds)]
+            shut = closed(places, self.user, [p for p, _ in empty], [d for _, d, _ in binds])
+            empty += [(p, "0755") for p in shut]
+            dirs += tuple(shut)
+        binds += [(Path("/dev/null"), f.resolve(), True) for f in self.secret if f.is_file()]
+        binds.append((workdir, workdir, False))
         for path in inputs:
             real = path.resolve()
             if real.is_relative_to(workdir) and real.exists() and not path.is_symlink():
-                args += ["--ro-bind", str(real), str(real)]
+                binds.append((real, real, True))
+        args += _mounts(empty, binds, self.perms)
         for d in dirs:
             args += ["--remount-ro", str(d)]
         return [*args, "--chdir", str(workdir)]
@@ -189,6 +165,74 @@ class Sandbox:
         return Launch([*cmd, "--", *reaper], dict(LEAN_ENV), (spec, theirs), report)
 
 
+def _mounts(
+    empty: list[tuple[Path, str]], binds: list[tuple[Path, Path, bool]], perms: bool
+) -> list[str]:
+    """bwrap's mounts, outer before inner (a mount over a parent would hide one made
+    inside it before). Directories bwrap must make on the way to a mount inside an
+    empty file system are made here first, traversable: bwrap makes them for root
+    alone, and a job run as another user could not reach its own directory by its
+    full path."""
+    plan: list[tuple[Path, list[str], bool]] = []
+    for path, mode in empty:
+        flags = ["--perms", mode] if perms else []
+        plan.append((path, [*flags, "--tmpfs", str(path)], True))
+    for src, dest, ro in binds:
+        plan.append((dest, ["--ro-bind" if ro else "--bind", str(src), str(dest)], False))
+    plan.sort(key=lambda m: len(m[0].parts))  # stable: a tmpfs before a bind at its place
+    out: list[str] = []
+    done: list[tuple[Path, bool]] = []
+    made: set[Path] = set()
+    for target, op, fresh in plan:
+        under = [m for m in done if target.is_relative_to(m[0]) and target != m[0]]
+        top, inside_fresh = max(under, key=lambda m: len(m[0].parts), default=(Path("/"), False))
+        if inside_fresh and perms:
+            for a in reversed(target.parents):
+                if a.is_relative_to(top) and a != top and a not in made:
+                    made.add(a)
+                    out += ["--perms", "0755", "--dir", str(a)]
+        out += op
+        done.append((target, fresh))
+    return out
+
+
+def closed(
+    targets: Iterable[Path], user: RunAs, empty: Iterable[Path], bound: Iterable[Path]
+) -> list[Path]:
+    """The outermost directories on the way to ``targets`` (the job's directory, the
+    agent's Python) that ``user`` may not pass through on the machine (``/root``, 0700,
+    above a root agent's state): an empty one is mounted over each, so that the job
+    reaches its own directory by its full path (``HOME``, ``TMPDIR``) and the Python a
+    function job runs. What it hides was out of the user's reach anyway. Directories in
+    the sandbox's ``empty`` file systems are its own; those ``bound`` from the machine
+    are as they are there."""
+    mounts = [(m, True) for m in empty] + [(m, False) for m in bound]
+    out: list[Path] = []
+    for target in targets:
+        for a in reversed(target.parents):
+            if any(a.is_relative_to(c) for c in out):
+                break
+            inner = [m for m in mounts if a.is_relative_to(m[0])]
+            if max(inner, key=lambda m: len(m[0].parts), default=(a, False))[1]:
+                continue
+            if a != Path("/") and not passable(a, user):
+                out.append(a)
+                break
+    return out
+
+
+def passable(path: Path, user: RunAs) -> bool:
+    try:
+        st = path.stat()
+    except OSError:
+        return True
+    if st.st_uid == user.uid:
+        return bool(st.st_mode & 0o100)
+    if st.st_gid in user.groups or st.st_gid == user.gid:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
 def devices() -> list[str]:
     """Accelerators' device files (and what their runtimes open beside them): the rest of
     the machine's ``/dev``, its disks among them, stays out of a job's reach."""
@@ -206,13 +250,16 @@ def hidden(paths: Iterable[Path]) -> tuple[Path, ...]:
     return tuple(out)
 
 
-def make(mode: str, private: Iterable[Path], user: RunAs | None = None) -> Sandbox | None:
+def make(
+    mode: str, private: Iterable[Path], user: RunAs | None = None, jobs: Path | None = None
+) -> Sandbox | None:
     """The sandbox for ``mode``: ``on`` needs one, ``auto`` takes one where bwrap works
     here and says loudly where it does not, ``off`` runs jobs as they are. ``private``:
     directories to hide, and files (a key kept apart); a private directory is made where
     it is missing, so that it can always be hidden: one made later (the user's first
     ``cnet login``) would otherwise be in plain view. A ``user`` to run jobs as needs the
-    sandbox, whatever the mode: it is the reaper inside that becomes the user."""
+    sandbox, whatever the mode: it is the reaper inside that becomes the user. ``jobs``:
+    where jobs' directories are made, and the sandbox is tried."""
     if mode not in MODES:
         raise SandboxError(f"sandbox={mode!r}: expected one of {', '.join(MODES)}")
     if user is not None and mode == "off":
@@ -227,7 +274,9 @@ def make(mode: str, private: Iterable[Path], user: RunAs | None = None) -> Sandb
             d.mkdir(mode=0o700, parents=True, exist_ok=True)
     bwrap = shutil.which("bwrap") or ""
     box = Sandbox(bwrap, dirs, secret, user, _knows_perms(bwrap))
-    why = unusable(box)
+    if user is not None and bwrap and not box.perms:
+        raise SandboxError(f"user={user.name} needs bubblewrap 0.5 or later (--perms)")
+    why = unusable(box, jobs)
     if why is None:
         return box
     if mode == "on":
@@ -253,14 +302,18 @@ def _knows_perms(bwrap: str) -> bool:
     return "--perms" in r.stdout + r.stderr
 
 
-def unusable(box: Sandbox) -> str | None:
-    """Why bwrap cannot run jobs here, tried once as a job would run; None when it can."""
+def unusable(box: Sandbox, where: Path | None = None) -> str | None:
+    """Why bwrap cannot run jobs here, tried once as a job would run (in a directory
+    under ``where``, as the job's user, reaching it by its full path); None when it
+    can."""
     if not box.bwrap:
         return "bwrap (Debian's bubblewrap) is not installed"
-    with tempfile.TemporaryDirectory(prefix="cnet-sandbox-") as workdir:
+    with tempfile.TemporaryDirectory(prefix=".cnet-sandbox-", dir=where) as tmp:
+        workdir = Path(tmp).resolve()
         if box.user is not None:
-            runas.hand_over(Path(workdir), box.user)
-        launch = box.launch(["true"], {}, Path(workdir))
+            runas.hand_over(workdir, box.user)
+        argv = ["sh", "-c", 'cd "$1" && : > "$1/probe"', "sh", str(workdir)]
+        launch = box.launch(argv, dict(LEAN_ENV), workdir)
         try:
             r = subprocess.run(
                 launch.argv,
@@ -272,12 +325,17 @@ def unusable(box: Sandbox) -> str | None:
                 check=False,
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            return f"bwrap did not run: {e}"
-        finally:
             launch.abandon()
-    if r.returncode != 0:
-        words = r.stderr.strip().splitlines()
-        return f"bwrap cannot make namespaces here ({words[-1] if words else r.returncode})"
+            return f"bwrap did not run: {e}"
+        launch.started()
+        seen = reaped(launch.report)
+    words = r.stderr.strip().splitlines()
+    last = words[-1] if words else f"exit {r.returncode}"
+    if seen.status is None:
+        return f"bwrap cannot make namespaces here ({last})"
+    if seen.status != 0:
+        who = f"user {box.user.name}" if box.user else "the agent's user"
+        return f"a job run as {who} cannot write its own directory under {where} ({last})"
     return None
 
 
