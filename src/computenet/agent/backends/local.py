@@ -22,6 +22,7 @@ from typing import Any
 
 import psutil
 
+from computenet import config
 from computenet.agent import workdir as job_files
 from computenet.agent.backends import runas
 from computenet.agent.backends import sandbox as sandbox_
@@ -78,7 +79,8 @@ class LocalBackend(Backend):
 
     async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
         if self.user is not None:  # its files are made readable to the job's user
-            runas.close_up(private)
+            own = {d.resolve() for d in config.own_dirs()}
+            runas.close_up([p for p in private if p.resolve() not in own])
         self.sandbox = await asyncio.to_thread(
             sandbox_.make, self.sandbox_mode, private, self.user, state_dir
         )
@@ -206,9 +208,12 @@ class LocalBackend(Backend):
             max_rss_bytes=(rusage.ru_maxrss * 1024) if rusage else 0,
         )
         unrun = ""
+        peak = usage.max_rss_bytes  # what tells of a memory overrun
         if proc.report is not None:  # bwrap passes a signal's death on as 128 + N
             seen = await asyncio.to_thread(sandbox_.reaped, proc.report)
             usage.cpu_seconds, usage.max_rss_bytes = seen.cpu, seen.max_rss
+            # At the reaper's own, the job's peak says nothing of the job.
+            peak = seen.max_rss if seen.max_rss > seen.base_rss + (1 << 20) else 0
             what = task.spec.command[0]
             if seen.status is None:
                 if proc.stop_state is None and code != -signal.SIGKILL:
@@ -234,7 +239,7 @@ class LocalBackend(Backend):
             state, reason = JobState.FAILED, f"exit code {code}"
         if proc.confined is not None:
             failed = state is JobState.FAILED and proc.stop_state is None
-            why = proc.confined.overrun(failed, usage.max_rss_bytes, task.stderr)
+            why = proc.confined.overrun(failed, peak, task.stderr)
             if why is not None:
                 state, reason = JobState.FAILED, f"{why} ({reason})" if reason else why
             self._free(proc.confined)

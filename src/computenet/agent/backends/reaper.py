@@ -59,6 +59,8 @@ def main() -> None:
         signal.signal(s, signal.SIG_IGN)
     os.set_inheritable(report_fd, False)
     _undumpable()
+    # The job's peak memory counts this process's, which it starts as a copy of.
+    _report(report_fd, "base_rss", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
     pid = os.fork()
     if pid == 0:
         for s in (*PASSED, signal.SIGPIPE, signal.SIGXFSZ):  # Python ignores the last two

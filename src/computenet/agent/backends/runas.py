@@ -11,12 +11,15 @@ inputs made readable, so the job works as it would as root.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import pwd
 import stat
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+log = logging.getLogger("computenet.agent")
 
 
 class RunAsError(ValueError):
@@ -77,14 +80,15 @@ def hand_over(workdir: Path, user: RunAs, inputs: Iterable[Path] = ()) -> None:
 
 
 def close_up(dirs: Iterable[Path]) -> None:
-    """computenet's own directories (the agent's state, the data root) to the agent's
-    user alone: the pool's files in them are made readable to all when linked into a
-    job, and must not be so to the machine's other users."""
+    """The agent's own directories (its state, the data root) to the agent's user
+    alone, where that user owns them: the pool's files in them are made readable to all
+    when linked into a job, and must not be so to the machine's other users."""
     for d in dirs:
         with contextlib.suppress(OSError):
             st = os.stat(d)
-            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077:
+            if stat.S_ISDIR(st.st_mode) and st.st_mode & 0o077 and st.st_uid == os.geteuid():
                 os.chmod(d, stat.S_IMODE(st.st_mode) & ~0o077)
+                log.info("%s is the agent's alone now (mode go-rwx)", d)
 
 
 def _readable(path: Path) -> None:

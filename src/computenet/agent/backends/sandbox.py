@@ -41,12 +41,18 @@ log = logging.getLogger(__name__)
 MODES = ("auto", "on", "off")
 REAPER = Path(__file__).with_name("reaper.py")
 # The agent's Python and its import path, bound back where /tmp or a hidden directory
-# would hide them (a checkout under /tmp): the reaper, and a function job, run them.
+# would hide them (a checkout under /tmp): the reaper, and a function job, run them. Not
+# one that holds what the sandbox makes its own (an agent started in ``/``).
 RUNTIME = tuple(
     dict.fromkeys(
-        Path(p)
+        Path(p).resolve()
         for p in (sys.prefix, sys.base_prefix, *sys.path)
-        if p and os.path.isabs(p) and os.path.isdir(p)
+        if p
+        and os.path.isabs(p)
+        and os.path.isdir(p)
+        and not any(
+            Path(own).is_relative_to(Path(p).resolve()) for own in ("/dev", "/proc", "/tmp")
+        )
     )
 )
 DEVICES = (
@@ -121,15 +127,17 @@ class Sandbox:
             empty.append((runtime, "0700"))
         empty += [(d, "0755") for d in dirs]
         binds = [
-            (Path(keep), Path(keep), True)
+            (keep, keep, True)
             for keep in RUNTIME  # a private directory inside one is hidden after it
-            if not any(keep.resolve().is_relative_to(d) for d in dirs)
+            if not any(keep.is_relative_to(d) for d in dirs)
         ]
         if self.user is not None:
             places = [workdir, *(d for _, d, _ in binds)]
             shut = closed(places, self.user, [p for p, _ in empty], [d for _, d, _ in binds])
             empty += [(p, "0755") for p in shut]
             dirs += tuple(shut)
+            # One that holds a closed directory would lay it bare again over the empty one.
+            binds = [b for b in binds if not any(c.is_relative_to(b[1]) for c in shut)]
         binds += [(Path("/dev/null"), f.resolve(), True) for f in self.secret if f.is_file()]
         binds.append((workdir, workdir, False))
         for path in inputs:
@@ -363,6 +371,7 @@ class Reaped:
     status: int | None = None  # the job's exit code; -N: killed by signal N
     cpu: float = 0.0
     max_rss: int = 0
+    base_rss: int = 0  # the reaper's own, which ``max_rss`` cannot be below
     error: str = ""  # why the command could not be run
 
 
@@ -389,6 +398,8 @@ def reaped(report: int) -> Reaped:
                 out.cpu = cpu
             elif key == "max_rss" and 0 <= (rss := int(value)) < 1 << 50:
                 out.max_rss = rss
+            elif key == "base_rss" and 0 <= (rss := int(value)) < 1 << 50:
+                out.base_rss = rss
         except ValueError:
             continue
     return out
