@@ -138,6 +138,7 @@ class Sandbox:
             dirs += tuple(shut)
             # One that holds a closed directory would lay it bare again over the empty one.
             binds = [b for b in binds if not any(c.is_relative_to(b[1]) for c in shut)]
+        binds = _wanted(binds, [p for p, _ in empty])
         binds += [(Path("/dev/null"), f.resolve(), True) for f in self.secret if f.is_file()]
         binds.append((workdir, workdir, False))
         for path in inputs:
@@ -202,6 +203,21 @@ def _mounts(
         out += op
         done.append((target, fresh))
     return out
+
+
+def _wanted(
+    binds: list[tuple[Path, Path, bool]], empty: list[Path]
+) -> list[tuple[Path, Path, bool]]:
+    """The binds back that something would hide otherwise: those inside an empty file
+    system of the sandbox, and not inside another bound back (each costs bwrap a mount,
+    and every job pays for it)."""
+    kept: list[tuple[Path, Path, bool]] = []
+    for b in sorted(binds, key=lambda b: len(b[1].parts)):
+        holders = [(m, True) for m in empty if b[1].is_relative_to(m)]
+        holders += [(k[1], False) for k in kept if b[1].is_relative_to(k[1])]
+        if max(holders, key=lambda h: len(h[0].parts), default=(b[1], False))[1]:
+            kept.append(b)
+    return kept
 
 
 def closed(
