@@ -126,7 +126,7 @@ def _input_uri(v: str) -> str:
 
 def _no_dotdot(path: str) -> None:
     if "\x00" in path or ".." in path.replace("\\", "/").split("/"):
-        raise ValueError(f"{path!r}: '..' and NUL are not allowed")
+        raise ValueError(f"{path!r}: '..' is not allowed, nor NUL")
 
 
 def _workdir_path(v: str) -> str:

@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from computenet.model.dataset import (
-    SCHEME,
     Dataset,
     DatasetPublish,
     DatasetRef,
@@ -28,6 +27,7 @@ from computenet.model.dataset import (
     parse_dataset,
     parse_pool_path,
     some_versions,
+    split_input,
 )
 from computenet.model.resources import Pool, PoolStatus
 from computenet.model.transfer import Direction, TransferGrant, TransferRequest, TransferResult
@@ -131,18 +131,20 @@ async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, li
 
 def dataset_part(text: str) -> tuple[DatasetRef, str] | None:
     """The dataset a ``cnet://`` URI names and the path inside it ('' for all of it):
-    ``cnet://dataset/NAME[@VERSION][/path]``."""
-    inside = ""
-    if text.startswith(SCHEME):
-        head, _, inside = text[len(SCHEME) :].partition("/")
-        text = SCHEME + head
-    ref = dataset_ref(text)
+    ``cnet://dataset/NAME[@VERSION][/path]``, split as a job input's is."""
+    if not text.startswith("cnet://"):
+        return None
+    try:
+        uri, inside = split_input(text)
+    except ValueError as e:
+        raise TransferError(f"{text}: {e}") from e
+    ref = dataset_ref(uri)
     if ref is None:
         return None
     try:
         return ref, normalise(inside)
     except PathError as e:
-        raise TransferError(f"{text}/{inside}: {e}") from e
+        raise TransferError(f"{text}: {e}") from e
 
 
 def dataset_ref(text: str) -> DatasetRef | None:
