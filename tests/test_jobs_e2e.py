@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -149,6 +150,21 @@ def test_a_killed_job_in_its_sandbox_says_which_signal(shared: Network) -> None:
     assert (info.value.job.exit_code, info.value.job.reason) == (130, "exit code 130")
 
 
+def test_an_attached_run_ended_by_sigterm_cancels_its_job(shared: Network) -> None:
+    """``timeout 60 cnet run …`` or a batch system ending the shell: the job is canceled,
+    not left to run (or queue) with nobody attached."""
+    attached = subprocess.Popen(
+        [*PYTHON, "run", "--", "sh", "-c", "echo ready; sleep 60"],
+        env=shared.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert attached.stdout is not None and attached.stdout.readline() == "ready\n"
+    attached.send_signal(signal.SIGTERM)
+    assert attached.wait(30) == 143
+    with shared.client() as c:
+        job = c.list(limit=1).items[0]
+        assert c.wait(job.id, timeout=30).state is JobState.CANCELED
+
+
 def test_a_canceled_job_has_its_grace_to_clean_up(shared: Network) -> None:
     clean = "trap 'sleep 1; echo cleaned; exit 3' TERM; echo ready; sleep 60 & wait"
     r = shared.cnet("run", "-d", "--", "sh", "-c", clean)
@@ -179,6 +195,7 @@ def test_an_agent_asked_for_a_sandbox_it_cannot_have_does_not_start(
         ("sandbox=on", "bwrap"),
         ("sandbox=maybe", "auto, on, off"),
         ("user=no-such-user-here", "no such user"),
+        ("user=", "expected a user's name or uid"),
         ("user=nobody", "bwrap" if os.geteuid() == 0 else "only an agent running as root"),
     ):
         r = subprocess.run(

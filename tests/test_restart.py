@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
@@ -70,21 +71,33 @@ def test_job_finishing_while_node_is_down_is_reported_when_it_returns(network: N
 
 
 def test_agent_killed_outright_leaves_no_orphan_after_restart(network: Network) -> None:
+    """The restarted agent stops what the earlier one left running, and only that: a job
+    that leaves a ``pid.json`` in its directory naming another process (as an older
+    release kept it there) cannot have the agent kill it."""
     agent = network.start_agent("alpha")
     marker = "sleep 187"
-    with network.client() as c:
-        job = c.submit(command=["sh", "-c", marker])
-    _wait_state(network, job.id, JobState.RUNNING)
-    agent.kill()
-    assert _procs_with(marker), "the job runs in its own session and outlives a killed agent"
-    network.start_agent("alpha")
-    _wait_state(network, job.id, JobState.FAILED)
-    with network.client() as c:
-        assert "agent restarted" in c.get(job.id).reason
-    deadline = time.monotonic() + 10
-    while _procs_with(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not _procs_with(marker)
+    bystander = subprocess.Popen(["sleep", "193"], start_new_session=True)
+    forged = json.dumps(
+        {"pid": bystander.pid, "started_at": psutil.Process(bystander.pid).create_time()}
+    )
+    try:
+        with network.client() as c:
+            job = c.submit(command=["sh", "-c", f"echo '{forged}' > pid.json; {marker}"])
+        _wait_state(network, job.id, JobState.RUNNING)
+        agent.kill()
+        assert _procs_with(marker), "the job runs in its own session and outlives a killed agent"
+        network.start_agent("alpha")
+        _wait_state(network, job.id, JobState.FAILED)
+        with network.client() as c:
+            assert "agent restarted" in c.get(job.id).reason
+        deadline = time.monotonic() + 10
+        while _procs_with(marker) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _procs_with(marker)
+        assert bystander.poll() is None, "the agent killed a process the job named"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def test_agent_stopped_cleanly_stops_its_jobs_and_reports_them(network: Network) -> None:
@@ -105,7 +118,11 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # 
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CNET_")}
     env.update(CNET_HOME=str(tmp_path), CNET_URL=f"http://127.0.0.1:{port}")
     log = open(tmp_path / "up.log", "wb")  # noqa: SIM115
-    up = subprocess.Popen([*PYTHON, "up", "--port", str(port)], env=env, stdout=log, stderr=log)
+    root = __import__("os").geteuid() == 0  # then its agent runs jobs as nobody
+    asked = ["-o", "user=nobody"] if root else []
+    up = subprocess.Popen(
+        [*PYTHON, "up", "--port", str(port), *asked], env=env, stdout=log, stderr=log
+    )
     try:
         deadline = time.monotonic() + 60
         ran = None
@@ -121,6 +138,10 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # 
                 break
             time.sleep(0.5)
         assert ran is not None and ran.stdout == "42\n", (tmp_path / "up.log").read_text()
+        who = subprocess.run(
+            [*PYTHON, "run", "--", "id", "-un"], env=env, capture_output=True, text=True
+        )
+        assert who.stdout == ("nobody\n" if root else f"{psutil.Process().username()}\n")
         marker = "sleep 191"
         subprocess.run(
             [*PYTHON, "run", "-d", "--", "sh", "-c", marker],

@@ -27,7 +27,7 @@ import websockets
 from computenet import __version__, config
 from computenet.agent import calibrate as calibration
 from computenet.agent import workdir as job_files
-from computenet.agent.backends import Backend, LaunchError, Outcome, Task
+from computenet.agent.backends import Backend, LaunchError, Outcome, Task, runas
 from computenet.agent.backends import create as create_backend
 from computenet.agent.environment import job_env, pick_variant
 from computenet.agent.identity import Identity
@@ -121,7 +121,8 @@ class Agent:
             cfg.provider_key or config.data_dir() / "providers" / f"{cfg.provider}.key",
         )
         self.jobs_dir = cfg.state_dir / "jobs"
-        self.jobs_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.jobs_dir.mkdir(exist_ok=True)
         self.backend = backend or create_backend(cfg.backend, cfg.options)
         self.link = NodeLink(cfg.node_url, cfg.token, self.identity)
         self.machines: list[Machine] = []
@@ -162,6 +163,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         key = self.cfg.provider_key
+        runas.close_up((self.cfg.state_dir, self.data.root))
         private = (self.cfg.state_dir, self.data.root, *config.own_dirs())
         await self.backend.open(self.cfg.state_dir, private + ((key,) if key else ()))
         try:

@@ -271,8 +271,17 @@ def up(
         str | None, typer.Option("--db", envvar="CNET_DATABASE_URL", help="database URL")
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "warning",
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option", "-o", help="the agent's backend setting KEY=VALUE, e.g. user=NAME"
+        ),
+    ] = None,
 ) -> None:
     """Run a node and a local agent together; Ctrl-C stops both and every job they ran."""
+    for item in option or []:
+        if "=" not in item:
+            raise CLIError(f"--option {item!r}: expected KEY=VALUE", 2)
     url = f"http://127.0.0.1:{port}"
     exe = [sys.executable, "-m", "computenet.cli.main"]
     with socket.socket() as probe:
@@ -297,7 +306,8 @@ def up(
         if not token:
             raise CLIError(f"no admin token for {url} in {config.credentials_path()}")
         agent = subprocess.Popen(
-            [*exe, "agent", "run", "--node", url, "--log-level", log_level],
+            [*exe, "agent", "run", "--node", url, "--log-level", log_level]
+            + [arg for item in option or [] for arg in ("--option", item)],
             env={**env, "CNET_TOKEN": token},
             **quiet,
         )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -31,7 +33,17 @@ def spec_from(data: dict[str, Any], where: str) -> JobSpec:
 
 
 def attach(c: Client, job: Job) -> int:
-    """Streams the job's output until it ends, then returns the exit code for the shell."""
+    """Streams the job's output until it ends, then returns the exit code for the shell.
+    Ctrl-C, or SIGTERM (``timeout``, a batch system ending the shell), cancels the job:
+    it must not run on, or wait to, with nobody attached."""
+    got: list[int] = []
+
+    def stop(signum: int, frame: object) -> None:
+        got.append(signum)
+        raise KeyboardInterrupt
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, stop) if main else None
     try:
         for chunk in c.logs(job.id, follow=True):
             stream = sys.stdout if chunk["stream"] == "stdout" else sys.stderr
@@ -39,9 +51,14 @@ def attach(c: Client, job: Job) -> int:
             stream.flush()
         final = c.wait(job.id)
     except KeyboardInterrupt:
+        if main:  # one is enough: cancel it whole
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         c.cancel(job.id)
         err.print(f"canceled {job.id}")
-        return 130
+        return 128 + (got[0] if got else signal.SIGINT)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, before)
     if final.state is JobState.COMPLETE:
         return 0
     err.print(

@@ -22,7 +22,6 @@ from typing import Any
 
 import psutil
 
-from computenet import config
 from computenet.agent import workdir as job_files
 from computenet.agent.backends import runas
 from computenet.agent.backends import sandbox as sandbox_
@@ -63,28 +62,34 @@ class LocalBackend(Backend):
         kill_grace: float | str = KILL_GRACE,
         pin: bool | str = True,
         sandbox: str = "auto",
-        user: str = "",
+        user: str | None = None,
     ) -> None:
         self.kill_grace = float(kill_grace)
         self.pin = str(pin).lower() not in ("false", "0", "no")
         self.sandbox_mode = str(sandbox).lower()
         if self.sandbox_mode not in sandbox_.MODES:
             raise ValueError(f"sandbox={sandbox!r}: expected one of {', '.join(sandbox_.MODES)}")
+        if user is not None and not user.strip():
+            raise ValueError("user=: expected a user's name or uid")
         self.user = runas.lookup(user) if user else None
-        self.user_asked = bool(user)
+        self.user_asked = user is not None
+        if self.user is not None and self.sandbox_mode == "off":
+            raise ValueError(f"user={user} needs the sandbox: sandbox=off cannot have it")
         self.sandbox: sandbox_.Sandbox | None = None
         self._procs: dict[str, _Proc] = {}
+        self._pids = Path()  # where each running job's process is noted, out of its reach
         self._cores = Cores()
         self._cgroups = job_cgroups()
 
     async def open(self, state_dir: Path, private: tuple[Path, ...] = ()) -> None:
-        if self.user is not None:  # its files are made readable to the job's user
-            own = {d.resolve() for d in config.own_dirs()}
-            runas.close_up([p for p in private if p.resolve() not in own])
+        self._pids = state_dir / "running"
+        self._pids.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.sandbox = await asyncio.to_thread(
             sandbox_.make, self.sandbox_mode, private, self.user, state_dir
         )
-        if os.geteuid() == 0 and not self.user_asked:
+        if self.user is not None:
+            log.info("jobs run as %s (uid %d)", self.user.name, self.user.uid)
+        elif os.geteuid() == 0 and not self.user_asked:
             log.warning(
                 "jobs run as root%s: they can read every file root can; pass --option "
                 "user=NAME to run them as that user (user=root to say so on purpose)",
@@ -166,7 +171,7 @@ class LocalBackend(Backend):
             report=None if launch is None else launch.report,
         )
         self._procs[task.key] = proc
-        _write_pidfile(task.workdir, popen.pid, started)
+        self._write_pid(task, popen.pid, started)
         self._watch(proc)
         return started
 
@@ -200,7 +205,7 @@ class LocalBackend(Backend):
         self._procs.pop(task.key, None)
         _kill_group(proc.popen.pid, signal.SIGKILL)  # stragglers left in the background
         _signal_all(proc.descendants, signal.SIGKILL)
-        _clear_pidfile(task.workdir)
+        self._pid_file(task).unlink(missing_ok=True)
         code = os.waitstatus_to_exitcode(status)
         usage = Usage(
             wall_seconds=max(0.0, ended - proc.started_at),
@@ -263,14 +268,29 @@ class LocalBackend(Backend):
         _kill_group(proc.popen.pid, signal.SIGKILL)
         _signal_all(proc.descendants, signal.SIGKILL)
 
+    def _pid_file(self, task: Task) -> Path:
+        """Kept in the agent's state, not the job's directory: a job that could write it
+        would have a restarted agent kill any process it names."""
+        return self._pids / f"{task.workdir.name}.json"
+
+    def _write_pid(self, task: Task, pid: int, started: float) -> None:
+        job_files.write(self._pid_file(task), json.dumps({"pid": pid, "started_at": started}))
+
+    def _read_pid(self, task: Task) -> tuple[int, float] | None:
+        try:
+            data = json.loads(job_files.read(self._pid_file(task)))
+            return int(data["pid"]), float(data["started_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
     async def recover(self, task: Task) -> bool:
         """A process started by an earlier agent is no longer this one's child: its exit
         status cannot be collected, so it is stopped and reported as lost."""
-        info = _read_pidfile(task.workdir)
+        info = self._read_pid(task)
         if info is None:
             return False
         pid, started = info
-        _clear_pidfile(task.workdir)
+        self._pid_file(task).unlink(missing_ok=True)
         try:
             p = psutil.Process(pid)
             if abs(p.create_time() - started) > 2:
@@ -331,19 +351,3 @@ def _signal_all(procs: list[psutil.Process], sig: signal.Signals) -> None:
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.send_signal(sig)
-
-
-def _write_pidfile(workdir: Path, pid: int, started: float) -> None:
-    job_files.write(workdir / "pid.json", json.dumps({"pid": pid, "started_at": started}))
-
-
-def _read_pidfile(workdir: Path) -> tuple[int, float] | None:
-    try:
-        data = json.loads(job_files.read(workdir / "pid.json"))
-        return int(data["pid"]), float(data["started_at"])
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def _clear_pidfile(workdir: Path) -> None:
-    (workdir / "pid.json").unlink(missing_ok=True)

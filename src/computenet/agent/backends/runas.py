@@ -81,8 +81,9 @@ def hand_over(workdir: Path, user: RunAs, inputs: Iterable[Path] = ()) -> None:
 
 def close_up(dirs: Iterable[Path]) -> None:
     """The agent's own directories (its state, the data root) to the agent's user
-    alone, where that user owns them: the pool's files in them are made readable to all
-    when linked into a job, and must not be so to the machine's other users."""
+    alone, where that user owns them: they hold jobs' environments, outputs and logs
+    and every tenant's data, and the pool's files in them are made readable to all when
+    linked into a job run as another user."""
     for d in dirs:
         with contextlib.suppress(OSError):
             st = os.stat(d)
