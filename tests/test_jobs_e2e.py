@@ -56,6 +56,18 @@ def test_ps_lists_jobs_with_state_pool_and_times(shared: Network) -> None:
     assert "ago" in rows["ps-ok"]  # submission time is shown
 
 
+def test_show_tells_a_job_in_full(shared: Network) -> None:
+    r = shared.cnet("run", "--mem", "64M", "--pool", "alpha", "--", "true")
+    assert r.returncode == 0, r.stderr
+    with shared.client() as c:
+        job = c.list(limit=1).items[0]
+    shown = shared.cnet("show", job.id)
+    assert shown.returncode == 0, shown.stderr
+    assert "COMPLETE" in shown.stdout and "64.0 MiB memory" in shown.stdout, shown.stdout
+    r = shared.cnet("run", "--pool", "no-such-pool", "--", "true")
+    assert r.returncode == 2 and "no pool is named so" in r.stderr, r.stderr
+
+
 def test_command_not_found_is_127_with_reason(shared: Network) -> None:
     r = shared.cnet("run", "--", "no-such-program-here")
     assert r.returncode == 127
@@ -263,8 +275,8 @@ def test_a_root_agents_jobs_run_as_the_user_it_names(network: Network, tmp_path:
     user, logname, home = lines[-1].split()
     assert (user, logname) == ("nobody", "nobody") and home.endswith(f"/{job.id}.1"), out
     marker = "sleep 173"
-    r = network.cnet(
-        "run", "--pool", pool, "--time", "2s", "--", "sh", "-c", f"{marker} & {marker}"
+    r = network.cnet(  # the pool by its name
+        "run", "--pool", "as-nobody", "--time", "2s", "--", "sh", "-c", f"{marker} & {marker}"
     )  # fmt: skip
     assert r.returncode != 0 and "time limit of 2s exceeded" in r.stderr, r.stderr
     assert _tree_gone(marker)

@@ -16,6 +16,7 @@ from rich.table import Table
 from computenet.cli.output import CLIError, ago, duration, err, friendly, out, state
 from computenet.cli.session import client
 from computenet.model import Job, JobSpec, JobState
+from computenet.model.common import format_bytes
 from computenet.model.plan import Plan
 from computenet.sdk.client import Client
 
@@ -91,7 +92,7 @@ def run(
     env: Annotated[
         list[str] | None, typer.Option("--env", "-e", help="KEY=VALUE, repeatable")
     ] = None,
-    pool: Annotated[str | None, typer.Option(help="run on this pool CPI")] = None,
+    pool: Annotated[str | None, typer.Option(help="run on this pool (its name or CPI)")] = None,
     optimize: Annotated[
         str | None, typer.Option(help="favour cost, time, carbon or balanced")
     ] = None,
@@ -126,7 +127,7 @@ def run(
             "vendor": _words(vendor),
             "arch": _words(arch),
         },
-        "pool": pool,
+        "pool": _pool_cpi(pool),
         "regions": region or [],
         "optimize": optimize,
         "priority": priority,
@@ -140,6 +141,19 @@ def run(
             raise typer.Exit(1)
         return
     submit_spec(spec, detach)
+
+
+def _pool_cpi(pool: str | None) -> str | None:
+    """A pool named by its name, as ``cnet resources`` lists it, is looked up: one CPI
+    to type less."""
+    if not pool or pool.startswith("cpi:"):
+        return pool
+    with client() as c:
+        found = [p.cpi for p in c.pools() if p.name == pool]
+    if len(found) != 1:
+        why = "no pool is named so" if not found else f"{len(found)} pools are: name its CPI"
+        raise CLIError(f"--pool {pool!r}: {why} (cnet resources lists them)", 2)
+    return found[0]
 
 
 def _words(text: str | None) -> list[str]:
@@ -269,7 +283,9 @@ def show(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     out.print(f"pool:      {j.pool or '-'}")
     r = j.spec.resources
     out.print(
-        f"request:   {r.cpus:g} CPUs, {r.memory} bytes, {r.gpus} GPUs"
+        f"request:   {r.cpus:g} CPUs, "
+        + (f"{format_bytes(r.memory)} memory" if r.memory else "no memory limit")
+        + f", {r.gpus} GPUs"
         + (f" ({r.accelerator})" if r.accelerator else "")
         + (f", vendor {','.join(r.vendor)}" if r.vendor else "")
         + (f", arch {','.join(r.arch)}" if r.arch else "")
