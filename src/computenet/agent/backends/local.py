@@ -73,8 +73,6 @@ class LocalBackend(Backend):
             raise ValueError("user=: expected a user's name or uid")
         self.user = runas.lookup(user) if user else None
         self.user_asked = user is not None
-        if self.user is not None and self.sandbox_mode == "off":
-            raise ValueError(f"user={user} needs the sandbox: sandbox=off cannot have it")
         self.sandbox: sandbox_.Sandbox | None = None
         self._procs: dict[str, _Proc] = {}
         self._pids = Path()  # where each running job's process is noted, out of its reach

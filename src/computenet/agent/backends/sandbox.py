@@ -193,8 +193,7 @@ def _mounts(
     done: list[tuple[Path, bool]] = []
     made: set[Path] = set()
     for target, op, fresh in plan:
-        under = [m for m in done if target.is_relative_to(m[0]) and target != m[0]]
-        top, inside_fresh = max(under, key=lambda m: len(m[0].parts), default=(Path("/"), False))
+        top, inside_fresh = _deepest(target, [m for m in done if m[0] != target])
         if inside_fresh and perms:
             for a in reversed(target.parents):
                 if a.is_relative_to(top) and a != top and a not in made:
@@ -213,9 +212,7 @@ def _wanted(
     and every job pays for it)."""
     kept: list[tuple[Path, Path, bool]] = []
     for b in sorted(binds, key=lambda b: len(b[1].parts)):
-        holders = [(m, True) for m in empty if b[1].is_relative_to(m)]
-        holders += [(k[1], False) for k in kept if b[1].is_relative_to(k[1])]
-        if max(holders, key=lambda h: len(h[0].parts), default=(b[1], False))[1]:
+        if _deepest(b[1], [(m, True) for m in empty] + [(k[1], False) for k in kept])[1]:
             kept.append(b)
     return kept
 
@@ -236,13 +233,19 @@ def closed(
         for a in reversed(target.parents):
             if any(a.is_relative_to(c) for c in out):
                 break
-            inner = [m for m in mounts if a.is_relative_to(m[0])]
-            if max(inner, key=lambda m: len(m[0].parts), default=(a, False))[1]:
+            if _deepest(a, mounts)[1]:
                 continue
             if a != Path("/") and not passable(a, user):
                 out.append(a)
                 break
     return out
+
+
+def _deepest(path: Path, mounts: list[tuple[Path, bool]]) -> tuple[Path, bool]:
+    """The innermost of ``mounts`` (each a place and whether it is an empty file system)
+    that holds ``path``; ``/`` as the machine's own where none does."""
+    holders = [m for m in mounts if path.is_relative_to(m[0])]
+    return max(holders, key=lambda m: len(m[0].parts), default=(Path("/"), False))
 
 
 def passable(path: Path, user: RunAs) -> bool:
