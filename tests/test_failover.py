@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from computenet.model import (
     TelemetrySample,
     Usage,
 )
-from conftest import Network
+from conftest import PYTHON, Network
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]  # kills and restarts processes: long waits
 
@@ -121,6 +122,48 @@ def test_frozen_agent_job_requeued_elsewhere_and_fenced_on_return(quick: Network
         # and the first pool's capacity is whole again
         first_pool = next(p for p in c.pools() if p.name == "first")
         assert first_pool.allocated.cpus == 0
+
+
+def test_an_attached_run_pinned_to_a_silent_pool_says_why_it_waits(
+    quick: Network, tmp_path: Path
+) -> None:
+    network = quick
+    agent = network.start_agent("near")
+    assert agent.popen is not None
+    os.kill(agent.popen.pid, signal.SIGSTOP)
+    try:
+        with network.client() as c:
+            _wait(
+                lambda: (
+                    next(p for p in c.pools() if p.name == "near").status is not PoolStatus.online
+                ),
+                20,
+                "the pool to fall silent",
+            )
+            cpi = next(p.cpi for p in c.pools() if p.name == "near")
+        errors = tmp_path / "run.err"
+        with open(errors, "w") as e:
+            run = subprocess.Popen(
+                [*PYTHON, "run", "--pool", "near", "--", "echo", "back"],
+                env=network.env,
+                stdout=subprocess.PIPE,
+                stderr=e,
+                text=True,
+            )
+        try:
+            _wait(
+                lambda: f"waiting for {cpi}, which is not online" in errors.read_text(),
+                30,
+                "the run to say why it waits",
+            )
+        finally:
+            os.kill(agent.popen.pid, signal.SIGCONT)
+        out, _ = run.communicate(timeout=60)
+    finally:
+        os.kill(agent.popen.pid, signal.SIGCONT)
+    assert run.returncode == 0, errors.read_text()
+    assert out == "back\n"
+    assert errors.read_text().count("which is not online") == 1  # said once, not each poll
 
 
 def test_job_gives_up_after_max_attempts(quick: Network) -> None:

@@ -21,6 +21,7 @@ from computenet.model.plan import Plan
 from computenet.sdk.client import Client
 
 MAX_SPEC_FILE = 1024 * 1024
+WAIT_NOTICE_S = 2.0
 
 
 def spec_from(data: dict[str, Any], where: str) -> JobSpec:
@@ -45,8 +46,11 @@ def attach(c: Client, job: Job) -> int:
 
     main = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, stop) if main else None
+    started = threading.Event()
+    threading.Thread(target=_tell_waiting, args=(c, job.id, started), daemon=True).start()
     try:
         for chunk in c.logs(job.id, follow=True):
+            started.set()
             stream = sys.stdout if chunk["stream"] == "stdout" else sys.stderr
             stream.write(chunk["data"])
             stream.flush()
@@ -58,6 +62,7 @@ def attach(c: Client, job: Job) -> int:
         err.print(f"canceled {job.id}")
         return 128 + (got[0] if got else signal.SIGINT)
     finally:
+        started.set()
         if main:
             signal.signal(signal.SIGTERM, before)
     if final.state is JobState.COMPLETE:
@@ -68,6 +73,22 @@ def attach(c: Client, job: Job) -> int:
     if final.exit_code is not None and final.exit_code != 0:
         return final.exit_code
     return 1
+
+
+def _tell_waiting(c: Client, job_id: str, started: threading.Event) -> None:
+    """Says on stderr why a queued job waits, each time the reason changes: a run that
+    only hangs (its pool down, a quota reached) looks broken."""
+    said = ""
+    while not started.wait(WAIT_NOTICE_S):
+        try:
+            job = c.get(job_id)
+        except Exception:  # the log stream reports what matters
+            return
+        if job.state is not JobState.QUEUED:
+            return
+        if job.reason and job.reason != said:
+            err.print(f"[dim]{job_id} queued: {job.reason}[/]", soft_wrap=True)
+            said = job.reason
 
 
 def run(

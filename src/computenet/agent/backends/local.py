@@ -121,7 +121,7 @@ class LocalBackend(Backend):
                 inputs = [task.workdir / item.path for item in task.spec.inputs]
                 if self.user is not None:
                     env.update(self.user.env())
-                    runas.hand_over(task.workdir, self.user, inputs)
+                    await asyncio.to_thread(runas.hand_over, task.workdir, self.user, inputs)
                 limit = confined.memory if confined.cgroup is None else 0
                 launch = self.sandbox.launch(argv, env, task.workdir, inputs, limit)
             preexec = confined.preexec(rlimit=launch is None)

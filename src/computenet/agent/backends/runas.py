@@ -32,7 +32,6 @@ class RunAs:
     uid: int
     gid: int
     groups: tuple[int, ...]
-    home: str
 
     def ids(self) -> tuple[int, int, list[int]]:
         """What the reaper needs, in types ``marshal`` carries."""
@@ -57,7 +56,7 @@ def lookup(name: str) -> RunAs | None:
             f"(this one runs as uid {os.geteuid()})"
         )
     groups = tuple(sorted(set(os.getgrouplist(pw.pw_name, pw.pw_gid))))
-    return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid, groups, pw.pw_dir)
+    return RunAs(pw.pw_name, pw.pw_uid, pw.pw_gid, groups)
 
 
 def hand_over(workdir: Path, user: RunAs, inputs: Iterable[Path] = ()) -> None:

@@ -255,7 +255,7 @@ def passable(path: Path, user: RunAs) -> bool:
         return True
     if st.st_uid == user.uid:
         return bool(st.st_mode & 0o100)
-    if st.st_gid in user.groups or st.st_gid == user.gid:
+    if st.st_gid in user.groups:  # the primary group among them
         return bool(st.st_mode & 0o010)
     return bool(st.st_mode & 0o001)
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select, update
+from sqlalchemy import Connection, and_, bindparam, literal, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus, Price
 from computenet.model.dataset import DataURIError, PoolRef, parse_data_uri, split_input
@@ -263,6 +263,8 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         return result  # idle: no need to read every pool
     views = load_pools(conn)
     if not views:
+        conn.execute(_NONE_ONLINE)  # each says why it waits, once
+        conn.execute(_PIN_NOT_ONLINE)
         return result
     ctx = context(conn, profile)
     share = FairShare(conn, views)
@@ -289,6 +291,26 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         conn.execute(_WAIT_REASON, changed)
     return result
 
+
+_NOT_ONLINE = literal("waiting for ") + jobs.c.pin_pool + literal(", which is not online")
+_NONE_ONLINE = (
+    update(jobs)
+    .where(
+        jobs.c.state == JobState.QUEUED.value,
+        jobs.c.pin_pool.is_(None),
+        jobs.c.reason != "no pool online",
+    )
+    .values(reason="no pool online")
+)
+_PIN_NOT_ONLINE = (
+    update(jobs)
+    .where(
+        jobs.c.state == JobState.QUEUED.value,
+        jobs.c.pin_pool.is_not(None),
+        jobs.c.reason != _NOT_ONLINE,
+    )
+    .values(reason=_NOT_ONLINE)
+)
 
 _ANY_QUEUED = select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value).limit(1)
 _WAIT_REASON = (
@@ -412,7 +434,10 @@ def _place(conn: Connection, job: JobView, ranking: Ranking, now: float) -> tupl
     ``--optimize cost`` the cheapest feasible pool is worth a wait.
     """
     if not ranking:
-        reasons = "; ".join(f"{cpi}: {why}" for cpi, why in list(ranking.rejected.items())[:3])
+        if job.pool and job.pool not in ranking.rejected:
+            return None, f"waiting for {job.pool}, which is not online"
+        shown = [job.pool] if job.pool else list(ranking.rejected)[:3]
+        reasons = "; ".join(f"{cpi}: {ranking.rejected[cpi]}" for cpi in shown)
         return None, f"no pool can run it: {reasons}" if reasons else "no pool online"
     for cand in ranking.ordered():
         if not cand.fits_now:
