@@ -157,7 +157,7 @@ class Agent:
             part_days=cfg.part_days,
             copies=self.link.copies,
         )
-        self.stager = Stager(self.link, data_root, self.data.home_quota)
+        self.stager = Stager(self.link, data_root, self.data.home_quota, self.data.quota)
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -24,9 +24,9 @@ import contextlib
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import httpx
 
@@ -143,10 +143,17 @@ def place(src: Path, dest: Path, tag: str) -> None:
 
 
 class Stager:
-    def __init__(self, link: NodeLink, data_root: Path, homes: HomeAccounts | None = None) -> None:
+    def __init__(
+        self,
+        link: NodeLink,
+        data_root: Path,
+        homes: HomeAccounts | None = None,
+        quota: Quota | None = None,
+    ) -> None:
         self.link = link
         self.root = data_root
         self._homes = homes  # the data server's accounts of tenants' home quotas
+        self._quota = quota  # and of the pool's data quota: staging is held to both
         self.hashes = HashCache(ctime=False)  # staging links the files, which sets ctime
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
 
@@ -191,7 +198,7 @@ class Stager:
             keep = await asyncio.to_thread(self._fetch_target, plan.keep)
             # Fetched meanwhile (and recorded), for a job that named the version otherwise?
             if not keep.exists() or await self._changed(keep, plan) is not None:
-                result = await self._fetch(plan, keep)
+                result = await self._claimed(self._fetch(plan, keep), plan, keep)
                 files = result.counters.files + result.counters.files_skipped
                 await self._landed(
                     task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
@@ -205,6 +212,28 @@ class Stager:
             async with self._locks[normalise(gone)]:
                 with contextlib.suppress(StagingError, PathError, OSError):
                     await asyncio.to_thread(lambda: _remove(self._fetch_target(gone)))
+
+    async def _claimed(
+        self, fetch: Coroutine[Any, Any, TransferResult], plan: StagingPlan, keep: Path
+    ) -> TransferResult:
+        """A dataset fetched into the pool takes space in its data root: held to the
+        pool's data quota as a put is (what it replaces is freed)."""
+        there = keep.exists() and not keep.is_symlink()
+        adds = (plan.total_bytes or 0) - (await asyncio.to_thread(total_size, keep) if there else 0)
+        if self._quota is not None:
+            try:
+                await self._quota.claim(adds)
+            except BaseException:
+                fetch.close()
+                raise
+        landed = False
+        try:
+            result = await fetch
+            landed = True
+            return result
+        finally:
+            if self._quota is not None:
+                self._quota.settle(adds, landed)
 
     async def _fetch(self, plan: StagingPlan, keep: Path) -> TransferResult:
         """Fetches a dataset into the reserved fetch area, then renames it into place once
@@ -302,18 +331,22 @@ class Stager:
         if plan.home is not None and self._homes is not None:
             tenant = plan.home.strip("/").partition("/")[2]
             account = self._homes(tenant, plan.home_quota, plan.local.strip("/"))
-        # Held to its tenant's home quota as a put into it is: what it replaces is freed.
+        # Held to the pool's data quota and its tenant's home quota as a put is: what it
+        # replaces is freed.
         there = dest.exists() and not dest.is_symlink()
         adds = size - (await asyncio.to_thread(total_size, dest) if there else 0)
-        if account is not None:
-            await account.claim(adds, plan.home_quota)
+        held = [q for q in (self._quota, account) if q is not None]
+        claimed: list[Quota] = []
         placed = False
         try:
+            for q in held:
+                await q.claim(adds, plan.home_quota if q is account else None)
+                claimed.append(q)
             await asyncio.to_thread(place, src, dest, tag)
             placed = True
         finally:
-            if account is not None:
-                account.settle(adds, placed)
+            for q in claimed:
+                q.settle(adds, placed)
         if not isinstance(parse_data_uri(plan.uri), DatasetRef):
             return
         try:

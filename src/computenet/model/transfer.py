@@ -10,12 +10,13 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from computenet.ident.cpi import CPIStr
 from computenet.model.common import Model
 
 MAX_TTL = 86400.0
+MAX_ENTRIES = 1_000_000  # files and directories in one transfer
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 PoolPath = Annotated[str, Field(max_length=4096, description="a path under the pool's data root")]
 
@@ -60,6 +61,10 @@ class TicketClaims(Model):
         default=None,
         description="a put inside home/TENANT: what that home may hold in the pool",
     )
+    endpoint: Annotated[str, Field(max_length=300)] | None = Field(
+        default=None,
+        description="HOST:PORT of the pool's data server: a pool-to-pool copy goes there only",
+    )
 
 
 class Ticket(Model):
@@ -97,6 +102,26 @@ class Manifest(Model):
     dirs: list[str] = Field(default_factory=list, description="empty directories too")
     tree_hash: Hex32
 
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        """Sizes, quotas and tickets are checked against the sizes a manifest states, so
+        its chunks must add up to them exactly: a chunk list longer than its file's size
+        would let a sender write past every limit."""
+        if len(self.files) + len(self.dirs) > MAX_ENTRIES:
+            raise ValueError(f"files and dirs: more than {MAX_ENTRIES} entries")
+        seen: set[str] = set()
+        for i, f in enumerate(self.files):
+            want = -(-f.size // self.chunk_size)
+            if len(f.chunks) != want:
+                raise ValueError(
+                    f"files.{i}.chunks: {len(f.chunks)} chunks for {f.size} bytes "
+                    f"in chunks of {self.chunk_size} (expected {want})"
+                )
+            if f.path in seen:
+                raise ValueError(f"files.{i}.path: {f.path!r} is named twice")
+            seen.add(f.path)
+        return self
+
     @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
@@ -113,6 +138,10 @@ class ManifestFrame(Model):
     manifest: Manifest
     sync: SyncLevel = SyncLevel.none
     verify: bool = True
+    exact: bool = Field(
+        default=False,
+        description="the destination must hold nothing else (a dataset version's copy)",
+    )
 
 
 class TransferCounters(Model):

@@ -66,6 +66,7 @@ class Options:
     faults: Faults = field(default_factory=Faults.from_env)
     hashes: HashCache | None = None  # a data server's hashes of its own files
     tree_hash: str | None = None  # the tree the source must be: checked before bytes move
+    exact: bool = False  # a put whose destination must hold nothing else
 
 
 def _expected(options: Options, m: Manifest, where: str) -> None:
@@ -133,15 +134,25 @@ class _Link:
                 f"cannot reach the pool's data server at {ep.host}:{ep.port}: {e}"
             ) from e
         self.conns.append((reader, writer))
-        if self.tls:
-            wire.send_json(writer, Kind.HELLO, {"starttls": True})
-            await writer.drain()
-            await wire.expect(reader, Kind.OK)
-            await writer.start_tls(tls.client_context())
-            tls.pinned(writer.get_extra_info("ssl_object"), ep.fingerprint)
-        wire.send_json(writer, Kind.HELLO, self.hello(role) | (extra or {}))
-        await writer.drain()
-        _, self.welcome = await wire.expect(reader, Kind.OK)
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT):  # a server that never answers
+                if self.tls:
+                    wire.send_json(writer, Kind.HELLO, {"starttls": True})
+                    await writer.drain()
+                    await wire.expect(reader, Kind.OK)
+                    await writer.start_tls(tls.client_context())
+                    tls.pinned(writer.get_extra_info("ssl_object"), ep.fingerprint)
+                wire.send_json(writer, Kind.HELLO, self.hello(role) | (extra or {}))
+                await writer.drain()
+                if role == "control":  # a listing, a removal or a relay answers once done
+                    _, self.welcome = await wire.expect(reader, Kind.OK)
+            if role != "control":
+                _, self.welcome = await wire.expect(reader, Kind.OK)
+        except TimeoutError:
+            raise TransferError(
+                f"the pool's data server at {ep.host}:{ep.port} did not answer "
+                f"within {CONNECT_TIMEOUT:g} s"
+            ) from None
         return reader, writer
 
     def connect(self) -> Sock:
@@ -259,7 +270,8 @@ async def put(
 
 async def _put(grant: TransferGrant, source: Path, options: Options, where: str) -> TransferResult:
     started = time.monotonic()
-    src = await asyncio.to_thread(build, source, options.chunk_size, options.hashes)
+    # On a thread of its own: Ctrl-C does not wait for a large source to be hashed.
+    src = await sockets.in_thread(build, source, options.chunk_size, options.hashes)
     try:
         _expected(options, src.manifest, where)
         return await _send(grant, src, source, options, started)
@@ -290,7 +302,9 @@ async def _send(
     counters = TransferCounters()
     try:
         reader, writer = await link.open("control")
-        frame = ManifestFrame(manifest=m, sync=options.sync, verify=options.verify)
+        frame = ManifestFrame(
+            manifest=m, sync=options.sync, verify=options.verify, exact=options.exact
+        )
         wire.send_model(writer, Kind.MANIFEST, frame)
         await writer.drain()
         _, plan = await wire.expect(reader, Kind.NEED)
@@ -369,6 +383,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         if len(m.files) == 1 and not m.files[0].path and not m.dirs:
             name = grant.path.rstrip("/").rsplit("/", 1)[-1]
             target = dest / name if dest.is_dir() else dest
+            _replaceable(target)
             finals, dirs = [target], []
         else:
             # Names from the server are confined too: a server cannot write outside dest.
@@ -379,7 +394,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             m, finals, dirs, options.sync, counters, _advance(w), options.faults, options.verify
         )
         try:
-            plan = await asyncio.to_thread(receiver.plan)
+            plan = await sockets.in_thread(receiver.plan)
             if w is not None:
                 w.start(m.total_bytes - counters.bytes_skipped)
             wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
@@ -404,6 +419,15 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         return _result(grant, Direction.get, dest, m, counters, streams, started)
     finally:
         link.close()
+
+
+def _replaceable(target: Path) -> None:
+    """A copy renames its file into place: onto a link it would replace the link (and
+    onto ``/dev/stdout`` or a device, the device file), not write where it leads."""
+    if target.is_symlink():
+        raise TransferError(f"{target} is a link: name the path it leads to")
+    if target.exists() and not target.is_file():
+        raise TransferError(f"{target} is not a regular file: a copy cannot replace it")
 
 
 async def relay(

@@ -45,9 +45,17 @@ def pack(data: bytes) -> bytes | None:
 
 
 def unpack(data: bytes | memoryview, size: int) -> bytes:
-    """A chunk of exactly ``size`` bytes from its zstd frame; never more (a frame that
-    claims more is refused, not inflated)."""
+    """A chunk of exactly ``size`` bytes from its zstd frame; never more. The frame must
+    state that size in its header: zstd allocates what the header states, whatever
+    ``max_output_size`` says, so a frame claiming more is refused before it is read."""
     try:
+        stated = zstandard.get_frame_parameters(data).content_size
+        if stated != size:
+            raise WireError(
+                f"a compressed chunk states {stated} bytes in its frame, not {size}"
+                if stated != zstandard.CONTENTSIZE_UNKNOWN
+                else "a compressed chunk does not state its size in its frame"
+            )
         out = zstandard.ZstdDecompressor().decompress(data, max_output_size=size)
     except zstandard.ZstdError as e:
         raise WireError(f"a compressed chunk does not decompress: {e}") from e

@@ -124,6 +124,11 @@ async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, li
         raise TransferError(f"{ref}: no such version (it has {have})")
     serving = _serving(await api.pools())
     held = [r for r in v.replicas if r.pool in serving]
+    if not v.replicas:
+        raise TransferError(
+            f"{v.uri}: no pool holds a copy any more (a copy found changed is dropped): "
+            "publish the data again"
+        )
     if not held:
         raise TransferError(f"{v.uri}: no pool that holds it is online")
     return v, held
@@ -249,7 +254,8 @@ async def copy_data(
     if target not in serving:
         raise TransferError(f"pool {target} is not online with a data server")
     path = f"/datasets/{d_ref.name}/{d_ref.version or await _unnumbered(api, d_ref, target, s)}"
-    result = await copy(src, f"{target}:{path}", api.grant, options)
+    exact = replace(options or Options(), exact=True)  # a version is what was copied
+    result = await copy(src, f"{target}:{path}", api.grant, exact)
     v = await api.publish(
         DatasetPublish(
             name=d_ref.name,

@@ -18,6 +18,7 @@ import blake3
 from computenet.model.transfer import Manifest, ManifestEntry
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.paths import PART, RESERVED, open_read
+from computenet.transfer.wire import TransferError
 
 CHUNK = 8 << 20
 _PARALLEL = 1 << 20  # from here a chunk is hashed on several threads
@@ -128,6 +129,9 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
                 entries = sorted(listing, key=lambda x: x.name)
         except FileNotFoundError:
             continue  # removed while the tree was walked
+        for x in entries:
+            if not x.name.isascii():
+                _utf8(prefix + x.name)
         subdirs = [
             x.name
             for x in entries
@@ -141,6 +145,18 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
         )
         todo.extend((os.path.join(here, d), f"{prefix}{d}/") for d in reversed(subdirs))
     return files, dirs
+
+
+def _utf8(rel: str) -> None:
+    """Names travel as UTF-8 (in JSON): one that is not (bytes ``os`` could only decode
+    with surrogates) is refused by name rather than left out in silence."""
+    try:
+        rel.encode()
+    except UnicodeEncodeError:
+        shown = ascii(rel)[1:-1]
+        raise TransferError(
+            f"{shown}: its name is not UTF-8, so it cannot travel; rename it"
+        ) from None
 
 
 def _entry(

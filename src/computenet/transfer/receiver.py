@@ -9,6 +9,7 @@ transfer is kept: its chunks that still hash right are not asked for again.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import queue
 import socket
@@ -30,6 +31,7 @@ from computenet.transfer.wire import TransferError
 Progress = Callable[[int], None]
 SPLICE_MIN = 1 << 20  # smaller chunks are received into memory and written
 BUSY_WAIT = 30.0  # seconds a resent chunk waits for the stream still writing it
+MODE_BITS = 0o777  # set-id and sticky bits are never taken from the other end
 
 
 @dataclass
@@ -129,7 +131,7 @@ class Receiver:
             if there is not None and there.is_file(follow_symlinks=False):
                 plan.replaced += there.stat(follow_symlinks=False).st_size
             part = names.get(f".{final.name}{PART}")
-            have = set() if part is None else self._resumable(Path(part.path), e)
+            have = set() if part is None else self._resumable(Path(part.path), e, final)
             if part is not None:
                 self._resumed.add(i)
             need = [j for j in range(len(e.chunks)) if j not in have]
@@ -147,7 +149,7 @@ class Receiver:
             return "/" + p.relative_to(self.root).as_posix()
         return str(p)
 
-    def _resumable(self, part: Path, e: ManifestEntry) -> set[int]:
+    def _resumable(self, part: Path, e: ManifestEntry, final: Path) -> set[int]:
         """The chunks a partial file left by an earlier try already holds. A file with no
         partial gets one when its first chunk lands."""
         try:
@@ -156,6 +158,8 @@ class Receiver:
             return set()
         if not stat.S_ISREG(st.st_mode):
             return set()  # opening it (O_NOFOLLOW) refuses it later
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        os.close(self._hold(fd, final))  # refused now, not once bytes flow
         got = hash_chunks(part, min(st.st_size, e.size), self.manifest.chunk_size)
         if st.st_size > e.size:
             os.truncate(part, e.size)
@@ -221,11 +225,26 @@ class Receiver:
                 return wire.Status.OK
             fd = self._fds.get(f)
             if fd is None:
-                fd = self._fds[f] = _open_part(self.finals[f], self._made)
+                final = self.finals[f]
+                fd = self._fds[f] = self._hold(_open_part(final, self._made), final)
                 if f in self._resumed:  # it may hold an earlier run's mode: private again
                     os.fchmod(fd, 0o600)
             self._busy.add((f, c))
             return fd
+
+    def _hold(self, fd: int, final: Path) -> int:
+        """``fd`` (a partial file of ``final``), held by this copy alone: two copies to one
+        path at once would write into one partial file, and the one that commits last
+        would leave the other's chunks in it. A copy whose partial file another copy
+        holds is refused."""
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TransferError(
+                f"another copy is writing {self._shown(final)} now: run this one again once it ends"
+            ) from None
+        return fd
 
     def _writer(self, f: int) -> threading.Lock:
         with self._lock:
@@ -281,15 +300,17 @@ class Receiver:
         decrypted here: received into a buffer, checked, written, on one thread, since
         an SSL connection must not be used from two at once."""
         if isinstance(sock, ssl.SSLSocket) or not sockets.SPLICE:
-            buf = bytearray(self.manifest.chunk_size)
+            buf = memoryview(b"")  # made when the first chunk comes: not for idle streams
             while (head := self._head(sock)) is not None:
                 f, c, n, size = head
+                if len(buf) < self.manifest.chunk_size:
+                    buf = memoryview(bytearray(self.manifest.chunk_size))
                 if size is not None:
-                    self._ack(sock, f, c, self._packed(sock, memoryview(buf), f, c, n, size))
+                    self._ack(sock, f, c, self._packed(sock, buf, f, c, n, size))
                     continue
-                if n and not sockets.recv_exact(sock, memoryview(buf)[:n]):
+                if n and not sockets.recv_exact(sock, buf[:n]):
                     raise ConnectionResetError("the sender closed the stream inside a chunk")
-                self._ack(sock, f, c, self.accept(f, c, memoryview(buf)[:n]))
+                self._ack(sock, f, c, self.accept(f, c, buf[:n]))
             return
         work: queue.SimpleQueue[tuple[int, int, int, wire.Status | None] | None]
         work = queue.SimpleQueue()
@@ -403,7 +424,21 @@ class Receiver:
             raise wire.WireError(f"expected DATA on a data stream, got {kind.name}")
         if n < 0 or max(n, size or 0) > self.manifest.chunk_size:
             raise wire.WireError(f"a chunk of {n} bytes is larger than the manifest's chunks")
+        want = self._length(f, c)
+        if want is not None and (n if size is None else size) != want:
+            raise wire.WireError(
+                f"chunk {c} of file {f} is {n if size is None else size} bytes; "
+                f"its manifest makes it {want}"
+            )
         return f, c, n, size
+
+    def _length(self, f: int, c: int) -> int | None:
+        """How long chunk ``c`` of file ``f`` is, by the manifest; None where it has no
+        such chunk (answered UNKNOWN)."""
+        files = self.manifest.files
+        if f >= len(files) or c >= len(files[f].chunks):
+            return None
+        return min(self.manifest.chunk_size, files[f].size - c * self.manifest.chunk_size)
 
     def _packed(
         self, sock: Sock, buf: memoryview, f: int, c: int, n: int, size: int
@@ -434,9 +469,15 @@ class Receiver:
             if i not in self._stamped:  # empty, resumed whole, or not writable by its owner
                 if not e.chunks:
                     os.close(_open_part(final))
-                os.chmod(part, e.mode & 0o7777)
+                os.chmod(part, e.mode & MODE_BITS)
                 os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
-            os.replace(part, final)
+            try:
+                os.replace(part, final)
+            except FileNotFoundError:
+                raise TransferError(
+                    f"{self._shown(final)} was put in place by another copy meanwhile: "
+                    "run this one again"
+                ) from None
             self.counters.files += 1
 
     def discard(self) -> None:
@@ -494,7 +535,7 @@ def _stamp(fd: int, e: ManifestEntry) -> bool:
     wrote it: at commit, each would be a lookup by path. True when both are set."""
     os.utime(fd, ns=(e.mtime_ns, e.mtime_ns))
     if e.mode & 0o600 == 0o600:
-        os.fchmod(fd, e.mode & 0o7777)
+        os.fchmod(fd, e.mode & MODE_BITS)
         return True
     return False
 

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import secrets
 import shutil
+import socket
 import ssl
+import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -41,6 +44,7 @@ from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size, tree_hash
 from computenet.transfer.paths import (
+    PART,
     RESERVED,
     PathError,
     confine,
@@ -60,6 +64,10 @@ from computenet.transfer.wire import Kind, Refused, TransferError
 log = logging.getLogger("computenet.transfer")
 KEY_REFRESH = 10.0
 ADMIT_TIMEOUT = 60.0
+# A transfer in which no chunk moves for this long is stopped (``CNET_TRANSFER_IDLE``).
+IDLE_TIMEOUT = float(os.environ.get("CNET_TRANSFER_IDLE", "300"))
+HANDSHAKE_TIMEOUT = min(30.0, IDLE_TIMEOUT)  # from connecting to a HELLO that checks out
+NEED_TIMEOUT = 3600.0  # a client may hash its partial files before it answers
 PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
 SWEEP_EVERY = 3600.0
 COPIES_TIMEOUT = 10.0  # seconds to wait for the node to name a pool's dataset copies
@@ -101,6 +109,41 @@ class _Session:
     path: str  # normalised: what the transfer reads or writes
     receiver: Receiver | None = None
     sender: Sender | None = None
+    writes: bool = False  # a put (rm, and other puts, wait for any copy)
+    socks: set[Sock] = field(default_factory=set)  # its data connections, on their threads
+    admitted: int = 0
+    ended: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def admit(self) -> bool:
+        """Holds a place for one more data connection; False once the session has as
+        many as a client ever opens (each may hold a thread and a chunk's buffer)."""
+        with self.lock:
+            if self.ended or self.admitted >= client.MAX_STREAMS:
+                return False
+            self.admitted += 1
+            return True
+
+    def attach(self, sock: Sock) -> bool:
+        with self.lock:
+            if not self.ended:
+                self.socks.add(sock)
+            return not self.ended
+
+    def detach(self, sock: Sock) -> None:
+        with self.lock:
+            self.socks.discard(sock)
+            self.admitted -= 1
+
+    def end(self) -> None:
+        """Ends its data connections: a stream still open when its transfer is over (or
+        stopped) would hold a thread and a buffer for as long as its peer liked."""
+        with self.lock:
+            self.ended = True
+            socks = list(self.socks)
+        for sock in socks:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
 class DataServer:
@@ -191,6 +234,8 @@ class DataServer:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
+        except TimeoutError:
+            log.info("transfer connection closed: no HELLO within %g s", HANDSHAKE_TIMEOUT)
         except Exception:
             log.exception("data server error")
             with contextlib.suppress(Exception):
@@ -200,22 +245,23 @@ class DataServer:
                 writer.close()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        _, hello = await wire.expect(reader, Kind.HELLO)
         loop = asyncio.get_running_loop()
-        if hello.get("starttls"):
-            if hello.get("role") == "data":
-                await sockets.in_thread(self._tls_data, sockets.detach(writer), loop)
-                return
-            wire.send(writer, Kind.OK)
-            await writer.drain()
-            await writer.start_tls(self._tls)  # type: ignore[arg-type]
-            _, hello = await wire.expect(reader, Kind.HELLO)
+        async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # a silent peer holds nothing
+            hello = _hello((await wire.expect(reader, Kind.HELLO))[1])
+            if hello.get("starttls"):
+                if hello.get("role") == "data":
+                    await sockets.in_thread(self._tls_data, sockets.detach(writer), loop)
+                    return
+                wire.send(writer, Kind.OK)
+                await writer.drain()
+                await writer.start_tls(self._tls)  # type: ignore[arg-type]
+                hello = _hello((await wire.expect(reader, Kind.HELLO))[1])
         if hello.get("role") == "data":
             s = await self._admit(hello)
             await sockets.in_thread(self._data, sockets.detach(writer), s)
             return
         t = Ticket.model_validate(hello.get("ticket"))
-        direction = Direction(hello.get("direction"))
+        direction = _direction(hello)
         path = await self._check(t, direction, str(hello.get("path", "")))
         tid, role = str(hello.get("transfer", "")), hello.get("role")
         ctl = _Control(reader, writer, t, tid, path)
@@ -235,22 +281,38 @@ class DataServer:
             raise Refused(f"ticket {t.claims.id} only removes /{path}")
         if role != "control" or not tid or tid in self.sessions:
             raise Refused("a transfer starts with one control connection of a new id")
-        self.sessions[tid] = _Session(t.claims.id, path)  # from now on, rm waits for it
-        wire.send(writer, Kind.OK)
-        await writer.drain()
+        writes = direction is Direction.put
+        if writes and (busy := self._writing(path)) is not None:
+            raise Refused(f"a copy into /{busy} is still moving: run this one once it ends")
+        session = self.sessions[tid] = _Session(t.claims.id, path, writes=writes)
         try:
+            wire.send(writer, Kind.OK)
+            await writer.drain()
             await (self._put if direction is Direction.put else self._get)(ctl)
         finally:
             self.sessions.pop(tid, None)
+            session.end()
+
+    def _writing(self, path: str) -> str | None:
+        """The path of a put still moving at, above or below ``path``: two puts into
+        one place at once would each resume the other's partial files."""
+        for s in self.sessions.values():
+            if s.writes and (within(s.path, path) or within(path, s.path)):
+                return s.path
+        return None
 
     async def _admit(self, hello: dict[str, Any]) -> _Session:
         """The session a data connection joins, once its ticket checks out."""
         t = Ticket.model_validate(hello.get("ticket"))
-        await self._check(t, Direction(hello.get("direction", "")), str(hello.get("path", "")))
+        await self._check(t, _direction(hello), str(hello.get("path", "")))
         tid = str(hello.get("transfer", ""))
         s = self.sessions.get(tid)
         if s is None or s.ticket != t.claims.id or (s.receiver is None and s.sender is None):
             raise Refused(f"no transfer {tid!r} under ticket {t.claims.id} is ready for data")
+        if not s.admit():
+            raise Refused(
+                f"transfer {tid!r} has {client.MAX_STREAMS} data connections, the most it may"
+            )
         return s
 
     def _data(self, sock: Sock, s: _Session) -> None:
@@ -258,6 +320,8 @@ class DataServer:
         write this server cannot make (a full disk, a directory it may not enter) is
         told to the sender, which stops the copy with the reason."""
         try:
+            if not s.attach(sock):
+                return  # the transfer ended meanwhile
             sockets.send(sock, Kind.OK)
             if s.receiver is not None:
                 s.receiver.stream(sock)
@@ -271,17 +335,20 @@ class DataServer:
             with contextlib.suppress(Exception):
                 sockets.send_json(sock, Kind.ERROR, {"error": why})
         finally:
+            s.detach(sock)
             sockets.shut(sock)
 
     def _tls_data(self, raw: Sock, loop: asyncio.AbstractEventLoop) -> None:
         """A TLS data connection: the handshake and the ticket come on this thread too."""
         sock = raw
         try:
+            raw.settimeout(HANDSHAKE_TIMEOUT)
             sockets.send(raw, Kind.OK)
             assert self._tls is not None
             sock = self._tls.wrap_socket(raw, server_side=True)
-            hello = sockets.expect(sock, Kind.HELLO)
+            hello = _hello(sockets.expect(sock, Kind.HELLO))
             s = asyncio.run_coroutine_threadsafe(self._admit(hello), loop).result(ADMIT_TIMEOUT)
+            sock.settimeout(None)
         except (TicketError, PathError, TransferError, ValidationError) as e:
             log.info("transfer refused: %s", e)
             with contextlib.suppress(Exception):
@@ -332,6 +399,7 @@ class DataServer:
         await ctl.writer.drain()
         _, body = await wire.expect(ctl.reader, Kind.RELAY)
         grant = TransferGrant.model_validate(body.get("grant"))
+        await self._relayable(ctl.ticket, grant)
         tell = _Teller(ctl.writer)
         options = client.Options(
             streams=body.get("streams"),
@@ -344,7 +412,22 @@ class DataServer:
             hashes=self.hashes,
             tree_hash=_hex(body.get("tree_hash")),
         )
-        result = await client.put(grant, source, options, where=f"{self.pool()}:/{ctl.path}")
+        put = asyncio.ensure_future(
+            client.put(grant, source, options, where=f"{self.pool()}:/{ctl.path}")
+        )
+        gone = asyncio.ensure_future(ctl.reader.read(1))  # the client sends nothing more
+        try:
+            await asyncio.wait({put, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            gone.cancel()
+            if not put.done():  # its client went away (Ctrl-C): so does the copy
+                put.cancel()
+                with contextlib.suppress(BaseException):
+                    await put
+        if put.cancelled():
+            log.info("relay of /%s stopped: its client went away", ctl.path)
+            raise ConnectionResetError("the client went away")
+        result = put.result()
         result.source = f"{self.pool()}:/{ctl.path}"
         wire.send_json(ctl.writer, Kind.DONE, {"result": result.model_dump(mode="json")})
         await ctl.writer.drain()
@@ -367,20 +450,37 @@ class DataServer:
             ) from e
         await asyncio.to_thread(_keep_out, held, path, m)
 
-    async def _check(self, t: Ticket, direction: Direction, path: str) -> str:
+    async def _relayable(self, mine: Ticket, grant: TransferGrant) -> None:
+        """This server connects where a relay's put grant says, and shows its ticket
+        there: so the ticket must be the node's, the same tenant's as the one this
+        connection showed, and for the data server it names (the node signs where that
+        is), not for a host and port of the client's choosing."""
+        t = grant.ticket
+        await self._check(t, Direction.put, grant.path, pool=t.claims.pool)
+        if t.claims.tenant != mine.claims.tenant:
+            raise TicketError(f"ticket {t.claims.id} is tenant {t.claims.tenant}'s, not yours")
+        if t.claims.endpoint != tickets.address(grant.endpoint):
+            raise TicketError(
+                f"ticket {t.claims.id} is for the data server at {t.claims.endpoint}, "
+                f"not {tickets.address(grant.endpoint)}"
+            )
+
+    async def _check(
+        self, t: Ticket, direction: Direction, path: str, pool: str | None = None
+    ) -> str:
         if self._key is None:
             await self._refresh_key()
         try:
-            return self._verify(t, direction, path)
+            return self._verify(t, direction, path, pool)
         except BadSignature:
             if time.monotonic() - self._key_at < KEY_REFRESH:
                 raise
         await self._refresh_key()
-        return self._verify(t, direction, path)
+        return self._verify(t, direction, path, pool)
 
-    def _verify(self, t: Ticket, direction: Direction, path: str) -> str:
+    def _verify(self, t: Ticket, direction: Direction, path: str, pool: str | None) -> str:
         assert self._key is not None
-        return tickets.check(t, self._key, pool=self.pool(), direction=direction, path=path)
+        return tickets.check(t, self._key, pool=pool or self.pool(), direction=direction, path=path)
 
     async def _refresh_key(self) -> None:
         try:
@@ -407,7 +507,10 @@ class DataServer:
                 where = parents[head] = confine(self.root, f"{path}/{head}", links=False)
             return where / name
 
-        return [under(e.path) for e in m.files], [under(d) for d in m.dirs]
+        finals = [under(e.path) for e in m.files]
+        if len(set(finals)) < len(finals):
+            raise PathError("two files of the manifest land at one path")
+        return finals, [under(d) for d in m.dirs]
 
     async def _put(self, ctl: _Control) -> None:
         reader, writer, t, tid, path = ctl
@@ -425,6 +528,8 @@ class DataServer:
             raise TransferError(f"not enough space: {total} bytes asked, {free} free")
         finals, dirs = await asyncio.to_thread(self._places, path, m)
         await self._keep_out(path, m)
+        if frame.exact:
+            await self._nothing_else(path, m)
         receiver = Receiver(
             m,
             finals,
@@ -448,7 +553,8 @@ class DataServer:
         try:
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
-            await wire.expect(reader, Kind.COMMIT)
+            c = receiver.counters
+            await _while_moving(reader, Kind.COMMIT, lambda: (c.chunks, c.faults))
             landed = receiver.complete  # in place or in partial files: held either way
             try:
                 await self._keep_out(path, m)  # a copy published while this one moved
@@ -456,6 +562,8 @@ class DataServer:
                 landed = False
                 await asyncio.to_thread(receiver.discard)
                 raise
+            if frame.exact:
+                await self._nothing_else(path, m)  # nor written beside it meanwhile
             await asyncio.to_thread(receiver.commit)
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
@@ -468,6 +576,20 @@ class DataServer:
             for q in (self.quota, home):
                 if q is not None:
                     q.settle(adds, landed)
+
+    async def _nothing_else(self, path: str, m: Manifest) -> None:
+        """Refuses a put that must be all its destination holds (a dataset's version)
+        where something else is there: a name nobody owns yet is writable by every
+        tenant, and a version would then hold what another tenant put beside it."""
+        if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+            return  # one file: it replaces whatever is at ``path``
+        extra = await asyncio.to_thread(_extras, confine(self.root, path, links=False), m)
+        if extra:
+            what = repr(extra[0]) + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
+            raise TransferError(
+                f"/{path} holds {what}, which this copy does not: a dataset version holds "
+                "exactly what was copied; publish it as another version"
+            )
 
     def home_quota(self, tenant: str, limit: int | None, path: str) -> Quota | None:
         """The account of the tenant's home that a write at ``path`` lands in, where
@@ -495,7 +617,8 @@ class DataServer:
             ) from None
         wire.send_model(writer, Kind.MANIFEST, ManifestFrame(manifest=src.manifest))
         await writer.drain()
-        _, body = await wire.expect(reader, Kind.NEED)
+        async with asyncio.timeout(NEED_TIMEOUT):
+            _, body = await wire.expect(reader, Kind.NEED)
         need = body.get("need")
         files = src.manifest.files
         if (
@@ -517,10 +640,66 @@ class DataServer:
         await writer.drain()
         try:
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
-                await wire.expect(reader, Kind.DONE)
+                await _while_moving(reader, Kind.DONE, lambda: sender.remaining)
         finally:
             if sender.remaining:  # refused or cut short: hash afresh next time
                 self.hashes.forget(src.paths)
+
+
+def _extras(root: Path, m: Manifest) -> list[str]:
+    """What ``root`` holds that the manifest does not name (its partial files aside)."""
+    named = {normalise(d) for d in m.dirs}
+    for e in m.files:
+        rel = normalise(e.path)
+        named.add(rel)
+        head, _, name = rel.rpartition("/")
+        named.add(f"{head}/.{name}{PART}".lstrip("/"))
+        while head:
+            named.add(head)
+            head = head.rpartition("/")[0]
+    extra: list[str] = []
+    for here, dirs, files in os.walk(root):  # links are not followed
+        base = Path(here).relative_to(root).as_posix()
+        for name in (*dirs, *files):
+            rel = name if base == "." else f"{base}/{name}"
+            if rel not in named:
+                extra.append(rel)
+        dirs[:] = [d for d in dirs if (d if base == "." else f"{base}/{d}") in named]
+    return sorted(extra)
+
+
+def _hello(body: Any) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise wire.WireError("a HELLO is a JSON object")
+    return body
+
+
+def _direction(hello: dict[str, Any]) -> Direction:
+    try:
+        return Direction(str(hello.get("direction")))
+    except ValueError:
+        raise wire.WireError("a HELLO names a direction: put, get or delete") from None
+
+
+async def _while_moving(
+    reader: asyncio.StreamReader, kind: Kind, moved: Callable[[], object]
+) -> None:
+    """Waits for the control frame that ends a transfer for as long as its chunks keep
+    moving: one that stalls (a peer gone quiet, or holding a quota claim on purpose)
+    is stopped, and its partial files are kept for a rerun to resume."""
+    frame = asyncio.ensure_future(wire.expect(reader, kind))
+    try:
+        last = moved()
+        while not (await asyncio.wait({frame}, timeout=IDLE_TIMEOUT))[0]:
+            if (now := moved()) == last:
+                raise TransferError(
+                    f"no chunk moved for {IDLE_TIMEOUT:g} s: the copy is stopped; "
+                    "run it again to resume"
+                )
+            last = now
+        frame.result()
+    finally:
+        frame.cancel()
 
 
 def _hex(value: Any) -> str | None:

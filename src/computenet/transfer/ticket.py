@@ -11,7 +11,7 @@ import secrets
 import time
 
 from computenet.ident.keys import KeyPair, SignatureError, verify_json
-from computenet.model.transfer import Direction, Ticket, TicketClaims
+from computenet.model.transfer import DataEndpoint, Direction, Ticket, TicketClaims
 from computenet.transfer.paths import PathError, normalise, within
 from computenet.transfer.wire import TransferError
 
@@ -32,6 +32,11 @@ def _signed(claims: TicketClaims) -> dict[str, object]:
     """What the signature covers: a claim left out (None) is not there at all, so a
     ticket without one reads the same to a node and a data server of any release."""
     return claims.model_dump(mode="json", exclude_none=True)
+
+
+def address(endpoint: DataEndpoint) -> str:
+    """How a ticket names the data server it is for."""
+    return f"{endpoint.host}:{endpoint.port}"
 
 
 def issue(key: KeyPair, claims: TicketClaims) -> Ticket:

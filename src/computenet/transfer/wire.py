@@ -45,6 +45,18 @@ class Kind(IntEnum):
     DATAZ = 12
 
 
+MAX_SMALL = 64 << 10  # HELLO, ERROR, COMMIT, PROGRESS, RELAY: read before any ticket
+LIMITS = {
+    Kind.MANIFEST: MAX_CONTROL,
+    Kind.NEED: MAX_CONTROL,
+    Kind.OK: MAX_CONTROL,  # a page of a listing
+    Kind.DONE: MAX_CONTROL,
+    Kind.DATA: MAX_DATA,
+    Kind.DATAZ: MAX_DATA + 4,
+    Kind.ACK: ACK.size,
+}
+
+
 class Status(IntEnum):
     OK = 0
     BAD_HASH = 1
@@ -76,8 +88,8 @@ def parse_header(raw: bytes | bytearray | memoryview) -> tuple[Kind, int]:
         k = Kind(kind)
     except ValueError as e:
         raise WireError(f"unknown frame kind {kind}") from e
-    if length > (MAX_DATA + 4 if k in (Kind.DATA, Kind.DATAZ) else MAX_CONTROL):
-        raise WireError(f"frame of {length} bytes is over the limit")
+    if length > LIMITS.get(k, MAX_SMALL):
+        raise WireError(f"a {k.name} frame of {length} bytes is over the limit")
     return k, length
 
 

@@ -83,6 +83,7 @@ async def issue(
         tenant=tenant,
         issuer=node.federation.code,
         home_quota=await home_quota(node, tenant, path, body.direction),
+        endpoint=tickets.address(pool.data),
     )
     return TransferGrant(
         ticket=tickets.issue(node.federation.key, claims), endpoint=pool.data, path="/" + path

@@ -1,0 +1,543 @@
+"""A data server facing a peer that does not play by the protocol: a real node and agent,
+spoken to frame by frame the way a hostile client could. Each limit a ticket, a quota or
+the wire format states must hold against what the sender actually does, not what it
+declares: more bytes than its manifest states, a zstd frame that claims more than its
+chunk, a HELLO too large to read, a copy that stalls while it holds a quota claim, a
+relay to a host the node never named, a dataset version squatted before it is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import secrets
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import blake3
+import httpx
+import psutil
+import pytest
+import zstandard
+
+from computenet.agent.identity import Identity
+from computenet.agent.link import NodeLink
+from computenet.model import (
+    DataEndpoint,
+    Machine,
+    PoolInventory,
+    ProviderRegistration,
+    TransferGrant,
+)
+from computenet.model.transfer import ManifestEntry
+from computenet.transfer import wire
+from computenet.transfer.manifest import tree_hash
+from conftest import PYTHON, Network
+
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+
+IDLE = 3  # seconds the "quiet" agent lets a transfer or a handshake stall
+CHUNK = 1 << 20
+
+
+def root_of(net: Network, name: str) -> Path:
+    return net.home / "agents" / name / "data"
+
+
+@pytest.fixture(scope="module")
+def quiet(shared: Network) -> str:
+    """An agent that stops stalled transfers after a few seconds, not minutes."""
+    if "quiet" not in shared.agents:
+        shared.overrides["CNET_TRANSFER_IDLE"] = str(IDLE)
+        try:
+            shared.start_agent("quiet", "--no-calibrate")
+        finally:
+            del shared.overrides["CNET_TRANSFER_IDLE"]
+    return shared.wait_pool("quiet")
+
+
+class Peer:
+    """One connection to a data server, spoken to frame by frame."""
+
+    def __init__(self, grant: TransferGrant) -> None:
+        self.grant = grant
+        self.sock = socket.create_connection((grant.endpoint.host, grant.endpoint.port))
+        self.sock.settimeout(60)
+
+    def send(self, kind: wire.Kind, payload: bytes = b"") -> None:
+        self.sock.sendall(wire.header(kind, len(payload)) + payload)
+
+    def send_json(self, kind: wire.Kind, body: Any) -> None:
+        self.send(kind, json.dumps(body).encode())
+
+    def hello(self, role: str, tid: str, direction: str = "put", **more: Any) -> None:
+        body = {
+            "ticket": self.grant.ticket.model_dump(mode="json"),
+            "direction": direction,
+            "path": self.grant.path,
+            "transfer": tid,
+            "role": role,
+            **more,
+        }
+        self.send_json(wire.Kind.HELLO, body)
+
+    def read(self) -> tuple[wire.Kind, Any]:
+        kind, length = wire.parse_header(self._exact(wire.HEADER.size))
+        payload = self._exact(length)
+        if kind is wire.Kind.ACK:
+            return kind, wire.ACK.unpack(payload)
+        return kind, json.loads(payload) if payload else {}
+
+    def refusal(self) -> str:
+        """The ERROR this connection ends with (frames before it are passed over)."""
+        while True:
+            try:
+                kind, body = self.read()
+            except ConnectionError:
+                return ""
+            if kind is wire.Kind.ERROR:
+                return str(body["error"])
+
+    def _exact(self, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            got = self.sock.recv(n - len(out))
+            if not got:
+                raise ConnectionResetError(f"closed after {len(out)} of {n} bytes")
+            out += got
+        return out
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def grant(
+    net: Network, pool: str, path: str, direction: str = "put", size: int = 0
+) -> TransferGrant:
+    with net.client() as c:
+        return c.ticket({"pool": pool, "path": path, "direction": direction, "size": size})
+
+
+def entry(
+    data: bytes, chunk: int, path: str = "", chunks: list[str] | None = None
+) -> ManifestEntry:
+    hashes = [blake3.blake3(data[i : i + chunk]).hexdigest() for i in range(0, len(data), chunk)]
+    return ManifestEntry(path=path, size=len(data), chunks=hashes if chunks is None else chunks)
+
+
+def manifest(
+    files: list[ManifestEntry], chunk: int, dirs: list[str] | None = None
+) -> dict[str, Any]:
+    return {
+        "chunk_size": chunk,
+        "files": [f.model_dump() for f in files],
+        "dirs": dirs or [],
+        "tree_hash": tree_hash(files, dirs or []),
+    }
+
+
+def control(g: TransferGrant, frame: dict[str, Any]) -> tuple[Peer, str, Any]:
+    """A put's control connection up to the data server's answer to the manifest."""
+    tid = secrets.token_hex(8)
+    peer = Peer(g)
+    peer.hello("control", tid)
+    assert peer.read()[0] is wire.Kind.OK
+    peer.send_json(wire.Kind.MANIFEST, frame)
+    return peer, tid, peer.read()
+
+
+def moving(
+    net: Network, pool: str, path: str, data: bytes, peers: list[Peer]
+) -> tuple[TransferGrant, Peer, str]:
+    """A put of one file, admitted: the data server has answered its manifest with NEED."""
+    g = grant(net, pool, path, size=len(data))
+    peer, tid, (kind, _) = control(g, {"manifest": manifest([entry(data, CHUNK)], CHUNK)})
+    peers.append(peer)
+    assert kind is wire.Kind.NEED
+    return g, peer, tid
+
+
+def stream(g: TransferGrant, tid: str, peers: list[Peer]) -> Peer:
+    """A data connection joined to transfer ``tid``."""
+    p = Peer(g)
+    peers.append(p)
+    p.hello("data", tid)
+    assert p.read()[0] is wire.Kind.OK
+    return p
+
+
+@pytest.fixture
+def peers() -> Iterator[list[Peer]]:
+    opened: list[Peer] = []
+    yield opened
+    for p in opened:
+        p.close()
+
+
+def test_a_sender_cannot_write_more_than_its_manifest_states(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    chunk = 1 << 20
+    data = os.urandom(chunk)
+    h = blake3.blake3(data).hexdigest()
+    # A ticket for 0 bytes, and a manifest that states 0 bytes in three full chunks.
+    g = grant(shared, quiet, "/hostile/lie.bin")
+    lie = ManifestEntry(path="", size=0, chunks=[h, h, h])
+    peer, _, (kind, body) = control(g, {"manifest": manifest([lie], chunk)})
+    peers.append(peer)
+    assert kind is wire.Kind.ERROR
+    assert "files.0.chunks: 3 chunks for 0 bytes" in body["error"]
+
+    # A manifest that adds up, and a chunk longer than it says: the stream is refused.
+    g = grant(shared, quiet, "/hostile/long.bin", size=10)
+    peer, tid, (kind, need) = control(g, {"manifest": manifest([entry(data[:10], chunk)], chunk)})
+    peers.append(peer)
+    assert kind is wire.Kind.NEED and need["need"] == [[0]]
+    stream = Peer(g)
+    peers.append(stream)
+    stream.hello("data", tid)
+    assert stream.read()[0] is wire.Kind.OK
+    stream.send(wire.Kind.DATA, wire.DATA.pack(0, 0) + data)
+    assert "chunk 0 of file 0 is 1048576 bytes; its manifest makes it 10" in stream.refusal()
+    peer.send(wire.Kind.COMMIT)
+    assert "chunks are still missing" in peer.refusal()
+    assert not (root_of(shared, "quiet") / "hostile" / "long.bin").exists()
+    assert not (root_of(shared, "quiet") / "hostile" / "lie.bin").exists()
+
+    # Two entries that land at one path.
+    one = entry(b"x", chunk, "a/x")
+    twice = one.model_copy(update={"path": "a//x"})
+    g = grant(shared, quiet, "/hostile/twice", size=2)
+    peer, _, (kind, body) = control(g, {"manifest": manifest([one, twice], chunk)})
+    peers.append(peer)
+    assert kind is wire.Kind.ERROR and "two files of the manifest land at one path" in body["error"]
+
+
+def test_a_zstd_frame_that_claims_more_than_its_chunk_is_refused_unread(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    data = os.urandom(4096)
+    g, _, tid = moving(shared, quiet, "/hostile/bomb.bin", data, peers)
+    bomb = zstandard.ZstdCompressor().compress(bytes(1 << 30))  # 1 GiB of zeros, ~32 KiB
+    agent = psutil.Process(shared.agents["quiet"].popen.pid)  # type: ignore[union-attr]
+    before = agent.memory_info().rss
+    data_conn = stream(g, tid, peers)
+    data_conn.send(wire.Kind.DATAZ, wire.DATAZ.pack(0, 0, len(data)) + bomb)
+    assert "states 1073741824 bytes in its frame, not 4096" in data_conn.refusal()
+    assert agent.memory_info().rss - before < 256 << 20  # the 1 GiB was never made
+
+
+def test_a_hello_that_is_too_large_or_not_an_object_is_refused_before_any_ticket(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    g = grant(shared, quiet, "/hostile/x")
+    big = Peer(g)
+    peers.append(big)
+    big.sock.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, wire.Kind.HELLO, 64 << 20))
+    assert "a HELLO frame of 67108864 bytes is over the limit" in big.refusal()
+    odd = Peer(g)
+    peers.append(odd)
+    odd.send_json(wire.Kind.HELLO, [0, 1, 2])
+    assert "a HELLO is a JSON object" in odd.refusal()
+    way = Peer(g)
+    peers.append(way)
+    way.hello("control", "t1", direction="sideways")
+    assert "names a direction" in way.refusal()
+    silent = Peer(g)  # says nothing: closed after the handshake's time
+    peers.append(silent)
+    silent.sock.settimeout(IDLE * 10)
+    assert silent.sock.recv(1) == b""
+
+
+def test_a_put_that_stalls_is_stopped_and_lets_go_of_its_path(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    data = os.urandom(100)
+    g, peer, tid = moving(shared, quiet, "/hostile/stall/x", data, peers)
+    data_conn = stream(g, tid, peers)
+    data_conn.send(wire.Kind.DATA, wire.DATA.pack(0, 0) + data)
+    assert data_conn.read() == (wire.Kind.ACK, (0, 0, wire.Status.OK))
+    # No COMMIT comes: the copy is stopped, its idle stream closed with it, and the
+    # path is free again (a copy still moving would hold off its removal).
+    assert f"no chunk moved for {IDLE:g} s" in peer.refusal()
+    data_conn.sock.settimeout(IDLE * 10)
+    assert data_conn.sock.recv(1) == b""
+    removed = shared.cnet("rm", "-r", f"{quiet}:/hostile/stall", token=shared.token)
+    assert removed.returncode == 0, removed.stderr
+
+
+def test_a_transfer_takes_no_more_data_connections_than_a_client_opens(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    from computenet.transfer.client import MAX_STREAMS
+
+    g, _, tid = moving(shared, quiet, "/hostile/many", os.urandom(100), peers)
+    for _ in range(MAX_STREAMS):
+        stream(g, tid, peers)
+    extra = Peer(g)
+    peers.append(extra)
+    extra.hello("data", tid)
+    assert f"has {MAX_STREAMS} data connections, the most it may" in extra.refusal()
+
+
+def test_set_id_bits_do_not_travel(shared: Network, quiet: str, tmp_path: Path) -> None:
+    tool = tmp_path / "tool"
+    tool.write_bytes(b"#!/bin/sh\necho hi\n")
+    tool.chmod(0o6755)
+    put = shared.cnet("cp", str(tool), f"{quiet}:/hostile/tool", token=shared.token)
+    assert put.returncode == 0, put.stderr
+    there = root_of(shared, "quiet") / "hostile" / "tool"
+    assert stat.S_IMODE(there.stat().st_mode) == 0o755
+    there.chmod(0o4755)  # as a data root's file could be, put there by other means
+    back = tmp_path / "back"
+    got = shared.cnet("cp", f"{quiet}:/hostile/tool", str(back), token=shared.token)
+    assert got.returncode == 0, got.stderr
+    assert stat.S_IMODE(back.stat().st_mode) == 0o755
+
+
+def test_a_relay_goes_only_to_the_data_server_the_node_named(
+    shared: Network, quiet: str, tmp_path: Path, peers: list[Peer]
+) -> None:
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
+    (root_of(shared, "quiet") / "hostile" / "src.bin").write_bytes(b"relayed")
+    alpha = shared.wait_pool("alpha")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.5)
+    try:
+        dest = grant(shared, alpha, "/hostile/relayed.bin", size=7)
+        elsewhere = dest.endpoint.model_copy(update={"port": listener.getsockname()[1]})
+        for bad, says in [
+            (dest.model_copy(update={"endpoint": elsewhere}), "is for the data server at"),
+            (
+                dest.model_copy(update={"path": "/hostile/other.bin"}),
+                "is for /hostile/relayed.bin, not /hostile/other.bin",
+            ),
+        ]:
+            src = grant(shared, quiet, "/hostile/src.bin", direction="get")
+            peer = Peer(src)
+            peers.append(peer)
+            peer.hello("relay", secrets.token_hex(8), direction="get")
+            assert peer.read()[0] is wire.Kind.OK
+            peer.send_json(wire.Kind.RELAY, {"grant": bad.model_dump(mode="json")})
+            assert says in peer.refusal()
+        with pytest.raises(TimeoutError):
+            listener.accept()  # the agent never called the port it was given
+    finally:
+        listener.close()
+    assert not (root_of(shared, "alpha") / "hostile" / "other.bin").exists()
+    relayed = shared.cnet(
+        "cp", f"{quiet}:/hostile/src.bin", f"{alpha}:/hostile/relayed.bin", token=shared.token
+    )
+    assert relayed.returncode == 0, relayed.stderr
+    assert (root_of(shared, "alpha") / "hostile" / "relayed.bin").read_bytes() == b"relayed"
+
+
+def test_a_dataset_version_holds_only_what_was_copied(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    with shared.client() as admin:
+        mal = admin.create_token("squat-mal", "squat-mal").secret
+        bob = admin.create_token("squat-bob", "squat-bob").secret
+    evil = tmp_path / "evil.txt"
+    evil.write_text("not bob's")
+    planted = shared.cnet("cp", str(evil), f"{quiet}:/datasets/squat/1/evil.txt", token=mal)
+    assert planted.returncode == 0, planted.stderr  # nobody owns the name yet
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.txt").write_text("bob's")
+    pub = shared.cnet("cp", "--pool", quiet, str(data), "cnet://dataset/squat@1", token=bob)
+    assert pub.returncode == 1
+    assert "holds 'evil.txt', which this copy does not" in pub.stderr, pub.stderr
+    assert len(pub.stderr.strip().splitlines()) == 1
+    unpublished = httpx.get(
+        f"{shared.url}/v1/datasets/squat", headers={"authorization": f"Bearer {bob}"}
+    )
+    assert unpublished.status_code == 404, unpublished.text
+    other = shared.cnet("cp", "--pool", quiet, str(data), "cnet://dataset/squat@2", token=bob)
+    assert other.returncode == 0, other.stderr
+    back = tmp_path / "back"
+    read = shared.cnet("cp", "cnet://dataset/squat@2", str(back), token=mal)
+    assert read.returncode == 0, read.stderr
+    assert sorted(p.name for p in back.iterdir()) == ["a.txt"]
+
+
+def test_two_puts_into_one_path_at_once_are_not_merged(
+    shared: Network, quiet: str, tmp_path: Path, peers: list[Peer]
+) -> None:
+    _, first, _ = moving(shared, quiet, "/hostile/race/x", os.urandom(100), peers)
+    f = tmp_path / "x"
+    f.write_bytes(b"the second copy")
+    for where in ("/hostile/race/x", "/hostile/race"):
+        second = shared.cnet("cp", str(f), f"{quiet}:{where}", token=shared.token)
+        assert second.returncode == 1
+        assert "a copy into /hostile/race/x is still moving" in second.stderr, second.stderr
+    first.close()  # gone: the path is free again
+    deadline = time.monotonic() + 30
+    while (again := shared.cnet("cp", str(f), f"{quiet}:/hostile/race/x")).returncode:
+        assert "still moving" in again.stderr and time.monotonic() < deadline, again.stderr
+        time.sleep(0.2)
+    assert (root_of(shared, "quiet") / "hostile/race/x").read_bytes() == b"the second copy"
+
+
+def test_a_local_partial_file_another_copy_holds_is_left_to_it(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
+    (root_of(shared, "quiet") / "hostile" / "held.bin").write_bytes(b"from the pool")
+    dest = tmp_path / "held.bin"
+    part = tmp_path / ".held.bin.cnetpart"
+    with open(part, "wb") as other:  # another copy, still writing it
+        other.write(b"from another copy")
+        other.flush()
+        fcntl.flock(other, fcntl.LOCK_EX)
+        proc = shared.cnet("cp", f"{quiet}:/hostile/held.bin", str(dest), token=shared.token)
+        assert proc.returncode == 1
+        assert f"another copy is writing {dest} now" in proc.stderr, proc.stderr
+        assert not dest.exists() and part.read_bytes() == b"from another copy"
+    done = shared.cnet("cp", f"{quiet}:/hostile/held.bin", str(dest), token=shared.token)
+    assert done.returncode == 0, done.stderr
+    assert dest.read_bytes() == b"from the pool" and not part.exists()
+
+
+def test_a_local_link_or_special_file_is_not_replaced(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
+    (root_of(shared, "quiet") / "hostile" / "small.txt").write_text("pool\n")
+    target = tmp_path / "target.txt"
+    target.write_text("mine\n")
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for dest, says in [(link, "is a link"), (fifo, "is not a regular file")]:
+        proc = shared.cnet("cp", f"{quiet}:/hostile/small.txt", str(dest), token=shared.token)
+        assert proc.returncode == 1 and f"{dest} {says}" in proc.stderr, proc.stderr
+    assert link.is_symlink() and target.read_text() == "mine\n"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_a_name_that_is_not_utf8_is_named_not_dumped(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "fine.txt").write_text("fine")
+    odd = os.fsencode(tree) + b"/bad\xff.txt"
+    with open(odd, "wb") as f:
+        f.write(b"odd")
+    put = shared.cnet("cp", str(tree), f"{quiet}:/hostile/odd", token=shared.token)
+    assert put.returncode != 0
+    assert "bad\\udcff.txt: its name is not UTF-8" in put.stderr, put.stderr
+    assert len(put.stderr.strip().splitlines()) == 1
+    os.rename(odd, os.fsencode(root_of(shared, "quiet")) + b"/hostile/bad\xff.txt")
+    got = shared.cnet("cp", f"{quiet}:/hostile", str(tmp_path / "got"), token=shared.token)
+    assert got.returncode == 1
+    assert "bad\\udcff.txt: its name is not UTF-8" in got.stderr, got.stderr
+    assert "validation error" not in got.stderr and len(got.stderr.strip().splitlines()) == 1
+
+
+def test_a_jobs_output_is_held_to_the_pools_data_quota(shared: Network, tmp_path: Path) -> None:
+    if "capped" not in shared.agents:
+        shared.start_agent("capped", "--no-calibrate", "--data-quota", "1M")
+    capped = shared.wait_pool("capped")
+    with shared.client() as c:
+        job = c.submit(
+            command=["sh", "-c", "head -c 2000000 /dev/zero > o"],
+            pool=capped,
+            outputs=[{"path": "o", "uri": f"{capped}:/results/o"}],
+        )
+        job = c.wait(job.id, timeout=90)
+        assert job.state.value == "FAILED", job.reason
+        assert "the pool's data quota is 1.0 MiB" in job.reason, job.reason
+        small = c.submit(
+            command=["sh", "-c", "head -c 1000 /dev/zero > o"],
+            pool=capped,
+            outputs=[{"path": "o", "uri": f"{capped}:/results/o"}],
+        )
+        assert c.wait(small.id, timeout=90).state.value == "COMPLETE"
+    assert not (root_of(shared, "capped") / "results" / ".o.cnetpart").exists()
+    assert (root_of(shared, "capped") / "results" / "o").stat().st_size == 1000
+
+
+def test_a_relay_stops_when_its_client_goes(shared: Network, quiet: str, tmp_path: Path) -> None:
+    """The destination here answers the relay's HELLO and then says nothing more, as a
+    slow or stuck data server would: the copy waits on it until its client goes."""
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
+    (root_of(shared, "quiet") / "hostile" / "far.bin").write_bytes(os.urandom(4096))
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(60)
+    seen: dict[str, Any] = {}
+
+    def stuck_server() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(60)
+        with conn:
+            for _ in range(2):  # HELLO, then MANIFEST, and never a NEED
+                kind, length = wire.parse_header(_recv(conn, wire.HEADER.size))
+                seen.setdefault("frames", []).append(kind)
+                _recv(conn, length)
+                if kind is wire.Kind.HELLO:
+                    conn.sendall(wire.header(wire.Kind.OK, 0))
+            seen["eof"] = conn.recv(1) == b""
+
+    server = threading.Thread(target=stuck_server, daemon=True)
+    server.start()
+    far = asyncio.run(_bare_pool(shared, tmp_path, listener.getsockname()[1]))
+    copy = subprocess.Popen(
+        [*PYTHON, "cp", f"{quiet}:/hostile/far.bin", f"{far}:/far.bin"],
+        env=dict(shared.env, CNET_TOKEN=shared.token),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(seen.get("frames", [])) < 2:
+            assert time.monotonic() < deadline, "the relay never reached the far pool"
+            time.sleep(0.1)
+        copy.send_signal(signal.SIGINT)  # Ctrl-C
+        copy.wait(timeout=30)
+    finally:
+        copy.kill()
+    server.join(timeout=60)
+    listener.close()
+    assert seen["frames"] == [wire.Kind.HELLO, wire.Kind.MANIFEST]
+    assert seen.get("eof") is True  # the source's agent let go of the copy
+
+
+def _recv(conn: socket.socket, n: int) -> bytes:
+    out = b""
+    while len(out) < n:
+        got = conn.recv(n - len(out))
+        if not got:
+            raise ConnectionResetError("closed")
+        out += got
+    return out
+
+
+async def _bare_pool(net: Network, tmp: Path, port: int) -> str:
+    """A pool with no agent, whose data server is the test's own listener."""
+    link = NodeLink(net.url, net.token, Identity.load(tmp / "identity", tmp / "provider.key"))
+    try:
+        pool = await link.register(
+            ProviderRegistration(name="far", public_key=link.identity.provider_key.public_key),
+            PoolInventory(
+                provider="far",
+                name="far",
+                public_key=link.identity.pool_key.public_key,
+                machines=[Machine(name="m0", cpus=1, memory_bytes=2**30)],
+                data=DataEndpoint(host="127.0.0.1", port=port),
+            ),
+        )
+        return pool.cpi
+    finally:
+        await link.close()
