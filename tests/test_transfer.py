@@ -195,6 +195,15 @@ def test_a_file_into_a_directory_keeps_its_name(shared: Network, pool: str, tmp_
     assert (tmp_path / "out" / "named.txt").read_text() == "hello"
 
 
+def test_an_empty_directory_is_made_both_ways(shared: Network, pool: str, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    assert result(cp(shared, str(tmp_path / "empty"), f"{pool}:/made-empty")).total_bytes == 0
+    assert (root_of(shared) / "made-empty").is_dir()
+    assert not any((root_of(shared) / "made-empty").iterdir())
+    result(cp(shared, f"{pool}:/made-empty", str(tmp_path / "back")))
+    assert (tmp_path / "back").is_dir() and not any((tmp_path / "back").iterdir())
+
+
 def test_pool_to_pool_goes_directly_between_the_agents(
     shared: Network, pool: str, beta: str, tmp_path: Path
 ) -> None:

@@ -40,6 +40,8 @@ from computenet.model import (
 )
 from computenet.model.transfer import ManifestEntry
 from computenet.transfer import wire
+from computenet.transfer.faults import ENV as FAULTS
+from computenet.transfer.manifest import CHUNK as DEFAULT_CHUNK
 from computenet.transfer.manifest import tree_hash
 from conftest import PYTHON, Network
 
@@ -206,7 +208,9 @@ def test_a_sender_cannot_write_more_than_its_manifest_states(
     peers.append(stream)
     stream.hello("data", tid)
     assert stream.read()[0] is wire.Kind.OK
-    stream.send(wire.Kind.DATA, wire.DATA.pack(0, 0) + data)
+    # The header says how long the chunk is: it is refused before its bytes are read.
+    head = wire.header(wire.Kind.DATA, wire.DATA.size + len(data)) + wire.DATA.pack(0, 0)
+    stream.sock.sendall(head)
     assert "chunk 0 of file 0 is 1048576 bytes; its manifest makes it 10" in stream.refusal()
     peer.send(wire.Kind.COMMIT)
     assert "chunks are still missing" in peer.refusal()
@@ -273,6 +277,14 @@ def test_a_put_that_stalls_is_stopped_and_lets_go_of_its_path(
     assert data_conn.sock.recv(1) == b""
     removed = shared.cnet("rm", "-r", f"{quiet}:/hostile/stall", token=shared.token)
     assert removed.returncode == 0, removed.stderr
+
+    # Silent before its manifest: the same.
+    g = grant(shared, quiet, "/hostile/stall/y", size=1)
+    mute = Peer(g)
+    peers.append(mute)
+    mute.hello("control", secrets.token_hex(8))
+    assert mute.read()[0] is wire.Kind.OK
+    assert f"no MANIFEST came within {IDLE:g} s" in mute.refusal()
 
 
 def test_a_transfer_takes_no_more_data_connections_than_a_client_opens(
@@ -362,6 +374,17 @@ def test_a_dataset_version_holds_only_what_was_copied(
         f"{shared.url}/v1/datasets/squat", headers={"authorization": f"Bearer {bob}"}
     )
     assert unpublished.status_code == 404, unpublished.text
+    # From a pool path too: the copy goes pool to pool, and is held to the same.
+    (root_of(shared, "quiet") / "datasets" / "squat" / "3").mkdir(parents=True)
+    (root_of(shared, "quiet") / "datasets" / "squat" / "3" / "evil.txt").write_text("x")
+    alpha = shared.wait_pool("alpha")
+    staged = shared.cnet("cp", str(data), f"{alpha}:/home/squat-bob/d", token=bob)
+    assert staged.returncode == 0, staged.stderr
+    relayed = shared.cnet(
+        "cp", "--pool", quiet, f"{alpha}:/home/squat-bob/d", "cnet://dataset/squat@3", token=bob
+    )
+    assert relayed.returncode == 1
+    assert "holds 'evil.txt', which this copy does not" in relayed.stderr, relayed.stderr
     other = shared.cnet("cp", "--pool", quiet, str(data), "cnet://dataset/squat@2", token=bob)
     assert other.returncode == 0, other.stderr
     back = tmp_path / "back"
@@ -541,3 +564,36 @@ async def _bare_pool(net: Network, tmp: Path, port: int) -> str:
         return pool.cpi
     finally:
         await link.close()
+
+
+def test_two_local_copies_into_one_file_at_once_do_not_mix(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "two.bin"
+    src.write_bytes(os.urandom(6 * DEFAULT_CHUNK))
+    put = shared.cnet("cp", str(src), f"{quiet}:/hostile/two.bin", token=shared.token)
+    assert put.returncode == 0, put.stderr
+    out = tmp_path / "out.bin"
+    args = [*PYTHON, "cp", "--streams", "1", f"{quiet}:/hostile/two.bin", str(out)]
+    env = dict(shared.env, CNET_TOKEN=shared.token)
+    first = subprocess.Popen(
+        args,
+        env={**env, FAULTS: "stop:chunk=2"},  # held half way, its partial file open
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while psutil.Process(first.pid).status() != psutil.STATUS_STOPPED:
+            assert first.poll() is None and time.monotonic() < deadline, "never held"
+            time.sleep(0.05)
+        second = shared.cnet("cp", f"{quiet}:/hostile/two.bin", str(out), token=shared.token)
+        assert second.returncode == 1
+        assert f"another copy into {out} is running" in second.stderr, second.stderr
+        os.kill(first.pid, signal.SIGCONT)
+        assert first.wait(timeout=60) == 0, first.stderr.read() if first.stderr else ""
+    finally:
+        first.kill()
+    assert out.read_bytes() == src.read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin", "two.bin"]

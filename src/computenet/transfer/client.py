@@ -33,7 +33,7 @@ from computenet.transfer import compress, sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, Source, build
-from computenet.transfer.paths import confine
+from computenet.transfer.paths import PART, confine, exclusive
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -164,17 +164,23 @@ class _Link:
             raise TransferError(
                 f"cannot reach the pool's data server at {ep.host}:{ep.port}: {e}"
             ) from e
-        sock.settimeout(None)
         sockets.tune(sock)
         self.socks.append(sock)
-        if self.tls:
-            sockets.send_json(sock, Kind.HELLO, {"starttls": True, "role": "data"})
+        try:  # the handshake under the connect timeout too: a server may never answer
+            if self.tls:
+                sockets.send_json(sock, Kind.HELLO, {"starttls": True, "role": "data"})
+                sockets.expect(sock, Kind.OK)
+                sock = tls.client_context().wrap_socket(sock)
+                self.socks.append(sock)
+                tls.pinned(sock, ep.fingerprint)
+            sockets.send_json(sock, Kind.HELLO, self.hello("data"))
             sockets.expect(sock, Kind.OK)
-            sock = tls.client_context().wrap_socket(sock)
-            self.socks.append(sock)
-            tls.pinned(sock, ep.fingerprint)
-        sockets.send_json(sock, Kind.HELLO, self.hello("data"))
-        sockets.expect(sock, Kind.OK)
+        except TimeoutError:
+            raise TransferError(
+                f"the pool's data server at {ep.host}:{ep.port} did not answer "
+                f"within {CONNECT_TIMEOUT:g} s"
+            ) from None
+        sock.settimeout(None)
         return sock
 
     async def open_many(self, n: int) -> list[Sock]:
@@ -385,40 +391,59 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             target = dest / name if dest.is_dir() else dest
             _replaceable(target)
             finals, dirs = [target], []
+            lock = target.with_name(f".{target.name}.lock{PART}")
         else:
             # Names from the server are confined too: a server cannot write outside dest.
             finals = [confine(dest, e.path) for e in m.files]
-            dirs = [confine(dest, d) for d in m.dirs]
+            dirs = [dest, *(confine(dest, d) for d in m.dirs)]  # an empty tree makes dest
+            target, lock = dest, dest / f".cnet.lock{PART}"
+        lock.parent.mkdir(parents=True, exist_ok=True)
         w = options.watcher
         receiver = Receiver(
             m, finals, dirs, options.sync, counters, _advance(w), options.faults, options.verify
         )
-        try:
-            plan = await sockets.in_thread(receiver.plan)
-            if w is not None:
-                w.start(m.total_bytes - counters.bytes_skipped)
-            wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
-            await writer.drain()
-            await wire.expect(reader, Kind.OK)
-            todo = [
-                min(m.chunk_size, m.files[f].size - c * m.chunk_size)
-                for f, chunks in enumerate(plan.need)
-                for c in chunks
-            ]
-            streams = 0
-            if todo or any(plan.need):
-                streams = min(MAX_STREAMS, options.streams or streams_for(todo))
-                socks = await link.open_many(streams)
-                await asyncio.gather(*(sockets.in_thread(receiver.stream, s_) for s_ in socks))
-            await asyncio.to_thread(receiver.commit)
-        finally:
-            receiver.close()
-        wire.send(writer, Kind.DONE)
-        with contextlib.suppress(Exception):
-            await writer.drain()
-        return _result(grant, Direction.get, dest, m, counters, streams, started)
+        with exclusive(lock, str(target)):
+            return await _receive(receiver, reader, writer, link, options, grant, dest, started)
     finally:
         link.close()
+
+
+async def _receive(
+    receiver: Receiver,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    link: _Link,
+    options: Options,
+    grant: TransferGrant,
+    dest: Path,
+    started: float,
+) -> TransferResult:
+    """A get's part once its manifest is in and the destination is held."""
+    m, counters, w = receiver.manifest, receiver.counters, options.watcher
+    try:
+        plan = await sockets.in_thread(receiver.plan)
+        if w is not None:
+            w.start(m.total_bytes - counters.bytes_skipped)
+        wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
+        await writer.drain()
+        await wire.expect(reader, Kind.OK)
+        todo = [
+            min(m.chunk_size, m.files[f].size - c * m.chunk_size)
+            for f, chunks in enumerate(plan.need)
+            for c in chunks
+        ]
+        streams = 0
+        if todo or any(plan.need):
+            streams = min(MAX_STREAMS, options.streams or streams_for(todo))
+            socks = await link.open_many(streams)
+            await asyncio.gather(*(sockets.in_thread(receiver.stream, s_) for s_ in socks))
+        await asyncio.to_thread(receiver.commit)
+    finally:
+        receiver.close()
+    wire.send(writer, Kind.DONE)
+    with contextlib.suppress(Exception):
+        await writer.drain()
+    return _result(grant, Direction.get, dest, m, counters, streams, started)
 
 
 def _replaceable(target: Path) -> None:
@@ -456,6 +481,7 @@ async def _relay(
             "tls": options.tls,
             "compress": options.compress,
             "tree_hash": options.tree_hash,
+            "exact": options.exact,
         }
         wire.send_json(writer, Kind.RELAY, body)
         await writer.drain()

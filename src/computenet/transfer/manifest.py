@@ -15,7 +15,7 @@ from pathlib import Path
 
 import blake3
 
-from computenet.model.transfer import Manifest, ManifestEntry
+from computenet.model.transfer import MAX_ENTRIES, Manifest, ManifestEntry
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.paths import PART, RESERVED, open_read
 from computenet.transfer.wire import TransferError
@@ -129,9 +129,6 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
                 entries = sorted(listing, key=lambda x: x.name)
         except FileNotFoundError:
             continue  # removed while the tree was walked
-        for x in entries:
-            if not x.name.isascii():
-                _utf8(prefix + x.name)
         subdirs = [
             x.name
             for x in entries
@@ -197,6 +194,14 @@ def total_size(root: Path) -> int:
 def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Source:
     """The manifest of ``root``; files whose hashes ``cache`` holds are not read."""
     files, dirs = scan(root)
+    if len(files) + len(dirs) > MAX_ENTRIES:
+        raise TransferError(
+            f"{root} holds {len(files) + len(dirs)} files and directories; one copy moves "
+            f"at most {MAX_ENTRIES}: copy its parts one by one"
+        )
+    for rel in (*(rel for rel, _ in files), *dirs):
+        if not rel.isascii():
+            _utf8(rel)
     found = [x for rel, p in files if (x := _entry(rel, p, chunk, cache)) is not None]
     entries = [e for e, _ in found]
     return Source(

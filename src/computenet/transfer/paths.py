@@ -11,12 +11,15 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import hashlib
 import os
 import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
+
+from computenet.transfer.wire import TransferError
 
 RESERVED = ".cnet"  # the data server's own files, under the root
 PART = ".cnetpart"  # suffix of a file still being received
@@ -112,6 +115,34 @@ def open_read(path: str | Path, nonblock: bool = False) -> int:
 def open_part(path: Path) -> int:
     """A partial file is reopened as it is: what it already holds may be resumed."""
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
+@contextlib.contextmanager
+def exclusive(lock: Path, what: str) -> Iterator[None]:
+    """Holds ``lock`` (a hidden file, removed after) for one copy into ``what``: two copies
+    into one destination at once would resume each other's partial files, and the one
+    that committed last could leave the other's chunks, or holes, in a file."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise TransferError(
+                f"another copy into {what} is running: run this one again once it ends"
+            ) from None
+        st = os.fstat(fd)
+        with contextlib.suppress(FileNotFoundError):
+            now = os.lstat(lock)
+            if (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                break
+        os.close(fd)  # removed by the copy that held it as this one opened it: again
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(lock)
+        os.close(fd)
 
 
 def part_of(final: Path) -> Path:

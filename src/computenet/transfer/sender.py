@@ -100,7 +100,10 @@ class Sender:
             with self._cv:
                 self.streams -= 1
                 if self.streams == 0 and self.remaining and self.error is None:
-                    self.error = TransferError("every stream was lost before the transfer finished")
+                    self.error = TransferError(
+                        "every stream was lost before the transfer finished: "
+                        "run the copy again to resume it"
+                    )
                     self.done.set()
                 self._cv.notify_all()
 

@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
@@ -68,6 +68,9 @@ ADMIT_TIMEOUT = 60.0
 IDLE_TIMEOUT = float(os.environ.get("CNET_TRANSFER_IDLE", "300"))
 HANDSHAKE_TIMEOUT = min(30.0, IDLE_TIMEOUT)  # from connecting to a HELLO that checks out
 NEED_TIMEOUT = 3600.0  # a client may hash its partial files before it answers
+MAX_REASON = 4096  # characters of an ERROR's reason
+STREAMS_END = 10.0  # seconds a stopped transfer waits for its streams' threads
+T = TypeVar("T")
 PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
 SWEEP_EVERY = 3600.0
 COPIES_TIMEOUT = 10.0  # seconds to wait for the node to name a pool's dataset copies
@@ -134,6 +137,15 @@ class _Session:
         with self.lock:
             self.socks.discard(sock)
             self.admitted -= 1
+
+    async def stopped(self, wait: float = STREAMS_END) -> None:
+        """``end``, then waits (a while) for its streams' threads to let go: one still in
+        a write when the receiver closes its files would write through a closed (or
+        reused) descriptor."""
+        self.end()
+        deadline = time.monotonic() + wait
+        while self.admitted > 0 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     def end(self) -> None:
         """Ends its data connections: a stream still open when its transfer is over (or
@@ -227,7 +239,7 @@ class DataServer:
         try:
             await self._handle(reader, writer)
         except (TicketError, PathError, TransferError, ValidationError) as e:
-            why = str(e) if not isinstance(e, ValidationError) else f"malformed request: {e}"
+            why = _reason(e)
             log.info("transfer refused: %s", why)
             with contextlib.suppress(Exception):
                 wire.send_json(writer, Kind.ERROR, {"error": why})
@@ -235,7 +247,7 @@ class DataServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except TimeoutError:
-            log.info("transfer connection closed: no HELLO within %g s", HANDSHAKE_TIMEOUT)
+            log.info("transfer connection closed: its peer was silent too long")
         except Exception:
             log.exception("data server error")
             with contextlib.suppress(Exception):
@@ -248,14 +260,15 @@ class DataServer:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(HANDSHAKE_TIMEOUT):  # a silent peer holds nothing
             hello = _hello((await wire.expect(reader, Kind.HELLO))[1])
-            if hello.get("starttls"):
-                if hello.get("role") == "data":
-                    await sockets.in_thread(self._tls_data, sockets.detach(writer), loop)
-                    return
+            tls_data = bool(hello.get("starttls")) and hello.get("role") == "data"
+            if hello.get("starttls") and not tls_data:
                 wire.send(writer, Kind.OK)
                 await writer.drain()
                 await writer.start_tls(self._tls)  # type: ignore[arg-type]
                 hello = _hello((await wire.expect(reader, Kind.HELLO))[1])
+        if tls_data:  # its handshake runs on its own thread, under its own timeout
+            await sockets.in_thread(self._tls_data, sockets.detach(writer), loop)
+            return
         if hello.get("role") == "data":
             s = await self._admit(hello)
             await sockets.in_thread(self._data, sockets.detach(writer), s)
@@ -322,6 +335,7 @@ class DataServer:
         try:
             if not s.attach(sock):
                 return  # the transfer ended meanwhile
+            sock.settimeout(None)  # a TLS stream's handshake had one
             sockets.send(sock, Kind.OK)
             if s.receiver is not None:
                 s.receiver.stream(sock)
@@ -348,7 +362,6 @@ class DataServer:
             sock = self._tls.wrap_socket(raw, server_side=True)
             hello = _hello(sockets.expect(sock, Kind.HELLO))
             s = asyncio.run_coroutine_threadsafe(self._admit(hello), loop).result(ADMIT_TIMEOUT)
-            sock.settimeout(None)
         except (TicketError, PathError, TransferError, ValidationError) as e:
             log.info("transfer refused: %s", e)
             with contextlib.suppress(Exception):
@@ -397,7 +410,7 @@ class DataServer:
         welcome = {"total_bytes": total_size(source), "file": source.is_file()}
         wire.send_json(ctl.writer, Kind.OK, welcome)
         await ctl.writer.drain()
-        _, body = await wire.expect(ctl.reader, Kind.RELAY)
+        _, body = await _within(IDLE_TIMEOUT, wire.expect(ctl.reader, Kind.RELAY), "RELAY")
         grant = TransferGrant.model_validate(body.get("grant"))
         await self._relayable(ctl.ticket, grant)
         tell = _Teller(ctl.writer)
@@ -411,6 +424,7 @@ class DataServer:
             faults=Faults(),
             hashes=self.hashes,
             tree_hash=_hex(body.get("tree_hash")),
+            exact=bool(body.get("exact")),
         )
         put = asyncio.ensure_future(
             client.put(grant, source, options, where=f"{self.pool()}:/{ctl.path}")
@@ -510,11 +524,14 @@ class DataServer:
         finals = [under(e.path) for e in m.files]
         if len(set(finals)) < len(finals):
             raise PathError("two files of the manifest land at one path")
-        return finals, [under(d) for d in m.dirs]
+        top = confine(self.root, path, links=False)  # made even for an empty tree
+        return finals, [top, *(under(d) for d in m.dirs)]
 
     async def _put(self, ctl: _Control) -> None:
         reader, writer, t, tid, path = ctl
-        frame = await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)
+        frame = await _within(
+            IDLE_TIMEOUT, wire.expect_model(reader, Kind.MANIFEST, ManifestFrame), "MANIFEST"
+        )
         m = frame.manifest
         total = m.total_bytes
         if total > t.claims.max_bytes:
@@ -554,7 +571,7 @@ class DataServer:
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
             c = receiver.counters
-            await _while_moving(reader, Kind.COMMIT, lambda: (c.chunks, c.faults))
+            await _while_moving(reader, Kind.COMMIT, lambda: c.chunks)
             landed = receiver.complete  # in place or in partial files: held either way
             try:
                 await self._keep_out(path, m)  # a copy published while this one moved
@@ -572,6 +589,7 @@ class DataServer:
             )
             await writer.drain()
         finally:
+            await self.sessions[tid].stopped()  # no stream writes through a closed descriptor
             receiver.close()
             for q in (self.quota, home):
                 if q is not None:
@@ -617,8 +635,7 @@ class DataServer:
             ) from None
         wire.send_model(writer, Kind.MANIFEST, ManifestFrame(manifest=src.manifest))
         await writer.drain()
-        async with asyncio.timeout(NEED_TIMEOUT):
-            _, body = await wire.expect(reader, Kind.NEED)
+        _, body = await _within(NEED_TIMEOUT, wire.expect(reader, Kind.NEED), "NEED")
         need = body.get("need")
         files = src.manifest.files
         if (
@@ -652,8 +669,7 @@ def _extras(root: Path, m: Manifest) -> list[str]:
     for e in m.files:
         rel = normalise(e.path)
         named.add(rel)
-        head, _, name = rel.rpartition("/")
-        named.add(f"{head}/.{name}{PART}".lstrip("/"))
+        head = rel.rpartition("/")[0]
         while head:
             named.add(head)
             head = head.rpartition("/")[0]
@@ -662,10 +678,32 @@ def _extras(root: Path, m: Manifest) -> list[str]:
         base = Path(here).relative_to(root).as_posix()
         for name in (*dirs, *files):
             rel = name if base == "." else f"{base}/{name}"
-            if rel not in named:
+            if rel not in named and not name.endswith(PART):  # never seen, never kept
                 extra.append(rel)
         dirs[:] = [d for d in dirs if (d if base == "." else f"{base}/{d}") in named]
     return sorted(extra)
+
+
+async def _within(seconds: float, frame: Awaitable[T], what: str) -> T:
+    """A control frame the peer owes, within ``seconds``: a silent peer would hold its
+    session (and the path, for a put) for as long as it liked."""
+    try:
+        async with asyncio.timeout(seconds):
+            return await frame
+    except TimeoutError:
+        raise TransferError(f"no {what} came within {seconds:g} s: the copy is stopped") from None
+
+
+def _reason(e: Exception) -> str:
+    """What an ERROR frame says: short (the frame is small) and, for a malformed request,
+    its first fault only."""
+    if isinstance(e, ValidationError):
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "request"
+        why = f"malformed request: {where}: {first['msg']}"
+    else:
+        why = str(e)
+    return why if len(why) <= MAX_REASON else why[: MAX_REASON - 1] + "…"
 
 
 def _hello(body: Any) -> dict[str, Any]:

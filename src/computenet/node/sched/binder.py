@@ -268,6 +268,7 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         return result
     ctx = context(conn, profile)
     share = FairShare(conn, views)
+    pins: dict[str, bool] = {}  # pinned pools not online: whether they are this node's
     now = time.time()
     changed: list[dict[str, str]] = []
     while share.queues and any(v.free.cpus > 0 for v in views):
@@ -276,7 +277,7 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         job = job_view(row)
         why = share.over_quota(tenant, job.request)
         if why is None:
-            placed, why = _place(conn, job, profile.rank(job, views, ctx), now)
+            placed, why = _place(conn, job, profile.rank(job, views, ctx), now, pins)
             if placed is not None:
                 result.placed[job.id] = placed
                 share.charge(tenant, job.request)
@@ -306,11 +307,12 @@ _PIN_NOT_ONLINE = (
     update(jobs)
     .where(
         jobs.c.state == JobState.QUEUED.value,
-        jobs.c.pin_pool.is_not(None),
+        jobs.c.pin_pool.in_(select(pools.c.cpi)),  # another node's pool: forwarding's
         jobs.c.reason != _NOT_ONLINE,
     )
     .values(reason=_NOT_ONLINE)
 )
+_REGISTERED_HERE = select(pools.c.cpi).where(pools.c.cpi == bindparam("cpi"))
 
 _ANY_QUEUED = select(jobs.c.id).where(jobs.c.state == JobState.QUEUED.value).limit(1)
 _WAIT_REASON = (
@@ -427,7 +429,9 @@ class FairShare:
         use[1] += request.gpus
 
 
-def _place(conn: Connection, job: JobView, ranking: Ranking, now: float) -> tuple[str | None, str]:
+def _place(
+    conn: Connection, job: JobView, ranking: Ranking, now: float, pins: dict[str, bool]
+) -> tuple[str | None, str]:
     """Binds the best candidate that fits now, unless a better one is worth waiting for.
 
     A candidate that does not fit now but outranks every one that does holds the job: under
@@ -435,7 +439,12 @@ def _place(conn: Connection, job: JobView, ranking: Ranking, now: float) -> tupl
     """
     if not ranking:
         if job.pool and job.pool not in ranking.rejected:
-            return None, f"waiting for {job.pool}, which is not online"
+            if job.pool not in pins:  # asked once a pass: many jobs may wait for one pool
+                pins[job.pool] = (
+                    conn.execute(_REGISTERED_HERE, {"cpi": job.pool}).first() is not None
+                )
+            # Another node's pool is forwarding's to serve, and to tell of.
+            return None, f"waiting for {job.pool}, which is not online" if pins[job.pool] else ""
         shown = [job.pool] if job.pool else list(ranking.rejected)[:3]
         reasons = "; ".join(f"{cpi}: {ranking.rejected[cpi]}" for cpi in shown)
         return None, f"no pool can run it: {reasons}" if reasons else "no pool online"
