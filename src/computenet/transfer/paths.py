@@ -117,6 +117,17 @@ def open_part(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
+def held(fd: int, busy: str) -> int:
+    """``fd`` with its exclusive lock taken, or ``busy`` raised (and ``fd`` closed) where
+    another copy holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise TransferError(f"{busy}: run this one again once it ends") from None
+    return fd
+
+
 @contextlib.contextmanager
 def exclusive(lock: Path, what: str) -> Iterator[None]:
     """Holds ``lock`` (a hidden file, removed after) for one copy into ``what``: two copies
@@ -124,13 +135,7 @@ def exclusive(lock: Path, what: str) -> Iterator[None]:
     that committed last could leave the other's chunks, or holes, in a file."""
     while True:
         fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise TransferError(
-                f"another copy into {what} is running: run this one again once it ends"
-            ) from None
+        held(fd, f"another copy into {what} is running")
         st = os.fstat(fd)
         with contextlib.suppress(FileNotFoundError):
             now = os.lstat(lock)

@@ -9,7 +9,6 @@ transfer is kept: its chunks that still hash right are not asked for again.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import queue
 import socket
@@ -24,7 +23,7 @@ from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, Transf
 from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import digest, digest_at, hash_chunks
-from computenet.transfer.paths import PART, open_part, part_of, reserve
+from computenet.transfer.paths import PART, held, open_part, part_of, reserve
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
 
@@ -237,14 +236,7 @@ class Receiver:
         path at once would write into one partial file, and the one that commits last
         would leave the other's chunks in it. A copy whose partial file another copy
         holds is refused."""
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise TransferError(
-                f"another copy is writing {self._shown(final)} now: run this one again once it ends"
-            ) from None
-        return fd
+        return held(fd, f"another copy is writing {self._shown(final)} now")
 
     def _writer(self, f: int) -> threading.Lock:
         with self._lock:
