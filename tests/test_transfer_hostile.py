@@ -110,13 +110,7 @@ class Peer:
                 return str(body["error"])
 
     def _exact(self, n: int) -> bytes:
-        out = b""
-        while len(out) < n:
-            got = self.sock.recv(n - len(out))
-            if not got:
-                raise ConnectionResetError(f"closed after {len(out)} of {n} bytes")
-            out += got
-        return out
+        return _recv(self.sock, n)
 
     def close(self) -> None:
         self.sock.close()
@@ -542,7 +536,7 @@ def _recv(conn: socket.socket, n: int) -> bytes:
     while len(out) < n:
         got = conn.recv(n - len(out))
         if not got:
-            raise ConnectionResetError("closed")
+            raise ConnectionResetError(f"closed after {len(out)} of {n} bytes")
         out += got
     return out
 

@@ -123,6 +123,11 @@ class Manifest(Model):
         return self
 
     @property
+    def single(self) -> bool:
+        """One file and nothing else: the transfer's path is that file itself."""
+        return len(self.files) == 1 and not self.files[0].path and not self.dirs
+
+    @property
     def total_bytes(self) -> int:
         return sum(f.size for f in self.files)
 

@@ -386,7 +386,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         reader, writer = await link.open("control")
         m = (await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)).manifest
         _expected(options, m, f"{grant.ticket.claims.pool}:{grant.path}")
-        if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+        if m.single:
             name = grant.path.rstrip("/").rsplit("/", 1)[-1]
             target = dest / name if dest.is_dir() else dest
             _replaceable(target)

@@ -504,7 +504,7 @@ class DataServer:
         self._key_at = time.monotonic()
 
     def _places(self, path: str, m: Manifest) -> tuple[list[Path], list[Path]]:
-        if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+        if m.single:
             return [confine(self.root, path, links=False)], []
 
         parents: dict[str, Path] = {}
@@ -599,7 +599,7 @@ class DataServer:
         """Refuses a put that must be all its destination holds (a dataset's version)
         where something else is there: a name nobody owns yet is writable by every
         tenant, and a version would then hold what another tenant put beside it."""
-        if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+        if m.single:
             return  # one file: it replaces whatever is at ``path``
         extra = await asyncio.to_thread(_extras, confine(self.root, path, links=False), m)
         if extra:
@@ -770,7 +770,7 @@ def _keep_out(copies: list[str], path: str, m: Manifest) -> None:
             below.add(k)
     if not below:
         return
-    if len(m.files) == 1 and not m.files[0].path and not m.dirs:
+    if m.single:
         return  # one file at ``path``, which no copy is at or above
     for x in [*(e.path for e in m.files), *m.dirs]:
         rel = normalise(f"{path}/{x}")
