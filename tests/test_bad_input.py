@@ -495,3 +495,22 @@ def test_rejected_tenant_has_no_jobs(shared: Network, tenants: Tenants) -> None:
     with shared.client(tenants.rejected) as c:
         assert c.list().items == []
         assert c.counts() == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"sync": "bogus"}, "sync must be one of none, exists, size, mtime, checksum"),
+        ({"streams": 0}, "streams must be a whole number from 1 to 64"),
+        ({"streams": True}, "streams must be a whole number"),
+        ({"deadline": -1}, "deadline must be a number of seconds above 0"),
+        ({"sinc": "size"}, "unknown options: sinc"),
+    ],
+)
+def test_sdk_copy_options_are_checked_before_any_request(
+    shared: Network, tmp_path: Path, options: dict[str, Any], says: str
+) -> None:
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    with shared.client() as c, pytest.raises((ValueError, TypeError), match=says):
+        c.copy(str(src), "cpi:cn:bogus.pool:/f.txt", **options)

@@ -23,6 +23,7 @@ from computenet.model.dataset import DatasetRef, DatasetRemoval, parse_data_uri
 from computenet.model.transfer import TransferGrant, TransferResult
 from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DataLocality
+from computenet.sdk import ApiError
 from computenet.transfer import client as transfer_client
 from computenet.transfer.faults import ENV as FAULTS
 from computenet.transfer.manifest import CHUNK
@@ -276,9 +277,31 @@ def test_a_version_is_removed_with_every_copy_and_only_by_name(
         listed = cnet(net, "ls", f"{x.pool}:{x.path}")
         assert listed.returncode == 1 and "no such file or directory" in listed.stderr
     shown = cnet(net, "dataset", "show", "corpus-r")
-    assert shown.returncode != 0 and "corpus-r" in shown.stderr
+    assert shown.returncode == 0 and "no versions (removed: 1)" in shown.stdout, shown.stdout
     again = cnet(net, "dataset", "rm", "corpus-r@1")
-    assert again.returncode == 1 and len(again.stderr.strip().splitlines()) == 1
+    assert again.returncode == 1 and "corpus-r@1 was removed" in again.stderr, again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+    # A removed version's number is never given out again, nor its name to someone else:
+    # cnet://dataset/corpus-r@1 can never name other data than it did.
+    a = cpi(net, "pool-a")
+    reused = cnet(net, "cp", "--pool", a, str(corpus(tmp_path, "r1")), "cnet://dataset/corpus-r@1")
+    assert reused.returncode == 1 and "never used again" in reused.stderr, reused.stderr
+    assert cnet(net, "ls", f"{a}:/datasets/corpus-r/1").returncode == 1  # nothing moved
+    with net.client() as c, pytest.raises(ApiError, match="was removed") as refused:
+        c.submit(command=["true"], outputs=[{"path": "o", "uri": "cnet://dataset/corpus-r@1"}])
+    assert refused.value.status == 409
+    assert refused.value.problem.errors[0].field == "outputs.0.uri"
+    taken = subprocess.run(
+        [*PYTHON, "cp", "--pool", a, str(corpus(tmp_path, "r3")), "cnet://dataset/corpus-r"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert taken.returncode == 1 and "belongs to tenant" in taken.stderr, taken.stderr
+    newer = publish(net, corpus(tmp_path, "r2"), "cnet://dataset/corpus-r", "pool-a")
+    assert newer == "cnet://dataset/corpus-r@2"
+    assert cnet(net, "dataset", "rm", "corpus-r@2").returncode == 0
 
 
 def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> None:

@@ -204,6 +204,25 @@ def test_an_empty_directory_is_made_both_ways(shared: Network, pool: str, tmp_pa
     assert (tmp_path / "back").is_dir() and not any((tmp_path / "back").iterdir())
 
 
+def test_links_and_special_files_left_out_are_counted_both_ways(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    tree = tmp_path / "odd"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "real.txt").write_text("real")
+    (tree / "sub" / "link").symlink_to(tree / "real.txt")
+    os.mkfifo(tree / "pipe")
+    put = cli(shared, "cp", str(tree), f"{pool}:/odd")
+    assert put.returncode == 0, put.stderr
+    assert "2 links or special files in the source not copied" in put.stderr, put.stderr
+    assert sorted(p.name for p in (root_of(shared) / "odd").rglob("*")) == ["real.txt", "sub"]
+    assert result(cp(shared, str(tree), f"{pool}:/odd")).counters.left_out == 2
+    (root_of(shared) / "odd" / "sub" / "to-real").symlink_to("../real.txt")
+    back = result(cp(shared, f"{pool}:/odd", str(tmp_path / "back")))
+    assert back.counters.left_out == 1 and back.counters.files == 1
+    assert not (tmp_path / "back" / "sub" / "to-real").exists()
+
+
 def test_pool_to_pool_goes_directly_between_the_agents(
     shared: Network, pool: str, beta: str, tmp_path: Path
 ) -> None:

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import stat
@@ -250,6 +251,12 @@ def test_a_hello_that_is_too_large_or_not_an_object_is_refused_before_any_ticket
     peers.append(way)
     way.hello("control", "t1", direction="sideways")
     assert "names a direction" in way.refusal()
+    wordy = Peer(g)  # a reason that would quote 50 KB back is cut short
+    peers.append(wordy)
+    wordy.hello("control", "t2", path="/hostile/" + "y" * 50_000)
+    why = wordy.refusal()
+    assert why.startswith(f"ticket {g.ticket.claims.id} is for /hostile/x, not /hostile/yyy")
+    assert len(why) == 4096 and why.endswith("…")
     silent = Peer(g)  # says nothing: closed after the handshake's time
     peers.append(silent)
     silent.sock.settimeout(IDLE * 10)
@@ -463,10 +470,41 @@ def test_a_name_that_is_not_utf8_is_named_not_dumped(
     assert "validation error" not in got.stderr and len(got.stderr.strip().splitlines()) == 1
 
 
-def test_a_jobs_output_is_held_to_the_pools_data_quota(shared: Network, tmp_path: Path) -> None:
+def capped_pool(shared: Network) -> str:
+    """An agent whose data root holds at most 1 MiB."""
     if "capped" not in shared.agents:
         shared.start_agent("capped", "--no-calibrate", "--data-quota", "1M")
-    capped = shared.wait_pool("capped")
+    return shared.wait_pool("capped")
+
+
+def test_a_put_that_cannot_fit_is_refused_before_its_source_is_hashed(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    """Hashing a terabyte takes many minutes: a refusal that came only after it would not
+    come within the CLI's 60 s here. Over the quota, and over the disk's free space."""
+    capped = capped_pool(shared)
+    big, huge = tmp_path / "big.bin", tmp_path / "huge.bin"
+    for path, size in [(big, 1 << 40), (huge, 2 << 40)]:  # sparse: no block is written
+        with open(path, "wb") as f:
+            f.truncate(size)
+    over = shared.cnet("cp", str(big), f"{capped}:/big.bin", token=shared.token)
+    assert over.returncode == 1, over.stderr
+    assert "the pool's data quota is 1.0 MiB" in over.stderr, over.stderr
+    assert "this copy needs 1.0 TiB" in over.stderr
+    assert not list(root_of(shared, "capped").glob("*big*"))
+    limit = shared.cnet("cp", str(huge), f"{quiet}:/hostile/huge.bin", token=shared.token)
+    assert limit.returncode == 1
+    assert "2.0 TiB is over this node's limit of 1.0 TiB for one copy" in limit.stderr, limit.stderr
+    if shutil.disk_usage(root_of(shared, "quiet")).free >= 1 << 40:
+        pytest.skip("this disk has 1 TiB free: a copy larger than its free space is too large")
+    full = shared.cnet("cp", str(big), f"{quiet}:/hostile/big.bin", token=shared.token)
+    assert full.returncode == 1, full.stderr
+    assert "not enough space in the pool's data root: 1.0 TiB asked" in full.stderr
+    assert not list((root_of(shared, "quiet") / "hostile").glob("*big*"))
+
+
+def test_a_jobs_output_is_held_to_the_pools_data_quota(shared: Network, tmp_path: Path) -> None:
+    capped = capped_pool(shared)
     with shared.client() as c:
         job = c.submit(
             command=["sh", "-c", "head -c 2000000 /dev/zero > o"],
@@ -484,6 +522,28 @@ def test_a_jobs_output_is_held_to_the_pools_data_quota(shared: Network, tmp_path
         assert c.wait(small.id, timeout=90).state.value == "COMPLETE"
     assert not (root_of(shared, "capped") / "results" / ".o.cnetpart").exists()
     assert (root_of(shared, "capped") / "results" / "o").stat().st_size == 1000
+
+
+def test_a_dataset_fetched_for_a_jobs_input_is_held_to_the_pools_data_quota(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    capped = capped_pool(shared)
+    src = tmp_path / "two-mb"
+    src.mkdir()
+    (src / "d.bin").write_bytes(os.urandom(2_000_000))
+    put = shared.cnet("cp", "--pool", quiet, str(src), "cnet://dataset/too-big", token=shared.token)
+    assert put.returncode == 0, put.stderr
+    with shared.client() as c:
+        job = c.submit(
+            command=["ls", "in"],
+            pool=capped,
+            inputs=[{"uri": "cnet://dataset/too-big", "path": "in"}],
+        )
+        job = c.wait(job.id, timeout=90)
+    assert job.state.value == "FAILED", job.reason
+    assert "staging input cnet://dataset/too-big" in str(job.reason), job.reason
+    assert "the pool's data quota is 1.0 MiB" in str(job.reason), job.reason
+    assert not list(root_of(shared, "capped").glob("datasets/too-big/**/d.bin"))
 
 
 def test_a_relay_stops_when_its_client_goes(shared: Network, quiet: str, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from computenet.transfer.paths import (
     confine,
     fetch_area,
     normalise,
+    swap_in,
     sweep_fetches,
     sweep_parts,
     within,
@@ -393,3 +395,44 @@ def test_a_part_of_a_tree_has_the_manifest_a_copy_of_it_would_have(tmp_path: Pat
         part = subtree(whole, inside)
         assert part is not None and part == build(root / inside, 4096).manifest, inside
     assert subtree(whole, "nope") is None and subtree(whole, "su") is None
+
+
+def test_a_tree_swapped_in_is_never_missing_nor_mixed(tmp_path: Path) -> None:
+    """A job's output directory replaced while another process reads it: the reader sees
+    the old tree or the new one, never no tree (the old one removed first) or a mix."""
+    dest = tmp_path / "out"
+
+    def tree(tag: str) -> Path:
+        where = tmp_path / f"new-{tag}"
+        where.mkdir()
+        for i in range(300):
+            (where / f"{tag}-{i}").write_text(tag)
+        return where
+
+    swap_in(tree("0"), dest)
+    missing: list[str] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if not dest.is_dir():
+                missing.append("gone")
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        for n in range(1, 6):
+            swap_in(tree(str(n)), dest)
+    finally:
+        done.set()
+        watcher.join()
+    assert not missing
+    assert {p.read_text() for p in dest.iterdir()} == {"5"}
+    assert len(list(dest.iterdir())) == 300
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # the old trees are gone
+    (tmp_path / "file").write_text("a file")
+    swap_in(tree("f"), tmp_path / "file")  # a tree onto a file, and back
+    assert (tmp_path / "file").is_dir()
+    (tmp_path / "g").write_text("g")
+    swap_in(tmp_path / "g", tmp_path / "file")
+    assert (tmp_path / "file").read_text() == "g"

@@ -24,9 +24,9 @@ import contextlib
 import os
 import shutil
 from collections import defaultdict
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import httpx
 
@@ -49,7 +49,15 @@ from computenet.transfer.client import Options
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size
-from computenet.transfer.paths import PART, PathError, confine, fetch_area, normalise, within
+from computenet.transfer.paths import (
+    PART,
+    PathError,
+    confine,
+    fetch_area,
+    normalise,
+    swap_in,
+    within,
+)
 from computenet.transfer.quota import Quota
 from computenet.transfer.wire import TransferError
 
@@ -137,9 +145,7 @@ def place(src: Path, dest: Path, tag: str) -> None:
     tmp = dest.with_name(f".{dest.name}.{tag}.tmp")
     _remove(tmp)
     link_tree(src, tmp)
-    if dest.is_dir() and not dest.is_symlink():
-        shutil.rmtree(dest)
-    os.replace(tmp, dest)
+    swap_in(tmp, dest)
 
 
 class Stager:
@@ -198,7 +204,8 @@ class Stager:
             keep = await asyncio.to_thread(self._fetch_target, plan.keep)
             # Fetched meanwhile (and recorded), for a job that named the version otherwise?
             if not keep.exists() or await self._changed(keep, plan) is not None:
-                result = await self._claimed(self._fetch(plan, keep), plan, keep)
+                async with self._claimed(plan, keep):
+                    result = await self._fetch(plan, keep)
                 files = result.counters.files + result.counters.files_skipped
                 await self._landed(
                     task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
@@ -213,27 +220,22 @@ class Stager:
                 with contextlib.suppress(StagingError, PathError, OSError):
                     await asyncio.to_thread(lambda: _remove(self._fetch_target(gone)))
 
-    async def _claimed(
-        self, fetch: Coroutine[Any, Any, TransferResult], plan: StagingPlan, keep: Path
-    ) -> TransferResult:
+    @contextlib.asynccontextmanager
+    async def _claimed(self, plan: StagingPlan, keep: Path) -> AsyncIterator[None]:
         """A dataset fetched into the pool takes space in its data root: held to the
         pool's data quota as a put is (what it replaces is freed)."""
+        if self._quota is None:
+            yield
+            return
         there = keep.exists() and not keep.is_symlink()
         adds = (plan.total_bytes or 0) - (await asyncio.to_thread(total_size, keep) if there else 0)
-        if self._quota is not None:
-            try:
-                await self._quota.claim(adds)
-            except BaseException:
-                fetch.close()
-                raise
+        await self._quota.claim(adds)
         landed = False
         try:
-            result = await fetch
+            yield
             landed = True
-            return result
         finally:
-            if self._quota is not None:
-                self._quota.settle(adds, landed)
+            self._quota.settle(adds, landed)
 
     async def _fetch(self, plan: StagingPlan, keep: Path) -> TransferResult:
         """Fetches a dataset into the reserved fetch area, then renames it into place once
@@ -249,12 +251,7 @@ class Stager:
         if not landing.exists():  # an empty tree: nothing landed
             landing.mkdir()
         keep.parent.mkdir(parents=True, exist_ok=True)
-        tomb = landing.with_name(landing.name + ".old")
-        await asyncio.to_thread(_remove, tomb)
-        if keep.exists() or keep.is_symlink():
-            os.replace(keep, tomb)
-        os.replace(landing, keep)
-        await asyncio.to_thread(_remove, tomb)
+        await asyncio.to_thread(swap_in, landing, keep)
         return result
 
     def _fetch_target(self, rel: str) -> Path:

@@ -25,6 +25,7 @@ from rich.table import Table
 from computenet.cli.output import CLIError, ago, err, out
 from computenet.cli.session import client
 from computenet.model import SyncLevel, parse_duration
+from computenet.model.common import format_bytes
 
 
 class _Bar:
@@ -40,14 +41,6 @@ class _Bar:
     def advance(self, n: int) -> None:
         if self.task is not None:
             self.progress.advance(self.task, n)
-
-
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def _many(n: int, what: str, plural: str = "") -> str:
@@ -126,14 +119,20 @@ def cp(
         print(r.model_dump_json(indent=2))
         return
     k = r.counters
-    rate = f"{_size(r.rate)}/s" if k.bytes else "-"
+    rate = f"{format_bytes(r.rate)}/s" if k.bytes else "-"
     files = k.files + k.files_skipped
     out.print(
         f"{r.source} -> {r.destination}: {_many(files, 'file')} "
-        f"({k.files_skipped} unchanged), {_size(k.bytes)} moved in {r.seconds:.2f}s "
+        f"({k.files_skipped} unchanged), {format_bytes(k.bytes)} moved in {r.seconds:.2f}s "
         f"({rate}, {_many(r.streams, 'stream')}); {k.chunks_present} chunks already there, "
         f"{k.retries} retries, {k.faults} faults"
     )
+    if k.left_out:
+        err.print(
+            f"{_many(k.left_out, 'link or special file', 'links or special files')} in the "
+            "source not copied: a copy holds regular files and directories only",
+            markup=False,
+        )
 
 
 def ls(
@@ -168,7 +167,7 @@ def ls(
         when = datetime.fromtimestamp(x.mtime_ns / 1e9, UTC)
         table.add_row(
             x.kind.value,
-            "-" if x.kind is EntryKind.dir else _size(x.size),
+            "-" if x.kind is EntryKind.dir else format_bytes(x.size),
             when.strftime("%Y-%m-%d %H:%M"),
             escape(x.name + ("/" if x.kind is EntryKind.dir else "")),
         )
@@ -197,7 +196,7 @@ def rm(
     if as_json:
         print(gone.model_dump_json(indent=2))
         return
-    what = f"{_many(gone.files, 'file')}, {_size(gone.bytes)}"
+    what = f"{_many(gone.files, 'file')}, {format_bytes(gone.bytes)}"
     out.print(f"removed {gone.pool}:{gone.path} ({gone.kind.value}; {what})", markup=False)
 
 
@@ -223,7 +222,7 @@ def dataset_ls(
         table.add_row(
             v.name,
             v.version,
-            _size(v.total_bytes),
+            format_bytes(v.total_bytes),
             str(v.files),
             v.tree_hash[:12],
             str(len(v.replicas)),
@@ -248,14 +247,19 @@ def dataset_show(
         d = c.dataset(ref.name)
     versions = [v for v in d.versions if ref.version in (None, v.version)]
     if ref.version is not None and not versions:
-        have = some_versions([v.version for v in d.versions])
+        if ref.version in d.removed:
+            raise CLIError(f"{ref}: that version was removed")
+        have = some_versions([v.version for v in d.versions]) or "none"
         raise CLIError(f"{ref}: no such version (it has {have})")
     if as_json:
         print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
         return
+    if not versions:
+        gone = some_versions(d.removed)
+        out.print(f"{SCHEME}{d.name}: no versions (removed: {gone})", markup=False)
     for v in versions:
         out.print(
-            f"[bold]{v.uri}[/bold]  {_size(v.total_bytes)}, {_many(v.files, 'file')}, "
+            f"[bold]{v.uri}[/bold]  {format_bytes(v.total_bytes)}, {_many(v.files, 'file')}, "
             f"tree {v.tree_hash}, by {v.tenant}, {ago(v.created_at)}"
         )
         for r in v.replicas:
@@ -292,7 +296,8 @@ def dataset_rm(
         out.print(f"removed {v.uri} ({held}): {len(gone.removed)} removed", markup=False)
         for r in gone.removed:
             out.print(
-                f"  {r.pool}:{r.path}  ({_many(r.files, 'file')}, {_size(r.bytes)})", markup=False
+                f"  {r.pool}:{r.path}  ({_many(r.files, 'file')}, {format_bytes(r.bytes)})",
+                markup=False,
             )
     if gone.left:
         stay = _many(len(gone.left), "copy stays", "copies stay")

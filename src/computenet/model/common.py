@@ -94,10 +94,19 @@ def parse_duration(value: Any) -> Any:
 
 def format_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
+        if abs(round(n, 1)) < 1024 or unit == "TiB":  # never "1024.0 KiB"
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n:.1f} TiB"
+
+
+def format_apart(a: float, b: float) -> tuple[str, str]:
+    """Two sizes for one message, in bytes where rounding would show them equal: a
+    refusal that says "needs 1.0 MiB, 1.0 MiB is left" explains nothing."""
+    fa, fb = format_bytes(a), format_bytes(b)
+    if fa == fb and a != b:
+        return f"{a:,.0f} bytes", f"{b:,.0f} bytes"
+    return fa, fb
 
 
 MAX_MEMORY = 2**50  # 1 PiB: larger is a typo, not a request

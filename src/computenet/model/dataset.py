@@ -194,6 +194,10 @@ class DatasetVersion(Model):
 class Dataset(Model):
     name: str
     versions: list[DatasetVersion] = Field(description="newest first")
+    removed: list[str] = Field(
+        default_factory=list,
+        description="versions removed, newest first: their numbers are never used again",
+    )
 
 
 class DatasetPage(Model):

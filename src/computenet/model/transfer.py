@@ -147,6 +147,9 @@ class ManifestFrame(Model):
         default=False,
         description="the destination must hold nothing else (a dataset version's copy)",
     )
+    left_out: int = Field(
+        default=0, ge=0, description="links and special files the sender's tree holds: not sent"
+    )
 
 
 class TransferCounters(Model):
@@ -160,6 +163,9 @@ class TransferCounters(Model):
     faults: int = Field(default=0, description="chunks that failed verification or streams lost")
     compressed_chunks: int = Field(default=0, description="chunks that went zstd-compressed")
     wire_bytes: int = Field(default=0, description="chunk bytes on the wire, after compression")
+    left_out: int = Field(
+        default=0, description="links, pipes, sockets and devices in the source tree: not copied"
+    )
 
 
 class TransferResult(Model):

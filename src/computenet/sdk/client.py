@@ -328,9 +328,25 @@ class CopyOptions(TypedDict, total=False):
 
 
 def _copy_options(given: CopyOptions) -> Options:
-    from computenet.transfer.client import Options
+    """Checked here, as the CLI checks its flags: a bad option fails before any request,
+    naming the option."""
+    from computenet.transfer.client import MAX_STREAMS, Options
 
-    sync = SyncLevel(given.get("sync", SyncLevel.none))
+    unknown = sorted(set(given) - set(CopyOptions.__annotations__))
+    if unknown:
+        raise TypeError(f"copy() got unknown options: {', '.join(unknown)}")
+    try:
+        sync = SyncLevel(given.get("sync", SyncLevel.none))
+    except ValueError:
+        known = ", ".join(x.value for x in SyncLevel)
+        raise ValueError(f"sync must be one of {known}, not {given.get('sync')!r}") from None
+    streams = given.get("streams")
+    whole = isinstance(streams, int) and not isinstance(streams, bool)
+    if streams is not None and not (whole and 1 <= streams <= MAX_STREAMS):
+        raise ValueError(f"streams must be a whole number from 1 to {MAX_STREAMS}, not {streams!r}")
+    deadline = given.get("deadline")
+    if deadline is not None and not (isinstance(deadline, int | float) and deadline > 0):
+        raise ValueError(f"deadline must be a number of seconds above 0, not {deadline!r}")
     return Options(**{**given, "sync": sync})  # type: ignore[arg-type]
 
 

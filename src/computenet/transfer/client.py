@@ -32,7 +32,7 @@ from computenet.model.transfer import (
 from computenet.transfer import compress, sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
-from computenet.transfer.manifest import CHUNK, Source, build
+from computenet.transfer.manifest import CHUNK, Source, build, total_size
 from computenet.transfer.paths import PART, confine, exclusive
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
@@ -41,6 +41,7 @@ from computenet.transfer.wire import Kind, TransferError
 
 MAX_STREAMS = 64
 CONNECT_TIMEOUT = 30.0
+ASK_ROOM = 256 << 20  # a put this large asks whether it fits before hashing its source
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 Destination = Callable[[int, bool], Awaitable[TransferGrant]]  # (bytes, a single file?)
 
@@ -130,9 +131,8 @@ class _Link:
                 ep.host, ep.port, limit=wire.STREAM_LIMIT
             )
         except OSError as e:
-            raise TransferError(
-                f"cannot reach the pool's data server at {ep.host}:{ep.port}: {e}"
-            ) from e
+            raise self._unreachable(e) from e
+        sockets.tune(writer.get_extra_info("socket"))
         self.conns.append((reader, writer))
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):  # a server that never answers
@@ -149,10 +149,7 @@ class _Link:
             if role != "control":
                 _, self.welcome = await wire.expect(reader, Kind.OK)
         except TimeoutError:
-            raise TransferError(
-                f"the pool's data server at {ep.host}:{ep.port} did not answer "
-                f"within {CONNECT_TIMEOUT:g} s"
-            ) from None
+            raise self._unreachable() from None
         return reader, writer
 
     def connect(self) -> Sock:
@@ -161,9 +158,7 @@ class _Link:
         try:
             sock = socket.create_connection((ep.host, ep.port), timeout=CONNECT_TIMEOUT)
         except OSError as e:
-            raise TransferError(
-                f"cannot reach the pool's data server at {ep.host}:{ep.port}: {e}"
-            ) from e
+            raise self._unreachable(e) from e
         sockets.tune(sock)
         self.socks.append(sock)
         try:  # the handshake under the connect timeout too: a server may never answer
@@ -176,12 +171,16 @@ class _Link:
             sockets.send_json(sock, Kind.HELLO, self.hello("data"))
             sockets.expect(sock, Kind.OK)
         except TimeoutError:
-            raise TransferError(
-                f"the pool's data server at {ep.host}:{ep.port} did not answer "
-                f"within {CONNECT_TIMEOUT:g} s"
-            ) from None
+            raise self._unreachable() from None
         sock.settimeout(None)
         return sock
+
+    def _unreachable(self, e: OSError | None = None) -> TransferError:
+        ep = self.grant.endpoint
+        where = f"the pool's data server at {ep.host}:{ep.port}"
+        if e is None:
+            return TransferError(f"{where} did not answer within {CONNECT_TIMEOUT:g} s")
+        return TransferError(f"cannot reach {where}: {e}")
 
     async def open_many(self, n: int) -> list[Sock]:
         return list(await asyncio.gather(*(sockets.in_thread(self.connect) for _ in range(n))))
@@ -276,6 +275,10 @@ async def put(
 
 async def _put(grant: TransferGrant, source: Path, options: Options, where: str) -> TransferResult:
     started = time.monotonic()
+    if grant.ticket.claims.max_bytes >= ASK_ROOM:  # refused now, not after minutes of hashing
+        size = await asyncio.to_thread(total_size, source)
+        if size >= ASK_ROOM:
+            await ask(grant, "room", {"size": size}, options.tls)
     # On a thread of its own: Ctrl-C does not wait for a large source to be hashed.
     src = await sockets.in_thread(build, source, options.chunk_size, options.hashes)
     try:
@@ -305,7 +308,7 @@ async def _send(
 ) -> TransferResult:
     m = src.manifest
     link = _Link(grant, Direction.put, options)
-    counters = TransferCounters()
+    counters = TransferCounters(left_out=src.left_out)
     try:
         reader, writer = await link.open("control")
         frame = ManifestFrame(
@@ -384,7 +387,8 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
     counters = TransferCounters()
     try:
         reader, writer = await link.open("control")
-        m = (await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)).manifest
+        offer = await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)
+        m, counters.left_out = offer.manifest, offer.left_out
         _expected(options, m, f"{grant.ticket.claims.pool}:{grant.path}")
         if m.single:
             name = grant.path.rstrip("/").rsplit("/", 1)[-1]
@@ -403,47 +407,32 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             m, finals, dirs, options.sync, counters, _advance(w), options.faults, options.verify
         )
         with exclusive(lock, str(target)):
-            return await _receive(receiver, reader, writer, link, options, grant, dest, started)
+            try:
+                plan = await sockets.in_thread(receiver.plan)
+                if w is not None:
+                    w.start(m.total_bytes - counters.bytes_skipped)
+                wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
+                await writer.drain()
+                await wire.expect(reader, Kind.OK)
+                todo = [
+                    min(m.chunk_size, m.files[f].size - c * m.chunk_size)
+                    for f, chunks in enumerate(plan.need)
+                    for c in chunks
+                ]
+                streams = 0
+                if todo or any(plan.need):
+                    streams = min(MAX_STREAMS, options.streams or streams_for(todo))
+                    socks = await link.open_many(streams)
+                    await asyncio.gather(*(sockets.in_thread(receiver.stream, s) for s in socks))
+                await asyncio.to_thread(receiver.commit)
+            finally:
+                receiver.close()
+        wire.send(writer, Kind.DONE)
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        return _result(grant, Direction.get, dest, m, counters, streams, started)
     finally:
         link.close()
-
-
-async def _receive(
-    receiver: Receiver,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    link: _Link,
-    options: Options,
-    grant: TransferGrant,
-    dest: Path,
-    started: float,
-) -> TransferResult:
-    """A get's part once its manifest is in and the destination is held."""
-    m, counters, w = receiver.manifest, receiver.counters, options.watcher
-    try:
-        plan = await sockets.in_thread(receiver.plan)
-        if w is not None:
-            w.start(m.total_bytes - counters.bytes_skipped)
-        wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
-        await writer.drain()
-        await wire.expect(reader, Kind.OK)
-        todo = [
-            min(m.chunk_size, m.files[f].size - c * m.chunk_size)
-            for f, chunks in enumerate(plan.need)
-            for c in chunks
-        ]
-        streams = 0
-        if todo or any(plan.need):
-            streams = min(MAX_STREAMS, options.streams or streams_for(todo))
-            socks = await link.open_many(streams)
-            await asyncio.gather(*(sockets.in_thread(receiver.stream, s_) for s_ in socks))
-        await asyncio.to_thread(receiver.commit)
-    finally:
-        receiver.close()
-    wire.send(writer, Kind.DONE)
-    with contextlib.suppress(Exception):
-        await writer.drain()
-    return _result(grant, Direction.get, dest, m, counters, streams, started)
 
 
 def _replaceable(target: Path) -> None:

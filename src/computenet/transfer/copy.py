@@ -107,19 +107,17 @@ def _serving(pools: list[Pool]) -> dict[str, Pool]:
     return {p.cpi: p for p in pools if p.status is not PoolStatus.offline and p.data is not None}
 
 
-async def _version(api: Api, ref: DatasetRef) -> DatasetVersion | None:
-    d = await api.dataset(ref.name)
-    versions = d.versions if d is not None else []
-    return next((v for v in versions if ref.version in (None, v.version)), None)
-
-
 async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, list[Replica]]:
     """The version ``ref`` names and its copies in pools that are online: at least one."""
     d = await api.dataset(ref.name)
     v = next((v for v in d.versions if ref.version in (None, v.version)), None) if d else None
-    if d is None or not d.versions:
+    if d is None:
         raise TransferError(f"{ref}: no such dataset")
     if v is None:
+        if ref.version in d.removed:
+            raise TransferError(f"{ref}: that version was removed")
+        if not d.versions:
+            raise TransferError(f"{ref}: every version of it was removed")
         have = some_versions([x.version for x in d.versions])
         raise TransferError(f"{ref}: no such version (it has {have})")
     serving = _serving(await api.pools())
@@ -244,8 +242,14 @@ async def copy_data(
         return result
     if d_ref is None:
         return await copy(src, dst, api.grant, options)
-    if d_ref.version is not None and await _version(api, d_ref) is not None:
-        raise TransferError(f"{d_ref} exists; versions never change: publish a new one")
+    if d_ref.version is not None:  # refused before any byte moves, as the node would after
+        named = await api.dataset(d_ref.name)
+        if named is not None and d_ref.version in named.removed:
+            raise TransferError(
+                f"{d_ref} was removed, and a version is never used again: publish a new one"
+            )
+        if named is not None and any(v.version == d_ref.version for v in named.versions):
+            raise TransferError(f"{d_ref} exists; versions never change: publish a new one")
     s = location(src)
     serving = _serving(await api.pools())
     target = pool or s.pool or next(iter(serving), None)

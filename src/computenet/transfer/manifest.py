@@ -107,20 +107,23 @@ class Source:
 
     manifest: Manifest
     paths: list[str]
+    left_out: int = 0  # links, pipes, sockets and devices in the tree: never copied
 
 
-def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
+def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
     """Files (relative name, path) and directories under ``root``: each directory's
-    files in name order, then its subdirectories, depth first. Symlinks inside a tree are
-    not followed: a tree is copied as the files it holds. Entries are told apart by the
-    type the directory listing gives, so the walk costs no call per file."""
+    files in name order, then its subdirectories, depth first; and how many entries are
+    neither. Symlinks inside a tree are not followed: a tree is copied as the files it
+    holds. Entries are told apart by the type the directory listing gives, so the walk
+    costs no call per file."""
     st = root.stat()
     if not stat.S_ISDIR(st.st_mode):
         if not stat.S_ISREG(st.st_mode):
             raise OSError(f"{root} is neither a file nor a directory")
-        return [("", str(root))], []
+        return [("", str(root))], [], 0
     files: list[tuple[str, str]] = []
     dirs: list[str] = []
+    others = 0
     todo = [(str(root), "")]
     while todo:
         here, prefix = todo.pop()
@@ -140,8 +143,12 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str]]:
             for x in entries
             if x.is_file(follow_symlinks=False) and not x.name.endswith(PART)
         )
+        others += sum(
+            not (x.is_dir(follow_symlinks=False) or x.is_file(follow_symlinks=False))
+            for x in entries
+        )
         todo.extend((os.path.join(here, d), f"{prefix}{d}/") for d in reversed(subdirs))
-    return files, dirs
+    return files, dirs, others
 
 
 def _utf8(rel: str) -> None:
@@ -193,7 +200,7 @@ def total_size(root: Path) -> int:
 
 def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Source:
     """The manifest of ``root``; files whose hashes ``cache`` holds are not read."""
-    files, dirs = scan(root)
+    files, dirs, others = scan(root)
     if len(files) + len(dirs) > MAX_ENTRIES:
         raise TransferError(
             f"{root} holds {len(files) + len(dirs)} files and directories; one copy moves "
@@ -207,4 +214,5 @@ def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Sou
     return Source(
         Manifest(chunk_size=chunk, files=entries, dirs=dirs, tree_hash=tree_hash(entries, dirs)),
         [p for _, p in found],
+        others + len(files) - len(found),
     )

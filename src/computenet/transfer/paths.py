@@ -230,3 +230,42 @@ def reserve(fd: int, offset: int, n: int) -> None:
     if code in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
         return
     raise OSError(code, os.strerror(code))
+
+
+_renameat2 = getattr(_libc, "renameat2", None)  # glibc 2.28 and later
+if _renameat2 is not None:
+    _renameat2.argtypes = [
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_char_p,
+        ctypes.c_uint,
+    ]
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def swap_in(new: Path, dest: Path) -> None:
+    """Puts ``new`` at ``dest`` in one step, whatever each is, and removes what was there:
+    a reader sees the old tree or the new one, never neither. Where the filesystem cannot
+    exchange two names, the old one is removed first (a short gap, nothing mixed)."""
+    if not (dest.exists() or dest.is_symlink()):
+        os.replace(new, dest)
+        return
+    if _renameat2 is not None:
+        a, b = os.fsencode(new), os.fsencode(dest)
+        if _renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE) == 0:
+            _remove(new)  # the old tree, under the new one's former name
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise OSError(code, os.strerror(code), str(dest))
+    if dest.is_dir() and not dest.is_symlink():
+        shutil.rmtree(dest)
+    os.replace(new, dest)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

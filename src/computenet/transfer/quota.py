@@ -14,7 +14,7 @@ import math
 import time
 from pathlib import Path
 
-from computenet.model.common import format_bytes
+from computenet.model.common import format_apart, format_bytes
 from computenet.transfer.paths import files_under
 from computenet.transfer.wire import TransferError
 
@@ -50,6 +50,11 @@ class Quota:
     async def claim(self, n: int, limit: int | None = None) -> None:
         """Takes ``n`` more bytes, or refuses, naming the quota (``limit`` where given, as
         a ticket states it) and what is left of it."""
+        await self.check(n, limit, take=True)
+
+    async def check(self, n: int, limit: int | None = None, take: bool = False) -> None:
+        """Refuses ``n`` more bytes as ``claim`` would, taking them only with ``take``: a
+        client asks before it spends minutes hashing a source that could never fit."""
         limit = self.limit if limit is None else limit
         if limit is None or n <= 0:
             return
@@ -60,13 +65,14 @@ class Quota:
                 self.since -= before  # what the walk counted; later commits stay
                 self._at = time.monotonic()
             if self.used + n > limit:
-                left = max(0, limit - self.used)
+                needs, left = format_apart(n, max(0, limit - self.used))
                 raise QuotaExceeded(
                     f"{self.what} quota is {format_bytes(limit)} and it holds "
                     f"{format_bytes(self.used)} (unfinished copies included): this copy "
-                    f"needs {format_bytes(n)}, {format_bytes(left)} is left"
+                    f"needs {needs}, {left} is left"
                 )
-            self.open += n
+            if take:
+                self.open += n
 
     def settle(self, n: int, landed: bool) -> None:
         """Ends a claim: its bytes are in the root now (``landed``) or never will be."""

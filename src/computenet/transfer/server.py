@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
+from computenet.model.common import format_apart
 from computenet.model.transfer import (
     DataEndpoint,
     Direction,
@@ -236,6 +237,7 @@ class DataServer:
                 await asyncio.wait_for(self._server.wait_closed(), 3)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sockets.tune(writer.get_extra_info("socket"))  # a data connection keeps it detached
         try:
             await self._handle(reader, writer)
         except (TicketError, PathError, TransferError, ValidationError) as e:
@@ -283,6 +285,9 @@ class DataServer:
             return
         if role == "remove" and direction is Direction.delete:
             await self._remove(ctl, bool(hello.get("recursive")))
+            return
+        if role == "room" and direction is Direction.put:
+            await self._room(ctl, hello.get("size"))
             return
         if role == "list" and direction is Direction.get:
             query = ListQuery.model_validate(hello.get("list") or {})
@@ -527,6 +532,35 @@ class DataServer:
         top = confine(self.root, path, links=False)  # made even for an empty tree
         return finals, [top, *(under(d) for d in m.dirs)]
 
+    def _fits_disk(self, total: int) -> None:
+        free = shutil.disk_usage(self.root).free
+        if total > free:
+            asked, has = format_apart(total, free)
+            raise TransferError(
+                f"not enough space in the pool's data root: {asked} asked, {has} free"
+            )
+
+    async def _room(self, ctl: _Control, size: Any) -> None:
+        """Whether a put of ``size`` bytes could fit, asked before its source is hashed
+        (which takes minutes for a large one). What lies at the path now counts as freed,
+        as though the put replaced it all: the put itself checks exactly."""
+        _, writer, t, _, path = ctl
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise TransferError("a room question states its size: bytes, a whole number")
+        if size > t.claims.max_bytes:
+            raise TicketError(
+                f"ticket {t.claims.id} allows {t.claims.max_bytes} bytes; the copy has {size}"
+            )
+        here = confine(self.root, path, links=False)
+        adds = size - (await asyncio.to_thread(total_size, here) if here.exists() else 0)
+        await self.quota.check(adds)
+        home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
+        if home is not None:
+            await home.check(adds, t.claims.home_quota)
+        self._fits_disk(size)
+        wire.send_json(writer, Kind.OK, {"size": size})
+        await writer.drain()
+
     async def _put(self, ctl: _Control) -> None:
         reader, writer, t, tid, path = ctl
         frame = await _within(
@@ -540,9 +574,7 @@ class DataServer:
             )
         if m.tree_hash != await asyncio.to_thread(tree_hash, m.files, m.dirs):
             raise TransferError("the manifest's tree hash does not match its entries")
-        free = shutil.disk_usage(self.root).free
-        if total > free:
-            raise TransferError(f"not enough space: {total} bytes asked, {free} free")
+        self._fits_disk(total)
         finals, dirs = await asyncio.to_thread(self._places, path, m)
         await self._keep_out(path, m)
         if frame.exact:
@@ -633,7 +665,8 @@ class DataServer:
             raise TransferError(
                 f"/{path}: the data server cannot read it: {e.strerror or e}"
             ) from None
-        wire.send_model(writer, Kind.MANIFEST, ManifestFrame(manifest=src.manifest))
+        frame = ManifestFrame(manifest=src.manifest, left_out=src.left_out)
+        wire.send_model(writer, Kind.MANIFEST, frame)
         await writer.drain()
         _, body = await _within(NEED_TIMEOUT, wire.expect(reader, Kind.NEED), "NEED")
         need = body.get("need")

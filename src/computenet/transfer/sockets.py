@@ -137,8 +137,20 @@ class Pipe:
                 os.close(fd)
 
 
+KEEPALIVE = (60, 10, 6)  # idle seconds, probe interval, probes: a lost peer within 2 min
+
+
 def tune(sock: Sock) -> None:
+    """Every connection, control and data: no Nagle delay on small frames, and keepalive
+    probes, so that a side blocked reading from a host that vanished (power, network)
+    learns it instead of waiting for ever."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    idle, interval, count = KEEPALIVE
+    with contextlib.suppress(AttributeError, OSError):  # Linux names; elsewhere the defaults
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, count)
 
 
 def shut(sock: Sock) -> None:

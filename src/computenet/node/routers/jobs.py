@@ -135,8 +135,8 @@ def check_outputs(
         if str(ref) in named:
             raise Invalid(f"{named[str(ref)]} is {ref} already", field=where)
         named[str(ref)] = where
-        if dataset_store.exists(conn, ref.name, ref.version):
-            raise Conflict(f"{ref} exists; versions never change: name a new one", field=where)
+        if (why := dataset_store.taken(conn, ref.name, ref.version)) is not None:
+            raise Conflict(why, field=where)
 
 
 def _elsewhere(spec: JobSpec, own_code: str) -> bool:

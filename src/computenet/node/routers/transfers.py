@@ -13,6 +13,7 @@ import time
 from fastapi import APIRouter, Depends
 
 from computenet.model import Model, PoolStatus
+from computenet.model.common import format_apart
 from computenet.model.transfer import Direction, TicketClaims, TransferGrant, TransferRequest
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
@@ -60,9 +61,8 @@ async def issue(
     if confined:
         await node.reading(homes.check, tenant, body.pool, path, body.direction, f"{field}path")
     if body.size > MAX_TRANSFER:
-        raise TooLarge(
-            f"{body.size} bytes is over this node's limit of {MAX_TRANSFER}", f"{field}size"
-        )
+        size, limit = format_apart(body.size, MAX_TRANSFER)
+        raise TooLarge(f"{size} is over this node's limit of {limit} for one copy", f"{field}size")
     pool = await node.reading(pool_store.get, body.pool)
     if body.direction is Direction.delete:
         await _removable(node, pool.cpi, path, field)

@@ -7,7 +7,7 @@ from collections import defaultdict
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, select
+from sqlalchemy import Connection, and_, delete, select, update
 from sqlalchemy.exc import IntegrityError
 
 from computenet.model.dataset import (
@@ -22,6 +22,8 @@ from computenet.node.errors import Conflict, Forbidden, NotFound
 from computenet.node.store.tables import datasets, replicas
 from computenet.transfer.paths import within
 
+_live = datasets.c.removed_at.is_(None)
+
 
 def _when(t: float) -> datetime:
     return datetime.fromtimestamp(t, UTC)
@@ -30,7 +32,7 @@ def _when(t: float) -> datetime:
 def _versions(
     conn: Connection, name: str | None = None, names: list[str] | None = None
 ) -> list[DatasetVersion]:
-    q = select(datasets).order_by(datasets.c.name, datasets.c.created_at.desc())
+    q = select(datasets).where(_live).order_by(datasets.c.name, datasets.c.created_at.desc())
     r = select(replicas).order_by(replicas.c.added_at)
     if name is not None:
         q, r = q.where(datasets.c.name == name), r.where(replicas.c.name == name)
@@ -58,7 +60,7 @@ def _versions(
 
 def list_page(conn: Connection, limit: int = 100, after: str | None = None) -> DatasetPage:
     """Every version of the first ``limit`` dataset names after ``after``."""
-    q = select(datasets.c.name).distinct().order_by(datasets.c.name).limit(limit + 1)
+    q = select(datasets.c.name).where(_live).distinct().order_by(datasets.c.name).limit(limit + 1)
     if after is not None:
         q = q.where(datasets.c.name > after)
     names = [row.name for row in conn.execute(q).all()]
@@ -67,28 +69,37 @@ def list_page(conn: Connection, limit: int = 100, after: str | None = None) -> D
     return DatasetPage(items=items, next=page[-1] if len(names) > limit else None)
 
 
+def _removed(conn: Connection, name: str) -> list[str]:
+    q = select(datasets.c.version).where(
+        datasets.c.name == name, datasets.c.removed_at.is_not(None)
+    )
+    return [v for (v,) in conn.execute(q.order_by(datasets.c.removed_at.desc())).all()]
+
+
 def get(conn: Connection, name: str) -> Dataset:
-    versions = _versions(conn, name)
-    if not versions:
+    """A name with every version removed is still its owner's: it is shown, empty."""
+    versions, removed = _versions(conn, name), _removed(conn, name)
+    if not versions and not removed:
         raise NotFound(f"no dataset {name!r}", field="name")
-    return Dataset(name=name, versions=versions)
+    return Dataset(name=name, versions=versions, removed=removed)
 
 
 def resolve(conn: Connection, ref: DatasetRef, field: str = "uri") -> DatasetVersion:
     """The version a reference names: the newest one when it names none."""
     versions = _versions(conn, ref.name)
+    for v in versions:
+        if ref.version in (None, v.version):
+            return v
+    if ref.version is not None and ref.version in _removed(conn, ref.name):
+        raise NotFound(f"{ref} was removed", field)
     if not versions:
         raise NotFound(f"no dataset {ref.name!r}", field=field)
-    if ref.version is None:
-        return versions[0]
-    for v in versions:
-        if v.version == ref.version:
-            return v
     known = some_versions([v.version for v in versions])
     raise NotFound(f"dataset {ref.name!r} has no version {ref.version!r} (has {known})", field)
 
 
 def _next_version(conn: Connection, name: str) -> str:
+    """One past the highest number ever published, removed versions included."""
     numbers = [
         int(v)
         for (v,) in conn.execute(select(datasets.c.version).where(datasets.c.name == name)).all()
@@ -136,10 +147,8 @@ def publish(
                 )
             )
     except IntegrityError as e:
-        raise Conflict(
-            f"dataset {name}@{version} exists; versions never change: publish a new one",
-            field="version",
-        ) from e
+        why = taken(conn, name, version) or f"dataset {name}@{version} was published meanwhile"
+        raise Conflict(why, field="version") from e
     conn.execute(
         replicas.insert().values(name=name, version=version, pool_cpi=pool, path=path, added_at=now)
     )
@@ -193,9 +202,16 @@ def drop_replica(conn: Connection, name: str, version: str, pool: str, path: str
     return bool(conn.execute(delete(replicas).where(key)).rowcount)
 
 
-def exists(conn: Connection, name: str, version: str) -> bool:
-    q = select(datasets.c.name).where(datasets.c.name == name, datasets.c.version == version)
-    return conn.execute(q.limit(1)).first() is not None
+def taken(conn: Connection, name: str, version: str) -> str | None:
+    """Why ``name@version`` cannot be published, or None: a version never changes, and
+    its number is never used again once removed."""
+    q = select(datasets.c.removed_at).where(datasets.c.name == name, datasets.c.version == version)
+    row = conn.execute(q).first()
+    if row is None:
+        return None
+    if row.removed_at is None:
+        return f"{name}@{version} exists; versions never change: publish a new one"
+    return f"{name}@{version} was removed, and a version is never used again: publish a new one"
 
 
 def _apart(conn: Connection, pool: str, path: str) -> None:
@@ -220,16 +236,17 @@ def _replica(
 
 
 def forget(conn: Connection, name: str, version: str, tenant: str, admin: bool) -> DatasetVersion:
-    """Drops a version and the records of its copies; only its owner (or an admin) may."""
+    """Drops a version and the records of its copies; only its owner (or an admin) may.
+    Its row stays, marked removed: the name stays its owner's and the number is not
+    given out again, so that a URI never names two different trees."""
     v = resolve(conn, DatasetRef(name, version), "version")
     if v.tenant != tenant and not admin:
         raise Forbidden(f"dataset {name!r} belongs to tenant {v.tenant}", field="name")
     conn.execute(
         delete(replicas).where(and_(replicas.c.name == name, replicas.c.version == version))
     )
-    conn.execute(
-        delete(datasets).where(and_(datasets.c.name == name, datasets.c.version == version))
-    )
+    key = and_(datasets.c.name == name, datasets.c.version == version)
+    conn.execute(update(datasets).where(key).values(removed_at=time.time()))
     return v
 
 
@@ -263,7 +280,7 @@ class Holdings:
 
     def _load(self) -> dict[str, list[Any]]:
         by_name: dict[str, list[Any]] = defaultdict(list)
-        q = select(datasets.c.name, datasets.c.version, datasets.c.total_bytes)
+        q = select(datasets.c.name, datasets.c.version, datasets.c.total_bytes).where(_live)
         for row in self._conn.execute(q.order_by(datasets.c.created_at.desc())).all():
             by_name[row.name].append(row)
         held: dict[tuple[str, str], set[str]] = defaultdict(set)

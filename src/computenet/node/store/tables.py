@@ -244,6 +244,8 @@ datasets = Table(
     Column("total_bytes", BigInteger, nullable=False),
     Column("files", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    # A removed version keeps its row, so that NAME@VERSION never names other data later.
+    Column("removed_at", Float, nullable=True),
     Index("ix_datasets_name_created", "name", "created_at"),
 )
 
