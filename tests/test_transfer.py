@@ -221,6 +221,15 @@ def test_links_and_special_files_left_out_are_counted_both_ways(
     back = result(cp(shared, f"{pool}:/odd", str(tmp_path / "back")))
     assert back.counters.left_out == 1 and back.counters.files == 1
     assert not (tmp_path / "back" / "sub" / "to-real").exists()
+    # Named itself, a link is followed (as cp follows it); a pipe is refused by name.
+    result(cp(shared, str(tree / "sub" / "link"), f"{pool}:/odd/followed.txt"))
+    assert (root_of(shared) / "odd" / "followed.txt").read_text() == "real"
+    pipe = cli(shared, "cp", str(tree / "pipe"), f"{pool}:/odd/pipe")
+    assert pipe.returncode == 1
+    assert (
+        pipe.stderr.strip()
+        == "error: pipe is neither a file nor a directory: a copy moves only those"
+    )
 
 
 def test_pool_to_pool_goes_directly_between_the_agents(

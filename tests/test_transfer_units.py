@@ -436,3 +436,21 @@ def test_a_tree_swapped_in_is_never_missing_nor_mixed(tmp_path: Path) -> None:
     (tmp_path / "g").write_text("g")
     swap_in(tmp_path / "g", tmp_path / "file")
     assert (tmp_path / "file").read_text() == "g"
+
+
+def test_what_a_put_would_replace_counts_its_partial_files(tmp_path: Path) -> None:
+    """The room question counts what lies at the path, partial files too, as a rerun's
+    put would: an interrupted copy into a nearly full pool may resume."""
+    from computenet.transfer.server import _present
+
+    (tmp_path / "f").write_bytes(b"x" * 10)
+    (tmp_path / ".f.cnetpart").write_bytes(b"x" * 5)
+    assert _present(tmp_path / "f") == 15
+    (tmp_path / ".g.cnetpart").write_bytes(b"x" * 7)
+    assert _present(tmp_path / "g") == 7  # only the partial file so far
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "sub" / "a").write_bytes(b"x" * 3)
+    (tmp_path / "d" / "sub" / ".b.cnetpart").write_bytes(b"x" * 4)
+    assert _present(tmp_path / "d") == 7
+    os.mkfifo(tmp_path / "p")
+    assert _present(tmp_path / "p") == 0 and _present(tmp_path / "nothing") == 0

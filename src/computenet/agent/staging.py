@@ -115,7 +115,7 @@ def link_tree(src: Path, dest: Path, frozen: bool = False) -> None:
         dirs[:] = [d for d in dirs if not (Path(here) / d).is_symlink()]
         for f in files:
             a = Path(here) / f
-            if not f.endswith(PART) and not a.is_symlink():
+            if not f.endswith(PART) and not a.is_symlink() and a.is_file():  # no FIFO
                 one(a, dest / rel / f)
 
 
@@ -251,7 +251,12 @@ class Stager:
         if not landing.exists():  # an empty tree: nothing landed
             landing.mkdir()
         keep.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.to_thread(swap_in, landing, keep)
+        # Out of the fetch area first: an agent stopped half way through the swap leaves
+        # the old tree under this name, not where the next fetch would resume into.
+        tomb = landing.with_name(landing.name + ".old")
+        await asyncio.to_thread(_remove, tomb)
+        os.replace(landing, tomb)
+        await asyncio.to_thread(swap_in, tomb, keep)
         return result
 
     def _fetch_target(self, rel: str) -> Path:
@@ -307,7 +312,8 @@ class Stager:
             if marker.exists():
                 continue
             with _failing(f"output {item.path} to {item.uri}"):
-                await self._output(task, i, confine(task.workdir, item.path))
+                src = confine(task.workdir, item.path, what="the job's working directory")
+                await self._output(task, i, src)
             job_files.write(marker)
 
     async def _output(self, task: Task, index: int, src: Path) -> None:

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from computenet.cli.output import CLIError, ago, duration, err, friendly, out, state
-from computenet.cli.session import client
+from computenet.cli.session import client, pool_cpi
 from computenet.model import Job, JobSpec, JobState
 from computenet.model.common import format_bytes
 from computenet.model.plan import Plan
@@ -148,7 +148,7 @@ def run(
             "vendor": _words(vendor),
             "arch": _words(arch),
         },
-        "pool": _pool_cpi(pool),
+        "pool": pool_cpi(pool),
         "regions": region or [],
         "optimize": optimize,
         "priority": priority,
@@ -162,19 +162,6 @@ def run(
             raise typer.Exit(1)
         return
     submit_spec(spec, detach)
-
-
-def _pool_cpi(pool: str | None) -> str | None:
-    """A pool named by its name, as ``cnet resources`` lists it, is looked up: one CPI
-    to type less."""
-    if not pool or pool.startswith("cpi:"):
-        return pool
-    with client() as c:
-        found = [p.cpi for p in c.pools() if p.name == pool]
-    if len(found) != 1:
-        why = "no pool is named so" if not found else f"{len(found)} pools are: name its CPI"
-        raise CLIError(f"--pool {pool!r}: {why} (cnet resources lists them)", 2)
-    return found[0]
 
 
 def _words(text: str | None) -> list[str]:

@@ -24,3 +24,16 @@ def client() -> Client:
             f"no token for {c.url}: pass --token, set CNET_TOKEN, or run 'cnet up' on this machine"
         )
     return c
+
+
+def pool_cpi(pool: str | None) -> str | None:
+    """A pool named by its name, as ``cnet resources`` lists it, is looked up: one CPI
+    to type less."""
+    if not pool or pool.startswith("cpi:"):
+        return pool
+    with client() as c:
+        found = [p.cpi for p in c.pools() if p.name == pool]
+    if len(found) != 1:
+        why = "no pool is named so" if not found else f"{len(found)} pools are: name its CPI"
+        raise CLIError(f"--pool {pool!r}: {why} (cnet resources lists them)", 2)
+    return found[0]

@@ -23,7 +23,7 @@ from rich.progress import (
 from rich.table import Table
 
 from computenet.cli.output import CLIError, ago, err, out
-from computenet.cli.session import client
+from computenet.cli.session import client, pool_cpi
 from computenet.model import SyncLevel, parse_duration
 from computenet.model.common import format_bytes
 
@@ -56,7 +56,9 @@ def cp(
     ],
     pool: Annotated[
         str | None,
-        typer.Option(help="the pool a new dataset version goes to (default: the first online)"),
+        typer.Option(
+            help="the pool (name or CPI) a new dataset version goes to (default: the first online)"
+        ),
     ] = None,
     streams: Annotated[
         int | None, typer.Option(min=1, max=64, help="parallel streams (default: by size)")
@@ -102,7 +104,7 @@ def cp(
             r = c.copy(
                 src,
                 dst,
-                pool=pool,
+                pool=pool_cpi(pool),
                 streams=streams,
                 sync=sync,
                 verify=verify,
@@ -127,6 +129,12 @@ def cp(
         f"({rate}, {_many(r.streams, 'stream')}); {k.chunks_present} chunks already there, "
         f"{k.retries} retries, {k.faults} faults"
     )
+    if r.replica_of is not None:
+        err.print(
+            f"{r.destination} is recorded as a copy of {r.replica_of}: it cannot be written "
+            "or removed on its own, and `cnet dataset rm` removes it with the version",
+            markup=False,
+        )
     if k.left_out:
         err.print(
             f"{_many(k.left_out, 'link or special file', 'links or special files')} in the "
@@ -255,8 +263,7 @@ def dataset_show(
         print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
         return
     if not versions:
-        gone = some_versions(d.removed)
-        out.print(f"{SCHEME}{d.name}: no versions (removed: {gone})", markup=False)
+        out.print(f"{SCHEME}{d.name}: no versions", markup=False)
     for v in versions:
         out.print(
             f"[bold]{v.uri}[/bold]  {format_bytes(v.total_bytes)}, {_many(v.files, 'file')}, "
@@ -264,6 +271,9 @@ def dataset_show(
         )
         for r in v.replicas:
             out.print(f"  {r.pool}:{r.path}  (since {ago(r.added_at)})")
+    if d.removed and ref.version is None:
+        gone = some_versions(d.removed, at_most=10)
+        out.print(f"removed: {gone} (never used again)", markup=False)
 
 
 @dataset_app.command("rm")

@@ -196,7 +196,7 @@ class Dataset(Model):
     versions: list[DatasetVersion] = Field(description="newest first")
     removed: list[str] = Field(
         default_factory=list,
-        description="versions removed, newest first: their numbers are never used again",
+        description="versions removed (numbered ones first, highest first): never used again",
     )
 
 

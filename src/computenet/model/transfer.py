@@ -177,6 +177,11 @@ class TransferResult(Model):
     tree_hash: str
     total_bytes: int
     counters: TransferCounters
+    replica_of: str | None = Field(
+        default=None,
+        description="the dataset version the copy was recorded as a copy of: kept from "
+        "writes, and removed with the version",
+    )
 
     @property
     def rate(self) -> float:

@@ -275,6 +275,8 @@ async def put(
 
 async def _put(grant: TransferGrant, source: Path, options: Options, where: str) -> TransferResult:
     started = time.monotonic()
+    if source.is_symlink():  # named itself, a link is followed, as cp follows one
+        source = source.resolve()
     if grant.ticket.claims.max_bytes >= ASK_ROOM:  # refused now, not after minutes of hashing
         size = await asyncio.to_thread(total_size, source)
         if size >= ASK_ROOM:

@@ -238,6 +238,7 @@ async def copy_data(
                 v.version,
                 ReplicaAdd(pool=landed.pool, path=landed.path, tree_hash=v.tree_hash),
             )
+            result.replica_of = v.uri
         result.source = v.uri
         return result
     if d_ref is None:

@@ -118,8 +118,10 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
     costs no call per file."""
     st = root.stat()
     if not stat.S_ISDIR(st.st_mode):
-        if not stat.S_ISREG(st.st_mode):
-            raise OSError(f"{root} is neither a file nor a directory")
+        if not stat.S_ISREG(st.st_mode):  # named, not its full path: a server's stays its own
+            raise TransferError(
+                f"{root.name} is neither a file nor a directory: a copy moves only those"
+            )
         return [("", str(root))], [], 0
     files: list[tuple[str, str]] = []
     dirs: list[str] = []

@@ -49,7 +49,7 @@ def within(prefix: str, path: str) -> bool:
     return not prefix or path == prefix or path.startswith(prefix + "/")
 
 
-def confine(root: Path, path: str, links: bool = True) -> Path:
+def confine(root: Path, path: str, links: bool = True, what: str = "the data root") -> Path:
     """The real location of ``path`` under ``root``; refused where a symlink leads out and,
     without ``links``, wherever one lies on the way: the node grants a path as text, so
     through a link one tenant's path would reach another's."""
@@ -57,7 +57,7 @@ def confine(root: Path, path: str, links: bool = True) -> Path:
     rel = normalise(path)
     target = (base / rel).resolve()
     if not target.is_relative_to(base):
-        raise PathError(f"{'/' + rel!r} escapes the data root")
+        raise PathError(f"{'/' + rel!r} escapes {what}")
     if target.is_relative_to(base / RESERVED):  # reached through a link to the root
         raise PathError(f"{'/' + rel!r}: {RESERVED} is reserved for the data server")
     if not links and target != base / rel:

@@ -69,7 +69,7 @@ class Quota:
                 raise QuotaExceeded(
                     f"{self.what} quota is {format_bytes(limit)} and it holds "
                     f"{format_bytes(self.used)} (unfinished copies included): this copy "
-                    f"needs {needs}, {left} is left"
+                    f"needs {needs}, with {left} left"
                 )
             if take:
                 self.open += n

@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import ssl
+import stat
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -50,11 +51,13 @@ from computenet.transfer.paths import (
     PathError,
     confine,
     normalise,
+    part_of,
     sweep_fetches,
     sweep_parts,
     within,
 )
 from computenet.transfer.quota import Quota
+from computenet.transfer.quota import held as quota_held
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -552,7 +555,7 @@ class DataServer:
                 f"ticket {t.claims.id} allows {t.claims.max_bytes} bytes; the copy has {size}"
             )
         here = confine(self.root, path, links=False)
-        adds = size - (await asyncio.to_thread(total_size, here) if here.exists() else 0)
+        adds = size - await asyncio.to_thread(_present, here)
         await self.quota.check(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
         if home is not None:
@@ -725,6 +728,21 @@ async def _within(seconds: float, frame: Awaitable[T], what: str) -> T:
             return await frame
     except TimeoutError:
         raise TransferError(f"no {what} came within {seconds:g} s: the copy is stopped") from None
+
+
+def _present(here: Path) -> int:
+    """Bytes at a put's destination, its partial files included (a rerun counts the
+    chunks they hold as held); what is neither a file nor a directory holds none."""
+    total = 0
+    for p in (here, part_of(here)):
+        try:
+            st = p.lstat()
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and p == here:
+            return quota_held(here)
+        total += st.st_size if stat.S_ISREG(st.st_mode) else 0
+    return total
 
 
 def _reason(e: Exception) -> str:

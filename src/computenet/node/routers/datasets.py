@@ -34,7 +34,7 @@ from computenet.model.dataset import (
 from computenet.model.transfer import Direction, TransferRequest
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal, signed_pool
-from computenet.node.errors import Conflict, Forbidden, Invalid, NotFound
+from computenet.node.errors import Conflict, Forbidden, Invalid
 from computenet.node.routers.transfers import home_quota, issue, writable
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as store
@@ -245,13 +245,10 @@ async def staging(
             plan.grant = await issue(node, job.tenant, req)
             plan.discard = discard if discard != plan.keep else None
         return plan
-    if ref.version is not None:
-        try:
-            await node.reading(store.resolve, ref)
-        except NotFound:
-            pass  # a version not yet published: the output may become it
-        else:
-            raise Conflict(f"{ref} exists; versions never change", field="uri")
+    if ref.version is not None:  # one not yet published (nor removed) may become it
+        why = await node.reading(store.taken, ref.name, ref.version)
+        if why is not None:
+            raise Conflict(why, field="uri")
     # A directory of the output's own: two jobs making one version must not meet there.
     local = f"/datasets/{ref.name}/{job.id}.{body.index}"
     await writable(node, signer, local.strip("/"), "uri", whole=True)

@@ -73,7 +73,8 @@ def _removed(conn: Connection, name: str) -> list[str]:
     q = select(datasets.c.version).where(
         datasets.c.name == name, datasets.c.removed_at.is_not(None)
     )
-    return [v for (v,) in conn.execute(q.order_by(datasets.c.removed_at.desc())).all()]
+    found = [v for (v,) in conn.execute(q).all()]
+    return sorted(found, key=lambda v: (not v.isdigit(), -int(v) if v.isdigit() else 0, v))
 
 
 def get(conn: Connection, name: str) -> Dataset:
