@@ -314,6 +314,25 @@ def test_a_version_is_removed_with_every_copy_and_only_by_name(
     assert cnet(net, "dataset", "rm", "corpus-r@2").returncode == 0
 
 
+def test_a_version_that_is_one_file_is_named_after_its_dataset(
+    net: Network, tmp_path: Path
+) -> None:
+    one = tmp_path / "f1.txt"
+    one.write_text("one\n")
+    publish(net, one, "cnet://dataset/onefile", "pool-a")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    got = cnet(net, "cp", "cnet://dataset/onefile", f"{dest}/")
+    assert got.returncode == 0, got.stderr
+    assert [p.name for p in dest.iterdir()] == ["onefile"]
+    assert (dest / "onefile").read_text() == "one\n"
+    b = cpi(net, "pool-b")
+    there = cnet(net, "cp", "cnet://dataset/onefile@1", f"{b}:/singles/")
+    assert there.returncode == 0, there.stderr
+    listed = cnet(net, "ls", "--json", f"{b}:/singles")
+    assert [x.name for x in PoolListing.model_validate_json(listed.stdout).entries] == ["onefile"]
+
+
 def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> None:
     with net.client() as c:
         job = c.wait(

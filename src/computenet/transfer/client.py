@@ -68,6 +68,7 @@ class Options:
     hashes: HashCache | None = None  # a data server's hashes of its own files
     tree_hash: str | None = None  # the tree the source must be: checked before bytes move
     exact: bool = False  # a put whose destination must hold nothing else
+    name: str | None = None  # a single file's name in a destination directory (default: its own)
 
 
 def _expected(options: Options, m: Manifest, where: str) -> None:
@@ -393,7 +394,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         m, counters.left_out = offer.manifest, offer.left_out
         _expected(options, m, f"{grant.ticket.claims.pool}:{grant.path}")
         if m.single:
-            name = grant.path.rstrip("/").rsplit("/", 1)[-1]
+            name = options.name or grant.path.rstrip("/").rsplit("/", 1)[-1]
             target = dest / name if dest.is_dir() else dest
             _replaceable(target)
             finals, dirs = [target], []

@@ -92,7 +92,7 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
     to_pool = d.pool
 
     async def destination(size: int, single: bool) -> TransferGrant:
-        name = s.path.rstrip("/").rsplit("/", 1)[-1]
+        name = options.name or s.path.rstrip("/").rsplit("/", 1)[-1]
         remote = d.path + name if d.path.endswith("/") and single else d.path
         req = TransferRequest(
             pool=to_pool, path=remote, direction=Direction.put, size=size, ttl=ttl
@@ -221,7 +221,10 @@ async def copy_data(
         where, expect = f"{mine.pool}:{mine.path}", v.tree_hash
         if inside:
             where, expect = await _inside(api, v, mine, inside, options or Options())
-        checked = replace(options or Options(), tree_hash=expect)
+        # A version that is one file lies at a path the node chose (``u-…``, ``1``): into
+        # a directory, it is named after its dataset.
+        one = None if inside else v.name
+        checked = replace(options or Options(), tree_hash=expect, name=one)
         result = await copy(where, dst, api.grant, checked)
         if result.tree_hash != expect:
             what = f"{v.uri}/{inside}: the part's" if inside else f"{v.uri}: the copy's"
