@@ -311,6 +311,8 @@ def test_a_version_is_removed_with_every_copy_and_only_by_name(
     assert newer == "cnet://dataset/corpus-r@2"
     both = cnet(net, "dataset", "show", "corpus-r")
     assert "cnet://dataset/corpus-r@2" in both.stdout and "removed: 1 " in both.stdout
+    as_json = json.loads(cnet(net, "dataset", "show", "--json", "corpus-r").stdout)
+    assert [v["version"] for v in as_json["versions"]] == ["2"] and as_json["removed"] == ["1"]
     assert cnet(net, "dataset", "rm", "corpus-r@2").returncode == 0
 
 
@@ -322,8 +324,9 @@ def test_a_version_that_is_one_file_is_named_after_its_dataset(
     publish(net, one, "cnet://dataset/onefile", "pool-a")
     dest = tmp_path / "dest"
     dest.mkdir()
-    got = cnet(net, "cp", "cnet://dataset/onefile", f"{dest}/")
+    got = cnet(net, "cp", "--json", "cnet://dataset/onefile", f"{dest}/")
     assert got.returncode == 0, got.stderr
+    assert json.loads(got.stdout)["destination"] == str(dest / "onefile")
     assert [p.name for p in dest.iterdir()] == ["onefile"]
     assert (dest / "onefile").read_text() == "one\n"
     b = cpi(net, "pool-b")

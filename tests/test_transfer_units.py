@@ -445,12 +445,12 @@ def test_what_a_put_would_replace_counts_its_partial_files(tmp_path: Path) -> No
 
     (tmp_path / "f").write_bytes(b"x" * 10)
     (tmp_path / ".f.cnetpart").write_bytes(b"x" * 5)
-    assert _present(tmp_path / "f") == 15
+    assert _present(tmp_path / "f") == (15, 5)
     (tmp_path / ".g.cnetpart").write_bytes(b"x" * 7)
-    assert _present(tmp_path / "g") == 7  # only the partial file so far
+    assert _present(tmp_path / "g") == (7, 7)  # only the partial file so far
     (tmp_path / "d" / "sub").mkdir(parents=True)
     (tmp_path / "d" / "sub" / "a").write_bytes(b"x" * 3)
     (tmp_path / "d" / "sub" / ".b.cnetpart").write_bytes(b"x" * 4)
-    assert _present(tmp_path / "d") == 7
+    assert _present(tmp_path / "d") == (7, 4)
     os.mkfifo(tmp_path / "p")
-    assert _present(tmp_path / "p") == 0 and _present(tmp_path / "nothing") == 0
+    assert _present(tmp_path / "p") == (0, 0) and _present(tmp_path / "nothing") == (0, 0)

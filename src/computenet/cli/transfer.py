@@ -242,7 +242,9 @@ def dataset_ls(
 @dataset_app.command("show")
 def dataset_show(
     name: Annotated[str, typer.Argument(help="NAME, or cnet://dataset/NAME")],
-    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print as JSON: name, versions, removed")
+    ] = False,
 ) -> None:
     """A dataset's versions and, for each, which pools hold a copy and where."""
     from computenet.model.dataset import SCHEME, DataURIError, parse_dataset, some_versions
@@ -259,8 +261,11 @@ def dataset_show(
             raise CLIError(f"{ref}: that version was removed")
         have = some_versions([v.version for v in d.versions]) or "none"
         raise CLIError(f"{ref}: no such version (it has {have})")
-    if as_json:
-        print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
+    if as_json:  # as GET /v1/datasets/NAME answers, narrowed to the version named
+        shown = d.model_copy(
+            update={"versions": versions, "removed": d.removed if not ref.version else []}
+        )
+        print(shown.model_dump_json(indent=2))
         return
     if not versions:
         out.print(f"{SCHEME}{d.name}: no versions", markup=False)

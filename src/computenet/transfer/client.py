@@ -433,7 +433,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         wire.send(writer, Kind.DONE)
         with contextlib.suppress(Exception):
             await writer.drain()
-        return _result(grant, Direction.get, dest, m, counters, streams, started)
+        return _result(grant, Direction.get, target, m, counters, streams, started)
     finally:
         link.close()
 

@@ -223,7 +223,7 @@ async def copy_data(
             where, expect = await _inside(api, v, mine, inside, options or Options())
         # A version that is one file lies at a path the node chose (``u-…``, ``1``): into
         # a directory, it is named after its dataset.
-        one = None if inside else v.name
+        one = None if inside else s_ref.name  # checked here, as the URI was parsed
         checked = replace(options or Options(), tree_hash=expect, name=one)
         result = await copy(where, dst, api.grant, checked)
         if result.tree_hash != expect:

@@ -50,6 +50,7 @@ from computenet.transfer.paths import (
     RESERVED,
     PathError,
     confine,
+    files_under,
     normalise,
     part_of,
     sweep_fetches,
@@ -57,7 +58,6 @@ from computenet.transfer.paths import (
     within,
 )
 from computenet.transfer.quota import Quota
-from computenet.transfer.quota import held as quota_held
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -555,12 +555,13 @@ class DataServer:
                 f"ticket {t.claims.id} allows {t.claims.max_bytes} bytes; the copy has {size}"
             )
         here = confine(self.root, path, links=False)
-        adds = size - await asyncio.to_thread(_present, here)
+        held, partial = await asyncio.to_thread(_present, here)
+        adds = size - held
         await self.quota.check(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
         if home is not None:
             await home.check(adds, t.claims.home_quota)
-        self._fits_disk(size)
+        self._fits_disk(size - partial)  # what partial files hold is on the disk already
         wire.send_json(writer, Kind.OK, {"size": size})
         await writer.drain()
 
@@ -577,7 +578,6 @@ class DataServer:
             )
         if m.tree_hash != await asyncio.to_thread(tree_hash, m.files, m.dirs):
             raise TransferError("the manifest's tree hash does not match its entries")
-        self._fits_disk(total)
         finals, dirs = await asyncio.to_thread(self._places, path, m)
         await self._keep_out(path, m)
         if frame.exact:
@@ -591,6 +591,7 @@ class DataServer:
             root=self.root.resolve(),
         )
         plan = await asyncio.to_thread(receiver.plan)
+        self._fits_disk(total - receiver.counters.bytes_skipped)  # present chunks take no more
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
@@ -730,19 +731,28 @@ async def _within(seconds: float, frame: Awaitable[T], what: str) -> T:
         raise TransferError(f"no {what} came within {seconds:g} s: the copy is stopped") from None
 
 
-def _present(here: Path) -> int:
+def _present(here: Path) -> tuple[int, int]:
     """Bytes at a put's destination, its partial files included (a rerun counts the
-    chunks they hold as held); what is neither a file nor a directory holds none."""
-    total = 0
-    for p in (here, part_of(here)):
-        try:
-            st = p.lstat()
-        except OSError:
-            continue
-        if stat.S_ISDIR(st.st_mode) and p == here:
-            return quota_held(here)
-        total += st.st_size if stat.S_ISREG(st.st_mode) else 0
-    return total
+    chunks they hold as held), and of those, the partial files' bytes (on the disk
+    already, where a finished file's are freed only once it is replaced). What is neither
+    a file nor a directory holds none."""
+    try:
+        st = here.lstat()
+    except OSError:
+        st = None
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        total = partial = 0
+        for p, found in files_under(here):
+            total += found.st_size
+            partial += found.st_size if p.endswith(PART) else 0
+        return total, partial
+    final = st.st_size if st is not None and stat.S_ISREG(st.st_mode) else 0
+    try:
+        part = part_of(here).lstat()
+        partial = part.st_size if stat.S_ISREG(part.st_mode) else 0
+    except OSError:
+        partial = 0
+    return final + partial, partial
 
 
 def _reason(e: Exception) -> str:
