@@ -55,6 +55,7 @@ from computenet.transfer.paths import (
     confine,
     fetch_area,
     normalise,
+    remove,
     swap_in,
     within,
 )
@@ -132,18 +133,10 @@ def _part(copy: Path, inside: str, uri: str) -> Path:
     return part
 
 
-def _remove(p: Path) -> None:
-    """``p`` and all below it, without following links; nothing where it is missing."""
-    if p.is_dir() and not p.is_symlink():
-        shutil.rmtree(p)
-    elif p.exists() or p.is_symlink():
-        p.unlink()
-
-
 def place(src: Path, dest: Path, tag: str) -> None:
     """Links ``src`` beside ``dest``, then renames it into place: nobody sees half of it."""
     tmp = dest.with_name(f".{dest.name}.{tag}.tmp")
-    _remove(tmp)
+    remove(tmp)
     link_tree(src, tmp)
     swap_in(tmp, dest)
 
@@ -218,7 +211,7 @@ class Stager:
         ):  # what is left of it only takes space: no job fails for it
             async with self._locks[normalise(gone)]:
                 with contextlib.suppress(StagingError, PathError, OSError):
-                    await asyncio.to_thread(lambda: _remove(self._fetch_target(gone)))
+                    await asyncio.to_thread(lambda: remove(self._fetch_target(gone)))
 
     @contextlib.asynccontextmanager
     async def _claimed(self, plan: StagingPlan, keep: Path) -> AsyncIterator[None]:
@@ -246,7 +239,7 @@ class Stager:
         landing.parent.mkdir(parents=True, exist_ok=True)
         result = await client.get(plan.grant, landing, _options(plan.tree_hash))
         if result.tree_hash != plan.tree_hash:
-            await asyncio.to_thread(_remove, landing)
+            await asyncio.to_thread(remove, landing)
             raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
         if not landing.exists():  # an empty tree: nothing landed
             landing.mkdir()
@@ -254,7 +247,7 @@ class Stager:
         # Out of the fetch area first: an agent stopped half way through the swap leaves
         # the old tree under this name, not where the next fetch would resume into.
         tomb = landing.with_name(landing.name + ".old")
-        await asyncio.to_thread(_remove, tomb)
+        await asyncio.to_thread(remove, tomb)
         os.replace(landing, tomb)
         await asyncio.to_thread(swap_in, tomb, keep)
         return result

@@ -254,18 +254,18 @@ def swap_in(new: Path, dest: Path) -> None:
     if _renameat2 is not None:
         a, b = os.fsencode(new), os.fsencode(dest)
         if _renameat2(_AT_FDCWD, a, _AT_FDCWD, b, _RENAME_EXCHANGE) == 0:
-            _remove(new)  # the old tree, under the new one's former name
+            remove(new)  # the old tree, under the new one's former name
             return
         code = ctypes.get_errno()
         if code not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
             raise OSError(code, os.strerror(code), str(dest))
-    if dest.is_dir() and not dest.is_symlink():
-        shutil.rmtree(dest)
+    remove(dest)
     os.replace(new, dest)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
+def remove(p: Path) -> None:
+    """``p`` and all below it, without following links; nothing where it is missing."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
     else:
-        path.unlink(missing_ok=True)
+        p.unlink(missing_ok=True)
