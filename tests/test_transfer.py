@@ -232,6 +232,62 @@ def test_links_and_special_files_left_out_are_counted_both_ways(
     )
 
 
+def extents(path: Path) -> list[tuple[int, int]]:
+    """Where ``path`` holds data, by the filesystem: what lies outside reads as zeros."""
+    out, fd = [], os.open(path, os.O_RDONLY)
+    try:
+        size, at = os.fstat(fd).st_size, 0
+        while at < size:
+            try:
+                start = os.lseek(fd, at, os.SEEK_DATA)
+            except OSError:
+                break  # only holes from here to the end
+            at = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, at))
+    finally:
+        os.close(fd)
+    return out
+
+
+def same_sparse(src: Path, dst: Path, most: int) -> None:
+    """Bit for bit without reading gigabytes of zeros: where either holds data, the bytes
+    agree; everywhere else both are holes. ``dst`` holds at most ``most`` bytes of data."""
+    assert dst.stat().st_size == src.stat().st_size
+    held = extents(dst)
+    assert sum(b - a for a, b in held) <= most, held
+    assert dst.stat().st_blocks * 512 <= most + (1 << 20)
+    with src.open("rb") as a, dst.open("rb") as b:
+        for start, end in sorted(set(held) | set(extents(src))):
+            a.seek(start), b.seek(start)
+            assert a.read(end - start) == b.read(end - start), (start, end)
+
+
+def test_a_sparse_file_moves_only_its_data_and_lands_sparse(
+    shared: Network, pool: str, beta: str, tmp_path: Path
+) -> None:
+    src = tmp_path / "disk.img"
+    with src.open("wb") as f:  # 16 GiB and 123 bytes, of which 3 chunks hold data
+        f.write(os.urandom(3 * CHUNK // 2))
+        f.seek(2 * CHUNK)
+        f.write(bytes(CHUNK))  # zeros written out are zeros all the same
+        f.seek(10 << 30)
+        f.write(os.urandom(CHUNK))
+        f.truncate((16 << 30) + 123)
+    chunks = ((16 << 30) + 123) // CHUNK + 1
+    holes = (chunks - 4) * CHUNK  # data, data, data, ..., a short zero chunk at the end
+    up = result(cp(shared, str(src), f"{pool}:/sparse/disk.img"))
+    assert up.counters.bytes_holes == holes and up.counters.chunks == 4
+    assert up.counters.bytes == 3 * CHUNK + 123
+    same_sparse(src, root_of(shared) / "sparse" / "disk.img", 3 * CHUNK + 4096)
+    across = result(cp(shared, f"{pool}:/sparse/disk.img", f"{beta}:/disk.img"))
+    assert across.counters.bytes_holes == holes
+    same_sparse(src, root_of(shared, "beta") / "disk.img", 3 * CHUNK + 4096)
+    back = cli(shared, "cp", f"{beta}:/disk.img", str(tmp_path / "back.img"))
+    assert back.returncode == 0, back.stderr
+    assert "16.0 GiB of zeros left as holes" in back.stdout, back.stdout
+    same_sparse(src, tmp_path / "back.img", 3 * CHUNK + 4096)
+
+
 def test_pool_to_pool_goes_directly_between_the_agents(
     shared: Network, pool: str, beta: str, tmp_path: Path
 ) -> None:

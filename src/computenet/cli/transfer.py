@@ -128,6 +128,7 @@ def cp(
         f"({k.files_skipped} unchanged), {format_bytes(k.bytes)} moved in {r.seconds:.2f}s "
         f"({rate}, {_many(r.streams, 'stream')}); {k.chunks_present} chunks already there, "
         f"{k.retries} retries, {k.faults} faults"
+        + (f"; {format_bytes(k.bytes_holes)} of zeros left as holes" if k.bytes_holes else "")
     )
     if r.replica_of is not None:
         err.print(

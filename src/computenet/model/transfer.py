@@ -155,6 +155,9 @@ class ManifestFrame(Model):
 class TransferCounters(Model):
     bytes: int = Field(default=0, description="payload bytes moved")
     bytes_skipped: int = Field(default=0, description="already at the destination")
+    bytes_holes: int = Field(
+        default=0, description="all-zero chunks of new files: left as holes, not sent"
+    )
     files: int = Field(default=0, description="files written")
     files_skipped: int = 0
     chunks: int = Field(default=0, description="chunks moved (and verified)")

@@ -326,13 +326,14 @@ async def _send(
         counters.bytes_skipped = int(plan.get("present_bytes", 0)) + sum(
             m.files[i].size for i in skipped
         )
+        counters.bytes_holes = int(plan.get("holes", 0))
         w = options.watcher
         packed = options.compress
         if packed is None:
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
         sender = Sender(m, src.paths, plan["need"], counters, _advance(w), options.faults, packed)
         if w is not None:
-            w.start(m.total_bytes - counters.bytes_skipped)
+            w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)
         streams = 0
         if sender.remaining:
             todo = [sender.length(f, c) for f, c in sender.pending]
@@ -413,7 +414,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             try:
                 plan = await sockets.in_thread(receiver.plan)
                 if w is not None:
-                    w.start(m.total_bytes - counters.bytes_skipped)
+                    w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)
                 wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
                 await writer.drain()
                 await wire.expect(reader, Kind.OK)

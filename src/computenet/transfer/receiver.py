@@ -22,7 +22,7 @@ from pathlib import Path
 from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, TransferCounters
 from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
-from computenet.transfer.manifest import digest, digest_at, hash_chunks
+from computenet.transfer.manifest import digest, digest_at, hash_chunks, zeros_digest
 from computenet.transfer.paths import PART, held, open_part, part_of, reserve
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
@@ -39,6 +39,7 @@ class Plan:
     skip: list[int]
     present: int = 0
     present_bytes: int = 0
+    holes: int = 0  # bytes of all-zero chunks left as holes rather than sent
     replaced: int = 0  # bytes of the files at the destination that the copy replaces
 
     def wire(self) -> dict[str, object]:
@@ -47,6 +48,7 @@ class Plan:
             "skip": self.skip,
             "present": self.present,
             "present_bytes": self.present_bytes,
+            "holes": self.holes,
         }
 
 
@@ -91,6 +93,7 @@ class Receiver:
         self._writing: dict[int, threading.Lock] = {}
         self._stamped: set[int] = set()  # files given their mode and times as they finished
         self._resumed: set[int] = set()  # files with a partial file from an earlier run
+        self._sparse: set[int] = set()  # files whose all-zero chunks are left as holes
         self._made: set[Path] = set()  # directories this copy made for its partial files
         self._arrived = 0
 
@@ -104,6 +107,7 @@ class Receiver:
         listed once rather than each name looked up twice. Nothing is written yet:
         directories are made as the first chunk of a file in them lands."""
         chunk = self.manifest.chunk_size
+        zeros = zeros_digest(chunk)
         plan = Plan([], [])
         listings: dict[Path, dict[str, os.DirEntry[str]]] = {}
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
@@ -133,13 +137,19 @@ class Receiver:
             have = set() if part is None else self._resumable(Path(part.path), e, final)
             if part is not None:
                 self._resumed.add(i)
-            need = [j for j in range(len(e.chunks)) if j not in have]
+                need = [j for j in range(len(e.chunks)) if j not in have]
+            else:  # a new file's all-zero chunks read as zeros where nothing is written
+                need = [j for j, h in enumerate(e.chunks) if h != zeros]
+                if len(need) < len(e.chunks):
+                    self._sparse.add(i)
+                    plan.holes += (len(e.chunks) - len(need)) * chunk
             plan.need.append(need)
             self._left[i] = set(need)
             plan.present += len(have)
             plan.present_bytes += sum(min(chunk, e.size - j * chunk) for j in have)
         self.counters.chunks_present += plan.present
         self.counters.bytes_skipped += plan.present_bytes
+        self.counters.bytes_holes += plan.holes
         return plan
 
     def _shown(self, p: Path) -> str:
@@ -159,9 +169,9 @@ class Receiver:
             return set()  # opening it (O_NOFOLLOW) refuses it later
         fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         os.close(self._hold(fd, final))  # refused now, not once bytes flow
-        got = hash_chunks(part, min(st.st_size, e.size), self.manifest.chunk_size)
-        if st.st_size > e.size:
+        if st.st_size != e.size:  # what lies past its end reads as zeros, as it will
             os.truncate(part, e.size)
+        got = hash_chunks(part, e.size, self.manifest.chunk_size)
         return {j for j, h in enumerate(got) if h == e.chunks[j]}
 
     def accept(
@@ -228,6 +238,8 @@ class Receiver:
                 fd = self._fds[f] = self._hold(_open_part(final, self._made), final)
                 if f in self._resumed:  # it may hold an earlier run's mode: private again
                     os.fchmod(fd, 0o600)
+                if f in self._sparse:
+                    os.ftruncate(fd, self.manifest.files[f].size)
             self._busy.add((f, c))
             return fd
 
@@ -459,8 +471,12 @@ class Receiver:
                 continue
             part = part_of(final)
             if i not in self._stamped:  # empty, resumed whole, or not writable by its owner
-                if not e.chunks:
-                    os.close(_open_part(final))
+                if not e.chunks or i in self._sparse:  # it may be all hole, never opened
+                    fd = _open_part(final)
+                    try:
+                        os.ftruncate(fd, e.size)
+                    finally:
+                        os.close(fd)
                 os.chmod(part, e.mode & MODE_BITS)
                 os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
             try:

@@ -591,7 +591,8 @@ class DataServer:
             root=self.root.resolve(),
         )
         plan = await asyncio.to_thread(receiver.plan)
-        self._fits_disk(total - receiver.counters.bytes_skipped)  # present chunks take no more
+        k = receiver.counters  # present chunks take no more disk, nor holes any
+        self._fits_disk(total - k.bytes_skipped - k.bytes_holes)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
