@@ -220,6 +220,13 @@ def test_a_path_inside_a_version_is_copied_and_checked_against_the_version(
 
     nope = cnet(net, "cp", "cnet://dataset/corpus-p@1/nope", str(tmp_path / "nope"))
     assert nope.returncode == 1 and "no such file or directory in the version" in nope.stderr
+    gone = cnet(net, "ls", "cnet://dataset/corpus-p@1/sub/nope")
+    assert gone.returncode == 1
+    assert gone.stderr.strip() == (  # named as the user named it, not by its copy's path
+        "error: cnet://dataset/corpus-p@1/sub/nope: no such file or directory in the version"
+    )
+    blank = cnet(net, "cp", str(src), "cnet://dataset//sub")
+    assert blank.returncode == 1 and "a dataset name is 1 to 63 of" in blank.stderr
     up = cnet(net, "cp", "cnet://dataset/corpus-p@1/../x", str(tmp_path / "up"))
     assert up.returncode == 1 and "'..' is not allowed" in up.stderr
     r = httpx.post(

@@ -60,15 +60,16 @@ class PoolRef:
 def parse_dataset(text: str) -> DatasetRef:
     if not text.startswith(SCHEME):
         raise DataURIError(f"{text!r}: a dataset is cnet://dataset/NAME[@VERSION]")
-    if "/" in text[len(SCHEME) :]:
-        raise DataURIError(
-            f"{text!r}: a path inside a dataset is only read (by cnet ls, cnet cp and a "
-            "job's inputs); here name the dataset, cnet://dataset/NAME[@VERSION]"
-        )
-    name, at, version = text[len(SCHEME) :].partition("@")
+    head, slash, _ = text[len(SCHEME) :].partition("/")
+    name, at, version = head.partition("@")
     if not NAME_RE.match(name):
         raise DataURIError(
             f"{text!r}: a dataset name is 1 to 63 of a-z 0-9 . _ -, starting with a letter or digit"
+        )
+    if slash:
+        raise DataURIError(
+            f"{text!r}: a path inside a dataset is only read (by cnet ls, cnet cp and a "
+            "job's inputs); here name the dataset, cnet://dataset/NAME[@VERSION]"
         )
     if at and not VERSION_RE.match(version):
         raise DataURIError(

@@ -30,7 +30,7 @@ from computenet.model.transfer import (
 from computenet.transfer import client
 from computenet.transfer.copy import Api, dataset_part, location, online_replicas
 from computenet.transfer.paths import PART, RESERVED, normalise, open_dir, parent_of
-from computenet.transfer.wire import TransferError
+from computenet.transfer.wire import Refused, TransferError
 
 
 def kind_of(mode: int) -> EntryKind:
@@ -131,10 +131,12 @@ async def ls(
     listed where one of its copies is) holds. With ``limit`` one page comes back, whose
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
     part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
+    named = None  # what a refusal names: the path in the version, not in its copy
     if part is not None:
         ref, inside = part
-        _, held = await online_replicas(api, ref)
+        v, held = await online_replicas(api, ref)
         target = f"{held[0].pool}:{held[0].path.rstrip('/')}" + (f"/{inside}" if inside else "")
+        named = f"{v.uri}/{inside}" if inside else v.uri
     spot = location(target)
     if spot.pool is None:
         raise TransferError(
@@ -145,7 +147,14 @@ async def ls(
         TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
     )
     query = ListQuery(after=after, limit=limit or LIST_PAGE)
-    listing = await _ask(grant, query, tls)
+    try:
+        listing = await _ask(grant, query, tls)
+    except Refused as e:
+        shown = "/" + normalise(spot.path) + ":"
+        if named is None or not str(e).startswith(shown):
+            raise
+        why = str(e)[len(shown) :].replace(" in the pool", " in the version")
+        raise Refused(named + ":" + why) from None
     while limit is None and listing.next is not None:
         query = ListQuery(after=listing.next, limit=LIST_PAGE)
         more = await _ask(grant, query, tls)
