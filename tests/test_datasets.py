@@ -22,7 +22,7 @@ from computenet.model import JobSpec, JobState, PoolListing
 from computenet.model.dataset import DatasetRef, DatasetRemoval, parse_data_uri
 from computenet.model.transfer import TransferGrant, TransferResult
 from computenet.node.sched.framework import Context, JobView, PoolView
-from computenet.node.sched.scores.locality import DataLocality
+from computenet.node.sched.scores.locality import DEFAULT_RATE, DataLocality
 from computenet.sdk import ApiError
 from computenet.transfer import client as transfer_client
 from computenet.transfer.faults import ENV as FAULTS
@@ -106,8 +106,9 @@ def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
     assert [p.read_text() for p in copy.rglob("a.txt")] == ["alpha a\n"]
     with net.client() as c:
         plan = c.plan(command=["true"], inputs=[{"uri": "cnet://dataset/corpus-a", "path": "x"}])
-    moved = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
-    assert moved["pool-a"] == 0 and moved["pool-b"] == len("alpha a\n") + 256 * 4096
+    seconds = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
+    size = len("alpha a\n") + 256 * 4096  # over a link nothing has crossed yet
+    assert seconds["pool-a"] == 0 and seconds["pool-b"] == round(size / DEFAULT_RATE, 4)
     assert plan.choice is not None and plan.choice.endswith("/pool-a")
     # The same, with the data only in the pool that registered second (and so loses ties).
     publish(net, corpus(tmp_path, "b"), "cnet://dataset/corpus-b@v2", "pool-b")
@@ -144,6 +145,7 @@ def test_a_job_input_names_a_path_inside_a_version(net: Network, tmp_path: Path)
     ]
     read = ["sh", "-c", "cat one.txt && ls part && wc -c < part/b.bin"]
     with net.client() as c:
+        measured = {(k.source, k.destination): k.rate for k in c.links()}
         plan = c.plan(command=["true"], inputs=inputs)
         job = c.submit(command=read, inputs=inputs, pool=cpi(net, "pool-b"))
         pinned = ["cnet://dataset/corpus-q@1/a.txt", "cnet://dataset/corpus-q@1/sub"]
@@ -155,8 +157,10 @@ def test_a_job_input_names_a_path_inside_a_version(net: Network, tmp_path: Path)
             command=["true"], inputs=[{"uri": "cnet://dataset/corpus-q@1/sub/nope", "path": "x"}]
         )
         missing = c.wait(missing.id, timeout=60)
-    moved = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
-    assert moved["pool-a"] == 0 and moved["pool-b"] == v.total_bytes  # the whole version
+    rate = measured.get((cpi(net, "pool-a"), cpi(net, "pool-b")), DEFAULT_RATE)
+    seconds = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
+    assert seconds["pool-a"] == 0
+    assert seconds["pool-b"] == round(v.total_bytes / rate, 4)  # the whole version
     assert job.state is JobState.COMPLETE, job.reason
     assert out.split() == ["alpha", "q", "b.bin", str(256 * 4096)]
     kept = net.home / "agents" / "pool-b" / "data" / "datasets" / "corpus-q" / "1"
@@ -429,10 +433,11 @@ def test_the_dataset_list_comes_in_pages_by_name(net: Network) -> None:
         assert {(v.name, v.version) for v in c.datasets()} >= set(seen)
 
 
-def test_locality_counts_bytes_that_would_move() -> None:
+def test_locality_counts_the_seconds_the_bytes_would_take() -> None:
     spec = JobSpec(command=["true"], inputs=[{"uri": "cnet://dataset/d@1", "path": "d"}])
-    held = {"cnet://dataset/d@1": (5000, frozenset({"cpi:x:p/a"}))}
-    ctx = Context(data=held.get)
+    held = {"cnet://dataset/d@1": (5 << 20, frozenset({"cpi:x:p/a", "cpi:x:p/e"}))}
+    measured = {("cpi:x:p/a", "cpi:x:p/c"): 1e6, ("cpi:x:p/e", "cpi:x:p/c"): 4e6}
+    ctx = Context(data=held.get, link_rate=lambda s, d: measured.get((s, d)))
     job = JobView("j-1", "t", None, None, 0, 0.0, inputs=tuple(i.uri for i in spec.inputs))  # type: ignore[arg-type]
     score = DataLocality()
 
@@ -440,8 +445,50 @@ def test_locality_counts_bytes_that_would_move() -> None:
         return PoolView(f"cpi:x:p/{name}", "", {}, None, None, 0)  # type: ignore[arg-type]
 
     assert score.raw(job, pool("a"), ctx) == 0.0
-    assert score.raw(job, pool("b"), ctx) == 5000.0
+    assert score.raw(job, pool("b"), ctx) == (5 << 20) / DEFAULT_RATE  # not measured
+    assert score.raw(job, pool("c"), ctx) == (5 << 20) / 4e6  # the faster of two copies
     assert isinstance(parse_data_uri("cnet://dataset/d@1"), DatasetRef)
+
+
+def test_a_link_measured_slow_loses_the_job_to_one_measured_fast(
+    net: Network, tmp_path: Path
+) -> None:
+    """Two equal pools in one region, neither holding the input: the one whose fetches
+    from the copy proved faster runs the job, though the other registered first and so
+    would win the tie. The slow link is made slow for real, by that agent's own cap."""
+
+    def config(name: str, region: str, cpus: int) -> Path:
+        machine = {"name": name, "cpus": cpus, "memory_bytes": "4G", "devices": []}
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"pool": name, "region": region, "machines": [machine]}))
+        return path
+
+    net.start_agent("store-s", "--config", str(config("store-s", "eu-north", 1)))
+    net.start_agent("slow-c", "--config", str(config("slow-c", "eu-west", 2)), "--fetch-rate", "4M")
+    net.start_agent("fast-d", "--config", str(config("fast-d", "eu-west", 2)))
+    for tag in ("c", "d", "y"):  # each only in store-s: every fetch crosses a link from it
+        data = tmp_path / f"link-{tag}"
+        data.mkdir()
+        (data / "blob").write_bytes(os.urandom(12 << 20))
+        publish(net, data, f"cnet://dataset/link-{tag}", "store-s")
+    s, c, d = cpi(net, "store-s"), cpi(net, "slow-c"), cpi(net, "fast-d")
+    for pool, tag in ((c, "c"), (d, "d")):
+        inputs = [{"uri": f"cnet://dataset/link-{tag}", "path": "in"}]
+        where, _ = run(net, command=["true"], inputs=inputs, pool=pool)
+        assert cpi(net, where) == pool
+    with net.client() as cl:
+        rates = {(k.source, k.destination): k for k in cl.links()}
+    assert rates[(s, c)].samples == 1 and rates[(s, c)].rate <= 4.4e6  # the cap held
+    assert rates[(s, d)].rate > 2 * rates[(s, c)].rate
+    y = [{"uri": "cnet://dataset/link-y", "path": "in"}]
+    with net.client() as cl:
+        plan = cl.plan(command=["true"], inputs=y, regions=["eu-west"])
+    seconds = {p.pool: p.raw["locality"] for p in plan.candidates}
+    assert seconds[c] > seconds[d] > 0, seconds
+    where, _ = run(net, command=["true"], inputs=y, regions=["eu-west"])
+    assert where == "fast-d"
+    bad = net.cnet("agent", "run", "--node", net.url, "--token", "x", "--fetch-rate", "fast")
+    assert bad.returncode == 2 and "--fetch-rate: invalid size 'fast'" in bad.stderr
 
 
 def test_a_job_canceled_while_staging_ends_canceled(net: Network, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -286,6 +287,27 @@ def test_a_sparse_file_moves_only_its_data_and_lands_sparse(
     assert back.returncode == 0, back.stderr
     assert "16.0 GiB of zeros left as holes" in back.stdout, back.stdout
     same_sparse(src, tmp_path / "back.img", 3 * CHUNK + 4096)
+
+
+def test_a_sparse_file_larger_than_the_free_disk_is_let_in(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    """Its holes take no disk at the destination either: neither the question asked
+    before hashing nor the put's own check counts them."""
+    size = shutil.disk_usage(root_of(shared)).free + (64 << 30)
+    if size >= 1 << 40:
+        pytest.skip(f"the disk has {size >> 30} GiB free: more than one copy may move (1 TiB)")
+    src = tmp_path / "huge.img"
+    with src.open("wb") as f:
+        f.write(os.urandom(CHUNK))
+        f.truncate(size)
+    dst = root_of(shared) / "sparse" / "huge.img"
+    try:
+        r = result(cp(shared, str(src), f"{pool}:/sparse/huge.img", timeout=300))
+        assert r.counters.bytes == CHUNK + size % CHUNK
+        same_sparse(src, dst, 2 * CHUNK)
+    finally:
+        dst.unlink(missing_ok=True)
 
 
 def test_pool_to_pool_goes_directly_between_the_agents(

@@ -14,13 +14,26 @@ from pydantic import ValidationError
 
 from computenet.ident.keys import KeyPair
 from computenet.model import Direction, TicketClaims
-from computenet.model.transfer import DataEndpoint, ManifestFrame, SyncLevel
+from computenet.model.transfer import (
+    DataEndpoint,
+    Manifest,
+    ManifestEntry,
+    ManifestFrame,
+    SyncLevel,
+)
 from computenet.transfer import compress, hashes, quota, records, wire
 from computenet.transfer import ticket as tickets
 from computenet.transfer.client import wants_tls
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
-from computenet.transfer.manifest import build, hash_chunks, subtree, total_size, tree_hash
+from computenet.transfer.manifest import (
+    build,
+    digest,
+    hash_chunks,
+    subtree,
+    total_size,
+    tree_hash,
+)
 from computenet.transfer.paths import (
     PathError,
     confine,
@@ -454,3 +467,36 @@ def test_what_a_put_would_replace_counts_its_partial_files(tmp_path: Path) -> No
     assert _present(tmp_path / "d") == (7, 4)
     os.mkfifo(tmp_path / "p")
     assert _present(tmp_path / "p") == (0, 0) and _present(tmp_path / "nothing") == (0, 0)
+
+
+def _manifest_of(data: bytes, chunk: int) -> Manifest:
+    chunks = [digest(data[i : i + chunk]) for i in range(0, len(data), chunk)]
+    e = ManifestEntry(path="", size=len(data), chunks=chunks)
+    return Manifest(chunk_size=chunk, files=[e], dirs=[], tree_hash=tree_hash([e], []))
+
+
+def test_a_partial_file_another_copy_left_after_the_plan_lends_no_bytes(tmp_path: Path) -> None:
+    """B plans while there is no partial file, so its zero chunk is to be a hole; copy A,
+    of other data into the same place, then writes a chunk and goes away. B's file must
+    hold B's bytes, zeros where its holes are, and none of A's."""
+    chunk, final = 1 << 20, tmp_path / "f"
+    theirs = os.urandom(2 * chunk)
+    ours = bytes(chunk) + os.urandom(chunk) + bytes(chunk)
+    b = Receiver(_manifest_of(ours, chunk), [final], [])
+    plan = b.plan()
+    assert plan.need == [[1]] and plan.holes == 2 * chunk
+    a = Receiver(_manifest_of(theirs, chunk), [final], [])
+    a.plan()
+    a.accept(0, 0, theirs[:chunk])
+    a.close()
+    b.accept(0, 1, ours[chunk : 2 * chunk])
+    b.commit()
+    assert final.read_bytes() == ours
+    empty = Receiver(_manifest_of(bytes(3 * chunk), chunk), [tmp_path / "z"], [])
+    assert empty.plan().need == [[]]
+    c = Receiver(_manifest_of(theirs, chunk), [tmp_path / "z"], [])
+    c.plan()
+    c.accept(0, 1, theirs[chunk:])  # left by a copy gone now
+    c.close()
+    empty.commit()  # nothing was written to it: it is all hole
+    assert (tmp_path / "z").read_bytes() == bytes(3 * chunk)

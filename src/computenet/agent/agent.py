@@ -90,6 +90,7 @@ class AgentConfig:
     data_tls: bool = False  # advise clients to use TLS (they may anyway)
     data_quota: int | None = None  # bytes the data root may hold; None: no cap
     part_days: float = 7.0  # unfinished copies' partial files are removed after this
+    fetch_rate: int | None = None  # bytes a second staging may fetch at; None: no cap
 
 
 class Backoff:
@@ -157,7 +158,9 @@ class Agent:
             part_days=cfg.part_days,
             copies=self.link.copies,
         )
-        self.stager = Stager(self.link, data_root, self.data.home_quota, self.data.quota)
+        self.stager = Stager(
+            self.link, data_root, self.data.home_quota, self.data.quota, cfg.fetch_rate
+        )
 
     # --- lifecycle ----------------------------------------------------------------------
 

@@ -42,13 +42,14 @@ from computenet.model.dataset import (
     parse_data_uri,
     split_input,
 )
-from computenet.model.transfer import TransferResult
+from computenet.model.transfer import LinkSample, TransferResult
 from computenet.sdk.client import ApiError
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, build, total_size
+from computenet.transfer.pace import Pace
 from computenet.transfer.paths import (
     PART,
     PathError,
@@ -86,9 +87,9 @@ def _failing(what: str) -> Iterator[None]:
 HomeAccounts = Callable[[str, int | None, str], Quota | None]
 
 
-def _options(tree_hash: str | None = None) -> Options:
+def _options(tree_hash: str | None = None, pace: Pace | None = None) -> Options:
     # The agent never breaks its own copies on purpose.
-    return Options(faults=Faults(), tree_hash=tree_hash)
+    return Options(faults=Faults(), tree_hash=tree_hash, pace=pace)
 
 
 def link_tree(src: Path, dest: Path, frozen: bool = False) -> None:
@@ -148,8 +149,10 @@ class Stager:
         data_root: Path,
         homes: HomeAccounts | None = None,
         quota: Quota | None = None,
+        fetch_rate: int | None = None,
     ) -> None:
         self.link = link
+        self._pace = None if fetch_rate is None else Pace(fetch_rate)  # shared by every fetch
         self.root = data_root
         self._homes = homes  # the data server's accounts of tenants' home quotas
         self._quota = quota  # and of the pool's data quota: staging is held to both
@@ -191,7 +194,7 @@ class Stager:
         assert plan.grant is not None
         if plan.keep is None:  # a pool path elsewhere: straight into the working directory
             dest.parent.mkdir(parents=True, exist_ok=True)
-            await client.get(plan.grant, dest, _options())
+            await client.get(plan.grant, dest, _options(pace=self._pace))
             return
         async with self._locks[normalise(plan.keep)]:
             keep = await asyncio.to_thread(self._fetch_target, plan.keep)
@@ -200,8 +203,20 @@ class Stager:
                 async with self._claimed(plan, keep):
                     result = await self._fetch(plan, keep)
                 files = result.counters.files + result.counters.files_skipped
+                moved = LinkSample(
+                    source=plan.grant.ticket.claims.pool,
+                    bytes=result.counters.bytes,
+                    seconds=max(result.seconds, 1e-6),
+                )
                 await self._landed(
-                    task, "input", index, plan.keep, result.tree_hash, result.total_bytes, files
+                    task,
+                    "input",
+                    index,
+                    plan.keep,
+                    result.tree_hash,
+                    result.total_bytes,
+                    files,
+                    moved,
                 )
             await asyncio.to_thread(link_tree, _part(keep, inside, plan.uri), dest, True)
         gone = plan.discard
@@ -237,7 +252,7 @@ class Stager:
         assert plan.grant is not None and plan.keep is not None
         landing = fetch_area(self.root, plan.keep)
         landing.parent.mkdir(parents=True, exist_ok=True)
-        result = await client.get(plan.grant, landing, _options(plan.tree_hash))
+        result = await client.get(plan.grant, landing, _options(plan.tree_hash, self._pace))
         if result.tree_hash != plan.tree_hash:
             await asyncio.to_thread(remove, landing)
             raise StagingError(f"the copy's tree hash is not {plan.uri}'s: refused")
@@ -282,6 +297,7 @@ class Stager:
         tree_hash: str,
         total_bytes: int,
         files: int,
+        moved: LinkSample | None = None,
     ) -> None:
         await self.link.landed(
             StagingLanded(
@@ -293,6 +309,7 @@ class Stager:
                 tree_hash=tree_hash,
                 total_bytes=total_bytes,
                 files=files,
+                moved=moved,
             )
         )
 

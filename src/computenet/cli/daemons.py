@@ -127,6 +127,13 @@ def agent_run(
         float,
         typer.Option(help="days an unfinished copy's partial files are kept for it to resume"),
     ] = 7.0,
+    fetch_rate: Annotated[
+        str | None,
+        typer.Option(
+            help="the most bytes a second fetching jobs' inputs into this pool may take, "
+            "e.g. 100M: the rest of the network is left to the jobs"
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning")] = "info",
 ) -> None:
     """Front a pool (this machine, or a Ray or Slurm cluster): register, heartbeat, run work."""
@@ -154,6 +161,12 @@ def agent_run(
         raise CLIError(f"--data-quota: {e}", 2) from None
     if not part_days > 0:
         raise CLIError(f"--part-days: {part_days:g} is not a number of days above 0", 2)
+    try:
+        rate = None if fetch_rate is None else int(parse_memory(fetch_rate))
+    except ValueError as e:
+        raise CLIError(f"--fetch-rate: {e}", 2) from None
+    if rate is not None and rate < 1 << 16:
+        raise CLIError(f"--fetch-rate: {fetch_rate} is under 64 KiB a second", 2)
     cfg = AgentConfig(
         node_url=node,
         token=token,
@@ -177,6 +190,7 @@ def agent_run(
         data_tls=data_tls,
         data_quota=quota,
         part_days=part_days,
+        fetch_rate=rate,
     )
 
     async def main() -> None:

@@ -24,7 +24,7 @@ from pydantic import AfterValidator, Field
 
 from computenet.ident.cpi import CPIError, CPIStr, parse
 from computenet.model.common import Model
-from computenet.model.transfer import Hex32, Removal, TransferGrant
+from computenet.model.transfer import Hex32, LinkSample, Removal, TransferGrant
 
 SCHEME = "cnet://dataset/"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
@@ -302,3 +302,6 @@ class StagingLanded(Model):
     tree_hash: Hex32
     total_bytes: Annotated[int, Field(ge=0)]
     files: Annotated[int, Field(ge=0)]
+    moved: LinkSample | None = Field(
+        default=None, description="an input fetched from another pool: what the fetch measured"
+    )

@@ -241,3 +241,22 @@ class Removal(Model):
     kind: EntryKind
     files: int = Field(ge=0, description="files and links removed")
     bytes: int = Field(ge=0, description="their bytes")
+
+
+class LinkSample(Model):
+    """What one fetch from another pool measured, as the fetching agent reports it: the
+    node learns the links between its pools from the copies that cross them."""
+
+    source: CPIStr = Field(description="the pool the bytes came from")
+    bytes: Annotated[int, Field(ge=0, le=1 << 50, description="payload bytes moved")]
+    seconds: Annotated[float, Field(gt=0, le=7 * 86400)]
+
+
+class Link(Model):
+    """A link between two pools, as the node has measured it."""
+
+    source: CPIStr
+    destination: CPIStr
+    rate: float = Field(description="bytes a second, a moving average of the samples")
+    samples: int
+    updated_at: float

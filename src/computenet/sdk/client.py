@@ -52,6 +52,7 @@ from computenet.model.federation import Invite, InviteCreate, Resolution, TreeVi
 from computenet.model.job import MAX_BATCH
 from computenet.model.plan import Plan
 from computenet.model.transfer import (
+    Link,
     PoolListing,
     Removal,
     SyncLevel,
@@ -261,6 +262,10 @@ class _Calls:
     @staticmethod
     def pools() -> _Call:
         return _Call("GET", "/v1/pools", model=list[Pool])
+
+    @staticmethod
+    def links() -> _Call:
+        return _Call("GET", "/v1/links", model=list[Link])
 
     @staticmethod
     def pool(cpi: str) -> _Call:
@@ -496,6 +501,11 @@ class Client:
 
     def pool(self, cpi: str) -> Pool:
         out: Pool = self._do(_Calls.pool(cpi))
+        return out
+
+    def links(self) -> builtins.list[Link]:
+        """The links between pools as the node has measured them (see docs/datasets.md)."""
+        out: builtins.list[Link] = self._do(_Calls.links())
         return out
 
     def calibrate(self, pool: str) -> CalibrationRequest:
@@ -778,6 +788,10 @@ class AsyncClient:
 
     async def pool(self, cpi: str) -> Pool:
         out: Pool = await self._do(_Calls.pool(cpi))
+        return out
+
+    async def links(self) -> builtins.list[Link]:
+        out: builtins.list[Link] = await self._do(_Calls.links())
         return out
 
     async def calibrate(self, pool: str) -> CalibrationRequest:

@@ -32,7 +32,8 @@ from computenet.model.transfer import (
 from computenet.transfer import compress, sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
-from computenet.transfer.manifest import CHUNK, Source, build, total_size
+from computenet.transfer.manifest import CHUNK, Source, build, sizes
+from computenet.transfer.pace import Pace
 from computenet.transfer.paths import PART, confine, exclusive
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
@@ -69,6 +70,7 @@ class Options:
     tree_hash: str | None = None  # the tree the source must be: checked before bytes move
     exact: bool = False  # a put whose destination must hold nothing else
     name: str | None = None  # a single file's name in a destination directory (default: its own)
+    pace: Pace | None = None  # a get takes data in no faster than this; None: as fast as it can
 
 
 def _expected(options: Options, m: Manifest, where: str) -> None:
@@ -279,9 +281,9 @@ async def _put(grant: TransferGrant, source: Path, options: Options, where: str)
     if source.is_symlink():  # named itself, a link is followed, as cp follows one
         source = source.resolve()
     if grant.ticket.claims.max_bytes >= ASK_ROOM:  # refused now, not after minutes of hashing
-        size = await asyncio.to_thread(total_size, source)
-        if size >= ASK_ROOM:
-            await ask(grant, "room", {"size": size}, options.tls)
+        size, disk = await asyncio.to_thread(sizes, source)
+        if size >= ASK_ROOM:  # the disk it needs leaves out holes, which the copy keeps
+            await ask(grant, "room", {"size": size, "disk": disk}, options.tls)
     # On a thread of its own: Ctrl-C does not wait for a large source to be hashed.
     src = await sockets.in_thread(build, source, options.chunk_size, options.hashes)
     try:
@@ -408,7 +410,15 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         lock.parent.mkdir(parents=True, exist_ok=True)
         w = options.watcher
         receiver = Receiver(
-            m, finals, dirs, options.sync, counters, _advance(w), options.faults, options.verify
+            m,
+            finals,
+            dirs,
+            options.sync,
+            counters,
+            _advance(w),
+            options.faults,
+            options.verify,
+            pace=options.pace,
         )
         with exclusive(lock, str(target)):
             try:

@@ -131,12 +131,12 @@ async def ls(
     listed where one of its copies is) holds. With ``limit`` one page comes back, whose
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
     part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
-    named = None  # what a refusal names: the path in the version, not in its copy
+    named = None  # what a refusal of a path in a version names: that, not its copy's path
     if part is not None:
         ref, inside = part
         v, held = await online_replicas(api, ref)
         target = f"{held[0].pool}:{held[0].path.rstrip('/')}" + (f"/{inside}" if inside else "")
-        named = f"{v.uri}/{inside}" if inside else v.uri
+        named = f"{v.uri}/{inside}" if inside else None
     spot = location(target)
     if spot.pool is None:
         raise TransferError(

@@ -55,17 +55,19 @@ def hash_fd(fd: int, size: int, chunk: int, limit: int | None = None) -> list[st
     return out
 
 
-def digest_at(fd: int, offset: int, n: int) -> str | None:
+def digest_at(fd: int, offset: int, n: int, holes: bool = True) -> str | None:
     """The hash of ``n`` bytes at ``offset`` (page-aligned) of an open file, read through
     a mapping of the page cache rather than copied out; None where the file is shorter.
-    A range that is all hole is known to read as zeros: its hash is had without reading,
-    so a sparse terabyte hashes in a second."""
+    With ``holes``, a range of a sparse file that is all hole is known to read as zeros:
+    its hash is had without reading, so a sparse terabyte hashes in a second. A file that
+    takes all its size on disk is read whatever the filesystem says of holes in it."""
     if n < _PARALLEL:
         data = os.pread(fd, n, offset)
         return digest(data) if len(data) == n else None
-    if os.fstat(fd).st_size < offset + n:
+    st = os.fstat(fd)
+    if st.st_size < offset + n:
         return None
-    if _hole(fd, offset, n):
+    if holes and st.st_blocks * 512 < st.st_size and _hole(fd, offset, n):
         return zeros_digest(n)
     with mmap.mmap(fd, n, mmap.MAP_SHARED, mmap.PROT_READ, offset=offset) as m:
         return digest(m)  # type: ignore[arg-type]
@@ -213,11 +215,19 @@ def _entry(
 
 
 def total_size(root: Path) -> int:
-    total = 0
+    return sizes(root)[0]
+
+
+def sizes(root: Path) -> tuple[int, int]:
+    """The bytes of ``root``'s files, and the bytes they take on disk: less where they
+    hold holes, which a copy keeps."""
+    total = held = 0
     for _, p in scan(root)[0]:
         with contextlib.suppress(FileNotFoundError):
-            total += os.lstat(p).st_size
-    return total
+            st = os.lstat(p)
+            total += st.st_size
+            held += min(st.st_size, st.st_blocks * 512)
+    return total, held
 
 
 def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Source:

@@ -22,7 +22,8 @@ from pathlib import Path
 from computenet.model.transfer import Manifest, ManifestEntry, SyncLevel, TransferCounters
 from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
-from computenet.transfer.manifest import digest, digest_at, hash_chunks, zeros_digest
+from computenet.transfer.manifest import digest, digest_at, hash_chunks, hash_fd, zeros_digest
+from computenet.transfer.pace import Pace
 from computenet.transfer.paths import PART, held, open_part, part_of, reserve
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
@@ -82,6 +83,7 @@ class Receiver:
     faults: Faults | None = None
     verify: bool = True
     root: Path | None = None  # where a data server's paths start: named from there in errors
+    pace: Pace | None = None  # a cap on the rate chunks are taken in at
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
@@ -94,6 +96,7 @@ class Receiver:
         self._stamped: set[int] = set()  # files given their mode and times as they finished
         self._resumed: set[int] = set()  # files with a partial file from an earlier run
         self._sparse: set[int] = set()  # files whose all-zero chunks are left as holes
+        self._opened: set[int] = set()  # files whose partial file this copy has opened
         self._made: set[Path] = set()  # directories this copy made for its partial files
         self._arrived = 0
 
@@ -107,7 +110,8 @@ class Receiver:
         listed once rather than each name looked up twice. Nothing is written yet:
         directories are made as the first chunk of a file in them lands."""
         chunk = self.manifest.chunk_size
-        zeros = zeros_digest(chunk)
+        whole = any(e.size >= chunk for e in self.manifest.files)
+        zeros = zeros_digest(chunk) if whole else None  # no file has a whole chunk of any
         plan = Plan([], [])
         listings: dict[Path, dict[str, os.DirEntry[str]]] = {}
         for i, (e, final) in enumerate(zip(self.manifest.files, self.finals, strict=True)):
@@ -167,11 +171,14 @@ class Receiver:
             return set()
         if not stat.S_ISREG(st.st_mode):
             return set()  # opening it (O_NOFOLLOW) refuses it later
-        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        os.close(self._hold(fd, final))  # refused now, not once bytes flow
-        if st.st_size != e.size:  # what lies past its end reads as zeros, as it will
-            os.truncate(part, e.size)
-        got = hash_chunks(part, e.size, self.manifest.chunk_size)
+        fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        self._hold(fd, final)  # refused now, not once bytes flow
+        try:
+            if st.st_size != e.size:  # what lies past its end reads as zeros, as it will
+                os.ftruncate(fd, e.size)
+            got = hash_fd(fd, e.size, self.manifest.chunk_size)
+        finally:
+            os.close(fd)
         return {j for j, h in enumerate(got) if h == e.chunks[j]}
 
     def accept(
@@ -207,9 +214,10 @@ class Receiver:
             if self.faults is not None and self._tamper(b"\0") != b"\0":
                 first = os.pread(self._fds[f], 1, offset)  # flipped, as a bad wire would
                 os.pwrite(self._fds[f], bytes([first[0] ^ 0xFF]), offset)
-            if (
+            if (  # what was just written is read back, never taken for a hole
                 self.verify
-                and digest_at(self._fds[f], offset, n) != self.manifest.files[f].chunks[c]
+                and digest_at(self._fds[f], offset, n, holes=False)
+                != self.manifest.files[f].chunks[c]
             ):
                 return self._bad()
             ok = True
@@ -236,10 +244,11 @@ class Receiver:
             if fd is None:
                 final = self.finals[f]
                 fd = self._fds[f] = self._hold(_open_part(final, self._made), final)
+                self._opened.add(f)
                 if f in self._resumed:  # it may hold an earlier run's mode: private again
                     os.fchmod(fd, 0o600)
-                if f in self._sparse:
-                    os.ftruncate(fd, self.manifest.files[f].size)
+                else:  # made since the plan, by a copy gone now: none of it is this one's
+                    _fresh(fd, self.manifest.files[f].size if f in self._sparse else 0)
             self._busy.add((f, c))
             return fd
 
@@ -315,6 +324,8 @@ class Receiver:
                 if n and not sockets.recv_exact(sock, buf[:n]):
                     raise ConnectionResetError("the sender closed the stream inside a chunk")
                 self._ack(sock, f, c, self.accept(f, c, buf[:n]))
+                if self.pace is not None:
+                    self.pace.take(n)
             return
         work: queue.SimpleQueue[tuple[int, int, int, wire.Status | None] | None]
         work = queue.SimpleQueue()
@@ -354,6 +365,8 @@ class Receiver:
         try:
             while not failed and (head := self._head(sock, idle)) is not None:
                 f, c, n, size = head
+                if self.pace is not None:
+                    self.pace.take(n)
                 if size is not None:
                     if len(packed) < self.manifest.chunk_size:
                         packed = memoryview(bytearray(self.manifest.chunk_size))
@@ -470,22 +483,23 @@ class Receiver:
             if i in self._skip:
                 continue
             part = part_of(final)
-            if i not in self._stamped:  # empty, resumed whole, or not writable by its owner
-                if not e.chunks or i in self._sparse:  # it may be all hole, never opened
-                    fd = _open_part(final)
-                    try:
-                        os.ftruncate(fd, e.size)
-                    finally:
-                        os.close(fd)
-                os.chmod(part, e.mode & MODE_BITS)
-                os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
+            held = None
             try:
+                if i not in self._opened and i not in self._resumed:  # empty, or all hole
+                    held = self._hold(_open_part(final), final)  # held until it is in place
+                    _fresh(held, e.size)
+                if i not in self._stamped:  # one of those, resumed whole, or not writable
+                    os.chmod(part, e.mode & MODE_BITS)
+                    os.utime(part, ns=(e.mtime_ns, e.mtime_ns))
                 os.replace(part, final)
             except FileNotFoundError:
                 raise TransferError(
                     f"{self._shown(final)} was put in place by another copy meanwhile: "
                     "run this one again"
                 ) from None
+            finally:
+                if held is not None:
+                    os.close(held)
             self.counters.files += 1
 
     def discard(self) -> None:
@@ -535,6 +549,13 @@ def _open_part(final: Path, made: set[Path] | None = None) -> int:
         if made is not None:
             made.update(missing)
         return open_part(part_of(final))
+
+
+def _fresh(fd: int, size: int) -> None:
+    """Empties a partial file this copy made, then gives it ``size`` bytes of hole."""
+    os.ftruncate(fd, 0)
+    if size:
+        os.ftruncate(fd, size)
 
 
 def _stamp(fd: int, e: ManifestEntry) -> bool:

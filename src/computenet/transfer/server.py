@@ -290,7 +290,7 @@ class DataServer:
             await self._remove(ctl, bool(hello.get("recursive")))
             return
         if role == "room" and direction is Direction.put:
-            await self._room(ctl, hello.get("size"))
+            await self._room(ctl, hello.get("size"), hello.get("disk"))
             return
         if role == "list" and direction is Direction.get:
             query = ListQuery.model_validate(hello.get("list") or {})
@@ -543,13 +543,18 @@ class DataServer:
                 f"not enough space in the pool's data root: {asked} asked, {has} free"
             )
 
-    async def _room(self, ctl: _Control, size: Any) -> None:
-        """Whether a put of ``size`` bytes could fit, asked before its source is hashed
-        (which takes minutes for a large one). What lies at the path now counts as freed,
-        as though the put replaced it all: the put itself checks exactly."""
+    async def _room(self, ctl: _Control, size: Any, disk: Any = None) -> None:
+        """Whether a put of ``size`` bytes (``disk`` of them not holes) could fit, asked
+        before its source is hashed (which takes minutes for a large one). What lies at
+        the path now counts as freed, as though the put replaced it all: the put itself
+        checks exactly."""
         _, writer, t, _, path = ctl
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise TransferError("a room question states its size: bytes, a whole number")
+        if disk is None:
+            disk = size
+        if not isinstance(disk, int) or isinstance(disk, bool) or not 0 <= disk <= size:
+            raise TransferError("a room question's disk is bytes, a whole number, at most its size")
         if size > t.claims.max_bytes:
             raise TicketError(
                 f"ticket {t.claims.id} allows {t.claims.max_bytes} bytes; the copy has {size}"
@@ -561,7 +566,7 @@ class DataServer:
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
         if home is not None:
             await home.check(adds, t.claims.home_quota)
-        self._fits_disk(size - partial)  # what partial files hold is on the disk already
+        self._fits_disk(disk - partial)  # what partial files hold is on the disk already
         wire.send_json(writer, Kind.OK, {"size": size})
         await writer.drain()
 

@@ -39,6 +39,7 @@ from computenet.node.routers.transfers import home_quota, issue, writable
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as store
 from computenet.node.store import jobs as job_store
+from computenet.node.store import links as link_store
 from computenet.node.store import pools as pool_store
 from computenet.transfer.paths import PathError, normalise, within
 
@@ -283,9 +284,13 @@ async def landed(
     path = _pool_path(body.path)
     if body.kind == "input":
         v = await node.reading(store.resolve, ref)
-        return await node.writing(
+        added = await node.writing(
             store.add_replica, v.name, v.version, signer, path, body.tree_hash
         )
+        m = body.moved
+        if m is not None and m.source != signer and any(r.pool == m.source for r in v.replicas):
+            await node.writing(link_store.record, m.source, signer, m.bytes, m.seconds)
+        return added
     return await node.writing(
         store.publish,
         job.tenant,

@@ -14,12 +14,19 @@ from fastapi import APIRouter, Depends
 
 from computenet.model import Model, PoolStatus
 from computenet.model.common import format_apart
-from computenet.model.transfer import Direction, TicketClaims, TransferGrant, TransferRequest
+from computenet.model.transfer import (
+    Direction,
+    Link,
+    TicketClaims,
+    TransferGrant,
+    TransferRequest,
+)
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.errors import Conflict, Invalid, TooLarge
 from computenet.node.runtime import Node
 from computenet.node.store import datasets as dataset_store
+from computenet.node.store import links as link_store
 from computenet.node.store import pools as pool_store
 from computenet.node.store import tenants as tenant_store
 from computenet.transfer import ticket as tickets
@@ -39,6 +46,12 @@ class NodeKey(Model):
 async def key(node: Node = Depends(node_of)) -> NodeKey:
     """Public: a signature check needs no secret."""
     return NodeKey(public_key=node.federation.key.public_key, issuer=node.federation.code)
+
+
+@router.get("/links", response_model=list[Link])
+async def links(_: Principal = Depends(principal), node: Node = Depends(node_of)) -> list[Link]:
+    """The links between pools as the node has measured them: what data locality counts."""
+    return await node.reading(link_store.list_all)
 
 
 @router.post("/transfers", status_code=201, response_model=TransferGrant)

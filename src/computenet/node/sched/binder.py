@@ -28,6 +28,7 @@ from computenet.node.sched.framework import (
     Profile,
     Ranking,
 )
+from computenet.node.store import links as link_store
 from computenet.node.store import tenants as tenant_store
 from computenet.node.store.datasets import Holdings
 from computenet.node.store.tables import attempts, jobs, pools
@@ -167,7 +168,21 @@ def context(conn: Connection, profile: Profile) -> Context:
         start_estimate=Releases(conn).start_estimate,
         latency_ms=profile.latency_ms,
         data=data_of(Holdings(conn)),
+        link_rate=rates_of(conn),
     )
+
+
+def rates_of(conn: Connection) -> Callable[[str, str], float | None]:
+    """The measured links, read once a pass and only when a job has inputs to move."""
+    known: dict[tuple[str, str], float] | None = None
+
+    def rate(source: str, destination: str) -> float | None:
+        nonlocal known
+        if known is None:
+            known = link_store.rates(conn)
+        return known.get((source, destination))
+
+    return rate
 
 
 def data_of(holdings: Holdings) -> Callable[[str], tuple[int, frozenset[str]] | None]:

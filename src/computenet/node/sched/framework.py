@@ -104,6 +104,9 @@ class Context:
     latency_ms: Callable[[str], float | None] = lambda region: None
     # A data URI's size in bytes and the pools that hold a copy; None: unknown.
     data: Callable[[str], tuple[int, frozenset[str]] | None] = lambda uri: None
+    # Bytes a second from one pool to another, as copies between them measured; None:
+    # nothing has crossed that link yet.
+    link_rate: Callable[[str, str], float | None] = lambda source, destination: None
     # Within one pass, jobs of the same shape see the same filters and, on pools whose
     # free capacity has not changed, the same raw scores: computed once, looked up after.
     filtered: dict[tuple[object, ...], tuple[list[int], dict[str, str]]] = field(

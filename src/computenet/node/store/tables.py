@@ -249,6 +249,18 @@ datasets = Table(
     Index("ix_datasets_name_created", "name", "created_at"),
 )
 
+# The links between pools, as the copies that crossed them measured: the data locality
+# score counts the seconds an input would take to move, not only its bytes.
+links = Table(
+    "pool_links",
+    metadata,
+    Column("source", String(255), primary_key=True),
+    Column("destination", String(255), primary_key=True),
+    Column("rate", Float, nullable=False),
+    Column("samples", BigInteger, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
 replicas = Table(
     "dataset_replicas",
     metadata,

@@ -1,11 +1,13 @@
-"""Data locality: the bytes that would have to move to the pool before the job can start.
+"""Data locality: how long the job's inputs would take to move to the pool before it can
+start.
 
 An input a pool already holds (a replica of the dataset version, or a pool path in that
-pool) counts zero; any other input counts its size. The node has no measure of the links
-between pools, so every remote link counts the same: fewer bytes to move wins, wherever
-they come from. An input the node does not know (a dataset deleted since submission)
-counts nothing anywhere. Data named by several inputs (paths inside one version, say)
-moves once, and counts once.
+pool) counts zero. Any other input counts its size over the rate of the fastest link to
+the pool from a pool that holds it, as the copies that crossed that link measured it
+(``store.links``); a link nothing has crossed yet counts ``DEFAULT_RATE``. So a pool that
+holds the data wins, then one whose link to a copy has proved fast. An input the node
+does not know (a dataset deleted since submission) counts nothing anywhere. Data named
+by several inputs (paths inside one version, say) moves once, and counts once.
 """
 
 from __future__ import annotations
@@ -13,15 +15,20 @@ from __future__ import annotations
 from computenet.model.dataset import split_input
 from computenet.node.sched.framework import Context, JobView, PoolView
 
+DEFAULT_RATE = 100e6  # bytes a second over a link not measured yet: about a 1 Gb/s WAN
+
 
 class DataLocality:
     name = "locality"
     higher_is_better = False
 
     def raw(self, job: JobView, pool: PoolView, ctx: Context) -> float | None:
-        moved = 0
+        seconds = 0.0
         for uri in dict.fromkeys(split_input(u)[0] for u in job.inputs):
             known = ctx.data(uri)
-            if known is not None and pool.cpi not in known[1]:
-                moved += known[0]
-        return float(moved)
+            if known is None or pool.cpi in known[1]:
+                continue
+            size, holders = known
+            rates = [ctx.link_rate(h, pool.cpi) or DEFAULT_RATE for h in holders]
+            seconds += size / max(rates, default=DEFAULT_RATE)
+        return seconds
