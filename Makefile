@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/functions.py
 	$(BIN)/python bench/backends.py
 	$(BIN)/python bench/transfer.py
+	$(BIN)/python bench/sparse.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

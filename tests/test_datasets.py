@@ -489,6 +489,8 @@ def test_a_link_measured_slow_loses_the_job_to_one_measured_fast(
     assert where == "fast-d"
     bad = net.cnet("agent", "run", "--node", net.url, "--token", "x", "--fetch-rate", "fast")
     assert bad.returncode == 2 and "--fetch-rate: invalid size 'fast'" in bad.stderr
+    slow = net.cnet("agent", "run", "--node", net.url, "--token", "x", "--fetch-rate", "10K")
+    assert slow.returncode == 2 and "--fetch-rate: 10K is under 1 MB a second" in slow.stderr
 
 
 def test_a_job_canceled_while_staging_ends_canceled(net: Network, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 
+from computenet.node.store import links
 from computenet.node.store.db import Store
 from computenet.node.store.tables import metadata
 from conftest import DATABASES, database_url
@@ -40,3 +41,23 @@ def test_migrating_twice_is_harmless(store: Store) -> None:
     store.migrate()
     tables = set(inspect(store.engine).get_table_names())
     assert {"jobs", "attempts", "pools", "providers", "tokens", "logs", "usage"} <= tables
+
+
+def test_a_link_keeps_a_moving_average_of_the_rates_copies_measured(store: Store) -> None:
+    """Samples too small to measure, or stating a rate no link has (a pool's report of a
+    copy that took 1e-300 s), are not counted; the rest move the average by 0.3 each."""
+    store.migrate()
+    a, b = "cpi:local:p/a", "cpi:local:p/b"
+    with store.write() as conn:
+        assert links.record(conn, a, b, 100 << 20, 1.0)
+        assert links.record(conn, a, b, 100 << 20, 2.0)
+        assert not links.record(conn, a, b, 1000, 0.001)  # round trips, not a rate
+        assert not links.record(conn, a, b, 1 << 50, 1e-300)
+        assert not links.record(conn, a, b, 100 << 20, float("nan"))
+        assert not links.record(conn, a, a, 100 << 20, 1.0)  # within one pool
+    with store.read() as conn:
+        [link] = links.list_all(conn)
+        rates = links.rates(conn)
+    rate = (100 << 20) + 0.3 * ((50 << 20) - (100 << 20))
+    assert (link.source, link.destination, link.samples) == (a, b, 2)
+    assert link.rate == pytest.approx(rate) and rates == {(a, b): pytest.approx(rate)}

@@ -203,11 +203,11 @@ class Stager:
                 async with self._claimed(plan, keep):
                     result = await self._fetch(plan, keep)
                 files = result.counters.files + result.counters.files_skipped
-                moved = LinkSample(
-                    source=plan.grant.ticket.claims.pool,
-                    bytes=result.counters.bytes,
-                    seconds=max(result.seconds, 1e-6),
-                )
+                k, moved = result.counters, None
+                if not k.chunks_present and 0.001 <= result.seconds <= 7 * 86400:
+                    moved = LinkSample(  # a fetch that resumed would overstate the link's time
+                        source=plan.grant.ticket.claims.pool, bytes=k.bytes, seconds=result.seconds
+                    )
                 await self._landed(
                     task,
                     "input",

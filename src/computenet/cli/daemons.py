@@ -165,8 +165,8 @@ def agent_run(
         rate = None if fetch_rate is None else int(parse_memory(fetch_rate))
     except ValueError as e:
         raise CLIError(f"--fetch-rate: {e}", 2) from None
-    if rate is not None and rate < 1 << 16:
-        raise CLIError(f"--fetch-rate: {fetch_rate} is under 64 KiB a second", 2)
+    if rate is not None and rate < 10**6:  # a chunk a few seconds: well inside idle limits
+        raise CLIError(f"--fetch-rate: {fetch_rate} is under 1 MB a second", 2)
     cfg = AgentConfig(
         node_url=node,
         token=token,

@@ -249,7 +249,7 @@ class LinkSample(Model):
 
     source: CPIStr = Field(description="the pool the bytes came from")
     bytes: Annotated[int, Field(ge=0, le=1 << 50, description="payload bytes moved")]
-    seconds: Annotated[float, Field(gt=0, le=7 * 86400)]
+    seconds: Annotated[float, Field(ge=0.001, le=7 * 86400)]
 
 
 class Link(Model):

@@ -97,6 +97,7 @@ class Receiver:
         self._resumed: set[int] = set()  # files with a partial file from an earlier run
         self._sparse: set[int] = set()  # files whose all-zero chunks are left as holes
         self._opened: set[int] = set()  # files whose partial file this copy has opened
+        self._closed = False
         self._made: set[Path] = set()  # directories this copy made for its partial files
         self._arrived = 0
 
@@ -171,11 +172,17 @@ class Receiver:
             return set()
         if not stat.S_ISREG(st.st_mode):
             return set()  # opening it (O_NOFOLLOW) refuses it later
-        fd = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(part, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         self._hold(fd, final)  # refused now, not once bytes flow
         try:
             if st.st_size != e.size:  # what lies past its end reads as zeros, as it will
-                os.ftruncate(fd, e.size)
+                os.fchmod(fd, 0o600)  # a commit cut short may have left it read-only
+                rw = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    if os.path.sameopenfile(rw, fd):
+                        os.ftruncate(rw, e.size)
+                finally:
+                    os.close(rw)
             got = hash_fd(fd, e.size, self.manifest.chunk_size)
         finally:
             os.close(fd)
@@ -235,6 +242,8 @@ class Receiver:
         if left is None or c >= len(self.manifest.files[f].chunks):
             return wire.Status.UNKNOWN
         with self._free:
+            if self._closed:  # the copy is over: a stream still draining writes nothing
+                return wire.Status.UNKNOWN
             busy = (f, c) in self._busy
             if busy and not self._free.wait_for(lambda: (f, c) not in self._busy, BUSY_WAIT):
                 return wire.Status.UNKNOWN
@@ -244,11 +253,11 @@ class Receiver:
             if fd is None:
                 final = self.finals[f]
                 fd = self._fds[f] = self._hold(_open_part(final, self._made), final)
-                self._opened.add(f)
                 if f in self._resumed:  # it may hold an earlier run's mode: private again
                     os.fchmod(fd, 0o600)
-                else:  # made since the plan, by a copy gone now: none of it is this one's
+                elif f not in self._opened:  # made since the plan by a copy gone now
                     _fresh(fd, self.manifest.files[f].size if f in self._sparse else 0)
+                self._opened.add(f)
             self._busy.add((f, c))
             return fd
 
@@ -364,9 +373,10 @@ class Receiver:
         pipe = sockets.Pipe()
         try:
             while not failed and (head := self._head(sock, idle)) is not None:
+                if self.pace is not None:  # after the chunk before, with its ACK sent
+                    flush(ready)
+                    self.pace.take(head[2])
                 f, c, n, size = head
-                if self.pace is not None:
-                    self.pace.take(n)
                 if size is not None:
                     if len(packed) < self.manifest.chunk_size:
                         packed = memoryview(bytearray(self.manifest.chunk_size))
@@ -520,6 +530,7 @@ class Receiver:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             for fd in self._fds.values():
                 with contextlib.suppress(OSError):
                     os.close(fd)

@@ -37,6 +37,7 @@ from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.errors import Conflict, Forbidden, Invalid
 from computenet.node.routers.transfers import home_quota, issue, writable
 from computenet.node.runtime import Node
+from computenet.node.sched.scores.locality import DEFAULT_RATE
 from computenet.node.store import datasets as store
 from computenet.node.store import jobs as job_store
 from computenet.node.store import links as link_store
@@ -162,9 +163,10 @@ async def _asked(
 
 
 async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]:
-    """A pool that holds the version and can serve it now; this pool's own copy first.
-    The live index answers; the database only for a pool it does not hold yet (one that
-    registered through another replica since the index last loaded)."""
+    """A pool that holds the version and can serve it now; this pool's own copy first,
+    then the one whose link to this pool has measured fastest (the link the scheduler
+    counted). The live index answers; the database only for a pool it does not hold yet
+    (one that registered through another replica since the index last loaded)."""
     pools = {r.pool: e.pool for r in v.replicas if (e := node.index.entries.get(r.pool))}
     if len(pools) < len({r.pool for r in v.replicas}):
         pools = {p.cpi: p for p in await node.reading(pool_store.list_all)} | pools
@@ -175,11 +177,12 @@ async def _holder(node: Node, v: DatasetVersion, signer: str) -> tuple[str, str]
         and p.status is not PoolStatus.offline
         and p.data is not None
     ]
-    online.sort(key=lambda r: r.pool != signer)
     if not online:
         if not v.replicas:  # its last copy was found changed and forgotten
             raise Conflict(f"no pool holds an intact copy of {v.uri} any more", field="uri")
         raise Conflict(f"no pool that holds {v.uri} is online", field="uri")
+    rates = await node.reading(link_store.rates) if len(online) > 1 else {}
+    online.sort(key=lambda r: (r.pool != signer, -rates.get((r.pool, signer), DEFAULT_RATE)))
     return online[0].pool, online[0].path
 
 
@@ -288,7 +291,13 @@ async def landed(
             store.add_replica, v.name, v.version, signer, path, body.tree_hash
         )
         m = body.moved
-        if m is not None and m.source != signer and any(r.pool == m.source for r in v.replicas):
+        if (  # a new copy's fetch, from a pool that held the version, of no more than it
+            m is not None
+            and m.source != signer
+            and m.bytes <= v.total_bytes
+            and all(r.pool != signer for r in v.replicas)
+            and any(r.pool == m.source for r in v.replicas)
+        ):
             await node.writing(link_store.record, m.source, signer, m.bytes, m.seconds)
         return added
     return await node.writing(
