@@ -106,6 +106,9 @@ def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
     assert [p.read_text() for p in copy.rglob("a.txt")] == ["alpha a\n"]
     with net.client() as c:
         plan = c.plan(command=["true"], inputs=[{"uri": "cnet://dataset/corpus-a", "path": "x"}])
+        with pytest.raises(ApiError) as nosuch:  # refused as submission refuses it
+            c.plan(command=["true"], inputs=[{"uri": "cnet://dataset/nosuch", "path": "x"}])
+    assert nosuch.value.status == 422 and "inputs.0.uri" in str(nosuch.value)
     seconds = {x.pool.rsplit("/", 1)[-1]: x.raw["locality"] for x in plan.candidates}
     size = len("alpha a\n") + 256 * 4096  # over a link nothing has crossed yet
     assert seconds["pool-a"] == 0 and seconds["pool-b"] == round(size / DEFAULT_RATE, 4)

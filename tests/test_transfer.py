@@ -353,6 +353,18 @@ def test_a_killed_copy_resumes_with_only_the_missing_chunks(
     assert r.counters.chunks_present >= 5 and r.counters.chunks == 8 - r.counters.chunks_present
     assert out.read_bytes() == src.read_bytes()
 
+    env = dict(shared.env, CNET_TOKEN=shared.token, **{FAULTS: "stop:chunk=2"})
+    args = ["cp", "--streams", "1", str(src), f"{pool}:/resume/again.bin"]
+    ctrl_c = subprocess.Popen([*PYTHON, *args], env=env, stderr=subprocess.PIPE, text=True)
+    held_open(ctrl_c, "its second chunk")
+    ctrl_c.send_signal(signal.SIGINT)  # as Ctrl-C in its terminal
+    ctrl_c.send_signal(signal.SIGCONT)
+    _, err = ctrl_c.communicate(timeout=60)
+    assert ctrl_c.returncode == 130
+    assert err == "error: interrupted: what arrived is kept; run the same command again to resume\n"
+    again = result(cp(shared, str(src), f"{pool}:/resume/again.bin"))
+    assert again.counters.chunks_present >= 2
+
 
 def test_a_killed_tree_copy_resumes_without_the_files_it_finished(
     shared: Network, pool: str, tmp_path: Path

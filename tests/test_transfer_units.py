@@ -500,3 +500,17 @@ def test_a_partial_file_another_copy_left_after_the_plan_lends_no_bytes(tmp_path
     c.close()
     empty.commit()  # nothing was written to it: it is all hole
     assert (tmp_path / "z").read_bytes() == bytes(3 * chunk)
+
+
+def test_a_resumed_sparse_file_counts_its_holes_as_holes(tmp_path: Path) -> None:
+    chunk, final = 1 << 20, tmp_path / "f"
+    ours = bytes(chunk) + os.urandom(chunk) + bytes(chunk)
+    first = Receiver(_manifest_of(ours, chunk), [final], [])
+    first.plan()
+    first.accept(0, 1, ours[chunk : 2 * chunk])
+    first.close()  # interrupted before its commit
+    again = Receiver(_manifest_of(ours, chunk), [final], [])
+    plan = again.plan()
+    assert (plan.need, plan.present, plan.holes) == ([[]], 1, 2 * chunk)
+    again.commit()
+    assert final.read_bytes() == ours

@@ -117,6 +117,10 @@ def cp(
             raise CLIError(str(e)) from e
         except OSError as e:
             raise CLIError(f"{e.filename or src}: {e.strerror or e}") from e
+        except KeyboardInterrupt:
+            raise CLIError(
+                "interrupted: what arrived is kept; run the same command again to resume", 130
+            ) from None
     if as_json:
         print(r.model_dump_json(indent=2))
         return

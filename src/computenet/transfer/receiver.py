@@ -143,6 +143,9 @@ class Receiver:
             if part is not None:
                 self._resumed.add(i)
                 need = [j for j in range(len(e.chunks)) if j not in have]
+                zero = {j for j in have if e.chunks[j] == zeros}  # holes, as on its first run
+                plan.holes += len(zero) * chunk
+                have -= zero
             else:  # a new file's all-zero chunks read as zeros where nothing is written
                 need = [j for j, h in enumerate(e.chunks) if h != zeros]
                 if len(need) < len(e.chunks):

@@ -203,13 +203,11 @@ async def plan(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Plan:
     """The optimizer table for a job: candidates with estimated start, cost and score parts,
-    the rejected pools with reasons, and what the scheduler would do. Nothing is submitted."""
+    the rejected pools with reasons, and what the scheduler would do. Nothing is submitted;
+    an input submission would refuse (no such dataset) is refused here too, by field."""
 
     def run(conn: Connection) -> Plan:
-        try:  # as submission would name its data: two inputs of one version move it once
-            pinned = pin_inputs(conn, spec)
-        except Invalid:
-            pinned = spec  # an unknown dataset counts nothing anywhere
+        pinned = pin_inputs(conn, spec)  # as submission names its data: a version moves once
         return plan_job(conn, node.profile, _view(pinned, who.tenant, "j-plan"))
 
     return await node.reading(run)

@@ -18,8 +18,9 @@ from computenet.model.dataset import (
     Replica,
     some_versions,
 )
+from computenet.model.resources import PoolStatus
 from computenet.node.errors import Conflict, Forbidden, NotFound
-from computenet.node.store.tables import datasets, replicas
+from computenet.node.store.tables import datasets, pools, replicas
 from computenet.transfer.paths import within
 
 _live = datasets.c.removed_at.is_(None)
@@ -285,8 +286,11 @@ class Holdings:
         for row in self._conn.execute(q.order_by(datasets.c.created_at.desc())).all():
             by_name[row.name].append(row)
         held: dict[tuple[str, str], set[str]] = defaultdict(set)
+        serving = select(replicas.c.name, replicas.c.version, replicas.c.pool_cpi).join(
+            pools, pools.c.cpi == replicas.c.pool_cpi
+        )  # a copy in a pool that is offline can be fetched from nowhere
         for row in self._conn.execute(
-            select(replicas.c.name, replicas.c.version, replicas.c.pool_cpi)
+            serving.where(pools.c.status != PoolStatus.offline.value)
         ).all():
             held[(row.name, row.version)].add(row.pool_cpi)
         self._held = {k: frozenset(v) for k, v in held.items()}

@@ -3,9 +3,10 @@ start.
 
 An input a pool already holds (a replica of the dataset version, or a pool path in that
 pool) counts zero. Any other input counts its size over the rate of the fastest link to
-the pool from a pool that holds it, as the copies that crossed that link measured it
-(``store.links``); a link nothing has crossed yet counts ``DEFAULT_RATE``. So a pool that
-holds the data wins, then one whose link to a copy has proved fast. An input the node
+the pool from a pool that holds it and is not offline, as the copies that crossed that
+link measured it (``store.links``); a link nothing has crossed for a week counts
+``DEFAULT_RATE``. So a pool that holds the data wins, then one whose link to a copy has
+proved fast; the fetch then takes that link. An input the node
 does not know (a dataset deleted since submission) counts nothing anywhere. Data named
 by several inputs (paths inside one version, say) moves once, and counts once.
 """
