@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, update
 
-from computenet.node.store import links
+from computenet.node.store import links, tables
 from computenet.node.store.db import Store
 from computenet.node.store.tables import metadata
 from conftest import DATABASES, database_url
@@ -61,3 +62,18 @@ def test_a_link_keeps_a_moving_average_of_the_rates_copies_measured(store: Store
     rate = (100 << 20) + 0.3 * ((50 << 20) - (100 << 20))
     assert (link.source, link.destination, link.samples) == (a, b, 2)
     assert link.rate == pytest.approx(rate) and rates == {(a, b): pytest.approx(rate)}
+
+
+def test_a_link_nothing_crossed_for_a_week_starts_afresh(store: Store) -> None:
+    store.migrate()
+    a, b = "cpi:local:p/a", "cpi:local:p/b"
+    with store.write() as conn:
+        links.record(conn, a, b, 10 << 20, 1.0)
+        conn.execute(update(tables.links).values(updated_at=time.time() - links.KEPT - 60))
+    with store.read() as conn:
+        assert links.rates(conn) == {}  # unknown again
+    with store.write() as conn:
+        links.record(conn, a, b, 100 << 20, 1.0)
+    with store.read() as conn:
+        [link] = links.list_all(conn)
+    assert (link.rate, link.samples) == (100 << 20, 1)  # not averaged with the old rate

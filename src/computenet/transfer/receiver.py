@@ -143,9 +143,6 @@ class Receiver:
             if part is not None:
                 self._resumed.add(i)
                 need = [j for j in range(len(e.chunks)) if j not in have]
-                zero = {j for j in have if e.chunks[j] == zeros}  # holes, as on its first run
-                plan.holes += len(zero) * chunk
-                have -= zero
             else:  # a new file's all-zero chunks read as zeros where nothing is written
                 need = [j for j, h in enumerate(e.chunks) if h != zeros]
                 if len(need) < len(e.chunks):
@@ -182,8 +179,12 @@ class Receiver:
                 os.fchmod(fd, 0o600)  # a commit cut short may have left it read-only
                 rw = os.open(part, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
                 try:
-                    if os.path.sameopenfile(rw, fd):
-                        os.ftruncate(rw, e.size)
+                    if not os.path.sameopenfile(rw, fd):
+                        raise TransferError(
+                            f"{self._shown(final)}: its partial file was replaced while it "
+                            "was read: run the copy again"
+                        )
+                    os.ftruncate(rw, e.size)
                 finally:
                     os.close(rw)
             got = hash_fd(fd, e.size, self.manifest.chunk_size)
@@ -249,6 +250,8 @@ class Receiver:
                 return wire.Status.UNKNOWN
             busy = (f, c) in self._busy
             if busy and not self._free.wait_for(lambda: (f, c) not in self._busy, BUSY_WAIT):
+                return wire.Status.UNKNOWN
+            if self._closed:  # ended while this stream waited
                 return wire.Status.UNKNOWN
             if c not in left:
                 return wire.Status.OK
@@ -376,7 +379,7 @@ class Receiver:
         pipe = sockets.Pipe()
         try:
             while not failed and (head := self._head(sock, idle)) is not None:
-                if self.pace is not None:  # after the chunk before, with its ACK sent
+                if self.pace is not None:  # after the chunk before; held ACKs go first
                     flush(ready)
                     self.pace.take(head[2])
                 f, c, n, size = head

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 
-from sqlalchemy import Connection, and_, insert, select, update
+from sqlalchemy import Connection, and_, case, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from computenet.model.transfer import Link
@@ -33,12 +33,13 @@ def record(conn: Connection, source: str, destination: str, nbytes: int, seconds
     if not (math.isfinite(rate) and RATES[0] <= rate <= RATES[1]):
         return False
     key = and_(links.c.source == source, links.c.destination == destination)
+    stale = links.c.updated_at < now - KEPT  # unknown again: the sample starts afresh
     moved = conn.execute(  # in one statement: two node replicas may record at once
         update(links)
         .where(key)
         .values(
-            rate=links.c.rate + WEIGHT * (rate - links.c.rate),
-            samples=links.c.samples + 1,
+            rate=case((stale, rate), else_=links.c.rate + WEIGHT * (rate - links.c.rate)),
+            samples=case((stale, 1), else_=links.c.samples + 1),
             updated_at=now,
         )
     )
