@@ -425,6 +425,52 @@ def test_sync_levels_leave_what_matches(shared: Network, pool: str, tmp_path: Pa
     same_tree(src, root_of(shared) / "sync")
 
 
+def test_a_changed_file_sends_only_its_changed_chunks_every_way(
+    shared: Network, pool: str, beta: str, tmp_path: Path
+) -> None:
+    """At sync levels that compare, a file that is there but differs is updated by chunk:
+    what it shares with its new version is copied on the receiving side."""
+    src = tmp_path / "model.bin"
+    data = bytearray(os.urandom(5 * CHUNK))
+    src.write_bytes(data)
+    first = result(cp(shared, "--sync", "size", str(src), f"{pool}:/delta/model.bin"))
+    assert first.counters.chunks == 5 and first.counters.chunks_present == 0
+
+    data[2 * CHUNK + 7] ^= 0xFF  # one byte in chunk 2, and 3 MiB more: a sixth chunk
+    data += os.urandom(3 << 20)
+    src.write_bytes(data)
+    up = result(cp(shared, "--sync", "size", str(src), f"{pool}:/delta/model.bin"))
+    k = up.counters
+    assert (k.chunks, k.chunks_present, k.files) == (2, 4, 1)
+    assert k.bytes == CHUNK + (3 << 20) and k.bytes_skipped == 4 * CHUNK
+    landed = root_of(shared) / "delta" / "model.bin"
+    assert landed.read_bytes() == bytes(data)
+    assert not list(landed.parent.glob(".*"))  # no partial file left
+
+    across = result(cp(shared, f"{pool}:/delta/model.bin", f"{beta}:/delta/model.bin"))
+    assert across.counters.chunks == 6
+    data[0] ^= 0xFF
+    src.write_bytes(data)
+    result(cp(shared, str(src), f"{pool}:/delta/model.bin"))  # sync none: all six again
+    again = result(
+        cp(shared, "--sync", "checksum", f"{pool}:/delta/model.bin", f"{beta}:/delta/model.bin")
+    )
+    assert (again.counters.chunks, again.counters.chunks_present) == (1, 5)
+    assert (root_of(shared, "beta") / "delta" / "model.bin").read_bytes() == bytes(data)
+
+    local = tmp_path / "back.bin"
+    local.write_bytes(bytes(data[: 3 * CHUNK]) + os.urandom(CHUNK))  # older and shorter
+    down = result(cp(shared, "--sync", "mtime", f"{pool}:/delta/model.bin", str(local)))
+    assert (down.counters.chunks, down.counters.chunks_present) == (3, 3)
+    assert local.read_bytes() == bytes(data)
+
+    os.utime(src, ns=(0, 10**18))  # a new time only: every chunk is there already
+    touched = result(cp(shared, "--sync", "mtime", str(src), f"{pool}:/delta/model.bin"))
+    assert (touched.counters.chunks, touched.counters.chunks_present) == (0, 6)
+    assert touched.counters.files == 1 and landed.stat().st_mtime_ns == 10**18
+    assert landed.read_bytes() == bytes(data)
+
+
 def test_a_pool_file_changed_in_place_is_sent_as_it_is_now(
     shared: Network, pool: str, tmp_path: Path
 ) -> None:

@@ -514,3 +514,32 @@ def test_a_resumed_sparse_file_lands_whole(tmp_path: Path) -> None:
     assert (plan.need, plan.present) == ([[]], 3)  # its holes read as the zeros they are
     again.commit()
     assert final.read_bytes() == ours
+
+
+def test_a_replaced_file_lends_its_chunks_only_while_it_is_the_file_that_was_hashed(
+    tmp_path: Path,
+) -> None:
+    chunk, final = 1 << 20, tmp_path / "f"
+    old = os.urandom(3 * chunk)
+    new = old[:chunk] + os.urandom(chunk) + old[2 * chunk :]
+    final.write_bytes(old)
+    r = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.checksum)
+    plan = r.plan()
+    assert plan.need == [[0, 1, 2]]  # asked for until they are copied
+    r.seed(plan)
+    assert (plan.need, plan.present, plan.present_bytes) == ([[1]], 2, 2 * chunk)
+    assert final.read_bytes() == old  # untouched until the commit
+    r.accept(0, 1, new[chunk : 2 * chunk])
+    r.commit()
+    assert final.read_bytes() == new
+
+    final.write_bytes(old)
+    r = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.checksum)
+    plan = r.plan()
+    final.write_bytes(os.urandom(3 * chunk))  # rewritten after it was hashed
+    r.seed(plan)
+    assert (plan.need, plan.present) == ([[0, 1, 2]], 0)
+    for c in range(3):
+        r.accept(0, c, new[c * chunk : (c + 1) * chunk])
+    r.commit()
+    assert final.read_bytes() == new

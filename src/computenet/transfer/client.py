@@ -423,6 +423,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         with exclusive(lock, str(target)):
             try:
                 plan = await sockets.in_thread(receiver.plan)
+                await sockets.in_thread(receiver.seed, plan)
                 if w is not None:
                     w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)
                 wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})

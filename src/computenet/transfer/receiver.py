@@ -3,12 +3,15 @@
 Each chunk is checked against the manifest's BLAKE3 hash as it lands in a partial file
 next to its destination. A file is renamed into place once every chunk is in and, with
 verify on, has hashed as the manifest says. A partial file left by an interrupted
-transfer is kept: its chunks that still hash right are not asked for again.
+transfer is kept: its chunks that still hash right are not asked for again. At the sync
+levels that compare, a file that is there but differs is updated by chunk: the chunks it
+shares with its new version are copied from it on this side and only the others move.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import socket
@@ -24,7 +27,7 @@ from computenet.transfer import compress, sockets, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.manifest import digest, digest_at, hash_chunks, hash_fd, zeros_digest
 from computenet.transfer.pace import Pace
-from computenet.transfer.paths import PART, held, open_part, part_of, reserve
+from computenet.transfer.paths import PART, held, open_part, open_read, part_of, reserve
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import TransferError
 
@@ -32,6 +35,7 @@ Progress = Callable[[int], None]
 SPLICE_MIN = 1 << 20  # smaller chunks are received into memory and written
 BUSY_WAIT = 30.0  # seconds a resent chunk waits for the stream still writing it
 MODE_BITS = 0o777  # set-id and sticky bits are never taken from the other end
+UPDATED = frozenset({SyncLevel.size, SyncLevel.mtime, SyncLevel.checksum})  # by chunk
 
 
 @dataclass
@@ -53,8 +57,11 @@ class Plan:
         }
 
 
-def unchanged(final: Path, e: ManifestEntry, sync: SyncLevel, chunk: int) -> bool:
-    """Whether the file already at the destination may stay, at this sync level."""
+def unchanged(
+    final: Path, e: ManifestEntry, sync: SyncLevel, chunk: int, old: Old | None = None
+) -> bool:
+    """Whether the file already at the destination may stay, at this sync level. ``old``:
+    the same file, whose hashes serve again for its update."""
     if sync is SyncLevel.none:
         return False
     try:
@@ -69,7 +76,38 @@ def unchanged(final: Path, e: ManifestEntry, sync: SyncLevel, chunk: int) -> boo
         return True
     if sync is SyncLevel.mtime:
         return st.st_mtime_ns // 10**9 == e.mtime_ns // 10**9
-    return hash_chunks(final, e.size, chunk) == e.chunks
+    return (old.hashes() if old is not None else hash_chunks(final, e.size, chunk)) == e.chunks
+
+
+class Old:
+    """A file a copy replaces, hashed at most once: its chunks that the new version
+    shares are copied from it rather than sent. ``key`` tells whether it is still the
+    file that was hashed when they are copied."""
+
+    def __init__(self, path: Path, chunk: int) -> None:
+        self.path, self.chunk = path, chunk
+        self.key: tuple[int, ...] | None = None
+        self._hashes: list[str] | None = None
+
+    def hashes(self) -> list[str]:
+        if self._hashes is None:
+            self._hashes = []
+            try:
+                fd = open_read(self.path)
+            except OSError:
+                return self._hashes  # unreadable: it lends nothing
+            try:
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode):
+                    self.key = _key(st)
+                    self._hashes = hash_fd(fd, st.st_size, self.chunk)
+            finally:
+                os.close(fd)
+        return self._hashes
+
+
+def _key(st: os.stat_result) -> tuple[int, ...]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 @dataclass
@@ -94,7 +132,8 @@ class Receiver:
         self._busy: set[tuple[int, int]] = set()
         self._writing: dict[int, threading.Lock] = {}
         self._stamped: set[int] = set()  # files given their mode and times as they finished
-        self._resumed: set[int] = set()  # files with a partial file from an earlier run
+        self._resumed: set[int] = set()  # files whose partial file holds chunks already
+        self._seeds: dict[int, tuple[Old, set[int]]] = {}  # chunks a replaced file shares
         self._sparse: set[int] = set()  # files whose all-zero chunks are left as holes
         self._opened: set[int] = set()  # files whose partial file this copy has opened
         self._closed = False
@@ -129,7 +168,10 @@ class Receiver:
                 raise TransferError(
                     f"{self._shown(final)} is a directory; a file cannot replace it"
                 )
-            if there is not None and unchanged(final, e, self.sync, chunk):
+            old = None
+            if there is not None and self.sync in UPDATED and there.is_file(follow_symlinks=False):
+                old = Old(final, chunk)
+            if there is not None and unchanged(final, e, self.sync, chunk, old):
                 plan.skip.append(i)
                 plan.need.append([])
                 self._skip.add(i)
@@ -148,6 +190,11 @@ class Receiver:
                 if len(need) < len(e.chunks):
                     self._sparse.add(i)
                     plan.holes += (len(e.chunks) - len(need)) * chunk
+                if old is not None:  # asked for until seed() has copied them
+                    shared = zip(old.hashes(), e.chunks, strict=False)
+                    same = {j for j, (a, b) in enumerate(shared) if a == b and b != zeros}
+                    if same:
+                        self._seeds[i] = (old, same)
             plan.need.append(need)
             self._left[i] = set(need)
             plan.present += len(have)
@@ -156,6 +203,45 @@ class Receiver:
         self.counters.bytes_skipped += plan.present_bytes
         self.counters.bytes_holes += plan.holes
         return plan
+
+    def seed(self, plan: Plan) -> None:
+        """Copies into a new partial file the chunks that each replaced file shares with
+        its new version, and takes them out of ``plan``'s need. Run once the copy is
+        admitted (the disk and the quotas count these chunks as bytes to write) and
+        before the other end learns what to send. Each chunk is hashed again as copied,
+        whatever ``verify`` says: a file written since the plan (timestamps are coarser
+        than writes) lends only what still matches, and the rest is asked for."""
+        chunk = self.manifest.chunk_size
+        for i, (old, same) in self._seeds.items():
+            final, e = self.finals[i], self.manifest.files[i]
+            try:
+                src = open_read(final)
+            except OSError:
+                continue
+            try:
+                if _key(os.fstat(src)) != old.key:  # another file now: none would match
+                    continue
+                fd = self._hold(_open_part(final), final)
+                try:
+                    _fresh(fd, e.size)
+                    for j in sorted(same):
+                        n = min(chunk, e.size - j * chunk)
+                        _copy(src, fd, j * chunk, n)
+                        if digest_at(fd, j * chunk, n, holes=False) != e.chunks[j]:
+                            same = same - {j}
+                finally:
+                    os.close(fd)
+            finally:
+                os.close(src)
+            self._resumed.add(i)
+            self._left[i] -= same
+            plan.need[i] = sorted(self._left[i])
+            nbytes = sum(min(chunk, e.size - j * chunk) for j in same)
+            plan.present += len(same)
+            plan.present_bytes += nbytes
+            self.counters.chunks_present += len(same)
+            self.counters.bytes_skipped += nbytes
+        self._seeds.clear()
 
     def _shown(self, p: Path) -> str:
         """``p`` as the other end knows it: a pool path on a data server."""
@@ -573,6 +659,26 @@ def _fresh(fd: int, size: int) -> None:
     os.ftruncate(fd, 0)
     if size:
         os.ftruncate(fd, size)
+
+
+def _copy(src: int, dst: int, offset: int, n: int) -> None:
+    """``n`` bytes at ``offset`` from one file into another, in the kernel (a reflink
+    where the filesystem shares blocks)."""
+    end = offset + n
+    try:
+        while offset < end:
+            k = os.copy_file_range(src, dst, end - offset, offset, offset)
+            if k == 0:
+                raise TransferError("a file shrank while its chunks were copied")
+            offset += k
+    except OSError as e:
+        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        while offset < end:  # no copy_file_range here: through memory
+            data = os.pread(src, min(end - offset, 8 << 20), offset)
+            if not data:
+                raise TransferError("a file shrank while its chunks were copied") from None
+            offset += os.pwrite(dst, data, offset)
 
 
 def _stamp(fd: int, e: ManifestEntry) -> bool:

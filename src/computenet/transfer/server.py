@@ -610,6 +610,7 @@ class DataServer:
         self.sessions[tid].receiver = receiver
         landed = False
         try:
+            await asyncio.to_thread(receiver.seed, plan)
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
             c = receiver.counters
