@@ -247,13 +247,19 @@ class Network(Deployment):
             time.sleep(0.2)
 
     def cp(
-        self, name: str, streams: int | None, tls: bool, changed: bool = False
+        self,
+        name: str,
+        streams: int | None,
+        tls: bool,
+        changed: bool = False,
+        sync: str | None = None,
     ) -> dict[str, Any]:
         if changed:
             touch(self.base / "alpha" / name)
         a, b = self.cpis["alpha"], self.cpis["beta"]
         args = [*CLI, "cp", "--json", "--tls" if tls else "--no-tls"]
         args += ["--streams", str(streams)] if streams else []
+        args += ["--sync", sync] if sync else []
         t = time.perf_counter()
         out = sh(
             [*args, f"{a}:/{name}", f"{b}:/{name}"], env=dict(self.env(), CNET_TOKEN=self.token)

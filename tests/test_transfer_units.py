@@ -47,7 +47,7 @@ from computenet.transfer.paths import (
 from computenet.transfer.quota import Quota, QuotaExceeded
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.ticket import TicketError
-from computenet.transfer.wire import WireError
+from computenet.transfer.wire import TransferError, WireError
 
 POOL = "cpi:local:acme/gpu"
 
@@ -516,30 +516,59 @@ def test_a_resumed_sparse_file_lands_whole(tmp_path: Path) -> None:
     assert final.read_bytes() == ours
 
 
-def test_a_replaced_file_lends_its_chunks_only_while_it_is_the_file_that_was_hashed(
-    tmp_path: Path,
-) -> None:
+def test_a_replaced_file_lends_the_chunks_it_shares_and_only_those(tmp_path: Path) -> None:
     chunk, final = 1 << 20, tmp_path / "f"
-    old = os.urandom(3 * chunk)
-    new = old[:chunk] + os.urandom(chunk) + old[2 * chunk :]
+    old = os.urandom(4 * chunk)
+    new = old[:chunk] + os.urandom(chunk) + bytes(chunk) + old[3 * chunk : 3 * chunk + 5]
     final.write_bytes(old)
     r = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.checksum)
     plan = r.plan()
-    assert plan.need == [[0, 1, 2]]  # asked for until they are copied
+    assert plan.need == [[0, 1, 3]] and plan.holes == chunk  # asked for until seeded
+    early = Receiver(_manifest_of(new, chunk), [final], [])
+    early.plan()  # another copy, which found no partial file
     r.seed(plan)
-    assert (plan.need, plan.present, plan.present_bytes) == ([[1]], 2, 2 * chunk)
+    assert (plan.need, plan.present, plan.present_bytes) == ([[1]], 2, chunk + 5)
     assert final.read_bytes() == old  # untouched until the commit
+    other = Receiver(_manifest_of(new, chunk), [final], [])
+    with pytest.raises(TransferError, match="another copy is writing"):
+        other.plan()  # the seeded partial file is held until this copy ends
+    with pytest.raises(TransferError, match="another copy is writing"):
+        early.accept(0, 0, new[:chunk])
     r.accept(0, 1, new[chunk : 2 * chunk])
     r.commit()
+    r.close()
     assert final.read_bytes() == new
 
     final.write_bytes(old)
-    r = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.checksum)
+    r = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.size)
     plan = r.plan()
-    final.write_bytes(os.urandom(3 * chunk))  # rewritten after it was hashed
+    final.write_bytes(os.urandom(4 * chunk))  # rewritten after the plan
     r.seed(plan)
-    assert (plan.need, plan.present) == ([[0, 1, 2]], 0)
-    for c in range(3):
+    assert (plan.need, plan.present) == ([[0, 1, 3]], 0)
+    for c in (0, 1, 3):
         r.accept(0, c, new[c * chunk : (c + 1) * chunk])
     r.commit()
     assert final.read_bytes() == new
+
+
+def test_a_link_at_the_destination_is_replaced_at_every_sync_level_but_exists(
+    tmp_path: Path,
+) -> None:
+    chunk, final = 1 << 20, tmp_path / "f"
+    data = os.urandom(chunk + 3)
+    (tmp_path / "target").write_bytes(data)
+    for level in (SyncLevel.size, SyncLevel.mtime, SyncLevel.checksum, SyncLevel.exists):
+        final.unlink(missing_ok=True)
+        final.symlink_to("target")
+        r = Receiver(_manifest_of(data, chunk), [final], [], level)
+        plan = r.plan()
+        if level is SyncLevel.exists:
+            assert plan.skip == [0]
+            continue
+        assert plan.skip == [] and plan.need == [[0, 1]]
+        r.seed(plan)  # a link lends nothing: it is not read through
+        assert plan.present == 0
+        r.accept(0, 0, data[:chunk])
+        r.accept(0, 1, data[chunk:])
+        r.commit()
+        assert not final.is_symlink() and final.read_bytes() == data

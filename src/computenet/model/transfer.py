@@ -161,7 +161,9 @@ class TransferCounters(Model):
     files: int = Field(default=0, description="files written")
     files_skipped: int = 0
     chunks: int = Field(default=0, description="chunks moved (and verified)")
-    chunks_present: int = Field(default=0, description="chunks a partial copy already held")
+    chunks_present: int = Field(
+        default=0, description="chunks already there: in a partial copy, or in the file replaced"
+    )
     retries: int = Field(default=0, description="chunks sent again")
     faults: int = Field(default=0, description="chunks that failed verification or streams lost")
     compressed_chunks: int = Field(default=0, description="chunks that went zstd-compressed")

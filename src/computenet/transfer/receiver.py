@@ -11,7 +11,6 @@ shares with its new version are copied from it on this side and only the others 
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import queue
 import socket
@@ -36,6 +35,7 @@ SPLICE_MIN = 1 << 20  # smaller chunks are received into memory and written
 BUSY_WAIT = 30.0  # seconds a resent chunk waits for the stream still writing it
 MODE_BITS = 0o777  # set-id and sticky bits are never taken from the other end
 UPDATED = frozenset({SyncLevel.size, SyncLevel.mtime, SyncLevel.checksum})  # by chunk
+SEEDED = 256  # files a copy updates by chunk at most, the largest first: each is held open
 
 
 @dataclass
@@ -57,57 +57,23 @@ class Plan:
         }
 
 
-def unchanged(
-    final: Path, e: ManifestEntry, sync: SyncLevel, chunk: int, old: Old | None = None
-) -> bool:
-    """Whether the file already at the destination may stay, at this sync level. ``old``:
-    the same file, whose hashes serve again for its update."""
+def unchanged(final: Path, e: ManifestEntry, sync: SyncLevel, chunk: int) -> bool:
+    """Whether the file already at the destination may stay, at this sync level."""
     if sync is SyncLevel.none:
         return False
     try:
-        st = final.stat()
+        st = final.lstat()  # a link there is replaced, never followed
     except FileNotFoundError:
         return False
     if sync is SyncLevel.exists:
         return True
-    if st.st_size != e.size:
+    if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
         return False
     if sync is SyncLevel.size:
         return True
     if sync is SyncLevel.mtime:
         return st.st_mtime_ns // 10**9 == e.mtime_ns // 10**9
-    return (old.hashes() if old is not None else hash_chunks(final, e.size, chunk)) == e.chunks
-
-
-class Old:
-    """A file a copy replaces, hashed at most once: its chunks that the new version
-    shares are copied from it rather than sent. ``key`` tells whether it is still the
-    file that was hashed when they are copied."""
-
-    def __init__(self, path: Path, chunk: int) -> None:
-        self.path, self.chunk = path, chunk
-        self.key: tuple[int, ...] | None = None
-        self._hashes: list[str] | None = None
-
-    def hashes(self) -> list[str]:
-        if self._hashes is None:
-            self._hashes = []
-            try:
-                fd = open_read(self.path)
-            except OSError:
-                return self._hashes  # unreadable: it lends nothing
-            try:
-                st = os.fstat(fd)
-                if stat.S_ISREG(st.st_mode):
-                    self.key = _key(st)
-                    self._hashes = hash_fd(fd, st.st_size, self.chunk)
-            finally:
-                os.close(fd)
-        return self._hashes
-
-
-def _key(st: os.stat_result) -> tuple[int, ...]:
-    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    return hash_chunks(final, e.size, chunk) == e.chunks
 
 
 @dataclass
@@ -133,7 +99,7 @@ class Receiver:
         self._writing: dict[int, threading.Lock] = {}
         self._stamped: set[int] = set()  # files given their mode and times as they finished
         self._resumed: set[int] = set()  # files whose partial file holds chunks already
-        self._seeds: dict[int, tuple[Old, set[int]]] = {}  # chunks a replaced file shares
+        self._seeds: set[int] = set()  # files whose replaced file may lend chunks
         self._sparse: set[int] = set()  # files whose all-zero chunks are left as holes
         self._opened: set[int] = set()  # files whose partial file this copy has opened
         self._closed = False
@@ -168,17 +134,15 @@ class Receiver:
                 raise TransferError(
                     f"{self._shown(final)} is a directory; a file cannot replace it"
                 )
-            old = None
-            if there is not None and self.sync in UPDATED and there.is_file(follow_symlinks=False):
-                old = Old(final, chunk)
-            if there is not None and unchanged(final, e, self.sync, chunk, old):
+            if there is not None and unchanged(final, e, self.sync, chunk):
                 plan.skip.append(i)
                 plan.need.append([])
                 self._skip.add(i)
                 self.counters.files_skipped += 1
                 self.counters.bytes_skipped += e.size
                 continue
-            if there is not None and there.is_file(follow_symlinks=False):
+            replacing = there is not None and there.is_file(follow_symlinks=False)
+            if there is not None and replacing:
                 plan.replaced += there.stat(follow_symlinks=False).st_size
             part = names.get(f".{final.name}{PART}")
             have = set() if part is None else self._resumable(Path(part.path), e, final)
@@ -190,11 +154,8 @@ class Receiver:
                 if len(need) < len(e.chunks):
                     self._sparse.add(i)
                     plan.holes += (len(e.chunks) - len(need)) * chunk
-                if old is not None:  # asked for until seed() has copied them
-                    shared = zip(old.hashes(), e.chunks, strict=False)
-                    same = {j for j, (a, b) in enumerate(shared) if a == b and b != zeros}
-                    if same:
-                        self._seeds[i] = (old, same)
+                if replacing and need and self.sync in UPDATED:
+                    self._seeds.add(i)  # its chunks are asked for until seed() finds them
             plan.need.append(need)
             self._left[i] = set(need)
             plan.present += len(have)
@@ -205,37 +166,58 @@ class Receiver:
         return plan
 
     def seed(self, plan: Plan) -> None:
-        """Copies into a new partial file the chunks that each replaced file shares with
-        its new version, and takes them out of ``plan``'s need. Run once the copy is
+        """Takes out of ``plan``'s need the chunks that each file being replaced shares
+        with its new version, copied into a new partial file. Run once the copy is
         admitted (the disk and the quotas count these chunks as bytes to write) and
-        before the other end learns what to send. Each chunk is hashed again as copied,
-        whatever ``verify`` says: a file written since the plan (timestamps are coarser
-        than writes) lends only what still matches, and the rest is asked for."""
+        before the other end learns what to send. Each chunk of the old file is read
+        once into one buffer, hashed, and written from it where it matches: what lands
+        is exactly what matched, even from a file written meanwhile (a copy in the
+        kernel, then a second hash of what landed, measured slower). The partial file
+        stays open and locked until the copy ends or its last chunk lands: another copy
+        that took it meanwhile would find it resumable and write into it, and this one
+        would commit that unseen."""
+        if not self._seeds:
+            return
         chunk = self.manifest.chunk_size
-        for i, (old, same) in self._seeds.items():
-            final, e = self.finals[i], self.manifest.files[i]
+        buf = memoryview(bytearray(chunk))
+        seeded = 0
+        for i in sorted(self._seeds, key=lambda i: -self.manifest.files[i].size):
+            if seeded == SEEDED:
+                break
+            final, e, left = self.finals[i], self.manifest.files[i], self._left[i]
             try:
-                src = open_read(final)
+                src = open_read(final, nonblock=True)  # a FIFO swapped in: never waited on
             except OSError:
-                continue
+                continue  # gone, or not readable: it lends nothing
+            fd, same = None, set()
             try:
-                if _key(os.fstat(src)) != old.key:  # another file now: none would match
+                if not stat.S_ISREG(os.fstat(src).st_mode):
                     continue
-                fd = self._hold(_open_part(final), final)
-                try:
-                    _fresh(fd, e.size)
-                    for j in sorted(same):
-                        n = min(chunk, e.size - j * chunk)
-                        _copy(src, fd, j * chunk, n)
-                        if digest_at(fd, j * chunk, n, holes=False) != e.chunks[j]:
-                            same = same - {j}
-                finally:
+                for j in sorted(left):
+                    data = buf[: min(chunk, e.size - j * chunk)]
+                    if os.preadv(src, [data], j * chunk) < len(data):
+                        break  # the old file ends here
+                    if digest(data) != e.chunks[j]:
+                        continue
+                    if fd is None:
+                        fd = self._hold(_open_part(final), final)
+                        _fresh(fd, e.size)
+                    os.pwrite(fd, data, j * chunk)
+                    same.add(j)
+            except BaseException:
+                if fd is not None:
                     os.close(fd)
+                raise
             finally:
                 os.close(src)
-            self._resumed.add(i)
-            self._left[i] -= same
-            plan.need[i] = sorted(self._left[i])
+            if fd is None:
+                continue
+            seeded += 1
+            with self._lock:
+                self._fds[i] = fd
+            self._opened.add(i)
+            left -= same
+            plan.need[i] = sorted(left)
             nbytes = sum(min(chunk, e.size - j * chunk) for j in same)
             plan.present += len(same)
             plan.present_bytes += nbytes
@@ -659,26 +641,6 @@ def _fresh(fd: int, size: int) -> None:
     os.ftruncate(fd, 0)
     if size:
         os.ftruncate(fd, size)
-
-
-def _copy(src: int, dst: int, offset: int, n: int) -> None:
-    """``n`` bytes at ``offset`` from one file into another, in the kernel (a reflink
-    where the filesystem shares blocks)."""
-    end = offset + n
-    try:
-        while offset < end:
-            k = os.copy_file_range(src, dst, end - offset, offset, offset)
-            if k == 0:
-                raise TransferError("a file shrank while its chunks were copied")
-            offset += k
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-        while offset < end:  # no copy_file_range here: through memory
-            data = os.pread(src, min(end - offset, 8 << 20), offset)
-            if not data:
-                raise TransferError("a file shrank while its chunks were copied") from None
-            offset += os.pwrite(dst, data, offset)
 
 
 def _stamp(fd: int, e: ManifestEntry) -> bool:

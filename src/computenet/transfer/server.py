@@ -607,10 +607,10 @@ class DataServer:
         except BaseException:
             self.quota.settle(adds, False)
             raise
-        self.sessions[tid].receiver = receiver
         landed = False
         try:
             await asyncio.to_thread(receiver.seed, plan)
+            self.sessions[tid].receiver = receiver  # data streams may join from here
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()
             c = receiver.counters
