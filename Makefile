@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/backends.py
 	$(BIN)/python bench/transfer.py
 	$(BIN)/python bench/sparse.py
+	$(BIN)/python bench/delta.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -28,7 +28,6 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import machine, write
-from bench.transfer import Network, Sshd, median
+from bench.transfer import Network, Sshd, median, timed
 
 MIB = 1 << 20
 EDITS = 4
@@ -93,18 +92,9 @@ def main() -> None:
                 ),
             }
             for tool, (where, run) in runs.items():
-                seconds: list[float] = []
-                last: Any = None
-                for i in range(opts.repeat + 1):
-                    where.unlink(missing_ok=True)
-                    shutil.copyfile(old, where)
-                    os.sync()
-                    time.sleep(1)
-                    t = time.perf_counter()
-                    last = run()
-                    took = time.perf_counter() - t
-                    if i:
-                        seconds.append(float(last["seconds"]) if isinstance(last, dict) else took)
+                seconds, last = timed(
+                    run, where, opts.repeat, 1.0, reset=lambda w=where: shutil.copyfile(old, w)
+                )
                 if not filecmp.cmp(new, where, shallow=False):
                     raise RuntimeError(f"{tool}: the copy differs from its source")
                 rows[tool] = {

@@ -26,14 +26,13 @@ import os
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.harness import machine, write
-from bench.transfer import Network, Sshd, clear, median, sh
+from bench.transfer import Network, Sshd, clear, median, sh, timed
 
 MIB = 1 << 20
 
@@ -80,16 +79,7 @@ def main() -> None:
             }
             for tool, run in runs.items():
                 where = base / "beta" / "disk.img" if tool == "computenet" else dst
-                seconds: list[float] = []
-                last: Any = None
-                for i in range(opts.repeat + 1):
-                    clear(where)
-                    time.sleep(1)
-                    t = time.perf_counter()
-                    last = run()
-                    took = time.perf_counter() - t
-                    if i:
-                        seconds.append(float(last["seconds"]) if isinstance(last, dict) else took)
+                seconds, last = timed(run, where, opts.repeat, 1.0)
                 st = where.stat()
                 assert st.st_size == size, (tool, st.st_size)
                 rows[tool] = {

@@ -94,17 +94,25 @@ def clear(path: Path) -> None:
 
 
 def timed(
-    run: Callable[[], Any], dest: Path, repeat: int, settle: float
+    run: Callable[[], Any],
+    dest: Path,
+    repeat: int,
+    settle: float,
+    reset: Callable[[], None] | None = None,
 ) -> tuple[list[float], Any]:
     """Seconds of each run (a run may return its own figure) and the last run's value.
     After the last run's output is removed, ``settle`` seconds pass before the next: a
     virtual machine hands freed memory back to its host within about two seconds, and
     pages it must take back cost 2-3 times as much to write. Without the pause, a tool
     that starts at once (``cp``) writes into warm pages and one that starts a Python
-    process first may or may not."""
+    process first may or may not. ``reset``, where given, prepares the destination
+    instead of removing it."""
     seconds, last = [], None
     for i in range(repeat + 1):
         clear(dest)
+        if reset is not None:
+            reset()
+            os.sync()
         time.sleep(settle)
         t = time.perf_counter()
         last = run()
