@@ -483,6 +483,13 @@ def test_a_link_measured_slow_loses_the_job_to_one_measured_fast(
         rates = {(k.source, k.destination): k for k in cl.links()}
     assert rates[(s, c)].samples == 1 and rates[(s, c)].rate <= 4.4e6  # the cap held
     assert rates[(s, d)].rate > 2 * rates[(s, c)].rate
+    shown = net.cnet("pool", "links", token=net.token)
+    assert shown.returncode == 0, shown.stderr
+    row = next(line.split() for line in shown.stdout.splitlines() if c in line)
+    assert row[:2] == [s, c] and float(row[2]) == round(rates[(s, c)].rate / 1e6, 1)
+    assert row[3:5] == ["MB/s", "1"]
+    as_json = json.loads(net.cnet("pool", "links", "--json", token=net.token).stdout)
+    assert {(x["source"], x["destination"]) for x in as_json} == set(rates)
     y = [{"uri": "cnet://dataset/link-y", "path": "in"}]
     with net.client() as cl:
         plan = cl.plan(command=["true"], inputs=y, regions=["eu-west"])

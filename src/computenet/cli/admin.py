@@ -18,7 +18,10 @@ from computenet.model.common import format_bytes, parse_memory
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants' fair-share weights and quotas.", no_args_is_help=True)
-pool_app = typer.Typer(help="One pool: its record, and measuring it again.", no_args_is_help=True)
+pool_app = typer.Typer(
+    help="One pool: its record, measuring it again, and the links between pools.",
+    no_args_is_help=True,
+)
 
 
 @pool_app.command("show")
@@ -26,6 +29,30 @@ def pool_show(cpi: Annotated[str, typer.Argument(help="pool CPI")]) -> None:
     """The pool's whole record as JSON: inventory, calibration, price, state."""
     with client() as c:
         print(c.pool(cpi).model_dump_json(indent=2))
+
+
+@pool_app.command("links")
+def pool_links(
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
+) -> None:
+    """The links between pools, each way, as the node measured them from the dataset
+    copies that crossed them; one nothing crossed for a week counts as unknown again
+    (see docs/datasets.md)."""
+    with client() as c:
+        links = c.links()
+    if as_json:
+        print(json.dumps([x.model_dump(mode="json") for x in links], indent=2))
+        return
+    if not links:
+        out.print("no link measured yet: a link is measured once an input crosses it")
+        return
+    table = Table(box=None, pad_edge=False)
+    for col in ("FROM", "TO", "RATE", "SAMPLES", "LAST COPY"):
+        table.add_column(col)
+    for x in links:
+        when = ago(datetime.fromtimestamp(x.updated_at, UTC))
+        table.add_row(x.source, x.destination, f"{x.rate / 1e6:,.1f} MB/s", str(x.samples), when)
+    out.print(table)
 
 
 @pool_app.command("calibrate")
