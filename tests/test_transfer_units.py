@@ -39,6 +39,7 @@ from computenet.transfer.paths import (
     confine,
     fetch_area,
     normalise,
+    part_of,
     swap_in,
     sweep_fetches,
     sweep_parts,
@@ -540,6 +541,11 @@ def test_a_replaced_file_lends_the_chunks_it_shares_and_only_those(tmp_path: Pat
     assert final.read_bytes() == new
 
     final.write_bytes(old)
+    gone = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.size)
+    plan = gone.plan()
+    gone.close()  # a deadline passed before the seeding began
+    gone.seed(plan)
+    assert plan.present == 0 and not part_of(final).exists()
     r = Receiver(_manifest_of(new, chunk), [final], [], SyncLevel.size)
     plan = r.plan()
     final.write_bytes(os.urandom(4 * chunk))  # rewritten after the plan

@@ -11,6 +11,7 @@ shares with its new version are copied from it on this side and only the others 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import queue
 import socket
@@ -61,12 +62,12 @@ def unchanged(final: Path, e: ManifestEntry, sync: SyncLevel, chunk: int) -> boo
     """Whether the file already at the destination may stay, at this sync level."""
     if sync is SyncLevel.none:
         return False
+    if sync is SyncLevel.exists:
+        return final.exists()  # a link counts by what it leads to
     try:
-        st = final.lstat()  # a link there is replaced, never followed
+        st = final.lstat()  # beyond that, a link there is replaced, never read through
     except FileNotFoundError:
         return False
-    if sync is SyncLevel.exists:
-        return True
     if not stat.S_ISREG(st.st_mode) or st.st_size != e.size:
         return False
     if sync is SyncLevel.size:
@@ -182,7 +183,7 @@ class Receiver:
         buf = memoryview(bytearray(chunk))
         seeded = 0
         for i in sorted(self._seeds, key=lambda i: -self.manifest.files[i].size):
-            if seeded == SEEDED:
+            if seeded == SEEDED or self._closed:
                 break
             final, e, left = self.finals[i], self.manifest.files[i], self._left[i]
             try:
@@ -194,15 +195,22 @@ class Receiver:
                 if not stat.S_ISREG(os.fstat(src).st_mode):
                     continue
                 for j in sorted(left):
-                    data = buf[: min(chunk, e.size - j * chunk)]
-                    if os.preadv(src, [data], j * chunk) < len(data):
-                        break  # the old file ends here
+                    if self._closed:  # the copy ended (a deadline): nothing more is lent
+                        break
+                    offset, data = j * chunk, buf[: min(chunk, e.size - j * chunk)]
+                    try:
+                        if os.preadv(src, [data], offset) < len(data):
+                            break  # the old file ends here
+                    except OSError:
+                        break  # it cannot be read: it lends no more
                     if digest(data) != e.chunks[j]:
                         continue
                     if fd is None:
                         fd = self._hold(_open_part(final), final)
                         _fresh(fd, e.size)
-                    os.pwrite(fd, data, j * chunk)
+                    reserve(fd, offset, len(data))  # a full disk fails here, not half way
+                    if os.pwrite(fd, data, offset) != len(data):
+                        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
                     same.add(j)
             except BaseException:
                 if fd is not None:
@@ -212,9 +220,12 @@ class Receiver:
                 os.close(src)
             if fd is None:
                 continue
-            seeded += 1
             with self._lock:
+                if self._closed:  # close() ran meanwhile: nobody would release it
+                    os.close(fd)
+                    break
                 self._fds[i] = fd
+            seeded += 1
             self._opened.add(i)
             left -= same
             plan.need[i] = sorted(left)

@@ -609,7 +609,10 @@ class DataServer:
             raise
         landed = False
         try:
-            await asyncio.to_thread(receiver.seed, plan)
+            try:  # long for a large file: a thread of its own, not the loop's pool
+                await sockets.in_thread(receiver.seed, plan)
+            except OSError as e:
+                raise TransferError(_write_error(e)) from None
             self.sessions[tid].receiver = receiver  # data streams may join from here
             wire.send_json(writer, Kind.NEED, plan.wire())
             await writer.drain()

@@ -28,6 +28,7 @@ from computenet.node.sched.framework import (
     Profile,
     Ranking,
 )
+from computenet.node.sched.scores.locality import UNSIZED
 from computenet.node.store import links as link_store
 from computenet.node.store import tenants as tenant_store
 from computenet.node.store.datasets import Holdings
@@ -186,8 +187,8 @@ def rates_of(conn: Connection) -> Callable[[str, str], float | None]:
 
 
 def data_of(holdings: Holdings) -> Callable[[str], tuple[int, frozenset[str]] | None]:
-    """A pool path is held by its pool, at a size the node does not know (one byte: enough
-    to prefer that pool when nothing else differs); a dataset by its replicas."""
+    """A pool path is held by its pool, at a size the node does not know (``UNSIZED``);
+    a dataset by its replicas."""
 
     def data(uri: str) -> tuple[int, frozenset[str]] | None:
         try:
@@ -195,7 +196,7 @@ def data_of(holdings: Holdings) -> Callable[[str], tuple[int, frozenset[str]] | 
         except DataURIError:
             return None
         if isinstance(ref, PoolRef):
-            return 1, frozenset({ref.pool})
+            return UNSIZED, frozenset({ref.pool})
         return holdings.dataset(ref)
 
     return data

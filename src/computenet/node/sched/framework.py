@@ -123,6 +123,10 @@ class FilterPlugin(Protocol):
 
 
 class ScorePlugin(Protocol):
+    """A score may also set ``resolution``: the least difference in its raw value that
+    matters (0 when unset). Candidates closer than that are scored nearly alike, where
+    stretching their tiny spread to 0..100 would let it outweigh every other score."""
+
     name: str
     higher_is_better: bool
 
@@ -245,7 +249,11 @@ class Profile:
                     np.nan if (v := s.raw(job, pool, ctx)) is None else v for s in self.scores
                 ]
             raw[:, j] = row
-        norm = _normalise(raw, np.array([s.higher_is_better for s in self.scores]))
+        norm = _normalise(
+            raw,
+            np.array([s.higher_is_better for s in self.scores]),
+            np.array([getattr(s, "resolution", 0.0) for s in self.scores]),
+        )
         weights = self.goal_weights(job.optimize)
         w = np.array([weights.get(s.name, 0.0) for s in self.scores])
         totals = w @ norm
@@ -257,15 +265,19 @@ class Profile:
 
 
 def _normalise(
-    raw: npt.NDArray[np.float64], higher: npt.NDArray[np.bool_]
+    raw: npt.NDArray[np.float64],
+    higher: npt.NDArray[np.bool_],
+    resolution: npt.NDArray[np.float64],
 ) -> npt.NDArray[np.float64]:
-    """Each score to 0..100 across the candidates (best 100); unknown values are neutral."""
+    """Each score to 0..100 across the candidates (best 100), over their spread or the
+    score's resolution, whichever is wider; unknown values are neutral."""
     known = ~np.isnan(raw)
     with np.errstate(all="ignore"):
         lo = np.min(np.where(known, raw, np.inf), axis=1, keepdims=True)
         hi = np.max(np.where(known, raw, -np.inf), axis=1, keepdims=True)
         span = hi - lo
-        frac = np.where(span > 0, (raw - lo) / np.where(span > 0, span, 1.0), 1.0)
+        wide = np.maximum(span, resolution[:, None])
+        frac = np.where(span > 0, (raw - lo) / np.where(span > 0, wide, 1.0), 1.0)
     score = 100.0 * np.where(higher[:, None], frac, 1.0 - frac)
     score = np.where(span > 0, score, 100.0)
     return np.where(known, score, 50.0)
