@@ -119,6 +119,24 @@ def test_a_job_runs_where_its_input_is(net: Network, tmp_path: Path) -> None:
     assert (where, out.split()[:2]) == ("pool-b", ["alpha", "b"])
 
 
+def test_a_version_is_verified_as_it_lands_even_when_the_sender_says_not(
+    net: Network, tmp_path: Path
+) -> None:
+    """``--no-verify`` trusts the wire for a plain copy; a dataset version is what other
+    pools check their copies against, so its pool checks every chunk regardless."""
+    src = tmp_path / "v"
+    src.mkdir()
+    (src / "blob").write_bytes(os.urandom(2 * CHUNK + 5))
+    env = dict(net.env, CNET_TOKEN=net.token, **{FAULTS: "corrupt:chunk=2"})
+    args = ["cp", "--json", "--no-verify", "--pool", "pool-a", str(src), "cnet://dataset/nv"]
+    proc = subprocess.run([*PYTHON, *args], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    k = json.loads(proc.stdout)["counters"]
+    assert k["faults"] >= 1 and k["retries"] >= 1  # caught, and sent again
+    kept = net.home / "agents" / "pool-a" / "data" / "datasets" / "nv"
+    assert [p.read_bytes() for p in kept.rglob("blob")] == [(src / "blob").read_bytes()]
+
+
 def test_a_job_elsewhere_stages_the_input_and_leaves_a_replica(
     net: Network, tmp_path: Path
 ) -> None:

@@ -592,7 +592,7 @@ class DataServer:
             finals,
             dirs,
             frame.sync,
-            verify=frame.verify,
+            verify=frame.verify or frame.exact,  # a version is what its tree hash says
             root=self.root.resolve(),
         )
         plan = await asyncio.to_thread(receiver.plan)
