@@ -29,8 +29,19 @@ def test_catalog_lists_and_resolves_names() -> None:
 
 
 def test_bad_options_fail_in_one_line_without_traceback() -> None:
-    for args in (("run", "--mem", "5Q", "--", "true"), ("run", "-e", "1BAD=x", "--", "true")):
+    cases = (
+        ("run", "--mem", "5Q", "--", "true"),
+        ("run", "-e", "1BAD=x", "--", "true"),
+        ("cp", "--sync", "bogus", "a", "b"),
+        ("cp", "--streams", "0", "a", "b"),
+        ("pool", "links", "extra"),
+        ("nosuch",),
+    )
+    for args in cases:
         r = cnet(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        assert "Value error" not in r.stderr
+        assert "Value error" not in r.stderr and r.stderr.startswith("error: ")
+    sync = cnet("cp", "--sync", "bogus", "a", "b").stderr
+    assert "'--sync': 'bogus' is not one of 'none', 'exists'" in sync
+    assert sync.rstrip().endswith("(see cnet cp --help)")

@@ -448,6 +448,13 @@ def test_a_local_link_or_special_file_is_not_replaced(
         assert proc.returncode == 1 and f"{dest} {says}" in proc.stderr, proc.stderr
     assert link.is_symlink() and target.read_text() == "mine\n"
     assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    into = tmp_path / "into"  # a tree whose file lands where a link stands: not through it
+    into.mkdir()
+    (into / "small.txt").symlink_to(target)
+    proc = shared.cnet("cp", f"{quiet}:/hostile", str(into), token=shared.token)
+    assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert f"{into / 'small.txt'} is a link: name the path it leads to" in proc.stderr
+    assert (into / "small.txt").is_symlink() and target.read_text() == "mine\n"
 
 
 def test_a_name_that_is_not_utf8_is_named_not_dumped(

@@ -35,9 +35,11 @@ def pool_show(cpi: Annotated[str, typer.Argument(help="pool CPI")]) -> None:
 def pool_links(
     as_json: Annotated[bool, typer.Option("--json", help="print as JSON")] = False,
 ) -> None:
-    """The links between pools, each way, as the node measured them from the dataset
-    copies that crossed them; one nothing crossed for a week counts as unknown again
-    (see docs/datasets.md)."""
+    """The links between pools, each way, as measured.
+
+    The node measures a link from the dataset copies that cross it; one nothing crossed
+    for a week counts as unknown again (see docs/datasets.md).
+    """
     with client() as c:
         links = c.links()
     if as_json:

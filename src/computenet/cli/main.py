@@ -14,6 +14,11 @@ from computenet.cli.output import CLIError, fail, friendly
 from computenet.cli.session import current
 from computenet.sdk.client import ApiError
 
+try:  # typer carries its own copy of click in later versions
+    from typer._click import exceptions as usage
+except ImportError:  # pragma: no cover - an older typer, on click itself
+    from click import exceptions as usage  # type: ignore[no-redef]
+
 app = typer.Typer(
     help="computenet: query, discover and call computing power.",
     no_args_is_help=True,
@@ -68,7 +73,17 @@ app.add_typer(daemons.agent_app, name="agent")
 
 def main() -> None:
     try:
-        app()
+        code = app(standalone_mode=False, prog_name="cnet")
+    except usage.NoArgsIsHelpError as e:  # a group named alone: its help
+        print(e.format_message())
+        sys.exit(2)
+    except usage.UsageError as e:  # a bad option or argument: one line, as any error
+        hint = f" (see {e.ctx.command_path} --help)" if e.ctx is not None else ""
+        fail(e.format_message().replace("Value error, ", "").rstrip(".") + hint, 2)
+    except usage.ClickException as e:
+        fail(e.format_message(), e.exit_code)
+    except typer.Abort:  # Ctrl-C where the command did not catch it
+        sys.exit(130)
     except ApiError as e:
         fail(str(e), 1)
     except CLIError as e:
@@ -79,6 +94,8 @@ def main() -> None:
         fail(f"{field}: {friendly(first)}", 2)
     except KeyboardInterrupt:
         sys.exit(130)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, Source, build, sizes
 from computenet.transfer.pace import Pace
-from computenet.transfer.paths import PART, confine, exclusive
+from computenet.transfer.paths import PART, PathError, confine, exclusive, normalise
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -403,9 +403,10 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             finals, dirs = [target], []
             lock = target.with_name(f".{target.name}.lock{PART}")
         else:
-            # Names from the server are confined too: a server cannot write outside dest.
-            finals = [confine(dest, e.path) for e in m.files]
-            dirs = [dest, *(confine(dest, d) for d in m.dirs)]  # an empty tree makes dest
+            # Names from the server are confined too: a server cannot write outside dest,
+            # and a link in dest is not written through, as onto a single file.
+            finals = [_into(dest, e.path) for e in m.files]
+            dirs = [dest, *(_into(dest, d) for d in m.dirs)]  # an empty tree makes dest
             target, lock = dest, dest / f".cnet.lock{PART}"
         lock.parent.mkdir(parents=True, exist_ok=True)
         w = options.watcher
@@ -448,6 +449,20 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         return _result(grant, Direction.get, target, m, counters, streams, started)
     finally:
         link.close()
+
+
+def _into(dest: Path, rel: str) -> Path:
+    """Where ``rel`` of a tree lands in a local destination: never through a link, where
+    it leads out of ``dest`` or not."""
+    try:
+        return confine(dest, rel, links=False, what=str(dest))
+    except PathError as e:
+        at = dest
+        for name in normalise(rel).split("/"):
+            at = at / name
+            if at.is_symlink():
+                raise TransferError(f"{at} is a link: name the path it leads to") from None
+        raise TransferError(f"into {dest}: {e}") from None
 
 
 def _replaceable(target: Path) -> None:
