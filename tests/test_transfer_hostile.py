@@ -518,6 +518,53 @@ def test_a_put_that_cannot_fit_is_refused_before_its_source_is_hashed(
     assert not (root_of(shared, "quiet") / "hostile" / "links").exists()
 
 
+@pytest.fixture
+def few_inodes(tmp_path: Path) -> Iterator[Path]:
+    """A file system that holds at most 64 files and directories, as a disk whose
+    inodes run out does."""
+    where = tmp_path / "few-inodes"
+    where.mkdir()
+    made = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=64", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if made.returncode:
+        pytest.skip(f"SKIPPED LOUDLY: cannot mount a tmpfs here ({made.stderr.strip()})")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_a_tree_with_more_files_than_the_disk_has_inodes_is_refused_before_it_moves(
+    shared: Network, tmp_path: Path, few_inodes: Path
+) -> None:
+    """A tree of small files runs out of inodes with bytes to spare: caught midway, it
+    would leave every other writer on that disk failing too."""
+    shared.start_agent("inodes", "--no-calibrate", "--data-root", str(few_inodes))
+    pool = shared.wait_pool("inodes")
+    tree = tmp_path / "tree"
+    for d in range(10):
+        (tree / f"d{d}").mkdir(parents=True)
+        for i in range(10):
+            (tree / f"d{d}" / f"f{i}").write_bytes(b"x" * 10)
+    try:
+        over = shared.cnet("cp", str(tree), f"{pool}:/tree", token=shared.token)
+        assert over.returncode == 1, over.stderr
+        assert "not enough inodes in the pool's data root: the copy makes 111 files" in (
+            over.stderr
+        ), over.stderr
+        assert not (few_inodes / "tree").exists()
+        for d in range(3, 10):
+            shutil.rmtree(tree / f"d{d}")
+        fits = shared.cnet("cp", str(tree), f"{pool}:/tree", token=shared.token)
+        assert fits.returncode == 0, fits.stderr
+        assert (few_inodes / "tree" / "d2" / "f9").read_bytes() == b"x" * 10
+    finally:
+        shared.agents.pop("inodes").stop()
+
+
 def test_a_jobs_output_is_held_to_the_pools_data_quota(shared: Network, tmp_path: Path) -> None:
     capped = capped_pool(shared)
     with shared.client() as c:

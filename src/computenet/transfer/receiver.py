@@ -47,6 +47,7 @@ class Plan:
     present_bytes: int = 0
     holes: int = 0  # bytes of all-zero chunks left as holes rather than sent
     replaced: int = 0  # bytes of the files at the destination that the copy replaces
+    entries: int = 0  # files and directories the copy makes: each takes an inode
 
     def wire(self) -> dict[str, object]:
         return {
@@ -146,6 +147,7 @@ class Receiver:
             if there is not None and replacing:
                 plan.replaced += there.stat(follow_symlinks=False).st_size
             part = names.get(f".{final.name}{PART}")
+            plan.entries += part is None  # a partial file becomes the file: one inode
             have = set() if part is None else self._resumable(Path(part.path), e, final)
             if part is not None:
                 self._resumed.add(i)
@@ -161,6 +163,7 @@ class Receiver:
             self._left[i] = set(need)
             plan.present += len(have)
             plan.present_bytes += sum(min(chunk, e.size - j * chunk) for j in have)
+        plan.entries += sum(not os.path.lexists(d) for d in self.dirs)
         self.counters.chunks_present += plan.present
         self.counters.bytes_skipped += plan.present_bytes
         self.counters.bytes_holes += plan.holes

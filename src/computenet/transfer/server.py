@@ -16,7 +16,6 @@ import logging
 import os
 import re
 import secrets
-import shutil
 import socket
 import ssl
 import stat
@@ -535,12 +534,23 @@ class DataServer:
         top = confine(self.root, path, links=False)  # made even for an empty tree
         return finals, [top, *(under(d) for d in m.dirs)]
 
-    def _fits_disk(self, total: int) -> None:
-        free = shutil.disk_usage(self.root).free
+    def _fits_disk(self, total: int, entries: int = 0) -> None:
+        """Refuses a put the file system cannot hold: its bytes, and its files and
+        directories, since inodes run out long before bytes for a tree of small files,
+        and then every writer on the disk fails midway."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
         if total > free:
             asked, has = format_apart(total, free)
             raise TransferError(
                 f"not enough space in the pool's data root: {asked} asked, {has} free"
+            )
+        room = st.f_favail - 1  # the copy's record takes one
+        # f_files is 0 where inodes are made as needed (btrfs): none run out
+        if st.f_files and entries and entries > room:
+            raise TransferError(
+                f"not enough inodes in the pool's data root: the copy makes {entries:,} "
+                f"files and directories, and {max(0, room):,} more fit"
             )
 
     async def _room(self, ctl: _Control, size: Any, disk: Any = None) -> None:
@@ -597,7 +607,7 @@ class DataServer:
         )
         plan = await asyncio.to_thread(receiver.plan)
         k = receiver.counters  # present chunks take no more disk, nor holes any
-        self._fits_disk(total - k.bytes_skipped - k.bytes_holes)
+        self._fits_disk(total - k.bytes_skipped - k.bytes_holes, plan.entries)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
