@@ -561,6 +561,17 @@ def test_a_tree_with_more_files_than_the_disk_has_inodes_is_refused_before_it_mo
         fits = shared.cnet("cp", str(tree), f"{pool}:/tree", token=shared.token)
         assert fits.returncode == 0, fits.stderr
         assert (few_inodes / "tree" / "d2" / "f9").read_bytes() == b"x" * 10
+        # A get checks the local disk the same way, before it asks for a byte.
+        got = few_inodes / "got"
+        back = shared.cnet("cp", f"{pool}:/tree", str(got), token=shared.token)
+        assert back.returncode == 1, back.stderr
+        assert f"not enough inodes in {got}: the copy makes 33 files and directories" in (
+            back.stderr
+        ), back.stderr
+        assert not [p for p in got.rglob("*") if not p.name.endswith(".cnetpart")]
+        again = shared.cnet("cp", f"{pool}:/tree/d2", str(tmp_path / "d2"), token=shared.token)
+        assert again.returncode == 0, again.stderr
+        assert (tmp_path / "d2" / "f9").read_bytes() == b"x" * 10
     finally:
         shared.agents.pop("inodes").stop()
 

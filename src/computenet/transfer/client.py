@@ -35,6 +35,7 @@ from computenet.transfer.hashes import HashCache
 from computenet.transfer.manifest import CHUNK, Source, build, sizes
 from computenet.transfer.pace import Pace
 from computenet.transfer.paths import PART, PathError, confine, exclusive, normalise
+from computenet.transfer.quota import fits
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -424,6 +425,13 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         with exclusive(lock, str(target)):
             try:
                 plan = await sockets.in_thread(receiver.plan)
+                c = counters  # before any byte moves, as a data server checks a put
+                fits(
+                    lock.parent,
+                    m.total_bytes - c.bytes_skipped - c.bytes_holes,
+                    plan.entries,
+                    str(dest),
+                )
                 await sockets.in_thread(receiver.seed, plan)
                 if w is not None:
                     w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)

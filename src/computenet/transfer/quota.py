@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,6 +24,24 @@ STALE = 60.0  # seconds a walk of the root stands for
 
 class QuotaExceeded(TransferError):
     """A put that would take the data root past its quota."""
+
+
+def fits(where: Path, total: int, entries: int, what: str) -> None:
+    """Refuses a copy the file system at ``where`` cannot hold: its bytes, and its files
+    and directories, since inodes run out long before bytes for a tree of small files,
+    and then every writer on that disk fails midway."""
+    st = os.statvfs(where)
+    free = st.f_bavail * st.f_frsize
+    if total > free:
+        asked, has = format_apart(total, free)
+        raise TransferError(f"not enough space in {what}: {asked} asked, {has} free")
+    room = st.f_favail - 1  # a data server's record of the copy takes one
+    # f_files is 0 where inodes are made as needed (btrfs): none run out
+    if st.f_files and entries and entries > room:
+        raise TransferError(
+            f"not enough inodes in {what}: the copy makes {entries:,} files and "
+            f"directories, and {max(0, room):,} more fit"
+        )
 
 
 def held(root: Path) -> int:

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
-from computenet.model.common import format_apart
 from computenet.model.transfer import (
     DataEndpoint,
     Direction,
@@ -56,7 +55,7 @@ from computenet.transfer.paths import (
     sweep_parts,
     within,
 )
-from computenet.transfer.quota import Quota
+from computenet.transfer.quota import Quota, fits
 from computenet.transfer.receiver import Receiver
 from computenet.transfer.sender import Sender
 from computenet.transfer.sockets import Sock
@@ -66,6 +65,7 @@ from computenet.transfer.wire import Kind, Refused, TransferError
 
 log = logging.getLogger("computenet.transfer")
 KEY_REFRESH = 10.0
+ROOT = "the pool's data root"  # as errors name it
 ADMIT_TIMEOUT = 60.0
 # A transfer in which no chunk moves for this long is stopped (``CNET_TRANSFER_IDLE``).
 IDLE_TIMEOUT = float(os.environ.get("CNET_TRANSFER_IDLE", "300"))
@@ -534,25 +534,6 @@ class DataServer:
         top = confine(self.root, path, links=False)  # made even for an empty tree
         return finals, [top, *(under(d) for d in m.dirs)]
 
-    def _fits_disk(self, total: int, entries: int = 0) -> None:
-        """Refuses a put the file system cannot hold: its bytes, and its files and
-        directories, since inodes run out long before bytes for a tree of small files,
-        and then every writer on the disk fails midway."""
-        st = os.statvfs(self.root)
-        free = st.f_bavail * st.f_frsize
-        if total > free:
-            asked, has = format_apart(total, free)
-            raise TransferError(
-                f"not enough space in the pool's data root: {asked} asked, {has} free"
-            )
-        room = st.f_favail - 1  # the copy's record takes one
-        # f_files is 0 where inodes are made as needed (btrfs): none run out
-        if st.f_files and entries and entries > room:
-            raise TransferError(
-                f"not enough inodes in the pool's data root: the copy makes {entries:,} "
-                f"files and directories, and {max(0, room):,} more fit"
-            )
-
     async def _room(self, ctl: _Control, size: Any, disk: Any = None) -> None:
         """Whether a put of ``size`` bytes (``disk`` of them not holes) could fit, asked
         before its source is hashed (which takes minutes for a large one). What lies at
@@ -576,7 +557,7 @@ class DataServer:
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
         if home is not None:
             await home.check(adds, t.claims.home_quota)
-        self._fits_disk(disk - partial)  # what partial files hold is on the disk already
+        fits(self.root, disk - partial, 0, ROOT)  # what partial files hold is on the disk already
         wire.send_json(writer, Kind.OK, {"size": size})
         await writer.drain()
 
@@ -607,7 +588,7 @@ class DataServer:
         )
         plan = await asyncio.to_thread(receiver.plan)
         k = receiver.counters  # present chunks take no more disk, nor holes any
-        self._fits_disk(total - k.bytes_skipped - k.bytes_holes, plan.entries)
+        fits(self.root, total - k.bytes_skipped - k.bytes_holes, plan.entries, ROOT)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
