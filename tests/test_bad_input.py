@@ -428,6 +428,25 @@ def test_job_pinned_to_unknown_pool(shared: Network, tenants: Tenants, pool_cpi:
     assert unknown in p["detail"]
 
 
+def test_job_reading_or_writing_an_unknown_pool_is_refused_at_submission(
+    shared: Network, tenants: Tenants, pool_cpi: str
+) -> None:
+    """Otherwise it queues for its turn and fails only at staging."""
+    unknown = pool_cpi.rsplit("/", 1)[0] + "/nosuchpool"
+    known = f"{pool_cpi}:/home/rejected/in.txt"
+    ok = {"command": ["true"], "inputs": [{"uri": known, "path": "in.txt"}]}
+    bad_in = {"command": ["true"], "inputs": [{"uri": f"{unknown}:/home/x", "path": "x"}]}
+    bad_out = {"command": ["true"], "outputs": [{"path": "o", "uri": f"{unknown}:/home/o"}]}
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        p = problem(c.post("/v1/jobs", json=bad_in), 422)
+        assert fields(p) == ["inputs.0.uri"]
+        assert f"no pool '{unknown}' on this node" in p["detail"], p
+        p = problem(c.post("/v1/jobs/batch", json={"jobs": [ok, bad_out]}), 422)
+        assert fields(p) == ["jobs.1.outputs.0.uri"]
+        p = problem(c.post("/v1/jobs/plan", json=bad_in), 422)
+        assert fields(p) == ["inputs.0.uri"]
+
+
 @pytest.mark.parametrize("job_id", ["BAD", "j-UPPER", "j-" + "a" * 41, "x-abc"])
 def test_malformed_job_id(shared: Network, tenants: Tenants, job_id: str) -> None:
     with http(shared, tenants.a) as c:

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from sqlalchemy import Connection
 
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
-from computenet.model.dataset import DataInput, DatasetRef, parse_data_uri, split_input
+from computenet.model.dataset import DataInput, DatasetRef, PoolRef, parse_data_uri, split_input
 from computenet.model.plan import Plan
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
@@ -26,6 +26,7 @@ from computenet.node.sched.binder import plan as plan_job
 from computenet.node.sched.framework import JobView, Profile
 from computenet.node.store import datasets as dataset_store
 from computenet.node.store import jobs as job_store
+from computenet.node.store import pools as pool_store
 from computenet.node.store import tenants as tenant_store
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -139,6 +140,27 @@ def check_outputs(
             raise Conflict(why, field=where)
 
 
+def check_pools(conn: Connection, spec: JobSpec, own_code: str = "", field: str = "") -> None:
+    """Refuses at submission a pool input or output on a pool this node has never had:
+    otherwise the job waits its turn only to fail at staging. A pool of another node of
+    the tree is its node's to check."""
+    items = [("inputs", i, x.uri) for i, x in enumerate(spec.inputs)]
+    items += [("outputs", i, x.uri) for i, x in enumerate(spec.outputs)]
+    for kind, i, uri in items:
+        ref = parse_data_uri(split_input(uri)[0])
+        if not isinstance(ref, PoolRef) or (
+            own_code and not ref.pool.startswith(f"cpi:{own_code}:")
+        ):
+            continue
+        try:
+            pool_store.get(conn, ref.pool)
+        except NotFound:
+            raise Invalid(
+                f"no pool {ref.pool!r} on this node (`cnet resources` lists them)",
+                field=f"{field}{kind}.{i}.uri",
+            ) from None
+
+
 def _elsewhere(spec: JobSpec, own_code: str) -> bool:
     return bool(own_code and spec.pool and not spec.pool.startswith(f"cpi:{own_code}:"))
 
@@ -179,6 +201,7 @@ async def submit(
         with node.store.write() as conn:
             admit(conn, node.profile, who.tenant, [spec], [""], code)
             if not _elsewhere(spec, code):  # else its pool's node checks them
+                check_pools(conn, spec, code)
                 check_outputs(conn, spec, who.tenant)
                 if not who.admin:
                     homes.check_job(conn, spec, who.tenant)
@@ -206,7 +229,11 @@ async def plan(
     the rejected pools with reasons, and what the scheduler would do. Nothing is submitted;
     an input submission would refuse (no such dataset) is refused here too, by field."""
 
+    code = node.federation.code if node.federation.chain else ""
+
     def run(conn: Connection) -> Plan:
+        if not _elsewhere(spec, code):
+            check_pools(conn, spec, code)
         pinned = pin_inputs(conn, spec)  # as submission names its data: a version moves once
         return plan_job(conn, node.profile, _view(pinned, who.tenant, "j-plan"))
 
@@ -227,6 +254,7 @@ async def submit_batch(
             named: dict[str, str] = {}
             for s, f in zip(batch.jobs, fields, strict=True):
                 if not _elsewhere(s, code):
+                    check_pools(conn, s, code, f)
                     check_outputs(conn, s, who.tenant, f, named)
                     if not who.admin:
                         homes.check_job(conn, s, who.tenant, f)
