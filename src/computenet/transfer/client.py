@@ -37,7 +37,7 @@ from computenet.transfer.pace import Pace
 from computenet.transfer.paths import PART, PathError, confine, exclusive, normalise
 from computenet.transfer.quota import fits
 from computenet.transfer.receiver import SPLICE_MIN, Receiver
-from computenet.transfer.sender import Sender
+from computenet.transfer.sender import Sender, checked_need, need_limit
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import Kind, TransferError
 
@@ -322,7 +322,8 @@ async def _send(
         )
         wire.send_model(writer, Kind.MANIFEST, frame)
         await writer.drain()
-        _, plan = await wire.expect(reader, Kind.NEED)
+        _, plan = await wire.expect(reader, Kind.NEED, limit=need_limit(m))
+        need = await asyncio.to_thread(checked_need, plan, m)
         skipped = set(plan.get("skip", []))
         counters.chunks_present = int(plan.get("present", 0))
         counters.files_skipped = len(skipped)
@@ -334,7 +335,7 @@ async def _send(
         packed = options.compress
         if packed is None:
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
-        sender = Sender(m, src.paths, plan["need"], counters, _advance(w), options.faults, packed)
+        sender = Sender(m, src.paths, need, counters, _advance(w), options.faults, packed)
         if w is not None:
             w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)
         streams = 0

@@ -10,6 +10,7 @@ a chunk of at least ``SMALL`` bytes goes from the file to the socket by ``sendfi
 
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import ssl
@@ -32,6 +33,32 @@ MAX_ATTEMPTS = 5
 WAIT = 0.5  # seconds between looks at the shared state while waiting
 ACK_READ = 1 << 16
 ACK_POLL = 32  # chunks in flight before a look for ACKs: a look per 100 KiB file costs
+
+
+def need_limit(m: Manifest) -> int:
+    """The most bytes a NEED for ``m`` can take, each chunk named once: a peer cannot make
+    the other end read and parse 256 MiB of JSON for a file of one chunk."""
+    chunks = sum(len(e.chunks) for e in m.files)
+    return 4096 + 12 * (chunks + len(m.files))
+
+
+def checked_need(body: object, m: Manifest) -> list[list[int]]:
+    """A NEED's chunk lists, if they fit ``m``: one list per file, each of the file's
+    chunk numbers in increasing order, none twice. Long for a large tree: off the loop."""
+    need = body.get("need") if isinstance(body, dict) else None
+    if (
+        not isinstance(need, list)
+        or len(need) != len(m.files)
+        or not all(
+            isinstance(n, list)
+            and all(type(c) is int for c in n)
+            and all(a < b for a, b in itertools.pairwise(n))
+            and (not n or (n[0] >= 0 and n[-1] < len(e.chunks)))
+            for n, e in zip(need, m.files, strict=True)
+        )
+    ):
+        raise wire.WireError("NEED does not match the manifest")
+    return need
 
 
 @dataclass

@@ -57,7 +57,7 @@ from computenet.transfer.paths import (
 )
 from computenet.transfer.quota import Quota, fits
 from computenet.transfer.receiver import Receiver
-from computenet.transfer.sender import Sender
+from computenet.transfer.sender import Sender, checked_need, need_limit
 from computenet.transfer.sockets import Sock
 from computenet.transfer.ticket import BadSignature, TicketError
 from computenet.transfer.tls import server_context
@@ -70,7 +70,8 @@ ADMIT_TIMEOUT = 60.0
 # A transfer in which no chunk moves for this long is stopped (``CNET_TRANSFER_IDLE``).
 IDLE_TIMEOUT = float(os.environ.get("CNET_TRANSFER_IDLE", "300"))
 HANDSHAKE_TIMEOUT = min(30.0, IDLE_TIMEOUT)  # from connecting to a HELLO that checks out
-NEED_TIMEOUT = 3600.0  # a client may hash its partial files before it answers
+NEED_TIMEOUT = 3600.0  # the longest a get's client may take to say what it needs
+HASH_FLOOR = 50e6  # bytes a second a client hashes its partial files at, on a slow disk
 MAX_REASON = 4096  # characters of an ERROR's reason
 STREAMS_END = 10.0  # seconds a stopped transfer waits for its streams' threads
 T = TypeVar("T")
@@ -362,11 +363,16 @@ class DataServer:
     def _tls_data(self, raw: Sock, loop: asyncio.AbstractEventLoop) -> None:
         """A TLS data connection: the handshake and the ticket come on this thread too."""
         sock = raw
+        # A timeout on each read would let a peer that trickles a byte at a time hold the
+        # thread for ever: the whole handshake has one deadline, as on the event loop.
+        now = [raw]  # the socket that owns the descriptor: TLS takes it over from raw
+        late = threading.Timer(HANDSHAKE_TIMEOUT, _wake, (now,))
+        late.start()
         try:
             raw.settimeout(HANDSHAKE_TIMEOUT)
             sockets.send(raw, Kind.OK)
             assert self._tls is not None
-            sock = self._tls.wrap_socket(raw, server_side=True)
+            sock = now[0] = self._tls.wrap_socket(raw, server_side=True)
             hello = _hello(sockets.expect(sock, Kind.HELLO))
             s = asyncio.run_coroutine_threadsafe(self._admit(hello), loop).result(ADMIT_TIMEOUT)
         except (TicketError, PathError, TransferError, ValidationError) as e:
@@ -378,6 +384,8 @@ class DataServer:
         except (OSError, ValueError, TimeoutError):
             sockets.shut(sock)
             return
+        finally:
+            late.cancel()
         self._data(sock, s)
 
     async def _remove(self, ctl: _Control, recursive: bool) -> None:
@@ -673,19 +681,11 @@ class DataServer:
         frame = ManifestFrame(manifest=src.manifest, left_out=src.left_out)
         wire.send_model(writer, Kind.MANIFEST, frame)
         await writer.drain()
-        _, body = await _within(NEED_TIMEOUT, wire.expect(reader, Kind.NEED), "NEED")
-        need = body.get("need")
-        files = src.manifest.files
-        if (
-            not isinstance(need, list)
-            or len(need) != len(files)
-            or not all(
-                isinstance(n, list)
-                and all(isinstance(c, int) and 0 <= c < len(f.chunks) for c in n)
-                for n, f in zip(need, files, strict=True)
-            )
-        ):
-            raise wire.WireError("NEED does not match the manifest")
+        m = src.manifest  # the client hashes its partial files first: a slow disk's time
+        wait = min(NEED_TIMEOUT, IDLE_TIMEOUT + round(m.total_bytes / HASH_FLOOR))
+        asked = wire.expect(reader, Kind.NEED, limit=need_limit(m))
+        _, body = await _within(wait, asked, "NEED")
+        need = await asyncio.to_thread(checked_need, body, m)
         packed = body.get("compress")
         if not isinstance(packed, bool):
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
@@ -772,6 +772,13 @@ def _hello(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise wire.WireError("a HELLO is a JSON object")
     return body
+
+
+def _wake(now: list[Sock]) -> None:
+    """Ends the blocking reads of a connection's thread, which then closes it. The plain
+    socket's own shutdown: a TLS socket's would drop its TLS state under the reader."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(now[0], socket.SHUT_RDWR)
 
 
 def _direction(hello: dict[str, Any]) -> Direction:

@@ -27,6 +27,7 @@ DATAZ = struct.Struct("!III")
 ACK = struct.Struct("!IIB")
 MAX_CONTROL = 256 << 20
 MAX_DATA = (64 << 20) + DATA.size
+LARGE = 1 << 20  # a control frame parsed on a thread rather than the event loop
 STREAM_LIMIT = 16 << 20  # asyncio reader buffer: a whole chunk without stop and go
 
 
@@ -93,8 +94,12 @@ def parse_header(raw: bytes | bytearray | memoryview) -> tuple[Kind, int]:
     return k, length
 
 
-async def read_frame(reader: asyncio.StreamReader) -> tuple[Kind, bytes]:
+async def read_frame(reader: asyncio.StreamReader, limit: int | None = None) -> tuple[Kind, bytes]:
+    """The next frame; ``limit`` caps its payload below its kind's own limit, checked on
+    the header, before the payload is read."""
     kind, length = parse_header(await reader.readexactly(HEADER.size))
+    if limit is not None and length > limit:
+        raise WireError(f"a {kind.name} frame of {length} bytes is over this transfer's {limit}")
     return kind, await reader.readexactly(length)
 
 
@@ -123,9 +128,14 @@ async def expect_model(reader: asyncio.StreamReader, kind: Kind, model: type[M])
     return await asyncio.to_thread(model.model_validate_json, payload)
 
 
-async def expect(reader: asyncio.StreamReader, *kinds: Kind) -> tuple[Kind, Any]:
-    """The next control frame, decoded; an ERROR frame raises ``Refused``."""
-    kind, payload = await read_frame(reader)
+async def expect(
+    reader: asyncio.StreamReader, *kinds: Kind, limit: int | None = None
+) -> tuple[Kind, Any]:
+    """The next control frame, decoded (off the event loop when large); an ERROR frame
+    raises ``Refused``."""
+    kind, payload = await read_frame(reader, limit)
+    if len(payload) > LARGE:
+        return kind, await asyncio.to_thread(control, kind, payload, kinds)
     return kind, control(kind, payload, kinds)
 
 
