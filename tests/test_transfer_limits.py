@@ -315,19 +315,24 @@ def test_a_need_that_does_not_match_the_manifest_is_refused(
     assert "data server error" not in net.agents[POOL].output()
 
 
+def offered(net: Network, pool: str, name: str, peers: list[Peer]) -> Peer:
+    """A get of a one-file tree ``/limits/NAME``, its MANIFEST read and not answered."""
+    tree = root(net) / "limits" / name
+    tree.mkdir(parents=True, exist_ok=True)
+    (tree / "a.txt").write_bytes(b"a" * 100)
+    ctl, _ = control(grant(net, pool, f"/limits/{name}", direction="get"), direction="get")
+    peers.append(ctl)
+    assert ctl.read()[0] is wire.Kind.MANIFEST
+    return ctl
+
+
 def test_a_need_longer_than_its_manifest_allows_is_refused_unread(
     net: Network, pool: str, peers: list[Peer]
 ) -> None:
     """Each chunk is named at most once, so a NEED's length has a bound the manifest
     sets: a header over it is refused before the server reads (or parses) the body,
     which could otherwise be 256 MiB of JSON for a file of one chunk."""
-    tree = root(net) / "limits" / "longneed"
-    tree.mkdir(parents=True, exist_ok=True)
-    (tree / "a.txt").write_bytes(b"a" * 100)
-    g = grant(net, pool, "/limits/longneed", direction="get")
-    ctl, _ = control(g, direction="get")
-    peers.append(ctl)
-    assert ctl.read()[0] is wire.Kind.MANIFEST
+    ctl = offered(net, pool, "longneed", peers)
     ctl.sock.sendall(wire.header(wire.Kind.NEED, 1 << 20))
     assert ctl.refusal() == f"a NEED frame of {1 << 20} bytes is over this transfer's 4120"
     assert closed_by_peer(ctl.sock, 5)
@@ -340,13 +345,7 @@ def test_a_get_quiet_before_its_need_lets_go_of_its_path(
     """A get's client may hash its partial files before it says what it needs, so it has
     the idle time plus what hashing the copy takes on a slow disk (50 MB/s), not an
     hour whatever the size: until then the path cannot be removed."""
-    tree = root(net) / "limits" / "quietget"
-    tree.mkdir(parents=True, exist_ok=True)
-    (tree / "a.txt").write_bytes(b"a" * 100)
-    g = grant(net, pool, "/limits/quietget", direction="get")
-    ctl, _ = control(g, direction="get")
-    peers.append(ctl)
-    assert ctl.read()[0] is wire.Kind.MANIFEST
+    ctl = offered(net, pool, "quietget", peers)
     held = net.cnet("rm", "-r", f"{pool}:/limits/quietget", token=net.token)
     assert held.returncode == 1 and "is still moving" in held.stderr, held.stderr
     start = time.monotonic()
