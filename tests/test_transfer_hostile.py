@@ -457,6 +457,45 @@ def test_a_local_link_or_special_file_is_not_replaced(
     assert (into / "small.txt").is_symlink() and target.read_text() == "mine\n"
 
 
+def test_a_name_with_a_backslash_is_refused_by_name(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    """A pool path reads a backslash as a separator, so ``a\\b`` would land as ``a/b``,
+    and a job could publish ``..\\..\\x`` as a dataset nobody can copy out: such a name
+    stops the copy, named, from the command line, and from a peer that sends it anyway."""
+    tree = tmp_path / "bs"
+    tree.mkdir()
+    (tree / "fine.txt").write_text("ok")
+    (tree / "..\\..\\x").write_text("no")
+    got = shared.cnet("cp", str(tree), f"{quiet}:/hostile/bs", token=shared.token)
+    assert got.returncode == 1, got.stderr
+    assert got.stderr.strip() == (
+        "error: ..\\..\\x: its name holds a backslash, which a pool path reads as a "
+        "separator, so it cannot travel; rename it"
+    ), got.stderr
+    assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
+    g = grant(shared, quiet, "/hostile/bs", size=2)
+    bad = {"manifest": manifest([entry(b"no", CHUNK, "a\\b")], CHUNK)}
+    peer, _, (kind, body) = control(g, bad)
+    peer.close()
+    assert kind is wire.Kind.ERROR and "files.0.path: 'a\\\\b' holds a backslash" in body["error"]
+    assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
+
+
+def test_a_local_link_named_as_the_source_is_followed(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    """As ``cp`` follows it: the file it leads to is copied, at that file's size."""
+    target = tmp_path / "target.bin"
+    target.write_bytes(os.urandom(3 * CHUNK + 7))
+    link = tmp_path / "link.bin"
+    link.symlink_to(target)
+    got = shared.cnet("cp", str(link), f"{quiet}:/hostile/via-link.bin", token=shared.token)
+    assert got.returncode == 0, got.stderr
+    landed = root_of(shared, "quiet") / "hostile" / "via-link.bin"
+    assert not landed.is_symlink() and landed.read_bytes() == target.read_bytes()
+
+
 def test_a_name_that_is_not_utf8_is_named_not_dumped(
     shared: Network, quiet: str, tmp_path: Path
 ) -> None:

@@ -120,6 +120,10 @@ class Manifest(Model):
             if f.path in seen:
                 raise ValueError(f"files.{i}.path: {f.path!r} is named twice")
             seen.add(f.path)
+        named = [(f"files.{i}.path", f.path) for i, f in enumerate(self.files)]
+        for where, name in [*named, *((f"dirs.{i}", d) for i, d in enumerate(self.dirs))]:
+            if "\\" in name:  # a pool path reads it as a separator: a name would turn a path
+                raise ValueError(f"{where}: {name!r} holds a backslash")
         return self
 
     @property

@@ -144,7 +144,7 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
             raise TransferError(
                 f"{root.name} is neither a file nor a directory: a copy moves only those"
             )
-        return [("", str(root))], [], 0
+        return [("", os.path.realpath(root))], [], 0  # a link named as the source: followed
     files: list[tuple[str, str]] = []
     dirs: list[str] = []
     others = 0
@@ -241,6 +241,11 @@ def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Sou
     for rel in (*(rel for rel, _ in files), *dirs):
         if not rel.isascii():
             _utf8(rel)
+        if "\\" in rel:
+            raise TransferError(
+                f"{rel}: its name holds a backslash, which a pool path reads as a "
+                "separator, so it cannot travel; rename it"
+            )
     found = [x for rel, p in files if (x := _entry(rel, p, chunk, cache)) is not None]
     entries = [e for e, _ in found]
     return Source(
