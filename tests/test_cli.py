@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 from conftest import PYTHON
@@ -36,6 +37,8 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("cp", "--streams", "0", "a", "b"),
         ("pool", "links", "extra"),
         ("nosuch",),
+        ("cp", "--deadline", "0", "a", "cpi:x:y/z:/b"),
+        ("cp", "--deadline", "00:00:00", "a", "cpi:x:y/z:/b"),
     )
     for args in cases:
         r = cnet(*args)
@@ -45,3 +48,16 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
     sync = cnet("cp", "--sync", "bogus", "a", "b").stderr
     assert "'--sync': 'bogus' is not one of 'none', 'exists'" in sync
     assert sync.rstrip().endswith("(see cnet cp --help)")
+
+
+def test_help_wraps_to_the_terminal_not_to_the_source() -> None:
+    """A docstring's line breaks are the source's, not the reader's: none shows."""
+    r = subprocess.run(
+        [*PYTHON, "pool", "links", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert r.returncode == 0
+    assert "one nothing crossed for a week counts as unknown again" in r.stdout, r.stdout

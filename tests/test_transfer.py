@@ -194,6 +194,17 @@ def test_a_file_into_a_directory_keeps_its_name(shared: Network, pool: str, tmp_
     (tmp_path / "out").mkdir()
     result(cp(shared, f"{pool}:/dir/named.txt", str(tmp_path / "out")))
     assert (tmp_path / "out" / "named.txt").read_text() == "hello"
+    # A trailing / names a directory, made if need be, as it does in a pool (and for cp).
+    result(cp(shared, f"{pool}:/dir/named.txt", f"{tmp_path / 'new' / 'deep'}/"))
+    assert (tmp_path / "new" / "deep" / "named.txt").read_text() == "hello"
+    # A pool path copied onto itself moves nothing: it is refused, and the file stays.
+    same = cp(shared, f"{pool}:/dir/named.txt", f"{pool}:/dir/")
+    assert same.returncode == 1 and "are the same path" in same.stderr, same.stderr
+    assert (root_of(shared) / "dir" / "named.txt").read_text() == "hello"
+    # A mistyped dataset URI is not a local file to make.
+    typo = cp(shared, f"{pool}:/dir/named.txt", "cnet:/dataset/x")
+    assert typo.returncode == 1 and "is neither a pool path" in typo.stderr, typo.stderr
+    assert not Path("cnet:").exists()
 
 
 def test_an_empty_directory_is_made_both_ways(shared: Network, pool: str, tmp_path: Path) -> None:
@@ -503,6 +514,9 @@ def test_a_deadline_stops_the_copy_with_a_clear_reason(
     proc = cp(shared, "--deadline", "1ms", str(src), f"{pool}:/late/slow.bin")
     assert proc.returncode == 1
     assert "deadline" in proc.stderr and "Traceback" not in proc.stderr
+    # A deadline past a ticket's day is a deadline, not a ticket's lifetime to refuse.
+    result(cp(shared, "--deadline", "2d", str(src), f"{pool}:/late/slow.bin"))
+    assert (root_of(shared) / "late" / "slow.bin").read_bytes() == src.read_bytes()
 
 
 def put(grant: TransferGrant, local: Path) -> TransferResult:

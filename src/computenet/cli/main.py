@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Annotated
 
@@ -69,6 +70,25 @@ daemons.node_app.command("invite")(federation.node_invite)
 daemons.node_app.command("tree")(federation.node_tree)
 app.add_typer(daemons.node_app, name="node")
 app.add_typer(daemons.agent_app, name="agent")
+
+
+def _unwrapped(doc: str) -> str:
+    """A docstring's paragraphs each on one line: the help's own layout wraps them to
+    the terminal, where the source's line breaks would break a line midway."""
+    paras = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(" ".join(p.split()) for p in paras)
+
+
+def _reflow(group: typer.Typer) -> None:
+    for info in group.registered_commands:
+        if info.help is None and info.callback is not None and info.callback.__doc__:
+            info.help = _unwrapped(info.callback.__doc__)
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            _reflow(sub.typer_instance)
+
+
+_reflow(app)
 
 
 def main() -> None:

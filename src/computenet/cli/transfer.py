@@ -88,9 +88,11 @@ def cp(
     from computenet.transfer.wire import TransferError
 
     try:
-        seconds = float(parse_duration(deadline)) if deadline else None
+        seconds = float(parse_duration(deadline)) if deadline is not None else None
     except ValueError as e:
         raise CLIError(f"--deadline: {e}", 2) from e
+    if seconds is not None and seconds <= 0:
+        raise CLIError(f"--deadline: {deadline!r} is no time at all: give one above 0, e.g. 10m", 2)
     columns = (
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),

@@ -71,6 +71,7 @@ class Options:
     tree_hash: str | None = None  # the tree the source must be: checked before bytes move
     exact: bool = False  # a put whose destination must hold nothing else
     name: str | None = None  # a single file's name in a destination directory (default: its own)
+    into: bool = False  # a get's local destination is a directory, made if need be
     pace: Pace | None = None  # a get takes data in no faster than this; None: as fast as it can
 
 
@@ -400,7 +401,7 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         _expected(options, m, f"{grant.ticket.claims.pool}:{grant.path}")
         if m.single:
             name = options.name or grant.path.rstrip("/").rsplit("/", 1)[-1]
-            target = dest / name if dest.is_dir() else dest
+            target = dest / name if options.into or dest.is_dir() else dest
             _replaceable(target)
             finals, dirs = [target], []
             lock = target.with_name(f".{target.name}.lock{PART}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -30,7 +31,13 @@ from computenet.model.dataset import (
     split_input,
 )
 from computenet.model.resources import Pool, PoolStatus
-from computenet.model.transfer import Direction, TransferGrant, TransferRequest, TransferResult
+from computenet.model.transfer import (
+    MAX_TTL,
+    Direction,
+    TransferGrant,
+    TransferRequest,
+    TransferResult,
+)
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.manifest import subtree, total_size, tree_hash
@@ -62,6 +69,11 @@ def location(text: str) -> Location:
     if not text.startswith("cpi:"):
         if not text:
             raise TransferError("an empty path names nothing")
+        if text.lower().startswith(("cnet:", "cpi:")):  # a mistyped URI, not a file to make
+            raise TransferError(
+                f"{text!r} is neither a pool path (POOL-CPI:/path) nor a dataset "
+                f"(cnet://dataset/NAME[@VERSION]); name a local path that starts so as ./{text}"
+            )
         return Location(None, text)
     try:
         ref = parse_pool_path(text)
@@ -73,7 +85,7 @@ def location(text: str) -> Location:
 async def copy(src: str, dst: str, grant: Grant, options: Options | None = None) -> TransferResult:
     options = options or Options()
     s, d = location(src), location(dst)
-    ttl = max(600.0, options.deadline or 0.0)
+    ttl = min(MAX_TTL, max(600.0, options.deadline or 0.0))  # checked as streams join
     if s.pool is None and d.pool is not None:
         local = Path(s.path)
         if not local.exists():
@@ -86,7 +98,8 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
         return await client.put(g, local, options)
     if s.pool is not None and d.pool is None:
         g = await grant(TransferRequest(pool=s.pool, path=s.path, direction=Direction.get, ttl=ttl))
-        return await client.get(g, Path(d.path), options)
+        into = d.path.endswith(("/", os.sep))  # as cp reads dir/: a directory to land in
+        return await client.get(g, Path(d.path), replace(options, into=into))
     if s.pool is None or d.pool is None:
         raise TransferError("both sides are local paths: one side must be a pool path")
     to_pool = d.pool
@@ -94,6 +107,8 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
     async def destination(size: int, single: bool) -> TransferGrant:
         name = options.name or s.path.rstrip("/").rsplit("/", 1)[-1]
         remote = d.path + name if d.path.endswith("/") and single else d.path
+        if to_pool == s.pool and _same(remote, s.path):
+            raise TransferError(f"{src} and {dst} are the same path: there is nothing to copy")
         req = TransferRequest(
             pool=to_pool, path=remote, direction=Direction.put, size=size, ttl=ttl
         )
@@ -101,6 +116,14 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
 
     g = await grant(TransferRequest(pool=s.pool, path=s.path, direction=Direction.get, ttl=ttl))
     return await client.relay(g, destination, options)
+
+
+def _same(a: str, b: str) -> bool:
+    """Whether two pool paths name one place; a path no ticket would grant names none."""
+    try:
+        return normalise(a) == normalise(b)
+    except PathError:
+        return False
 
 
 def _serving(pools: list[Pool]) -> dict[str, Pool]:
