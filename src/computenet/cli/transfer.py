@@ -144,8 +144,8 @@ def cp(
         )
     if k.left_out:
         err.print(
-            f"{_many(k.left_out, 'link or special file', 'links or special files')} in the "
-            "source not copied: a copy holds regular files and directories only",
+            f"{_many(k.left_out, 'entry', 'entries')} in the source not copied (links, "
+            "special files, partial files): a copy holds regular files and directories only",
             markup=False,
         )
 

@@ -152,7 +152,9 @@ class ManifestFrame(Model):
         description="the destination must hold nothing else (a dataset version's copy)",
     )
     left_out: int = Field(
-        default=0, ge=0, description="links and special files the sender's tree holds: not sent"
+        default=0,
+        ge=0,
+        description="links, special files and partial files the sender's tree holds: not sent",
     )
 
 
@@ -173,7 +175,11 @@ class TransferCounters(Model):
     compressed_chunks: int = Field(default=0, description="chunks that went zstd-compressed")
     wire_bytes: int = Field(default=0, description="chunk bytes on the wire, after compression")
     left_out: int = Field(
-        default=0, description="links, pipes, sockets and devices in the source tree: not copied"
+        default=0,
+        description=(
+            "links, pipes, sockets, devices and partial files (*.cnetpart) in the source "
+            "tree: not copied"
+        ),
     )
 
 

@@ -129,7 +129,7 @@ class Source:
 
     manifest: Manifest
     paths: list[str]
-    left_out: int = 0  # links, pipes, sockets and devices in the tree: never copied
+    left_out: int = 0  # links, special files, partial files in the tree: never copied
 
 
 def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
@@ -167,8 +167,10 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
             for x in entries
             if x.is_file(follow_symlinks=False) and not x.name.endswith(PART)
         )
-        others += sum(
+        others += sum(  # partial files and the data server's own: no path may name them
             not (x.is_dir(follow_symlinks=False) or x.is_file(follow_symlinks=False))
+            or (x.name.endswith(PART) and x.is_file(follow_symlinks=False))
+            or (not prefix and x.name == RESERVED and x.is_dir(follow_symlinks=False))
             for x in entries
         )
         todo.extend((os.path.join(here, d), f"{prefix}{d}/") for d in reversed(subdirs))
