@@ -841,3 +841,29 @@ def test_an_interrupted_publish_without_a_version_resumes(net: Network, tmp_path
     assert two == f"{one}-2"
     for v in versions:
         _same(net, v.uri, src, tmp_path)
+
+
+def test_a_version_keeps_no_partial_file_of_an_earlier_copy_cut_short(
+    net: Network, tmp_path: Path
+) -> None:
+    """A copy to a named version killed midway leaves a partial file at the version's
+    path; another tree published as that version must not hold it (unseen, taking space,
+    and beyond `cnet rm` while the version stands)."""
+    big = tmp_path / "big"
+    big.mkdir()
+    (big / "huge.bin").write_bytes(os.urandom(4 * CHUNK))
+    a = cpi(net, "pool-a")
+    uri = "cnet://dataset/cut-short@v2"
+    args = ["cp", "--json", "--streams", "1", "--pool", a, str(big), uri]
+    env = dict(net.env, CNET_TOKEN=net.token, **{FAULTS: "kill:chunk=2"})
+    killed = subprocess.run([*PYTHON, *args], env=env, capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    root = net.home / "agents" / "pool-a" / "data"
+    assert [p.name for p in root.rglob("*.cnetpart")] == [".huge.bin.cnetpart"]
+    other = corpus(tmp_path, "other")
+    publish(net, other, uri, a)
+    with net.client() as c:
+        (v,) = c.dataset("cut-short").versions
+    where = root / v.replicas[0].path.lstrip("/")
+    assert sorted(p.name for p in where.rglob("*")) == ["a.txt", "b.bin", "sub"]
+    _same(net, v.uri, other, tmp_path)

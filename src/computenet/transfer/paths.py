@@ -183,6 +183,28 @@ def sweep_parts(root: Path, before: float) -> int:
     return removed
 
 
+def drop_parts(root: Path) -> int:
+    """Removes the partial files under ``root`` that no copy holds (an earlier copy's,
+    cut short); how many. One a copy still writes is locked, and left to it."""
+    removed = 0
+    for p, _ in files_under(root):
+        if not p.endswith(PART):
+            continue
+        try:
+            fd = os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(p)
+            removed += 1
+        except OSError:  # held (BlockingIOError), or gone meanwhile
+            pass
+        finally:
+            os.close(fd)
+    return removed
+
+
 FETCHES = "fetch"  # under RESERVED: datasets an agent fetches for its jobs, until whole
 
 

@@ -48,6 +48,7 @@ from computenet.transfer.paths import (
     RESERVED,
     PathError,
     confine,
+    drop_parts,
     files_under,
     normalise,
     part_of,
@@ -627,6 +628,8 @@ class DataServer:
             if frame.exact:
                 await self._nothing_else(path, m)  # nor written beside it meanwhile
             await asyncio.to_thread(receiver.commit)
+            if frame.exact and not m.single:  # nor an earlier copy's partial files
+                await asyncio.to_thread(drop_parts, confine(self.root, path, links=False))
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
             wire.send_json(
