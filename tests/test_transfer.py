@@ -207,6 +207,23 @@ def test_a_file_into_a_directory_keeps_its_name(shared: Network, pool: str, tmp_
     assert not Path("cnet:").exists()
 
 
+def test_a_local_destination_that_cannot_be_written_is_named_in_one_line(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    """Named as the user named it, never by a lock or partial file's own name."""
+    (root_of(shared) / "unwritable" / "t").mkdir(parents=True, exist_ok=True)
+    (root_of(shared) / "unwritable" / "t" / "x.txt").write_text("x")
+    afile = tmp_path / "afile"
+    afile.write_text("mine")
+    tree = cli(shared, "cp", f"{pool}:/unwritable/t", str(afile))
+    assert tree.returncode == 1, tree.stderr
+    assert tree.stderr.strip() == f"error: {afile} is a file: a directory cannot land there"
+    one = cli(shared, "cp", f"{pool}:/unwritable/t/x.txt", str(afile / "sub" / "x.txt"))
+    assert one.returncode == 1, one.stderr
+    assert one.stderr.strip() == f"error: {afile / 'sub'}: cannot make it: Not a directory"
+    assert afile.read_text() == "mine"
+
+
 def test_an_empty_directory_is_made_both_ways(shared: Network, pool: str, tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     assert result(cp(shared, str(tmp_path / "empty"), f"{pool}:/made-empty")).total_bytes == 0

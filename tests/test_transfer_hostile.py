@@ -516,6 +516,23 @@ def test_a_name_that_is_not_utf8_is_named_not_dumped(
     assert "validation error" not in got.stderr and len(got.stderr.strip().splitlines()) == 1
 
 
+def test_a_name_with_a_newline_or_markup_shows_as_one_line(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    """A raw newline would show one entry as two, and ``[bold]`` would vanish as markup."""
+    src = tmp_path / "new\nline [bold]x.txt"
+    src.write_text("odd")
+    dest = f"{quiet}:/hostile/names/"
+    put = shared.cnet("cp", str(src), dest, token=shared.token)
+    assert put.returncode == 0, put.stderr
+    assert put.stdout.count("\n") == 1 and "new\\nline [bold]x.txt -> " in put.stdout, put.stdout
+    listed = shared.cnet("ls", dest, token=shared.token)
+    assert listed.returncode == 0, listed.stderr
+    rows = [r for r in listed.stdout.splitlines() if "x.txt" in r]
+    assert len(rows) == 1 and rows[0].endswith("new\\nline [bold]x.txt"), listed.stdout
+    assert (root_of(shared, "quiet") / "hostile" / "names" / src.name).read_text() == "odd"
+
+
 def capped_pool(shared: Network) -> str:
     """An agent whose data root holds at most 1 MiB."""
     if "capped" not in shared.agents:

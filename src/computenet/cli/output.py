@@ -34,6 +34,14 @@ class CLIError(Exception):
         self.code = code
 
 
+def printable(name: str) -> str:
+    """A name with its control characters written as escapes (``new\\nline``), as
+    ``ls -b`` shows them: one raw newline would show one entry as two."""
+    if name.isprintable():
+        return name
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
+
+
 def fail(message: str, code: int = 1) -> None:
     err.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # names may hold [...]
     sys.exit(code)

@@ -22,7 +22,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from computenet.cli.output import CLIError, ago, err, out
+from computenet.cli.output import CLIError, ago, err, out, printable
 from computenet.cli.session import client, pool_cpi
 from computenet.model import SyncLevel, parse_duration
 from computenet.model.common import format_bytes
@@ -130,11 +130,13 @@ def cp(
     rate = f"{format_bytes(r.rate)}/s" if k.bytes else "-"
     files = k.files + k.files_skipped
     out.print(
-        f"{r.source} -> {r.destination}: {_many(files, 'file')} "
+        f"{printable(r.source)} -> {printable(r.destination)}: {_many(files, 'file')} "
         f"({k.files_skipped} unchanged), {format_bytes(k.bytes)} moved in {r.seconds:.2f}s "
         f"({rate}, {_many(r.streams, 'stream')}); {k.chunks_present} chunks already there, "
         f"{k.retries} retries, {k.faults} faults"
-        + (f"; {format_bytes(k.bytes_holes)} of zeros left as holes" if k.bytes_holes else "")
+        + (f"; {format_bytes(k.bytes_holes)} of zeros left as holes" if k.bytes_holes else ""),
+        markup=False,
+        soft_wrap=True,  # one line however long the paths: a script reads it
     )
     if r.replica_of is not None:
         err.print(
@@ -184,7 +186,7 @@ def ls(
             x.kind.value,
             "-" if x.kind is EntryKind.dir else format_bytes(x.size),
             when.strftime("%Y-%m-%d %H:%M"),
-            escape(x.name + ("/" if x.kind is EntryKind.dir else "")),
+            escape(printable(x.name) + ("/" if x.kind is EntryKind.dir else "")),
         )
     out.print(table)
     if page.next is not None:

@@ -411,7 +411,12 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
             finals = [_into(dest, e.path) for e in m.files]
             dirs = [dest, *(_into(dest, d) for d in m.dirs)]  # an empty tree makes dest
             target, lock = dest, dest / f".cnet.lock{PART}"
-        lock.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists() and not dest.is_dir():
+                raise TransferError(f"{dest} is a file: a directory cannot land there")
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TransferError(f"{lock.parent}: cannot make it: {e.strerror or e}") from None
         w = options.watcher
         receiver = Receiver(
             m,

@@ -134,7 +134,10 @@ def exclusive(lock: Path, what: str) -> Iterator[None]:
     into one destination at once would resume each other's partial files, and the one
     that committed last could leave the other's chunks, or holes, in a file."""
     while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as e:  # named as the user named it, not by the lock's own name
+            raise TransferError(f"{what}: cannot write there: {e.strerror or e}") from None
         held(fd, f"another copy into {what} is running")
         st = os.fstat(fd)
         with contextlib.suppress(FileNotFoundError):
