@@ -39,6 +39,9 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("nosuch",),
         ("cp", "--deadline", "0", "a", "cpi:x:y/z:/b"),
         ("cp", "--deadline", "00:00:00", "a", "cpi:x:y/z:/b"),
+        ("cp", "--pool", "", "a", "cnet://dataset/x"),
+        ("run", "--pool", " ", "--", "true"),
+        ("ls", "--after", "", "cpi:x:y/z:/b"),
     )
     for args in cases:
         r = cnet(*args)

@@ -29,8 +29,10 @@ def client() -> Client:
 def pool_cpi(pool: str | None) -> str | None:
     """A pool named by its name, as ``cnet resources`` lists it, is looked up: one CPI
     to type less."""
-    if not pool or pool.startswith("cpi:"):
+    if pool is None or pool.startswith("cpi:"):
         return pool
+    if not pool.strip():
+        raise CLIError("--pool: name a pool (cnet resources lists them)", 2)
     with client() as c:
         found = [p.cpi for p in c.pools() if p.name == pool]
     if len(found) != 1:

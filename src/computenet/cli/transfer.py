@@ -101,12 +101,13 @@ def cp(
         TimeRemainingColumn(),
     )
     hidden = quiet or as_json or not err.is_terminal  # a bar is for a person watching
+    into = pool_cpi(pool)
     with client() as c, Progress(*columns, console=err, disable=hidden, transient=True) as bar:
         try:
             r = c.copy(
                 src,
                 dst,
-                pool=pool_cpi(pool),
+                pool=into,
                 streams=streams,
                 sync=sync,
                 verify=verify,
@@ -169,6 +170,8 @@ def ls(
     from computenet.model import EntryKind
     from computenet.transfer.wire import TransferError
 
+    if after == "":
+        raise CLIError("--after: name the entry to start after (a page's `next`)", 2)
     with client() as c:
         try:
             page = c.ls(target, after=after, limit=limit, tls=tls)
