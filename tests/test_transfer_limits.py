@@ -334,7 +334,7 @@ def test_a_need_longer_than_its_manifest_allows_is_refused_unread(
     which could otherwise be 256 MiB of JSON for a file of one chunk."""
     ctl = offered(net, pool, "longneed", peers)
     ctl.sock.sendall(wire.header(wire.Kind.NEED, 1 << 20))
-    assert ctl.refusal() == f"a NEED frame of {1 << 20} bytes is over this transfer's 4120"
+    assert ctl.refusal() == f"a NEED frame of {1 << 20} bytes is over this transfer's 4128"
     assert closed_by_peer(ctl.sock, 5)
     cnet_ok(net, "rm", "-r", f"{pool}:/limits/longneed")
 

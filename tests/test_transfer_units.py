@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import threading
@@ -87,6 +88,23 @@ def test_confine_follows_links_inside_only_when_asked_and_never_out(tmp_path: Pa
     for linked in ("/inside", "/inside/f", "/inside/new/f"):
         with pytest.raises(PathError, match="'/inside' is a link: name the path it leads to"):
             confine(root, linked, links=False)
+
+
+def test_a_link_swapped_in_after_the_check_is_not_read(tmp_path: Path) -> None:
+    """A tenant may swap its own file for a link to another's between the data server's
+    check of the path and the read: the read follows no link, so it fails, named."""
+    root, secret = tmp_path / "root", tmp_path / "secret"
+    (root / "home" / "a").mkdir(parents=True)
+    secret.write_text("another tenant's")
+    x = root / "home" / "a" / "x"
+    x.write_text("mine")
+    checked = confine(root, "/home/a/x", links=False)
+    swapped = root / "home" / "a" / "l"
+    swapped.symlink_to(secret)
+    os.replace(swapped, x)
+    with pytest.raises(OSError) as e:
+        build(checked)
+    assert e.value.errno == errno.ELOOP
 
 
 def claims(**over: object) -> TicketClaims:

@@ -91,7 +91,8 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
         if not local.exists():
             raise TransferError(f"{local}: no such file or directory")
         remote = d.path + local.name if d.path.endswith("/") and local.is_file() else d.path
-        size = await asyncio.to_thread(total_size, local)
+        # Named itself, a link is followed (as cp follows one), and its file is the size.
+        size = await asyncio.to_thread(total_size, local.resolve() if local.is_symlink() else local)
         g = await grant(
             TransferRequest(pool=d.pool, path=remote, direction=Direction.put, size=size, ttl=ttl)
         )

@@ -132,19 +132,20 @@ class Source:
     left_out: int = 0  # links, special files, partial files in the tree: never copied
 
 
-def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
+def scan(root: Path, own: bool = False) -> tuple[list[tuple[str, str]], list[str], int]:
     """Files (relative name, path) and directories under ``root``: each directory's
     files in name order, then its subdirectories, depth first; and how many entries are
     neither. Symlinks inside a tree are not followed: a tree is copied as the files it
     holds. Entries are told apart by the type the directory listing gives, so the walk
-    costs no call per file."""
+    costs no call per file. A ``.cnet`` at the top is never walked: a data root keeps its
+    own files there (``own``: ``root`` is a data root, so it is not counted as left out)."""
     st = root.stat()
     if not stat.S_ISDIR(st.st_mode):
         if not stat.S_ISREG(st.st_mode):  # named, not its full path: a server's stays its own
             raise TransferError(
                 f"{root.name} is neither a file nor a directory: a copy moves only those"
             )
-        return [("", os.path.realpath(root))], [], 0  # a link named as the source: followed
+        return [("", str(root))], [], 0
     files: list[tuple[str, str]] = []
     dirs: list[str] = []
     others = 0
@@ -170,7 +171,7 @@ def scan(root: Path) -> tuple[list[tuple[str, str]], list[str], int]:
         others += sum(  # partial files and the data server's own: no path may name them
             not (x.is_dir(follow_symlinks=False) or x.is_file(follow_symlinks=False))
             or (x.name.endswith(PART) and x.is_file(follow_symlinks=False))
-            or (not prefix and x.name == RESERVED and x.is_dir(follow_symlinks=False))
+            or (not (prefix or own) and x.name == RESERVED and x.is_dir(follow_symlinks=False))
             for x in entries
         )
         todo.extend((os.path.join(here, d), f"{prefix}{d}/") for d in reversed(subdirs))
@@ -232,9 +233,11 @@ def sizes(root: Path) -> tuple[int, int]:
     return total, held
 
 
-def build(root: Path, chunk: int = CHUNK, cache: HashCache | None = None) -> Source:
+def build(
+    root: Path, chunk: int = CHUNK, cache: HashCache | None = None, own: bool = False
+) -> Source:
     """The manifest of ``root``; files whose hashes ``cache`` holds are not read."""
-    files, dirs, others = scan(root)
+    files, dirs, others = scan(root, own)
     if len(files) + len(dirs) > MAX_ENTRIES:
         raise TransferError(
             f"{root} holds {len(files) + len(dirs)} files and directories; one copy moves "

@@ -39,26 +39,38 @@ def need_limit(m: Manifest) -> int:
     """The most bytes a NEED for ``m`` can take, each chunk named once: a peer cannot make
     the other end read and parse 256 MiB of JSON for a file of one chunk."""
     chunks = sum(len(e.chunks) for e in m.files)
-    return 4096 + 12 * (chunks + len(m.files))
+    return 4096 + 16 * (chunks + len(m.files))  # an index, a comma and a space, with room
 
 
 def checked_need(body: object, m: Manifest) -> list[list[int]]:
     """A NEED's chunk lists, if they fit ``m``: one list per file, each of the file's
-    chunk numbers in increasing order, none twice. Long for a large tree: off the loop."""
-    need = body.get("need") if isinstance(body, dict) else None
+    chunk numbers in increasing order, none twice; the files it skips are named the same
+    way, and its counts are whole numbers. Long for a large tree: off the loop."""
+    frame: dict[str, object] = body if isinstance(body, dict) else {}
+    need, skip = frame.get("need"), frame.get("skip", [])
+    counts = [frame.get(k, 0) for k in ("present", "present_bytes", "holes")]
     if (
-        not isinstance(need, list)
+        not isinstance(skip, list)
+        or not _increasing(skip, len(m.files))
+        or not all(type(n) is int and n >= 0 for n in counts)
+        or not isinstance(need, list)
         or len(need) != len(m.files)
         or not all(
-            isinstance(n, list)
-            and all(type(c) is int for c in n)
-            and all(a < b for a, b in itertools.pairwise(n))
-            and (not n or (n[0] >= 0 and n[-1] < len(e.chunks)))
+            isinstance(n, list) and _increasing(n, len(e.chunks))
             for n, e in zip(need, m.files, strict=True)
         )
     ):
         raise wire.WireError("NEED does not match the manifest")
     return need
+
+
+def _increasing(xs: list[object], below: int) -> bool:
+    """Whole numbers from 0 up to ``below``, each greater than the last."""
+    return (
+        all(type(x) is int for x in xs)
+        and all(a < b for a, b in itertools.pairwise(xs))  # type: ignore[operator]
+        and (not xs or (xs[0] >= 0 and xs[-1] < below))  # type: ignore[operator]
+    )
 
 
 @dataclass

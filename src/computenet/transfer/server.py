@@ -366,7 +366,9 @@ class DataServer:
         sock = raw
         # A timeout on each read would let a peer that trickles a byte at a time hold the
         # thread for ever: the whole handshake has one deadline, as on the event loop.
-        now = [raw]  # the socket that owns the descriptor: TLS takes it over from raw
+        # Until the TLS socket exists its handshake is bounded by the timeout, which
+        # CPython holds to the whole handshake; after it, each read is: hence the timer.
+        now = [raw]
         late = threading.Timer(HANDSHAKE_TIMEOUT, _wake, (now,))
         late.start()
         try:
@@ -676,7 +678,8 @@ class DataServer:
         if not source.exists():
             raise TransferError(f"/{path}: no such file or directory in the pool")
         try:
-            src = await asyncio.to_thread(build, source, CHUNK, self.hashes)
+            whole = source == self.root.resolve()  # its .cnet is this server's own
+            src = await asyncio.to_thread(build, source, CHUNK, self.hashes, whole)
         except OSError as e:  # named as the pool knows it, not by the server's own paths
             raise TransferError(
                 f"/{path}: the data server cannot read it: {e.strerror or e}"

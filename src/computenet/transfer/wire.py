@@ -94,11 +94,14 @@ def parse_header(raw: bytes | bytearray | memoryview) -> tuple[Kind, int]:
     return k, length
 
 
-async def read_frame(reader: asyncio.StreamReader, limit: int | None = None) -> tuple[Kind, bytes]:
-    """The next frame; ``limit`` caps its payload below its kind's own limit, checked on
-    the header, before the payload is read."""
+async def read_frame(
+    reader: asyncio.StreamReader, limit: int | None = None, kinds: tuple[Kind, ...] = ()
+) -> tuple[Kind, bytes]:
+    """The next frame; ``limit`` caps the payload of a frame of ``kinds`` below its kind's
+    own limit, checked on the header, before the payload is read (an ERROR keeps its own,
+    so that its reason still arrives)."""
     kind, length = parse_header(await reader.readexactly(HEADER.size))
-    if limit is not None and length > limit:
+    if limit is not None and kind in kinds and length > limit:
         raise WireError(f"a {kind.name} frame of {length} bytes is over this transfer's {limit}")
     return kind, await reader.readexactly(length)
 
@@ -133,7 +136,7 @@ async def expect(
 ) -> tuple[Kind, Any]:
     """The next control frame, decoded (off the event loop when large); an ERROR frame
     raises ``Refused``."""
-    kind, payload = await read_frame(reader, limit)
+    kind, payload = await read_frame(reader, limit, kinds)
     if len(payload) > LARGE:
         return kind, await asyncio.to_thread(control, kind, payload, kinds)
     return kind, control(kind, payload, kinds)
