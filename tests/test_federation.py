@@ -297,6 +297,20 @@ def test_job_for_another_nodes_pool_runs_there(tree: dict[str, Network]) -> None
     assert any(j.tenant == "admin.cn.east.fin" and j.exit_code == 3 for j in there)
 
 
+def test_a_job_sent_elsewhere_with_an_unknown_pool_of_this_node_is_refused(
+    tree: dict[str, Network],
+) -> None:
+    """The far node checks only its own pools: a pool path on one the submitting node
+    never had is refused here, at submission, not found missing at staging there."""
+    west_pool = _west_pool(tree)
+    fin_pool = next(c for c, n in _pools(tree).items() if n == "fin")
+    unknown = fin_pool.rsplit("/", 1)[0] + "/nosuch"
+    with tree["fin"].client() as c, pytest.raises(ApiError) as e:
+        c.submit(command=["true"], pool=west_pool, inputs=[{"uri": f"{unknown}:/x", "path": "x"}])
+    assert e.value.status == 422 and "inputs.0.uri" in str(e.value), e.value
+    assert f"no pool '{unknown}' on this node" in str(e.value)
+
+
 def test_a_dotted_local_tenant_from_before_cannot_share_a_far_tenants_jobs(
     tree: dict[str, Network],
 ) -> None:

@@ -568,7 +568,8 @@ class DataServer:
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
         if home is not None:
             await home.check(adds, t.claims.home_quota)
-        fits(self.root, disk - partial, 0, ROOT)  # what partial files hold is on the disk already
+        # What partial files hold is on the disk already.
+        await asyncio.to_thread(fits, self.root, disk - partial, 0, ROOT)
         wire.send_json(writer, Kind.OK, {"size": size})
         await writer.drain()
 
@@ -599,7 +600,8 @@ class DataServer:
         )
         plan = await asyncio.to_thread(receiver.plan)
         k = receiver.counters  # present chunks take no more disk, nor holes any
-        fits(self.root, total - k.bytes_skipped - k.bytes_holes, plan.entries, ROOT)
+        adding = total - k.bytes_skipped - k.bytes_holes
+        await asyncio.to_thread(fits, self.root, adding, plan.entries, ROOT)
         adds = total - receiver.counters.bytes_skipped - plan.replaced
         await self.quota.claim(adds)
         home = self.home_quota(t.claims.tenant, t.claims.home_quota, path)
@@ -631,7 +633,8 @@ class DataServer:
                 await self._nothing_else(path, m)  # nor written beside it meanwhile
             await asyncio.to_thread(receiver.commit)
             if frame.exact and not m.single:  # nor an earlier copy's partial files
-                await asyncio.to_thread(drop_parts, confine(self.root, path, links=False))
+                here = await asyncio.to_thread(confine, self.root, path, False)
+                await asyncio.to_thread(drop_parts, here)
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
             wire.send_json(

@@ -141,9 +141,9 @@ def check_outputs(
 
 
 def check_pools(conn: Connection, spec: JobSpec, own_code: str = "", field: str = "") -> None:
-    """Refuses at submission a pool input or output on a pool this node has never had:
-    otherwise the job waits its turn only to fail at staging. A pool of another node of
-    the tree is its node's to check."""
+    """Refuses at submission a pool input or output on a pool this node has never had
+    (wherever the job is to run): otherwise the job waits its turn only to fail at
+    staging. A pool of another node of the tree is its node's to check."""
     items = [("inputs", i, x.uri) for i, x in enumerate(spec.inputs)]
     items += [("outputs", i, x.uri) for i, x in enumerate(spec.outputs)]
     for kind, i, uri in items:
@@ -200,8 +200,8 @@ async def submit(
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
             admit(conn, node.profile, who.tenant, [spec], [""], code)
+            check_pools(conn, spec, code)  # this node's pools, wherever the job runs
             if not _elsewhere(spec, code):  # else its pool's node checks them
-                check_pools(conn, spec, code)
                 check_outputs(conn, spec, who.tenant)
                 if not who.admin:
                     homes.check_job(conn, spec, who.tenant)
@@ -232,8 +232,7 @@ async def plan(
     code = node.federation.code if node.federation.chain else ""
 
     def run(conn: Connection) -> Plan:
-        if not _elsewhere(spec, code):
-            check_pools(conn, spec, code)
+        check_pools(conn, spec, code)
         pinned = pin_inputs(conn, spec)  # as submission names its data: a version moves once
         return plan_job(conn, node.profile, _view(pinned, who.tenant, "j-plan"))
 
@@ -253,8 +252,8 @@ async def submit_batch(
             admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
             named: dict[str, str] = {}
             for s, f in zip(batch.jobs, fields, strict=True):
+                check_pools(conn, s, code, f)
                 if not _elsewhere(s, code):
-                    check_pools(conn, s, code, f)
                     check_outputs(conn, s, who.tenant, f, named)
                     if not who.admin:
                         homes.check_job(conn, s, who.tenant, f)
