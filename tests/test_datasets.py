@@ -867,3 +867,36 @@ def test_a_version_keeps_no_partial_file_of_an_earlier_copy_cut_short(
     where = root / v.replicas[0].path.lstrip("/")
     assert sorted(p.name for p in where.rglob("*")) == ["a.txt", "b.bin", "sub"]
     _same(net, v.uri, other, tmp_path)
+
+
+def test_a_version_registered_at_the_wrong_path_leaves_that_paths_data_when_removed(
+    net: Network, tmp_path: Path
+) -> None:
+    """Registering a tree vouches for it unread: one registered with a tree hash that is
+    not what a copy put there must not take that data with it when the version goes."""
+    a = cpi(net, "pool-a")
+    src = corpus(tmp_path, "vouched")
+    for path in ("/trees/vouched", "/trees/vouched2"):
+        put = cnet(net, "cp", "--json", str(src), f"{a}:{path}")
+        assert put.returncode == 0, put.stderr
+    real = json.loads(put.stdout)["tree_hash"]
+    sizes = {"total_bytes": 1 << 20, "files": 2}  # vouched for, not read
+    with net.client() as c:
+        c.publish(
+            {"name": "wrongly-vouched", "pool": a, "path": "/trees/vouched"}
+            | sizes
+            | {"tree_hash": "0" * 64}
+        )
+        c.publish(
+            {"name": "rightly-vouched", "pool": a, "path": "/trees/vouched2"}
+            | sizes
+            | {"tree_hash": real}
+        )
+        wrong = c.remove_dataset("wrongly-vouched@1")
+        right = c.remove_dataset("rightly-vouched@1")
+    assert not wrong.removed and len(wrong.left) == 1, wrong
+    assert "/trees/vouched holds tree " in wrong.left[0], wrong.left
+    assert "not the version's 000000000000…: it is left in place" in wrong.left[0]
+    root = net.home / "agents" / "pool-a" / "data" / "trees"
+    assert (root / "vouched" / "a.txt").read_text() == "alpha vouched\n"
+    assert len(right.removed) == 1 and not (root / "vouched2").exists(), right

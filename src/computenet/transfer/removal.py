@@ -88,15 +88,20 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
         raise TransferError(f"{shown}: cannot remove it: {e.strerror}") from None
 
 
-async def rm(target: str, grant: Grant, recursive: bool, tls: bool | None = None) -> Removal:
-    """Removes a pool path (``POOL-CPI:/path``)."""
+async def rm(
+    target: str, grant: Grant, recursive: bool, tls: bool | None = None, tree: str | None = None
+) -> Removal:
+    """Removes a pool path (``POOL-CPI:/path``); with ``tree``, only as a copy of it."""
     if target.startswith("cnet://"):
         raise TransferError(f"{target}: a dataset version goes with `cnet dataset rm NAME@VERSION`")
     spot = location(target)
     if spot.pool is None:
         raise TransferError(f"{target}: name a pool path (POOL-CPI:/path)")
     g = await grant(TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.delete))
-    answer = await client.ask(g, "remove", {"recursive": recursive}, tls)
+    asked: dict[str, object] = {"recursive": recursive}
+    if tree is not None:
+        asked["tree_hash"] = tree
+    answer = await client.ask(g, "remove", asked, tls)
     return Removal.model_validate(answer)
 
 
@@ -109,7 +114,7 @@ async def drop_version(api: Api, ref: DatasetRef, tls: bool | None = None) -> Da
     for r in v.replicas:
         where = f"{r.pool}:{r.path}"
         try:
-            out.removed.append(await rm(where, api.grant, True, tls))
+            out.removed.append(await rm(where, api.grant, True, tls, v.tree_hash))
         except Exception as e:
             later = f"remove it later with `cnet rm -r {where}`"
             if getattr(e, "status", None) == 403:  # a copy outside the tenant's reach

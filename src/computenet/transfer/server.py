@@ -288,7 +288,7 @@ class DataServer:
             await self._relay(ctl)
             return
         if role == "remove" and direction is Direction.delete:
-            await self._remove(ctl, bool(hello.get("recursive")))
+            await self._remove(ctl, bool(hello.get("recursive")), _hex(hello.get("tree_hash")))
             return
         if role == "room" and direction is Direction.put:
             await self._room(ctl, hello.get("size"), hello.get("disk"))
@@ -391,7 +391,17 @@ class DataServer:
             late.cancel()
         self._data(sock, s)
 
-    async def _remove(self, ctl: _Control, recursive: bool) -> None:
+    async def _remove(self, ctl: _Control, recursive: bool, tree: str | None = None) -> None:
+        """``tree``: remove the path only as a copy of that tree (a dataset version's),
+        never where a put recorded another one there: a version registered at the wrong
+        path must not take that path's data with it."""
+        if tree is not None:
+            there = await asyncio.to_thread(records.tree_of, self.root, ctl.path)
+            if there is not None and there != tree:
+                raise Refused(
+                    f"/{ctl.path} holds tree {there[:12]}…, as the copy that put it there "
+                    f"recorded, not the version's {tree[:12]}…: it is left in place"
+                )
         moving = [
             s.path
             for s in self.sessions.values()
