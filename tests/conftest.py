@@ -302,6 +302,15 @@ def held_open(copy: subprocess.Popen[str], what: str, timeout: float = 60) -> No
         time.sleep(0.05)
 
 
+@pytest.fixture
+def peers() -> Iterator[list[Any]]:
+    """Raw connections a test opens to a data server, closed after it whatever happened."""
+    opened: list[Any] = []
+    yield opened
+    for p in opened:
+        p.close()
+
+
 def procs_with(marker: str) -> list[psutil.Process]:
     """Processes whose command line contains ``marker``: how a test finds a job's tree."""
     out = []

@@ -172,14 +172,6 @@ def stream(g: TransferGrant, tid: str, peers: list[Peer]) -> Peer:
     return p
 
 
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    opened: list[Peer] = []
-    yield opened
-    for p in opened:
-        p.close()
-
-
 def test_a_sender_cannot_write_more_than_its_manifest_states(
     shared: Network, quiet: str, peers: list[Peer]
 ) -> None:

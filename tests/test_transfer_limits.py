@@ -60,14 +60,6 @@ def pool(net: Network) -> str:
     return net.wait_pool(POOL)
 
 
-@pytest.fixture
-def peers() -> Iterator[list[Peer]]:
-    opened: list[Peer] = []
-    yield opened
-    for p in opened:
-        p.close()
-
-
 def root(net: Network) -> Path:
     return net.home / "agents" / POOL / "data"
 
