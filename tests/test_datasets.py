@@ -387,6 +387,16 @@ def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> 
         )
         assert job.state is JobState.FAILED
         assert "staging input" in job.reason and "not in this pool" in job.reason
+        job = c.wait(  # a link to the agent's own files is never published
+            c.submit(
+                command=["ln", "-s", "/etc", "out"],
+                outputs=[{"path": "out", "uri": "cnet://dataset/linked-out"}],
+            ).id,
+            timeout=60,
+        )
+        assert job.state is JobState.FAILED
+        assert "'/out' leads out of the job's working directory through a link" in job.reason
+        assert not any(d.name == "linked-out" for d in c.datasets())
 
 
 def test_bad_input_is_refused_naming_the_field(net: Network) -> None:

@@ -310,6 +310,11 @@ async def ask(
         link.close()
 
 
+def _moving(m: Manifest, c: TransferCounters) -> int:
+    """The bytes still to cross the wire, as counted so far."""
+    return m.total_bytes - c.bytes_skipped - c.bytes_holes
+
+
 async def _send(
     grant: TransferGrant, src: Source, source: Path, options: Options, started: float
 ) -> TransferResult:
@@ -325,20 +330,17 @@ async def _send(
         await writer.drain()
         _, plan = await wire.expect(reader, Kind.NEED, limit=need_limit(m))
         need = await asyncio.to_thread(checked_need, plan, m)
-        skipped = set(plan.get("skip", []))
-        counters.chunks_present = int(plan.get("present", 0))
-        counters.files_skipped = len(skipped)
-        counters.bytes_skipped = int(plan.get("present_bytes", 0)) + sum(
-            m.files[i].size for i in skipped
-        )
-        counters.bytes_holes = int(plan.get("holes", 0))
+        counters.chunks_present = need.present
+        counters.files_skipped = len(need.skip)
+        counters.bytes_skipped = need.present_bytes + sum(m.files[i].size for i in need.skip)
+        counters.bytes_holes = need.holes
         w = options.watcher
         packed = options.compress
         if packed is None:
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
-        sender = Sender(m, src.paths, need, counters, _advance(w), options.faults, packed)
+        sender = Sender(m, src.paths, need.chunks, counters, _advance(w), options.faults, packed)
         if w is not None:
-            w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)
+            w.start(_moving(m, counters))
         streams = 0
         if sender.remaining:
             todo = [sender.length(f, c) for f, c in sender.pending]
@@ -432,16 +434,12 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         with exclusive(lock, str(target)):
             try:
                 plan = await sockets.in_thread(receiver.plan)
-                c = counters  # before any byte moves, as a data server checks a put
-                fits(
-                    lock.parent,
-                    m.total_bytes - c.bytes_skipped - c.bytes_holes,
-                    plan.entries,
-                    str(dest),
-                )
+                # before any byte moves, as a data server checks a put; seeding counts
+                # against it, and leaves fewer bytes for the progress bar
+                fits(lock.parent, _moving(m, counters), plan.entries, str(dest))
                 await sockets.in_thread(receiver.seed, plan)
                 if w is not None:
-                    w.start(m.total_bytes - counters.bytes_skipped - counters.bytes_holes)
+                    w.start(_moving(m, counters))
                 wire.send_json(writer, Kind.NEED, {**plan.wire(), "compress": options.compress})
                 await writer.drain()
                 await wire.expect(reader, Kind.OK)

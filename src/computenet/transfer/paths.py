@@ -57,7 +57,8 @@ def confine(root: Path, path: str, links: bool = True, what: str = "the data roo
     rel = normalise(path)
     target = (base / rel).resolve()
     if not target.is_relative_to(base):
-        raise PathError(f"{'/' + rel!r} escapes {what}")
+        # ".." is refused above: only a link can lead out
+        raise PathError(f"{'/' + rel!r} leads out of {what} through a link")
     if target.is_relative_to(base / RESERVED):  # reached through a link to the root
         raise PathError(f"{'/' + rel!r}: {RESERVED} is reserved for the data server")
     if not links and target != base / rel:

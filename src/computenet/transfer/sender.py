@@ -42,10 +42,21 @@ def need_limit(m: Manifest) -> int:
     return 4096 + 16 * (chunks + len(m.files))  # an index, a comma and a space, with room
 
 
-def checked_need(body: object, m: Manifest) -> list[list[int]]:
-    """A NEED's chunk lists, if they fit ``m``: one list per file, each of the file's
-    chunk numbers in increasing order, none twice; the files it skips are named the same
-    way, and its counts are whole numbers. Long for a large tree: off the loop."""
+@dataclass(frozen=True)
+class Need:
+    """A receiver's NEED, checked against the manifest it answers."""
+
+    chunks: list[list[int]]  # per file, the chunk numbers to send
+    skip: list[int]  # files the receiver keeps as they are
+    present: int  # chunks it holds already
+    present_bytes: int
+    holes: int  # bytes of holes it makes itself
+
+
+def checked_need(body: object, m: Manifest) -> Need:
+    """A NEED, if it fits ``m``: one list per file, each of the file's chunk numbers in
+    increasing order, none twice; the files it skips are named the same way, and its
+    counts are whole numbers. Long for a large tree: off the loop."""
     frame: dict[str, object] = body if isinstance(body, dict) else {}
     need, skip = frame.get("need"), frame.get("skip", [])
     counts = [frame.get(k, 0) for k in ("present", "present_bytes", "holes")]
@@ -61,7 +72,8 @@ def checked_need(body: object, m: Manifest) -> list[list[int]]:
         )
     ):
         raise wire.WireError("NEED does not match the manifest")
-    return need
+    present, present_bytes, holes = (int(n) for n in counts)  # type: ignore[call-overload]
+    return Need(need, skip, present, present_bytes, holes)
 
 
 def _increasing(xs: list[object], below: int) -> bool:

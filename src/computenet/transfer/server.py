@@ -368,14 +368,16 @@ class DataServer:
         # thread for ever: the whole handshake has one deadline, as on the event loop.
         # Until the TLS socket exists its handshake is bounded by the timeout, which
         # CPython holds to the whole handshake; after it, each read is: hence the timer.
-        now = [raw]
-        late = threading.Timer(HANDSHAKE_TIMEOUT, _wake, (now,))
+        # The timer shuts a duplicate of the socket: shutdown acts on the connection, and
+        # the TLS socket's own would drop its TLS state under the reader.
+        guard = socket.socket(fileno=os.dup(raw.fileno()))
+        late = threading.Timer(HANDSHAKE_TIMEOUT, _wake, (guard,))
         late.start()
         try:
             raw.settimeout(HANDSHAKE_TIMEOUT)
             sockets.send(raw, Kind.OK)
             assert self._tls is not None
-            sock = now[0] = self._tls.wrap_socket(raw, server_side=True)
+            sock = self._tls.wrap_socket(raw, server_side=True)
             hello = _hello(sockets.expect(sock, Kind.HELLO))
             s = asyncio.run_coroutine_threadsafe(self._admit(hello), loop).result(ADMIT_TIMEOUT)
         except (TicketError, PathError, TransferError, ValidationError) as e:
@@ -389,6 +391,8 @@ class DataServer:
             return
         finally:
             late.cancel()
+            late.join()
+            guard.close()
         self._data(sock, s)
 
     async def _remove(self, ctl: _Control, recursive: bool, tree: str | None = None) -> None:
@@ -708,7 +712,7 @@ class DataServer:
         packed = body.get("compress")
         if not isinstance(packed, bool):
             packed = await asyncio.to_thread(compress.worth_it, src.paths)
-        sender = Sender(src.manifest, src.paths, need, compress=packed)
+        sender = Sender(src.manifest, src.paths, need.chunks, compress=packed)
         self.sessions[tid].sender = sender
         wire.send(writer, Kind.OK)
         await writer.drain()
@@ -793,11 +797,10 @@ def _hello(body: Any) -> dict[str, Any]:
     return body
 
 
-def _wake(now: list[Sock]) -> None:
-    """Ends the blocking reads of a connection's thread, which then closes it. The plain
-    socket's own shutdown: a TLS socket's would drop its TLS state under the reader."""
+def _wake(guard: Sock) -> None:
+    """Ends the blocking reads of a connection's thread, which then closes it."""
     with contextlib.suppress(OSError):
-        socket.socket.shutdown(now[0], socket.SHUT_RDWR)
+        guard.shutdown(socket.SHUT_RDWR)
 
 
 def _direction(hello: dict[str, Any]) -> Direction:
