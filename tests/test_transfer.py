@@ -1020,6 +1020,17 @@ def test_cli_refuses_bad_locations_in_one_line(shared: Network, tmp_path: Path) 
         assert proc.stderr.startswith("error:") and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_a_file_sized_as_it_is_read_is_refused_not_copied_empty(
+    shared: Network, pool: str, tmp_path: Path
+) -> None:
+    proc = cp(shared, "/proc/self/status", f"{pool}:/status")
+    assert proc.returncode == 1 and "reads as more than its size of 0 bytes" in proc.stderr
+    assert not (root_of(shared) / "status").exists()
+    (tmp_path / "empty").write_bytes(b"")  # a file that is empty is copied as one
+    assert cp(shared, str(tmp_path / "empty"), f"{pool}:/empty").returncode == 0
+    assert (root_of(shared) / "empty").read_bytes() == b""
+
+
 @pytest.mark.heavy
 def test_two_gib_and_ten_thousand_files_between_two_agents(
     shared: Network, pool: str, beta: str, tmp_path: Path

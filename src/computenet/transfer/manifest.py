@@ -200,6 +200,11 @@ def _entry(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
+        if st.st_size == 0 and os.pread(fd, 1, 0):  # /proc and /sys: sized as they are read
+            raise TransferError(
+                f"{rel or os.path.basename(path)}: it reads as more than its size of 0 "
+                "bytes (a file of /proc or /sys?); copy its contents to a file first"
+            )
         hashes = None if cache is None else cache.get(path, st, chunk)
         if hashes is None:
             hashes = hash_fd(fd, st.st_size, chunk)
