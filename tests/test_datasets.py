@@ -910,3 +910,66 @@ def test_a_version_registered_at_the_wrong_path_leaves_that_paths_data_when_remo
     root = net.home / "agents" / "pool-a" / "data" / "trees"
     assert (root / "vouched" / "a.txt").read_text() == "alpha vouched\n"
     assert len(right.removed) == 1 and not (root / "vouched2").exists(), right
+
+
+def test_a_copy_of_a_version_is_recorded_only_where_it_is_all_its_path_holds(
+    net: Network, tmp_path: Path
+) -> None:
+    """A version copied into a directory in use, into a tenant's home itself, or by a
+    tenant that does not own it lands and is not recorded: recorded, it would be kept
+    from writes and removed with the version, and the files beside it with it."""
+    publish(net, corpus(tmp_path, "m"), "cnet://dataset/corpus-m", "pool-a")
+    b = cpi(net, "pool-b")
+    mine = tmp_path / "mine"
+    (mine / "keep").mkdir(parents=True)
+    (mine / "keep" / "p.txt").write_text("precious\n")
+    assert cnet(net, "cp", str(mine), f"{b}:/merge").returncode == 0
+    merged = cnet(net, "cp", "--json", "cnet://dataset/corpus-m@1", f"{b}:/merge")
+    assert merged.returncode == 0, merged.stderr
+    result = json.loads(merged.stdout)
+    assert result["merged"] is True and result["replica_of"] is None, result
+    home = cnet(net, "cp", "--json", "cnet://dataset/corpus-m@1", f"{b}:/home/admin/")
+    assert home.returncode == 0, home.stderr
+    assert json.loads(home.stdout)["replica_of"] is None
+    alone = cnet(net, "cp", "--json", "cnet://dataset/corpus-m@1", f"{b}:/alone")
+    assert json.loads(alone.stdout)["merged"] is False
+    assert json.loads(alone.stdout)["replica_of"] == "cnet://dataset/corpus-m@1"
+
+    with net.client() as c:
+        reader = c.create_token("reader-m", "reader-m").secret
+    env = dict(net.env, CNET_TOKEN=reader)
+    theirs = subprocess.run(
+        [*PYTHON, "cp", "--json", "cnet://dataset/corpus-m@1", f"{b}:/home/reader-m/c"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert theirs.returncode == 0, theirs.stderr  # every tenant reads every dataset
+    assert json.loads(theirs.stdout)["replica_of"] is None
+    with net.client() as c:
+        (v,) = c.dataset("corpus-m").versions
+    assert {(r.pool, r.path.rstrip("/")) for r in v.replicas if r.pool == b} == {(b, "/alone")}
+
+    data = net.home / "agents" / "pool-b" / "data"
+    (data / "alone" / "beside.txt").write_text("written by hand beside the copy\n")
+    gone = cnet(net, "dataset", "rm", "--json", "corpus-m@1")
+    assert gone.returncode == 1 and "beside.txt" in gone.stderr, gone.stderr
+    assert "besides the version's copy: it is left in place" in gone.stderr
+    assert "cnet rm -r" not in gone.stderr  # which would take the file beside it too
+    assert (data / "merge" / "keep" / "p.txt").read_text() == "precious\n"
+    assert (data / "merge" / "a.txt").exists() and (data / "alone" / "beside.txt").exists()
+    assert (data / "home" / "reader-m" / "c" / "a.txt").exists()
+
+
+def test_removing_a_version_whose_copy_is_gone_already_succeeds(
+    net: Network, tmp_path: Path
+) -> None:
+    a = cpi(net, "pool-a")
+    with net.client() as c:
+        c.publish(
+            {"name": "never-there", "pool": a, "path": "/home/admin/nothere"}
+            | {"total_bytes": 1, "files": 1, "tree_hash": "0" * 64}
+        )
+    proc = cnet(net, "dataset", "rm", "never-there@1")
+    assert proc.returncode == 0, proc.stderr
+    assert f"{a}:/home/admin/nothere  (gone already)" in proc.stdout

@@ -326,6 +326,8 @@ def dataset_rm(
                 f"  {r.pool}:{r.path}  ({_many(r.files, 'file')}, {format_bytes(r.bytes)})",
                 markup=False,
             )
+        for where in gone.gone:
+            out.print(f"  {where}  (gone already)", markup=False)
     if gone.left:
         stay = _many(len(gone.left), "copy stays", "copies stay")
         raise CLIError(f"{stay}: " + "; ".join(gone.left))

@@ -234,6 +234,10 @@ class DatasetRemoval(Model):
     left: list[str] = Field(
         default_factory=list, description="copies whose data stays, each with the reason"
     )
+    gone: list[str] = Field(
+        default_factory=list,
+        description="copies no longer at the path recorded (POOL:/path): nothing to remove",
+    )
 
 
 class ReplicaAdd(Model):

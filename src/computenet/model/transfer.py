@@ -156,6 +156,11 @@ class ManifestFrame(Model):
         ge=0,
         description="links, special files and partial files the sender's tree holds: not sent",
     )
+    sole: bool = Field(
+        default=False,
+        description="on a put: say in DONE whether the destination then holds anything "
+        "besides this copy (asked for a dataset version's copy, recorded only where not)",
+    )
 
 
 class TransferCounters(Model):
@@ -196,6 +201,11 @@ class TransferResult(Model):
         default=None,
         description="the dataset version the copy was recorded as a copy of: kept from "
         "writes, and removed with the version",
+    )
+    merged: bool | None = Field(
+        default=None,
+        description="for a dataset version copied into a pool: whether the destination "
+        "held other files or directories too; such a copy is not recorded as the version's",
     )
 
     @property

@@ -324,7 +324,11 @@ async def _send(
     try:
         reader, writer = await link.open("control")
         frame = ManifestFrame(
-            manifest=m, sync=options.sync, verify=options.verify, exact=options.exact
+            manifest=m,
+            sync=options.sync,
+            verify=options.verify,
+            exact=options.exact,
+            sole=options.tree_hash is not None,  # a dataset's copy: recorded only alone
         )
         wire.send_model(writer, Kind.MANIFEST, frame)
         await writer.drain()
@@ -354,7 +358,10 @@ async def _send(
         _, done = await wire.expect(reader, Kind.DONE)
         counters.files = int(done.get("files", 0))
         counters.faults = max(counters.faults, int(done.get("faults", 0)))
-        return _result(grant, Direction.put, source, m, counters, streams, started)
+        result = _result(grant, Direction.put, source, m, counters, streams, started)
+        merged = done.get("merged")
+        result.merged = merged if isinstance(merged, bool) else None
+        return result
     finally:
         link.close()
 

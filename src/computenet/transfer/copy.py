@@ -54,7 +54,8 @@ class Api:
     grant: Grant
     dataset: Callable[[str], Awaitable[Dataset | None]]  # None: no such name
     publish: Callable[[DatasetPublish], Awaitable[DatasetVersion]]
-    replica: Callable[[str, str, ReplicaAdd], Awaitable[DatasetVersion]]
+    # None: the caller may not record a copy of that dataset (another tenant's)
+    replica: Callable[[str, str, ReplicaAdd], Awaitable[DatasetVersion | None]]
     pools: Callable[[], Awaitable[list[Pool]]]
     forget: Callable[[str, str], Awaitable[DatasetVersion]]  # drops a version's records
 
@@ -117,6 +118,14 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
 
     g = await grant(TransferRequest(pool=s.pool, path=s.path, direction=Direction.get, ttl=ttl))
     return await client.relay(g, destination, options)
+
+
+def _recordable(path: str) -> bool:
+    """Whether a version's copy at ``path`` may be recorded as one: kept from writes and
+    removed with the version. Never a pool's root, nor a tenant's home itself, which
+    nothing could then be written into."""
+    parts = normalise(path).split("/")
+    return parts != [""] and not (len(parts) == 2 and parts[0] == "home")
 
 
 def _same(a: str, b: str) -> bool:
@@ -254,18 +263,18 @@ async def copy_data(
             what = f"{v.uri}/{inside}: the part's" if inside else f"{v.uri}: the copy's"
             raise TransferError(f"{what} tree hash is not the version's")
         landed = parse_pool_path(result.destination) if d.pool is not None else None
-        # A copy at a pool's root is not recorded: nothing could be written there then.
-        # Nor is a part of a version: a copy is of a whole version.
-        if inside:
+        if inside:  # a part of a version is not recorded: a copy is of a whole version
             result.source = f"{v.uri}/{inside}"
             return result
-        if landed is not None and landed.pool != mine.pool and normalise(landed.path):
-            await api.replica(
-                v.name,
-                v.version,
-                ReplicaAdd(pool=landed.pool, path=landed.path, tree_hash=v.tree_hash),
-            )
-            result.replica_of = v.uri
+        if (
+            landed is not None
+            and landed.pool != mine.pool
+            and _recordable(landed.path)
+            and not result.merged
+        ):
+            add = ReplicaAdd(pool=landed.pool, path=landed.path, tree_hash=v.tree_hash)
+            if await api.replica(v.name, v.version, add) is not None:
+                result.replica_of = v.uri
         result.source = v.uri
         return result
     if d_ref is None:

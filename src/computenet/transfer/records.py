@@ -58,6 +58,17 @@ def tree_of(root: Path, path: str) -> str | None:
     return found.group(1).decode() if found else None
 
 
+def manifest_of(root: Path, path: str) -> Manifest | None:
+    """The manifest of the last put that landed on ``path``, or None where no put did."""
+    try:
+        body = json.loads(location(root, path).read_bytes())
+    except FileNotFoundError:
+        return None
+    body.pop("path", None)
+    body.pop("at", None)
+    return Manifest.model_validate(body)
+
+
 def recorded(head: bytes) -> str | None:
     """The pool path a record stands for (normalised, without the leading ``/``)."""
     found = _PATH.match(head)

@@ -53,6 +53,10 @@ def _lstat(parent: int, name: str) -> os.stat_result | None:
         return None
 
 
+MISSING = "no such file or directory in the pool"
+KEPT = "it is left in place"  # a copy that holds more than the version, or another tree
+
+
 def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
     """Removes ``path`` under a data root, reached without following any link."""
     shown = "/" + normalise(path)
@@ -83,7 +87,7 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
                 raise FileNotFoundError(name)
             return Removal(pool=pool, path=shown, kind=kind, files=1, bytes=size)
     except FileNotFoundError:
-        raise TransferError(f"{shown}: no such file or directory in the pool") from None
+        raise TransferError(f"{shown}: {MISSING}") from None
     except OSError as e:
         raise TransferError(f"{shown}: cannot remove it: {e.strerror}") from None
 
@@ -116,8 +120,12 @@ async def drop_version(api: Api, ref: DatasetRef, tls: bool | None = None) -> Da
         try:
             out.removed.append(await rm(where, api.grant, True, tls, v.tree_hash))
         except Exception as e:
-            later = f"remove it later with `cnet rm -r {where}`"
-            if getattr(e, "status", None) == 403:  # a copy outside the tenant's reach
-                later = f"the admin can remove it with `cnet rm -r {where}`"
-            out.left.append(f"{where}: {e} ({later})")
+            if MISSING in str(e):
+                out.gone.append(where)
+            elif KEPT in str(e):  # not the version's alone: nothing to advise removing
+                out.left.append(f"{where}: {e}")
+            elif getattr(e, "status", None) == 403:  # a copy outside the tenant's reach
+                out.left.append(f"{where}: {e} (the admin can remove it with `cnet rm -r {where}`)")
+            else:
+                out.left.append(f"{where}: {e} (remove it later with `cnet rm -r {where}`)")
     return out

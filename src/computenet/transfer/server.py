@@ -400,12 +400,7 @@ class DataServer:
         never where a put recorded another one there: a version registered at the wrong
         path must not take that path's data with it."""
         if tree is not None:
-            there = await asyncio.to_thread(records.tree_of, self.root, ctl.path)
-            if there is not None and there != tree:
-                raise Refused(
-                    f"/{ctl.path} holds tree {there[:12]}…, as the copy that put it there "
-                    f"recorded, not the version's {tree[:12]}…: it is left in place"
-                )
+            await self._only(ctl.path, tree)
         moving = [
             s.path
             for s in self.sessions.values()
@@ -424,6 +419,24 @@ class DataServer:
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
         wire.send_model(ctl.writer, Kind.OK, gone)
         await ctl.writer.drain()
+
+    async def _only(self, path: str, tree: str) -> None:
+        """Refuses to remove ``path`` as a copy of ``tree`` where a put recorded another
+        tree there, or where files were put beside the recorded one since."""
+        there = await asyncio.to_thread(records.tree_of, self.root, path)
+        if there is None:
+            return
+        if there != tree:
+            raise Refused(
+                f"/{path} holds tree {there[:12]}…, as the copy that put it there "
+                f"recorded, not the version's {tree[:12]}…: {removal.KEPT}"
+            )
+        m = await asyncio.to_thread(records.manifest_of, self.root, path)
+        extra = [] if m is None or m.single else await self._beside(path, m)
+        if extra:
+            raise Refused(
+                f"/{path} holds {_some(extra)} besides the version's copy: {removal.KEPT}"
+            )
 
     async def _relay(self, ctl: _Control) -> None:
         """Pool to pool: this server puts its own file or tree straight into another pool,
@@ -651,9 +664,10 @@ class DataServer:
                 await asyncio.to_thread(drop_parts, here)
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
-            wire.send_json(
-                writer, Kind.DONE, {"files": c.files, "faults": c.faults, "tree_hash": m.tree_hash}
-            )
+            done: dict[str, object] = {"files": c.files, "faults": c.faults}
+            if frame.sole:
+                done["merged"] = not m.single and bool(await self._beside(path, m))
+            wire.send_json(writer, Kind.DONE, {**done, "tree_hash": m.tree_hash})
             await writer.drain()
         finally:
             await self.sessions[tid].stopped()  # no stream writes through a closed descriptor
@@ -668,13 +682,16 @@ class DataServer:
         tenant, and a version would then hold what another tenant put beside it."""
         if m.single:
             return  # one file: it replaces whatever is at ``path``
-        extra = await asyncio.to_thread(_extras, confine(self.root, path, links=False), m)
+        extra = await self._beside(path, m)
         if extra:
-            what = repr(extra[0]) + (f" and {len(extra) - 1} more" if len(extra) > 1 else "")
             raise TransferError(
-                f"/{path} holds {what}, which this copy does not: a dataset version holds "
-                "exactly what was copied; publish it as another version"
+                f"/{path} holds {_some(extra)}, which this copy does not: a dataset "
+                "version holds exactly what was copied; publish it as another version"
             )
+
+    async def _beside(self, path: str, m: Manifest) -> list[str]:
+        """What the directory at ``path`` holds besides ``m``'s tree."""
+        return await asyncio.to_thread(_extras, confine(self.root, path, links=False), m)
 
     def home_quota(self, tenant: str, limit: int | None, path: str) -> Quota | None:
         """The account of the tenant's home that a write at ``path`` lands in, where
@@ -722,6 +739,10 @@ class DataServer:
         finally:
             if sender.remaining:  # refused or cut short: hash afresh next time
                 self.hashes.forget(src.paths)
+
+
+def _some(names: list[str]) -> str:
+    return repr(names[0]) + (f" and {len(names) - 1} more" if len(names) > 1 else "")
 
 
 def _extras(root: Path, m: Manifest) -> list[str]:
