@@ -397,9 +397,22 @@ def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> 
         assert job.state is JobState.FAILED
         assert "'/out' leads out of the job's working directory through a link" in job.reason
         assert not any(d.name == "linked-out" for d in c.datasets())
+        root = net.home / "agents" / "pool-a" / "data"
+        (root / "afile").write_text("a file, not a directory\n")
+        job = c.wait(  # its reason names the pool path, never the agent's own
+            c.submit(
+                command=["sh", "-c", "echo x > o"],
+                pool=a,
+                outputs=[{"path": "o", "uri": f"{a}:/afile/sub"}],
+            ).id,
+            timeout=60,
+        )
+        assert job.state is JobState.FAILED
+        assert f"output o to {a}:/afile/sub: Not a directory" in job.reason, job.reason
+        assert str(root) not in job.reason
 
 
-def test_bad_input_is_refused_naming_the_field(net: Network) -> None:
+def test_bad_input_is_refused_naming_the_field(net: Network, tmp_path: Path) -> None:
     headers = {"authorization": f"Bearer {net.token}"}
     cases = [
         ({"command": ["true"], "inputs": [{"uri": "cnet://dataset/x", "path": "../x"}]}, "path"),
@@ -412,6 +425,27 @@ def test_bad_input_is_refused_naming_the_field(net: Network) -> None:
         assert r.status_code == 422, r.text
         assert r.headers["content-type"].startswith("application/problem+json")
         assert r.json()["errors"][0]["field"].endswith(leaf), r.text
+    two = [{"uri": "cnet://dataset/x", "path": p} for p in ("in", "in/sub")]
+    r = httpx.post(f"{net.url}/v1/jobs", json={"command": ["true"], "inputs": two}, headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "inputs.1.path", r.text
+    assert "inputs.0.path 'in': two inputs cannot land at one path" in r.json()["detail"]
+    b = cpi(net, "pool-b")
+    publish(net, corpus(tmp_path, "kept"), "cnet://dataset/corpus-kept", "pool-b")
+    with net.client() as c:
+        (v,) = c.dataset("corpus-kept").versions
+    for path, status in (
+        ("/.cnet/x", 422),
+        ("/", 422),
+        ("/x/../y", 422),
+        ("/datasets", 409),
+        (v.replicas[0].path + "/a.txt", 409),
+    ):
+        out = [{"path": "o", "uri": f"{b}:{path}"}]
+        r = httpx.post(
+            f"{net.url}/v1/jobs", json={"command": ["true"], "outputs": out}, headers=headers
+        )
+        assert r.status_code == status, (path, r.text)
+        assert r.json()["errors"][0]["field"] == "outputs.0.uri", r.text
     batch = {"jobs": [cases[0][0] | {"inputs": [{"uri": "cnet://dataset/nope", "path": "x"}]}]}
     r = httpx.post(f"{net.url}/v1/jobs/batch", json=batch, headers=headers)
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "jobs.0.inputs.0.uri"

@@ -80,7 +80,9 @@ def _failing(what: str) -> Iterator[None]:
         yield
     except StagingError as e:
         raise StagingError(f"{what}: {e}") from None
-    except (ApiError, TransferError, PathError, OSError, httpx.HTTPError) as e:
+    except OSError as e:  # its file name is the agent's own path: ``what`` names the place
+        raise StagingError(f"{what}: {e.strerror or e}") from e
+    except (ApiError, TransferError, PathError, httpx.HTTPError) as e:
         raise StagingError(f"{what}: {e}") from e
 
 

@@ -7,7 +7,8 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from computenet.ident.cpi import CPIStr
 from computenet.model.accelerator import Accelerators, resolve
@@ -196,11 +197,26 @@ class JobSpec(Model):
             raise ValueError(f"env is {size} bytes; the limit is {MAX_ENV_BYTES}")
         if any("\x00" in v for v in self.env.values()):
             raise ValueError("env values must not contain NUL bytes")
-        paths = [i.path for i in self.inputs]
-        for i, p in enumerate(paths):
-            if any(q == p or q.startswith(p + "/") for q in paths[i + 1 :]):
-                raise ValueError(f"inputs: two inputs land at {p!r}")
         return self
+
+    @field_validator("inputs")
+    @classmethod
+    def _apart(cls, v: list[DataInput]) -> list[DataInput]:
+        """Named by the later input's path, as a problem names a field."""
+        for j, later in enumerate(v):
+            for i, earlier in enumerate(v[:j]):
+                a, b = earlier.path, later.path
+                if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
+                    why = PydanticCustomError(
+                        "overlap",
+                        "{path} and inputs.{i}.path {other}: two inputs cannot land at one "
+                        "path, nor one inside another",
+                        {"path": repr(b), "i": i, "other": repr(a)},
+                    )
+                    raise ValidationError.from_exception_data(
+                        "inputs", [InitErrorDetails(type=why, loc=(j, "path"), input=b)]
+                    )
+        return v
 
 
 class Attempt(Model):

@@ -28,6 +28,7 @@ from computenet.node.store import datasets as dataset_store
 from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
 from computenet.node.store import tenants as tenant_store
+from computenet.transfer.paths import PathError, normalise
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[str, Path(pattern=r"^j-[0-9a-z]{1,40}$")]
@@ -152,13 +153,29 @@ def check_pools(conn: Connection, spec: JobSpec, own_code: str = "", field: str 
             own_code and not ref.pool.startswith(f"cpi:{own_code}:")
         ):
             continue
+        where = f"{field}{kind}.{i}.uri"
         try:
             pool_store.get(conn, ref.pool)
         except NotFound:
             raise Invalid(
-                f"no pool {ref.pool!r} on this node (`cnet resources` lists them)",
-                field=f"{field}{kind}.{i}.uri",
+                f"no pool {ref.pool!r} on this node (`cnet resources` lists them)", field=where
             ) from None
+        try:
+            path = normalise(ref.path)
+        except PathError as e:
+            raise Invalid(str(e), field=where) from None
+        if kind == "outputs":
+            _keepable(conn, ref.pool, path, where)
+
+
+def _keepable(conn: Connection, pool: str, path: str, field: str) -> None:
+    """An output replaces everything at its path: never the pool's root, nor a path at
+    or above a dataset's copy."""
+    if not path:
+        raise Invalid("an output replaces everything at its path: name one below the root", field)
+    held = dataset_store.held_at(conn, pool, path)
+    if held:
+        raise Conflict(dataset_store.unwritable(*held[0]), field=field)
 
 
 def _elsewhere(spec: JobSpec, own_code: str) -> bool:

@@ -121,11 +121,7 @@ async def writable(
     are when it starts and when it commits."""
     for name, version, where in await node.reading(dataset_store.held_at, pool, path):
         if whole or within(where, path):
-            raise Conflict(
-                f"/{where} holds dataset {name}@{version}, and versions never change: "
-                "write somewhere else, or publish the data as a new version",
-                field=field,
-            )
+            raise Conflict(dataset_store.unwritable(name, version, where), field=field)
 
 
 async def _removable(node: Node, pool: str, path: str, field: str) -> None:

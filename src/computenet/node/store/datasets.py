@@ -269,6 +269,13 @@ def held_at(conn: Connection, pool: str, path: str) -> list[tuple[str, str, str]
     return out
 
 
+def unwritable(name: str, version: str, where: str) -> str:
+    return (
+        f"/{where} holds dataset {name}@{version}, and versions never change: "
+        "write somewhere else, or publish the data as a new version"
+    )
+
+
 class Holdings:
     """What the scheduler asks of each input: its bytes and the pools that hold it.
 
