@@ -319,6 +319,9 @@ def test_a_version_is_removed_with_every_copy_and_only_by_name(
     for x in v.replicas:
         listed = cnet(net, "ls", f"{x.pool}:{x.path}")
         assert listed.returncode == 1 and "no such file or directory" in listed.stderr
+    a = cpi(net, "pool-a")  # the published copy's directory goes with its last version
+    names = cnet(net, "ls", "--json", f"{a}:/datasets")
+    assert "corpus-r" not in [e.name for e in PoolListing.model_validate_json(names.stdout).entries]
     shown = cnet(net, "dataset", "show", "corpus-r")
     assert shown.returncode == 0 and "no versions" in shown.stdout, shown.stdout
     assert "removed: 1 (never used again)" in shown.stdout
@@ -328,7 +331,6 @@ def test_a_version_is_removed_with_every_copy_and_only_by_name(
 
     # A removed version's number is never given out again, nor its name to someone else:
     # cnet://dataset/corpus-r@1 can never name other data than it did.
-    a = cpi(net, "pool-a")
     reused = cnet(net, "cp", "--pool", a, str(corpus(tmp_path, "r1")), "cnet://dataset/corpus-r@1")
     assert reused.returncode == 1 and "never used again" in reused.stderr, reused.stderr
     assert cnet(net, "ls", f"{a}:/datasets/corpus-r/1").returncode == 1  # nothing moved

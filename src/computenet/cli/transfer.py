@@ -148,7 +148,8 @@ def cp(
     if k.left_out:
         err.print(
             f"{_many(k.left_out, 'entry', 'entries')} in the source not copied (links, "
-            "special files, partial files): a copy holds regular files and directories only",
+            "special files, partial files, a .cnet directory at its top): a copy holds "
+            "regular files and directories only, and never a data server's own files",
             markup=False,
         )
 

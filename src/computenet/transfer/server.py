@@ -416,6 +416,15 @@ class DataServer:
             for q in (self.quota, *self._homes.values()):
                 q.changed()
         await asyncio.to_thread(records.forget, self.root, ctl.path)
+        parts = ctl.path.split("/")
+        above = "/".join(parts[:2])  # datasets/NAME, left by its last version's copy
+        if (
+            tree is not None
+            and len(parts) == 3
+            and parts[0] == "datasets"
+            and not any(within(above, s.path) for s in self.sessions.values())
+        ):
+            await asyncio.to_thread(removal.prune, self.root, above)
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
         wire.send_model(ctl.writer, Kind.OK, gone)
         await ctl.writer.drain()
