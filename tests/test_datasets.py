@@ -372,6 +372,14 @@ def test_a_version_that_is_one_file_is_named_after_its_dataset(
     assert there.returncode == 0, there.stderr
     listed = cnet(net, "ls", "--json", f"{b}:/singles")
     assert [x.name for x in PoolListing.model_validate_json(listed.stdout).entries] == ["onefile"]
+    listed = cnet(net, "ls", "--json", "cnet://dataset/onefile")
+    assert [x.name for x in PoolListing.model_validate_json(listed.stdout).entries] == ["onefile"]
+    inside = cnet(net, "ls", "cnet://dataset/onefile@1/x")
+    assert inside.returncode == 1, inside.stderr
+    assert (
+        inside.stderr.strip()
+        == "error: cnet://dataset/onefile@1 is one file: nothing lies inside it"
+    )
 
 
 def test_a_missing_output_or_input_fails_the_job_with_a_reason(net: Network) -> None:

@@ -17,6 +17,7 @@ import os
 import stat
 from pathlib import Path
 
+from computenet.model.dataset import Replica
 from computenet.model.transfer import (
     LIST_PAGE,
     Direction,
@@ -120,6 +121,13 @@ async def _ask(grant: TransferGrant, query: ListQuery, tls: bool | None) -> Pool
     return PoolListing.model_validate(answer)
 
 
+async def _one_file(api: Api, copy: Replica, tls: bool | None) -> bool:
+    grant = await api.grant(
+        TransferRequest(pool=copy.pool, path=copy.path, direction=Direction.get)
+    )
+    return (await _ask(grant, ListQuery(limit=1), tls)).kind is EntryKind.file
+
+
 async def ls(
     target: str,
     api: Api,
@@ -132,11 +140,13 @@ async def ls(
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
     part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
     named = None  # what a refusal of a path in a version names: that, not its copy's path
+    version, held, inside = None, None, ""
     if part is not None:
         ref, inside = part
-        v, held = await online_replicas(api, ref)
-        target = f"{held[0].pool}:{held[0].path.rstrip('/')}" + (f"/{inside}" if inside else "")
-        named = f"{v.uri}/{inside}" if inside else None
+        version, copies = await online_replicas(api, ref)
+        held = copies[0]
+        target = f"{held.pool}:{held.path.rstrip('/')}" + (f"/{inside}" if inside else "")
+        named = f"{version.uri}/{inside}" if inside else None
     spot = location(target)
     if spot.pool is None:
         raise TransferError(
@@ -150,11 +160,16 @@ async def ls(
     try:
         listing = await _ask(grant, query, tls)
     except Refused as e:
+        if version and held and inside and await _one_file(api, held, tls):
+            raise Refused(f"{version.uri} is one file: nothing lies inside it") from None
         shown = "/" + normalise(spot.path) + ":"
         if named is None or not str(e).startswith(shown):
             raise
         why = str(e)[len(shown) :].replace(" in the pool", " in the version")
         raise Refused(named + ":" + why) from None
+    if version and not inside and listing.kind is EntryKind.file:
+        # a version of one file lies at a name the node chose: it goes by its dataset's
+        listing.entries = [e.model_copy(update={"name": version.name}) for e in listing.entries]
     while limit is None and listing.next is not None:
         query = ListQuery(after=listing.next, limit=LIST_PAGE)
         more = await _ask(grant, query, tls)
