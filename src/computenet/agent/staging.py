@@ -81,7 +81,7 @@ def _failing(what: str) -> Iterator[None]:
     except StagingError as e:
         raise StagingError(f"{what}: {e}") from None
     except OSError as e:  # its file name is the agent's own path: ``what`` names the place
-        raise StagingError(f"{what}: {e.strerror or e}") from e
+        raise StagingError(f"{what}: {e.strerror or type(e).__name__}") from e
     except (ApiError, TransferError, PathError, httpx.HTTPError) as e:
         raise StagingError(f"{what}: {e}") from e
 

@@ -145,6 +145,12 @@ def cp(
             "or removed on its own, and `cnet dataset rm` removes it with the version",
             markup=False,
         )
+    if r.merged:
+        err.print(
+            f"{r.destination} holds other files too: the copy is yours, not recorded as "
+            "the version's",
+            markup=False,
+        )
     if k.left_out:
         err.print(
             f"{_many(k.left_out, 'entry', 'entries')} in the source not copied (links, "

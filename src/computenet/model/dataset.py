@@ -240,6 +240,19 @@ class DatasetRemoval(Model):
     )
 
 
+def unrecordable(path: str) -> str | None:
+    """Why a version's copy may not be recorded at the pool path ``path``, or None. A
+    recorded copy is kept from writes and removed with its version: never a pool's
+    root, ``/home`` or ``/datasets``, nor a tenant's home itself, which nothing could
+    then be written into."""
+    parts = path.strip("/").split("/")
+    if parts == [""]:
+        return "a dataset's copy is a file or directory under the data root"
+    if parts in (["home"], ["datasets"]) or (len(parts) == 2 and parts[0] == "home"):
+        return f"/{'/'.join(parts)} holds every copy of its kind: a copy lies below it"
+    return None
+
+
 class ReplicaAdd(Model):
     """A copy of a version that landed in another pool; refused unless the hash matches."""
 

@@ -202,21 +202,35 @@ class JobSpec(Model):
     @field_validator("inputs")
     @classmethod
     def _apart(cls, v: list[DataInput]) -> list[DataInput]:
-        """Named by the later input's path, as a problem names a field."""
-        for j, later in enumerate(v):
-            for i, earlier in enumerate(v[:j]):
-                a, b = earlier.path, later.path
-                if a == b or b.startswith(a + "/") or a.startswith(b + "/"):
-                    why = PydanticCustomError(
-                        "overlap",
-                        "{path} and inputs.{i}.path {other}: two inputs cannot land at one "
-                        "path, nor one inside another",
-                        {"path": repr(b), "i": i, "other": repr(a)},
-                    )
-                    raise ValidationError.from_exception_data(
-                        "inputs", [InitErrorDetails(type=why, loc=(j, "path"), input=b)]
-                    )
+        """Named by the later input's path, as a problem names a field. Only a later
+        input at or inside an earlier one: specs stored before the node refused the
+        other way round must still read back."""
+        pair = overlapping(v, both_ways=False)
+        if pair is not None:
+            i, j = pair
+            why = PydanticCustomError("overlap", "{why}", {"why": overlap_reason(v, i, j)})
+            raise ValidationError.from_exception_data(
+                "inputs", [InitErrorDetails(type=why, loc=(j, "path"), input=v[j].path)]
+            )
         return v
+
+
+def overlapping(inputs: list[DataInput], both_ways: bool = True) -> tuple[int, int] | None:
+    """The first two inputs (earlier, later) that land at one path, or the later inside
+    the earlier (``both_ways``: or the earlier inside the later)."""
+    for j, later in enumerate(inputs):
+        for i, earlier in enumerate(inputs[:j]):
+            a, b = earlier.path, later.path
+            if a == b or b.startswith(a + "/") or (both_ways and a.startswith(b + "/")):
+                return i, j
+    return None
+
+
+def overlap_reason(inputs: list[DataInput], i: int, j: int) -> str:
+    return (
+        f"{inputs[j].path!r} and inputs.{i}.path {inputs[i].path!r}: two inputs cannot "
+        "land at one path, nor one inside another"
+    )
 
 
 class Attempt(Model):

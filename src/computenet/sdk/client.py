@@ -382,7 +382,8 @@ def _copy_api(do: Callable[[_Call], Awaitable[Any]]) -> Api:
         try:
             out: DatasetVersion = await do(_Calls.add_replica(name, version, body))
         except ApiError as e:
-            if e.status == 403:  # another tenant's dataset: the copy is the caller's own
+            theirs = e.problem.errors and e.problem.errors[0].field == "name"
+            if e.status == 403 and theirs:  # another tenant's dataset: the copy is the caller's
                 return None
             raise
         return out

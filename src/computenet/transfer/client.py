@@ -330,7 +330,7 @@ async def _send(
             exact=options.exact,
             sole=options.tree_hash is not None,  # a dataset's copy: recorded only alone
         )
-        wire.send_model(writer, Kind.MANIFEST, frame)
+        wire.send_model(writer, Kind.MANIFEST, frame, None if frame.sole else {"sole"})
         await writer.drain()
         _, plan = await wire.expect(reader, Kind.NEED, limit=need_limit(m))
         need = await asyncio.to_thread(checked_need, plan, m)

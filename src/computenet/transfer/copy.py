@@ -29,6 +29,7 @@ from computenet.model.dataset import (
     parse_pool_path,
     some_versions,
     split_input,
+    unrecordable,
 )
 from computenet.model.resources import Pool, PoolStatus
 from computenet.model.transfer import (
@@ -121,11 +122,7 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
 
 
 def _recordable(path: str) -> bool:
-    """Whether a version's copy at ``path`` may be recorded as one: kept from writes and
-    removed with the version. Never a pool's root, nor a tenant's home itself, which
-    nothing could then be written into."""
-    parts = normalise(path).split("/")
-    return parts != [""] and not (len(parts) == 2 and parts[0] == "home")
+    return unrecordable(normalise(path)) is None
 
 
 def _same(a: str, b: str) -> bool:
@@ -270,7 +267,7 @@ async def copy_data(
             landed is not None
             and landed.pool != mine.pool
             and _recordable(landed.path)
-            and not result.merged
+            and result.merged is False  # a server that cannot say: not recorded
         ):
             add = ReplicaAdd(pool=landed.pool, path=landed.path, tree_hash=v.tree_hash)
             if await api.replica(v.name, v.version, add) is not None:

@@ -122,10 +122,12 @@ async def _ask(grant: TransferGrant, query: ListQuery, tls: bool | None) -> Pool
 
 
 async def _one_file(api: Api, copy: Replica, tls: bool | None) -> bool:
-    grant = await api.grant(
-        TransferRequest(pool=copy.pool, path=copy.path, direction=Direction.get)
-    )
-    return (await _ask(grant, ListQuery(limit=1), tls)).kind is EntryKind.file
+    """Whether a version's copy is one file; False where that cannot be learnt."""
+    ask = TransferRequest(pool=copy.pool, path=copy.path, direction=Direction.get)
+    try:
+        return (await _ask(await api.grant(ask), ListQuery(limit=1), tls)).kind is EntryKind.file
+    except Exception:  # the refusal that led here says more
+        return False
 
 
 async def ls(

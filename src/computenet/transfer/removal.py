@@ -18,7 +18,6 @@ removes it later.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import stat
@@ -91,12 +90,6 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
         raise TransferError(f"{shown}: {MISSING}") from None
     except OSError as e:
         raise TransferError(f"{shown}: cannot remove it: {e.strerror}") from None
-
-
-def prune(root: Path, path: str) -> None:
-    """Removes the directory ``path`` if it is empty."""
-    with contextlib.suppress(OSError), parent_of(root, path) as (parent, name):
-        os.rmdir(name, dir_fd=parent)
 
 
 async def rm(

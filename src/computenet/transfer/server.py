@@ -370,7 +370,11 @@ class DataServer:
         # CPython holds to the whole handshake; after it, each read is: hence the timer.
         # The timer shuts a duplicate of the socket: shutdown acts on the connection, and
         # the TLS socket's own would drop its TLS state under the reader.
-        guard = socket.socket(fileno=os.dup(raw.fileno()))
+        try:
+            guard = socket.socket(fileno=os.dup(raw.fileno()))
+        except OSError:  # out of descriptors: no connection can be served now
+            sockets.shut(raw)
+            return
         late = threading.Timer(HANDSHAKE_TIMEOUT, _wake, (guard,))
         late.start()
         try:
@@ -416,15 +420,6 @@ class DataServer:
             for q in (self.quota, *self._homes.values()):
                 q.changed()
         await asyncio.to_thread(records.forget, self.root, ctl.path)
-        parts = ctl.path.split("/")
-        above = "/".join(parts[:2])  # datasets/NAME, left by its last version's copy
-        if (
-            tree is not None
-            and len(parts) == 3
-            and parts[0] == "datasets"
-            and not any(within(above, s.path) for s in self.sessions.values())
-        ):
-            await asyncio.to_thread(removal.prune, self.root, above)
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
         wire.send_model(ctl.writer, Kind.OK, gone)
         await ctl.writer.drain()
@@ -440,7 +435,10 @@ class DataServer:
                 f"/{path} holds tree {there[:12]}…, as the copy that put it there "
                 f"recorded, not the version's {tree[:12]}…: {removal.KEPT}"
             )
-        m = await asyncio.to_thread(records.manifest_of, self.root, path)
+        try:
+            m = await asyncio.to_thread(records.manifest_of, self.root, path)
+        except (OSError, ValueError):  # half written, or from another version
+            raise Refused(f"/{path}: its copy's record cannot be read: {removal.KEPT}") from None
         extra = [] if m is None or m.single else await self._beside(path, m)
         if extra:
             raise Refused(
@@ -497,7 +495,8 @@ class DataServer:
             raise ConnectionResetError("the client went away")
         result = put.result()
         result.source = f"{self.pool()}:/{ctl.path}"
-        wire.send_json(ctl.writer, Kind.DONE, {"result": result.model_dump(mode="json")})
+        done = result.model_dump(mode="json", exclude_none=True)  # fields added since: if used
+        wire.send_json(ctl.writer, Kind.DONE, {"result": done})
         await ctl.writer.drain()
 
     async def _keep_out(self, path: str, m: Manifest) -> None:
@@ -674,8 +673,10 @@ class DataServer:
             await asyncio.to_thread(records.write, self.root, path, m)
             c = receiver.counters
             done: dict[str, object] = {"files": c.files, "faults": c.faults}
-            if frame.sole:
-                done["merged"] = not m.single and bool(await self._beside(path, m))
+            if frame.sole:  # what cannot be looked at counts as merged: never recorded
+                done["merged"] = True
+                with contextlib.suppress(OSError, PathError):
+                    done["merged"] = not m.single and bool(await self._beside(path, m))
             wire.send_json(writer, Kind.DONE, {**done, "tree_hash": m.tree_hash})
             await writer.drain()
         finally:
@@ -728,7 +729,7 @@ class DataServer:
                 f"/{path}: the data server cannot read it: {e.strerror or e}"
             ) from None
         frame = ManifestFrame(manifest=src.manifest, left_out=src.left_out)
-        wire.send_model(writer, Kind.MANIFEST, frame)
+        wire.send_model(writer, Kind.MANIFEST, frame, {"sole"})
         await writer.drain()
         m = src.manifest  # the client hashes its partial files first: a slow disk's time
         wait = min(NEED_TIMEOUT, IDLE_TIMEOUT + round(m.total_bytes / HASH_FLOOR))

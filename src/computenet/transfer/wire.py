@@ -114,8 +114,11 @@ def send_json(writer: asyncio.StreamWriter, kind: Kind, body: Any) -> None:
     send(writer, kind, json.dumps(body, separators=(",", ":")).encode())
 
 
-def send_model(writer: asyncio.StreamWriter, kind: Kind, body: BaseModel) -> None:
-    send(writer, kind, body.model_dump_json().encode())
+def send_model(
+    writer: asyncio.StreamWriter, kind: Kind, body: BaseModel, exclude: set[str] | None = None
+) -> None:
+    """``exclude``: fields added since a peer's version, left out where unused."""
+    send(writer, kind, body.model_dump_json(exclude=exclude).encode())
 
 
 M = TypeVar("M", bound=BaseModel)

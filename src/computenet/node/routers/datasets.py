@@ -30,6 +30,7 @@ from computenet.model.dataset import (
     StagingPlan,
     parse_data_uri,
     split_input,
+    unrecordable,
 )
 from computenet.model.transfer import Direction, TransferRequest
 from computenet.node import homes
@@ -119,8 +120,8 @@ async def add_replica(
     if v.tenant != who.tenant and not who.admin:
         raise Forbidden(f"dataset {name!r} belongs to tenant {v.tenant}", field="name")
     path = _pool_path(body.path)
-    if path == "/":
-        raise Invalid("a dataset's copy is a file or directory under the data root", "path")
+    if (why := unrecordable(path)) is not None:
+        raise Invalid(why, "path")
     await _reached(node, who, body.pool, path)
     await node.reading(pool_store.get, body.pool)
     return await node.writing(store.add_replica, name, version, body.pool, path, body.tree_hash)

@@ -14,6 +14,7 @@ from sqlalchemy import Connection
 
 from computenet.model import Capacity, Job, JobBatch, JobPage, JobSpec, JobState
 from computenet.model.dataset import DataInput, DatasetRef, PoolRef, parse_data_uri, split_input
+from computenet.model.job import overlap_reason, overlapping
 from computenet.model.plan import Plan
 from computenet.node import homes
 from computenet.node.auth import Principal, node_of, principal
@@ -142,9 +143,12 @@ def check_outputs(
 
 
 def check_pools(conn: Connection, spec: JobSpec, own_code: str = "", field: str = "") -> None:
-    """Refuses at submission a pool input or output on a pool this node has never had
+    """Refuses at submission inputs that overlap either way, and a pool input or output on a pool this node has never had
     (wherever the job is to run): otherwise the job waits its turn only to fail at
     staging. A pool of another node of the tree is its node's to check."""
+    pair = overlapping(spec.inputs)
+    if pair is not None:
+        raise Invalid(overlap_reason(spec.inputs, *pair), field=f"{field}inputs.{pair[1]}.path")
     items = [("inputs", i, x.uri) for i, x in enumerate(spec.inputs)]
     items += [("outputs", i, x.uri) for i, x in enumerate(spec.outputs)]
     for kind, i, uri in items:
