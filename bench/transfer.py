@@ -22,9 +22,10 @@ A data server keeps the chunk hashes of files it has already sent while they are
 unchanged, so after the warm-up run the source is not hashed again; the rows marked
 "source changed" touch the source before each run, so that it is hashed afresh, as on
 its first copy.
-Each figure is the median of ``--repeat`` runs after one untimed warm-up run per tool; the
-destination is removed and the page cache flushed to disk between runs, outside the
-timing.
+Each figure is the median of ``--repeat`` runs after one untimed warm-up run per tool. The
+tools take turns: each round runs every tool once, each round starting one tool further
+on, so that a machine whose speed drifts weighs on all of them alike. The destination is
+removed and the page cache flushed to disk between runs, outside the timing.
 
 The data lives on ``--dir``, tmpfs by default where there is one: this compares
 protocols, and on a slow disk every tool would measure the disk's file creation instead.
@@ -121,6 +122,26 @@ def clear(path: Path) -> None:
     os.sync()
 
 
+def once(
+    run: Callable[[], Any], dest: Path, settle: float, reset: Callable[[], None] | None = None
+) -> tuple[float, Any]:
+    """Seconds of one run (a run may return its own figure) and its value. ``settle``
+    seconds pass between removing the last output and the run: a virtual machine hands
+    freed memory back to its host within about two seconds, and pages it must take back
+    cost 2-3 times as much to write. Without the pause, a tool that starts at once
+    (``cp``) writes into warm pages and one that starts a Python process first may or
+    may not. ``reset``, where given, prepares the destination instead of removing it."""
+    clear(dest)
+    if reset is not None:
+        reset()
+        os.sync()
+    time.sleep(settle)
+    t = time.perf_counter()
+    last = run()
+    took = time.perf_counter() - t
+    return (float(last["seconds"]) if isinstance(last, dict) else took), last
+
+
 def timed(
     run: Callable[[], Any],
     dest: Path,
@@ -128,26 +149,32 @@ def timed(
     settle: float,
     reset: Callable[[], None] | None = None,
 ) -> tuple[list[float], Any]:
-    """Seconds of each run (a run may return its own figure) and the last run's value.
-    After the last run's output is removed, ``settle`` seconds pass before the next: a
-    virtual machine hands freed memory back to its host within about two seconds, and
-    pages it must take back cost 2-3 times as much to write. Without the pause, a tool
-    that starts at once (``cp``) writes into warm pages and one that starts a Python
-    process first may or may not. ``reset``, where given, prepares the destination
-    instead of removing it."""
+    """``repeat`` runs after one that warms up (memory a virtual machine has not touched
+    yet is slow): their seconds, and the last run's value."""
     seconds, last = [], None
     for i in range(repeat + 1):
-        clear(dest)
-        if reset is not None:
-            reset()
-            os.sync()
-        time.sleep(settle)
-        t = time.perf_counter()
-        last = run()
-        took = time.perf_counter() - t
-        if i:  # the first run warms up: memory a virtual machine has not touched yet is slow
-            seconds.append(float(last["seconds"]) if isinstance(last, dict) else took)
+        took, last = once(run, dest, settle, reset)
+        if i:
+            seconds.append(took)
     return seconds, last
+
+
+def rounds(
+    runs: dict[str, tuple[Callable[[], Any], Path]], repeat: int, settle: float
+) -> dict[str, tuple[list[float], Any]]:
+    """Every tool once a round, a warm-up round first, each round starting one tool
+    further on: a machine whose speed drifts during the run (memory handed back to the
+    host, a neighbour's load) weighs on every tool alike, not on those run last. Each
+    output is removed after its run, so that only one is held at a time."""
+    out: dict[str, tuple[list[float], Any]] = {k: ([], None) for k in runs}
+    names = list(runs)
+    for r in range(repeat + 1):
+        for tool in names[r % len(names) :] + names[: r % len(names)]:
+            run, where = runs[tool]
+            took, last = once(run, where, settle)
+            clear(where)
+            out[tool] = (out[tool][0] + ([took] if r else []), last)
+    return out
 
 
 def sh(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -370,9 +397,11 @@ def main() -> None:
                     runs["computenet, source changed"] = lambda s=src: net.cp(
                         s.name, None, False, changed=True
                     )
-                for tool, run in runs.items():
-                    where = base / "beta" / src.name if tool.startswith("computenet") else dst
-                    seconds, last = timed(run, where, opts.repeat, opts.settle)
+                placed = {
+                    tool: (run, base / "beta" / src.name if tool.startswith("computenet") else dst)
+                    for tool, run in runs.items()
+                }
+                for tool, (seconds, last) in rounds(placed, opts.repeat, opts.settle).items():
                     row = {
                         "seconds": [round(x, 3) for x in seconds],
                         "median_s": round(median(seconds), 3),
@@ -384,7 +413,6 @@ def main() -> None:
                         row["files"] = last["counters"]["files"]
                     rows[f"{label}: {tool}"] = row
                     print(f"{label:5} {tool:26} {row['GBps']:7.3f} GB/s  {seconds}", flush=True)
-                    clear(where)
         finally:
             net.__exit__()
             sshd.close()
@@ -454,7 +482,8 @@ def report(
         "# Transfer over loopback",
         "",
         f"`.venv/bin/python bench/transfer.py --repeat {opts.repeat} --settle {opts.settle:g}`; "
-        f"data on `{data['dir']}`; median of {opts.repeat} runs after a warm-up, each "
+        f"data on `{data['dir']}`; median of {opts.repeat} runs after a warm-up, the tools "
+        "taking turns (a round runs each once, each round starting one further on), each run "
         f"{opts.settle:g} s after the last one's output was removed; computenet copies agent "
         "to agent with every chunk's BLAKE3 verified.",
         "",
