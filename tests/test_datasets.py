@@ -25,6 +25,7 @@ from computenet.node.sched.framework import Context, JobView, PoolView
 from computenet.node.sched.scores.locality import DEFAULT_RATE, DataLocality
 from computenet.sdk import ApiError
 from computenet.transfer import client as transfer_client
+from computenet.transfer import records
 from computenet.transfer.faults import ENV as FAULTS
 from computenet.transfer.manifest import CHUNK
 from computenet.transfer.wire import TransferError
@@ -1029,3 +1030,27 @@ def test_removing_a_version_whose_copy_is_gone_already_succeeds(
     proc = cnet(net, "dataset", "rm", "never-there@1")
     assert proc.returncode == 0, proc.stderr
     assert f"{a}:/home/admin/nothere  (gone already)" in proc.stdout
+
+
+def test_a_copy_whose_record_cannot_be_read_is_left_in_place(net: Network, tmp_path: Path) -> None:
+    """A record cut short (a full disk, a crash) or garbled says nothing of what the copy
+    holds: removing the version leaves the copy rather than guess."""
+    b = cpi(net, "pool-b")
+    data = net.home / "agents" / "pool-b" / "data"
+    for tag, spoil in (
+        ("cut", lambda x: x[:-40]),
+        ("garbled", lambda x: x[:100] + b"#" + x[101:]),
+    ):
+        publish(net, corpus(tmp_path, tag), f"cnet://dataset/corpus-{tag}", "pool-a")
+        uri = f"cnet://dataset/corpus-{tag}@1"
+        copied = cnet(net, "cp", "--json", uri, f"{b}:/copies/{tag}")
+        assert json.loads(copied.stdout)["replica_of"] == uri, copied.stderr
+        record = records.location(data, f"copies/{tag}")
+        record.write_bytes(spoil(record.read_bytes()))
+        gone = cnet(net, "dataset", "rm", f"corpus-{tag}@1")
+        assert gone.returncode == 1, gone.stdout
+        assert f"/copies/{tag}: its copy's record cannot be read: it is left in place" in (
+            gone.stderr
+        )
+        assert "Traceback" not in gone.stderr and "cnet rm -r" not in gone.stderr
+        assert (data / "copies" / tag / "a.txt").read_text() == f"alpha {tag}\n"

@@ -47,7 +47,8 @@ _TREE = re.compile(rb'"tree_hash":"([0-9a-f]{64})"\}\s*$')
 
 def tree_of(root: Path, path: str) -> str | None:
     """The tree hash of the last put that landed on ``path`` (the manifest's last field,
-    read from the record's end), or None where no put did."""
+    read from the record's end), or None where no put did; ValueError where a record
+    is there and does not end so (cut short)."""
     try:
         with open(location(root, path), "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 128))
@@ -55,7 +56,9 @@ def tree_of(root: Path, path: str) -> str | None:
     except FileNotFoundError:
         return None
     found = _TREE.search(tail)
-    return found.group(1).decode() if found else None
+    if found is None:
+        raise ValueError(f"the record of /{path} has no tree hash at its end")
+    return found.group(1).decode()
 
 
 def manifest_of(root: Path, path: str) -> Manifest | None:

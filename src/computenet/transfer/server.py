@@ -427,18 +427,19 @@ class DataServer:
     async def _only(self, path: str, tree: str) -> None:
         """Refuses to remove ``path`` as a copy of ``tree`` where a put recorded another
         tree there, or where files were put beside the recorded one since."""
-        there = await asyncio.to_thread(records.tree_of, self.root, path)
-        if there is None:
-            return
+        try:
+            there = await asyncio.to_thread(records.tree_of, self.root, path)
+            if there is None:
+                return
+            if there == tree:
+                m = await asyncio.to_thread(records.manifest_of, self.root, path)
+        except (OSError, ValueError):  # cut short, or from another version
+            raise Refused(f"/{path}: its copy's record cannot be read: {removal.KEPT}") from None
         if there != tree:
             raise Refused(
                 f"/{path} holds tree {there[:12]}…, as the copy that put it there "
                 f"recorded, not the version's {tree[:12]}…: {removal.KEPT}"
             )
-        try:
-            m = await asyncio.to_thread(records.manifest_of, self.root, path)
-        except (OSError, ValueError):  # half written, or from another version
-            raise Refused(f"/{path}: its copy's record cannot be read: {removal.KEPT}") from None
         extra = [] if m is None or m.single else await self._beside(path, m)
         if extra:
             raise Refused(
