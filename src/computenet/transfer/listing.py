@@ -141,14 +141,12 @@ async def ls(
     listed where one of its copies is) holds. With ``limit`` one page comes back, whose
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
     part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
-    named = None  # what a refusal of a path in a version names: that, not its copy's path
     version, held, inside = None, None, ""
     if part is not None:
         ref, inside = part
         version, copies = await online_replicas(api, ref)
         held = copies[0]
         target = f"{held.pool}:{held.path.rstrip('/')}" + (f"/{inside}" if inside else "")
-        named = f"{version.uri}/{inside}" if inside else None
     spot = location(target)
     if spot.pool is None:
         raise TransferError(
@@ -165,10 +163,10 @@ async def ls(
         if version and held and inside and await _one_file(api, held, tls):
             raise Refused(f"{version.uri} is one file: nothing lies inside it") from None
         shown = "/" + normalise(spot.path) + ":"
-        if named is None or not str(e).startswith(shown):
-            raise
+        if not (version and inside) or not str(e).startswith(shown):
+            raise  # a refusal of a path in a version names that, not its copy's path
         why = str(e)[len(shown) :].replace(" in the pool", " in the version")
-        raise Refused(named + ":" + why) from None
+        raise Refused(f"{version.uri}/{inside}:{why}") from None
     if version and not inside and listing.kind is EntryKind.file:
         # a version of one file lies at a name the node chose: it goes by its dataset's
         listing.entries = [e.model_copy(update={"name": version.name}) for e in listing.entries]

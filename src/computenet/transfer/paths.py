@@ -16,7 +16,7 @@ import hashlib
 import os
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from computenet.transfer.wire import TransferError
@@ -118,14 +118,15 @@ def open_part(path: Path) -> int:
     return os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
 
 
-def held(fd: int, busy: str) -> int:
+def held(fd: int, busy: str | Callable[[], str]) -> int:
     """``fd`` with its exclusive lock taken, or ``busy`` raised (and ``fd`` closed) where
     another copy holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise TransferError(f"{busy}: run this one again once it ends") from None
+        why = busy() if callable(busy) else busy  # made only when refused: not per file
+        raise TransferError(f"{why}: run this one again once it ends") from None
     return fd
 
 

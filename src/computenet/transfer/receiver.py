@@ -354,7 +354,7 @@ class Receiver:
         path at once would write into one partial file, and the one that commits last
         would leave the other's chunks in it. A copy whose partial file another copy
         holds is refused."""
-        return held(fd, f"another copy is writing {self._shown(final)} now")
+        return held(fd, lambda: f"another copy is writing {self._shown(final)} now")
 
     def _writer(self, f: int) -> threading.Lock:
         with self._lock:

@@ -42,25 +42,6 @@ def write(root: Path, path: str, m: Manifest) -> None:
     os.replace(tmp, final)
 
 
-_TREE = re.compile(rb'"tree_hash":"([0-9a-f]{64})"\}\s*$')
-
-
-def tree_of(root: Path, path: str) -> str | None:
-    """The tree hash of the last put that landed on ``path`` (the manifest's last field,
-    read from the record's end), or None where no put did; ValueError where a record
-    is there and does not end so (cut short)."""
-    try:
-        with open(location(root, path), "rb") as f:
-            f.seek(max(0, f.seek(0, os.SEEK_END) - 128))
-            tail = f.read()
-    except FileNotFoundError:
-        return None
-    found = _TREE.search(tail)
-    if found is None:
-        raise ValueError(f"the record of /{path} has no tree hash at its end")
-    return found.group(1).decode()
-
-
 def manifest_of(root: Path, path: str) -> Manifest | None:
     """The manifest of the last put that landed on ``path``, or None where no put did."""
     try:

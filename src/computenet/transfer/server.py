@@ -428,19 +428,17 @@ class DataServer:
         """Refuses to remove ``path`` as a copy of ``tree`` where a put recorded another
         tree there, or where files were put beside the recorded one since."""
         try:
-            there = await asyncio.to_thread(records.tree_of, self.root, path)
-            if there is None:
-                return
-            if there == tree:
-                m = await asyncio.to_thread(records.manifest_of, self.root, path)
+            m = await asyncio.to_thread(records.manifest_of, self.root, path)
         except (OSError, ValueError):  # cut short, or from another version
             raise Refused(f"/{path}: its copy's record cannot be read: {removal.KEPT}") from None
-        if there != tree:
+        if m is None:
+            return
+        if m.tree_hash != tree:
             raise Refused(
-                f"/{path} holds tree {there[:12]}…, as the copy that put it there "
+                f"/{path} holds tree {m.tree_hash[:12]}…, as the copy that put it there "
                 f"recorded, not the version's {tree[:12]}…: {removal.KEPT}"
             )
-        extra = [] if m is None or m.single else await self._beside(path, m)
+        extra = [] if m.single else await self._beside(path, m)
         if extra:
             raise Refused(
                 f"/{path} holds {_some(extra)} besides the version's copy: {removal.KEPT}"
