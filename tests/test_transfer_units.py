@@ -339,6 +339,19 @@ def test_frames_round_trip_and_strangers_are_refused() -> None:
     asyncio.run(run())
 
 
+def test_an_error_carries_its_code_and_one_from_a_newer_peer_still_reads() -> None:
+    missing = TransferError("/x: no such file or directory in the pool", wire.Code.MISSING)
+    body = json.loads(json.dumps(wire.error_body(str(missing), missing)))
+    with pytest.raises(wire.Refused, match="no such file") as known:
+        wire.control(wire.Kind.ERROR, json.dumps(body).encode(), (wire.Kind.OK,))
+    assert known.value.code is wire.Code.MISSING
+    newer = {"error": "a reason this end has no code for", "code": "quarantined"}
+    with pytest.raises(wire.Refused, match="no code for") as unknown:
+        wire.control(wire.Kind.ERROR, json.dumps(newer).encode(), (wire.Kind.OK,))
+    assert unknown.value.code is None
+    assert wire.error_body("plain", ValueError("x")) == {"error": "plain"}
+
+
 def test_a_manifest_frame_is_parsed_whole_and_a_bad_one_names_its_field(
     tmp_path: Path,
 ) -> None:

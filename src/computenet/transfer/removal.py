@@ -29,7 +29,7 @@ from computenet.transfer import client
 from computenet.transfer.copy import Api, Grant, location
 from computenet.transfer.listing import kind_of
 from computenet.transfer.paths import PART, PathError, normalise, parent_of
-from computenet.transfer.wire import TransferError
+from computenet.transfer.wire import Code, TransferError
 
 
 def _sizes(parent: int, name: str) -> tuple[int, int]:
@@ -54,7 +54,6 @@ def _lstat(parent: int, name: str) -> os.stat_result | None:
 
 
 MISSING = "no such file or directory in the pool"
-KEPT = "it is left in place"  # a copy that holds more than the version, or another tree
 
 
 def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
@@ -87,7 +86,7 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
                 raise FileNotFoundError(name)
             return Removal(pool=pool, path=shown, kind=kind, files=1, bytes=size)
     except FileNotFoundError:
-        raise TransferError(f"{shown}: {MISSING}") from None
+        raise TransferError(f"{shown}: {MISSING}", Code.MISSING) from None
     except OSError as e:
         raise TransferError(f"{shown}: cannot remove it: {e.strerror}") from None
 
@@ -120,9 +119,10 @@ async def drop_version(api: Api, ref: DatasetRef, tls: bool | None = None) -> Da
         try:
             out.removed.append(await rm(where, api.grant, True, tls, v.tree_hash))
         except Exception as e:
-            if MISSING in str(e):
+            code = getattr(e, "code", None)
+            if code is Code.MISSING:
                 out.gone.append(where)
-            elif KEPT in str(e):  # not the version's alone: nothing to advise removing
+            elif code is Code.KEPT:  # not the version's alone: nothing to advise removing
                 out.left.append(f"{where}: {e}")
             elif getattr(e, "status", None) == 403:  # a copy outside the tenant's reach
                 out.left.append(f"{where}: {e} (the admin can remove it with `cnet rm -r {where}`)")

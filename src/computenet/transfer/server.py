@@ -62,7 +62,7 @@ from computenet.transfer.sender import Sender, checked_need, need_limit
 from computenet.transfer.sockets import Sock
 from computenet.transfer.ticket import BadSignature, TicketError
 from computenet.transfer.tls import server_context
-from computenet.transfer.wire import Kind, Refused, TransferError
+from computenet.transfer.wire import Code, Kind, Refused, TransferError
 
 log = logging.getLogger("computenet.transfer")
 KEY_REFRESH = 10.0
@@ -74,6 +74,7 @@ HANDSHAKE_TIMEOUT = min(30.0, IDLE_TIMEOUT)  # from connecting to a HELLO that c
 NEED_TIMEOUT = 3600.0  # the longest a get's client may take to say what it needs
 HASH_FLOOR = 50e6  # bytes a second a client hashes its partial files at, on a slow disk
 MAX_REASON = 4096  # characters of an ERROR's reason
+KEPT = "it is left in place"  # a copy removal refuses: another tree, or more than the version
 STREAMS_END = 10.0  # seconds a stopped transfer waits for its streams' threads
 T = TypeVar("T")
 PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
@@ -248,7 +249,7 @@ class DataServer:
             why = _reason(e)
             log.info("transfer refused: %s", why)
             with contextlib.suppress(Exception):
-                wire.send_json(writer, Kind.ERROR, {"error": why})
+                wire.send_json(writer, Kind.ERROR, wire.error_body(why, e))
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -356,7 +357,7 @@ class DataServer:
             why = str(e) if isinstance(e, TransferError) else _write_error(e)
             log.info("transfer %s stopped: %s", s.ticket, why)
             with contextlib.suppress(Exception):
-                sockets.send_json(sock, Kind.ERROR, {"error": why})
+                sockets.send_json(sock, Kind.ERROR, wire.error_body(why, e))
         finally:
             s.detach(sock)
             sockets.shut(sock)
@@ -387,7 +388,7 @@ class DataServer:
         except (TicketError, PathError, TransferError, ValidationError) as e:
             log.info("transfer refused: %s", e)
             with contextlib.suppress(Exception):
-                sockets.send_json(sock, Kind.ERROR, {"error": str(e)})
+                sockets.send_json(sock, Kind.ERROR, wire.error_body(str(e), e))
             sockets.shut(sock)
             return
         except (OSError, ValueError, TimeoutError):
@@ -430,18 +431,19 @@ class DataServer:
         try:
             m = await asyncio.to_thread(records.manifest_of, self.root, path)
         except (OSError, ValueError):  # cut short, or from another version
-            raise Refused(f"/{path}: its copy's record cannot be read: {removal.KEPT}") from None
+            raise Refused(f"/{path}: its copy's record cannot be read: {KEPT}", Code.KEPT) from None
         if m is None:
             return
         if m.tree_hash != tree:
             raise Refused(
                 f"/{path} holds tree {m.tree_hash[:12]}…, as the copy that put it there "
-                f"recorded, not the version's {tree[:12]}…: {removal.KEPT}"
+                f"recorded, not the version's {tree[:12]}…: {KEPT}",
+                Code.KEPT,
             )
         extra = [] if m.single else await self._beside(path, m)
         if extra:
             raise Refused(
-                f"/{path} holds {_some(extra)} besides the version's copy: {removal.KEPT}"
+                f"/{path} holds {_some(extra)} besides the version's copy: {KEPT}", Code.KEPT
             )
 
     async def _relay(self, ctl: _Control) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -64,8 +64,22 @@ class Status(IntEnum):
     UNKNOWN = 2
 
 
+class Code(StrEnum):
+    """Why a request was refused, for a program to act on: an ERROR frame carries it
+    beside the words, which are for people and may change."""
+
+    MISSING = "missing"  # no such path in the pool
+    KEPT = "kept"  # not a dataset version's copy alone: left in place
+
+
 class TransferError(Exception):
     """A transfer that cannot complete: the message says why, and what to do."""
+
+    code: Code | None = None
+
+    def __init__(self, message: str = "", code: Code | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class WireError(TransferError):
@@ -149,10 +163,25 @@ def control(kind: Kind, payload: bytes, kinds: tuple[Kind, ...]) -> Any:
     """A control frame's JSON body, if it is one of ``kinds``; an ERROR raises ``Refused``."""
     body = _json(payload)
     if kind is Kind.ERROR:
-        raise Refused(str(body.get("error", "refused")) if isinstance(body, dict) else "refused")
+        raise refusal(body)
     if kind not in kinds:
         raise WireError(f"expected {' or '.join(k.name for k in kinds)}, got {kind.name}")
     return body
+
+
+def error_body(why: str, e: BaseException | None = None) -> dict[str, str]:
+    """An ERROR frame's body: the reason, and its code where it has one."""
+    code = getattr(e, "code", None)
+    return {"error": why} if code is None else {"error": why, "code": str(code)}
+
+
+def refusal(body: Any) -> Refused:
+    """What an ERROR frame's body raises; a code this end does not know is dropped."""
+    if not isinstance(body, dict):
+        return Refused("refused")
+    raw = body.get("code")
+    code = Code(raw) if isinstance(raw, str) and raw in Code._value2member_map_ else None
+    return Refused(str(body.get("error", "refused")), code)
 
 
 def _json(payload: bytes) -> Any:
