@@ -938,32 +938,39 @@ def test_a_version_registered_at_the_wrong_path_leaves_that_paths_data_when_remo
     net: Network, tmp_path: Path
 ) -> None:
     """Registering a tree vouches for it unread: one registered with a tree hash that is
-    not what a copy put there must not take that data with it when the version goes."""
+    not what its path holds, whether a copy put the data there or not, and a copy changed
+    by hand since, must not take that data with it when the version goes."""
     a = cpi(net, "pool-a")
     src = corpus(tmp_path, "vouched")
-    for path in ("/trees/vouched", "/trees/vouched2"):
+    for path in ("/trees/vouched", "/trees/vouched2", "/trees/edited"):
         put = cnet(net, "cp", "--json", str(src), f"{a}:{path}")
         assert put.returncode == 0, put.stderr
     real = json.loads(put.stdout)["tree_hash"]
+    root = net.home / "agents" / "pool-a" / "data" / "trees"
+    (root / "by-hand").mkdir()
+    (root / "by-hand" / "k.txt").write_text("never copied, never recorded\n")
     sizes = {"total_bytes": 1 << 20, "files": 2}  # vouched for, not read
     with net.client() as c:
-        c.publish(
-            {"name": "wrongly-vouched", "pool": a, "path": "/trees/vouched"}
-            | sizes
-            | {"tree_hash": "0" * 64}
-        )
-        c.publish(
-            {"name": "rightly-vouched", "pool": a, "path": "/trees/vouched2"}
-            | sizes
-            | {"tree_hash": real}
-        )
+        for name, path, tree in (
+            ("wrongly-vouched", "/trees/vouched", "0" * 64),
+            ("rightly-vouched", "/trees/vouched2", real),
+            ("unrecorded", "/trees/by-hand", real),
+            ("edited", "/trees/edited", real),
+        ):
+            c.publish({"name": name, "pool": a, "path": path, "tree_hash": tree} | sizes)
+        (root / "edited" / "a.txt").write_text("alpha, edited in place\n")
         wrong = c.remove_dataset("wrongly-vouched@1")
         right = c.remove_dataset("rightly-vouched@1")
-    assert not wrong.removed and len(wrong.left) == 1, wrong
-    assert "/trees/vouched holds tree " in wrong.left[0], wrong.left
-    assert "not the version's 000000000000…: it is left in place" in wrong.left[0]
-    root = net.home / "agents" / "pool-a" / "data" / "trees"
+        unrecorded = c.remove_dataset("unrecorded@1")
+        edited = c.remove_dataset("edited@1")
+    for removal, path in ((wrong, "vouched"), (unrecorded, "by-hand"), (edited, "edited")):
+        assert not removal.removed and len(removal.left) == 1, removal
+        assert f"/trees/{path} holds tree " in removal.left[0], removal.left
+        assert "it is left in place" in removal.left[0] and "cnet rm" not in removal.left[0]
+    assert "not the version's tree 000000000000… alone" in wrong.left[0]
     assert (root / "vouched" / "a.txt").read_text() == "alpha vouched\n"
+    assert (root / "by-hand" / "k.txt").read_text() == "never copied, never recorded\n"
+    assert (root / "edited" / "a.txt").read_text() == "alpha, edited in place\n"
     assert len(right.removed) == 1 and not (root / "vouched2").exists(), right
 
 
@@ -1011,7 +1018,8 @@ def test_a_copy_of_a_version_is_recorded_only_where_it_is_all_its_path_holds(
     (data / "alone" / "beside.txt").write_text("written by hand beside the copy\n")
     gone = cnet(net, "dataset", "rm", "--json", "corpus-m@1")
     assert gone.returncode == 1 and "beside.txt" in gone.stderr, gone.stderr
-    assert "besides the version's copy: it is left in place" in gone.stderr
+    assert "besides the version's copy, not the version's tree" in gone.stderr
+    assert "alone: it is left in place" in gone.stderr
     assert "cnet rm -r" not in gone.stderr  # which would take the file beside it too
     assert (data / "merge" / "keep" / "p.txt").read_text() == "precious\n"
     assert (data / "merge" / "a.txt").exists() and (data / "alone" / "beside.txt").exists()
@@ -1032,9 +1040,12 @@ def test_removing_a_version_whose_copy_is_gone_already_succeeds(
     assert f"{a}:/home/admin/nothere  (gone already)" in proc.stdout
 
 
-def test_a_copy_whose_record_cannot_be_read_is_left_in_place(net: Network, tmp_path: Path) -> None:
+def test_a_copy_whose_record_cannot_be_read_goes_by_what_it_holds(
+    net: Network, tmp_path: Path
+) -> None:
     """A record cut short (a full disk, a crash) or garbled says nothing of what the copy
-    holds: removing the version leaves the copy rather than guess."""
+    holds: removing the version reads the copy itself, and takes it where it is the
+    version's tree."""
     b = cpi(net, "pool-b")
     data = net.home / "agents" / "pool-b" / "data"
     for tag, spoil in (
@@ -1048,9 +1059,6 @@ def test_a_copy_whose_record_cannot_be_read_is_left_in_place(net: Network, tmp_p
         record = records.location(data, f"copies/{tag}")
         record.write_bytes(spoil(record.read_bytes()))
         gone = cnet(net, "dataset", "rm", f"corpus-{tag}@1")
-        assert gone.returncode == 1, gone.stdout
-        assert f"/copies/{tag}: its copy's record cannot be read: it is left in place" in (
-            gone.stderr
-        )
-        assert "Traceback" not in gone.stderr and "cnet rm -r" not in gone.stderr
-        assert (data / "copies" / tag / "a.txt").read_text() == f"alpha {tag}\n"
+        assert gone.returncode == 0, gone.stderr
+        assert f"{b}:/copies/{tag}" in gone.stdout and "Traceback" not in gone.stderr
+        assert not (data / "copies" / tag).exists() and not record.exists()

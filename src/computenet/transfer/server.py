@@ -401,11 +401,7 @@ class DataServer:
         self._data(sock, s)
 
     async def _remove(self, ctl: _Control, recursive: bool, tree: str | None = None) -> None:
-        """``tree``: remove the path only as a copy of that tree (a dataset version's),
-        never where a put recorded another one there: a version registered at the wrong
-        path must not take that path's data with it."""
-        if tree is not None:
-            await self._only(ctl.path, tree)
+        """``tree``: remove the path only as a copy of that tree (a dataset version's)."""
         moving = [
             s.path
             for s in self.sessions.values()
@@ -413,6 +409,8 @@ class DataServer:
         ]
         if moving:
             raise Refused(f"a copy of /{moving[0]} is still moving: remove it when it ends")
+        if tree is not None:
+            await self._only(ctl.path, tree)
         try:
             gone = await asyncio.to_thread(
                 removal.remove, self.root, self.pool(), ctl.path, recursive
@@ -426,25 +424,33 @@ class DataServer:
         await ctl.writer.drain()
 
     async def _only(self, path: str, tree: str) -> None:
-        """Refuses to remove ``path`` as a copy of ``tree`` where a put recorded another
-        tree there, or where files were put beside the recorded one since."""
+        """Refuses to remove ``path`` as a copy of ``tree`` unless that is what it holds
+        now: a version registered at the wrong path, or a copy changed or added to since,
+        must not take data that is not the version's with it. Files whose hashes this
+        server keeps are not read again."""
+        source = confine(self.root, path, links=False)
+        if not source.exists():
+            return  # the removal says so
         try:
-            m = await asyncio.to_thread(records.manifest_of, self.root, path)
-        except (OSError, ValueError):  # cut short, or from another version
-            raise Refused(f"/{path}: its copy's record cannot be read: {KEPT}", Code.KEPT) from None
-        if m is None:
-            return
-        if m.tree_hash != tree:
+            src = await asyncio.to_thread(build, source, CHUNK, self.hashes)
+        except (OSError, TransferError) as e:
+            why = e.strerror if isinstance(e, OSError) else str(e)
             raise Refused(
-                f"/{path} holds tree {m.tree_hash[:12]}…, as the copy that put it there "
-                f"recorded, not the version's {tree[:12]}…: {KEPT}",
+                f"/{path} cannot be read to check that it is the version's copy ({why}): {KEPT}",
                 Code.KEPT,
-            )
-        extra = [] if m.single else await self._beside(path, m)
-        if extra:
-            raise Refused(
-                f"/{path} holds {_some(extra)} besides the version's copy: {KEPT}", Code.KEPT
-            )
+            ) from None
+        held = src.manifest.tree_hash
+        if held == tree:
+            return
+        try:  # where a put recorded the version there, what was added since can be named
+            m = await asyncio.to_thread(records.manifest_of, self.root, path)
+        except (OSError, ValueError):
+            m = None
+        extra = [] if m is None or m.tree_hash != tree or m.single else await self._beside(path, m)
+        what = f"{_some(extra)} besides the version's copy" if extra else f"tree {held[:12]}…"
+        raise Refused(
+            f"/{path} holds {what}, not the version's tree {tree[:12]}… alone: {KEPT}", Code.KEPT
+        )
 
     async def _relay(self, ctl: _Control) -> None:
         """Pool to pool: this server puts its own file or tree straight into another pool,
