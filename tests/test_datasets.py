@@ -624,6 +624,15 @@ def test_pool_paths_as_inputs_and_outputs(net: Network, tmp_path: Path) -> None:
     data = net.home / "agents"
     assert (data / "pool-a" / "data" / "results" / "r1" / "up.txt").read_text() == "FROM A\n"
     assert (data / "pool-b" / "data" / "results" / "up.txt").read_text() == "FROM A\n"
+    assert (data / "pool-a" / "data" / ".cnet").is_dir()  # its data server's records
+    for pool in (a, b):  # linked in place, and fetched from the other pool
+        where, out = run(
+            net,
+            command=["sh", "-c", "ls -A root"],
+            pool=pool,
+            inputs=[{"uri": f"{a}:/", "path": "root"}],
+        )
+        assert "inputs" in out.split() and ".cnet" not in out.split(), (where, out)
 
 
 def _same(net: Network, uri: str, src: Path, tmp: Path) -> None:

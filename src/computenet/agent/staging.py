@@ -52,6 +52,7 @@ from computenet.transfer.manifest import CHUNK, build, total_size
 from computenet.transfer.pace import Pace
 from computenet.transfer.paths import (
     PART,
+    RESERVED,
     PathError,
     confine,
     fetch_area,
@@ -94,11 +95,12 @@ def _options(tree_hash: str | None = None, pace: Pace | None = None) -> Options:
     return Options(faults=Faults(), tree_hash=tree_hash, pace=pace)
 
 
-def link_tree(src: Path, dest: Path, frozen: bool = False) -> None:
+def link_tree(src: Path, dest: Path, frozen: bool = False, own: bool = False) -> None:
     """``dest`` becomes ``src``'s file, or a tree of its files, by hard link where it can.
     ``frozen`` (a dataset's copy) takes the write bits off each file first: a link is
     the copy itself, and a job that opens its input to write is refused rather than
-    changing the version for every later job."""
+    changing the version for every later job. ``own``: ``src`` is the data root, whose
+    data server's files stay out, as they do from a copy of the root."""
 
     def one(a: Path, b: Path) -> None:
         if frozen and (mode := os.lstat(a).st_mode) & 0o222:
@@ -116,7 +118,12 @@ def link_tree(src: Path, dest: Path, frozen: bool = False) -> None:
     for here, dirs, files in os.walk(src):
         rel = Path(here).relative_to(src)
         (dest / rel).mkdir(parents=True, exist_ok=True)
-        dirs[:] = [d for d in dirs if not (Path(here) / d).is_symlink()]
+        dirs[:] = [
+            d
+            for d in dirs
+            if not (Path(here) / d).is_symlink()
+            and not (own and here == str(src) and d == RESERVED)
+        ]
         for f in files:
             a = Path(here) / f
             if not f.endswith(PART) and not a.is_symlink() and a.is_file():  # no FIFO
@@ -181,8 +188,10 @@ class Stager:
                 if src.exists():
                     why = await self._changed(src, plan)
                 if why is None:
+                    own = not normalise(plan.local) and not inside
                     src = _part(src, inside, plan.uri)
-                    await asyncio.to_thread(link_tree, src, dest, plan.tree_hash is not None)
+                    frozen = plan.tree_hash is not None
+                    await asyncio.to_thread(link_tree, src, dest, frozen, own)
                     return
             if plan.tree_hash is None:  # a pool path: nothing to fetch in its stead
                 raise StagingError(why)
