@@ -466,6 +466,9 @@ def test_a_name_with_a_backslash_is_refused_by_name(
         "separator, so it cannot travel; rename it"
     ), got.stderr
     assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
+    one = shared.cnet("cp", str(tree / "..\\..\\x"), f"{quiet}:/hostile/bs/", token=shared.token)
+    assert one.returncode == 1 and "its name holds a backslash" in one.stderr, one.stderr
+    assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
     g = grant(shared, quiet, "/hostile/bs", size=2)
     bad = {"manifest": manifest([entry(b"no", CHUNK, "a\\b")], CHUNK)}
     peer, _, (kind, body) = control(g, bad)
@@ -501,6 +504,18 @@ def test_a_name_that_is_not_utf8_is_named_not_dumped(
     assert put.returncode != 0
     assert "bad\\udcff.txt: its name is not UTF-8" in put.stderr, put.stderr
     assert len(put.stderr.strip().splitlines()) == 1
+    one = shared.cnet("cp", os.fsdecode(odd), f"{quiet}:/hostile/odd/", token=shared.token)
+    assert one.returncode == 1, one.stderr
+    assert (
+        one.stderr.strip()
+        == "error: bad\\udcff.txt: its name is not UTF-8, so it cannot travel; rename it"
+    )
+    named = shared.cnet("cp", str(tree), f"{quiet}:/hostile/\udcff", token=shared.token)
+    assert named.returncode == 1, named.stderr
+    assert "a pool path travels as UTF-8, and this one is not" in named.stderr, named.stderr
+    assert len(named.stderr.strip().splitlines()) == 1
+    assert not (root_of(shared, "quiet") / "hostile" / "odd").exists()
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
     os.rename(odd, os.fsencode(root_of(shared, "quiet")) + b"/hostile/bad\xff.txt")
     got = shared.cnet("cp", f"{quiet}:/hostile", str(tmp_path / "got"), token=shared.token)
     assert got.returncode == 1

@@ -41,7 +41,7 @@ from computenet.model.transfer import (
 )
 from computenet.transfer import client
 from computenet.transfer.client import Options
-from computenet.transfer.manifest import subtree, total_size, tree_hash
+from computenet.transfer.manifest import subtree, total_size, travels, tree_hash
 from computenet.transfer.paths import PathError, normalise
 from computenet.transfer.wire import TransferError
 
@@ -79,8 +79,13 @@ def location(text: str) -> Location:
         return Location(None, text)
     try:
         ref = parse_pool_path(text)
+        ref.path.encode()
     except DataURIError as e:
         raise TransferError(str(e)) from e
+    except UnicodeEncodeError:
+        raise TransferError(
+            f"{ascii(text)[1:-1]}: a pool path travels as UTF-8, and this one is not"
+        ) from None
     return Location(ref.pool, ref.path)
 
 
@@ -92,7 +97,10 @@ async def copy(src: str, dst: str, grant: Grant, options: Options | None = None)
         local = Path(s.path)
         if not local.exists():
             raise TransferError(f"{local}: no such file or directory")
-        remote = d.path + local.name if d.path.endswith("/") and local.is_file() else d.path
+        remote = d.path
+        if d.path.endswith("/") and local.is_file():  # the name becomes part of a pool path
+            travels(local.name)
+            remote += local.name
         # Named itself, a link is followed (as cp follows one), and its file is the size.
         size = await asyncio.to_thread(total_size, local.resolve() if local.is_symlink() else local)
         g = await grant(

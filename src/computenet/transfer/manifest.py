@@ -178,16 +178,24 @@ def scan(root: Path, own: bool = False) -> tuple[list[tuple[str, str]], list[str
     return files, dirs, others
 
 
-def _utf8(rel: str) -> None:
-    """Names travel as UTF-8 (in JSON): one that is not (bytes ``os`` could only decode
-    with surrogates) is refused by name rather than left out in silence."""
-    try:
-        rel.encode()
-    except UnicodeEncodeError:
-        shown = ascii(rel)[1:-1]
+def travels(rel: str) -> None:
+    """Refuses, by name, a name that cannot land as it is: names travel as UTF-8 (in
+    JSON), so one that is not (bytes ``os`` could only decode with surrogates) would be
+    lost, and a pool path reads a backslash as a separator, so ``a\\b`` would land as
+    ``a/b``."""
+    if not rel.isascii():
+        try:
+            rel.encode()
+        except UnicodeEncodeError:
+            shown = ascii(rel)[1:-1]
+            raise TransferError(
+                f"{shown}: its name is not UTF-8, so it cannot travel; rename it"
+            ) from None
+    if "\\" in rel:
         raise TransferError(
-            f"{shown}: its name is not UTF-8, so it cannot travel; rename it"
-        ) from None
+            f"{rel}: its name holds a backslash, which a pool path reads as a "
+            "separator, so it cannot travel; rename it"
+        )
 
 
 def _entry(
@@ -249,13 +257,7 @@ def build(
             f"at most {MAX_ENTRIES}: copy its parts one by one"
         )
     for rel in (*(rel for rel, _ in files), *dirs):
-        if not rel.isascii():
-            _utf8(rel)
-        if "\\" in rel:
-            raise TransferError(
-                f"{rel}: its name holds a backslash, which a pool path reads as a "
-                "separator, so it cannot travel; rename it"
-            )
+        travels(rel)
     found = [x for rel, p in files if (x := _entry(rel, p, chunk, cache)) is not None]
     entries = [e for e, _ in found]
     return Source(
