@@ -477,6 +477,25 @@ def test_a_name_with_a_backslash_is_refused_by_name(
     assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
 
 
+def test_a_name_longer_than_a_file_system_takes_is_refused_before_anything_is_made(
+    shared: Network, quiet: str, tmp_path: Path
+) -> None:
+    tree = tmp_path / "long"
+    tree.mkdir()
+    (tree / "a.txt").write_text("a")
+    long = "c" * 300
+    put = shared.cnet("cp", str(tree), f"{quiet}:/hostile/mk/a/{long}", token=shared.token)
+    assert put.returncode == 1 and len(put.stderr.strip().splitlines()) == 1, put.stderr
+    assert f"the name {'c' * 24}… is 300 bytes; a name takes at most 255" in put.stderr
+    assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
+    g = grant(shared, quiet, "/hostile/mk", size=1)
+    bad = {"manifest": manifest([entry(b"x", CHUNK, f"d/{long}")], CHUNK)}
+    peer, _, (kind, body) = control(g, bad)
+    peer.close()
+    assert kind is wire.Kind.ERROR and "files.0.path: the name" in body["error"], body
+    assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
+
+
 def test_a_local_link_named_as_the_source_is_followed(
     shared: Network, quiet: str, tmp_path: Path
 ) -> None:

@@ -18,6 +18,19 @@ from computenet.model.common import Model
 MAX_TTL = 86400.0
 MAX_ENTRIES = 1_000_000  # files and directories in one transfer
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+NAME_MAX = 255  # bytes of one name, on every file system a data root is likely to be on
+
+
+def too_long(parts: list[str]) -> str | None:
+    """Why one of the names is longer than a file system takes, or None: refused by name
+    before anything is made, not as a write that fails halfway down the path."""
+    for p in parts:
+        n = len(p.encode(errors="surrogateescape")) if len(p) * 4 > NAME_MAX else 0
+        if n > NAME_MAX:
+            return f"the name {p[:24]}… is {n} bytes; a name takes at most {NAME_MAX}"
+    return None
+
+
 PoolPath = Annotated[str, Field(max_length=4096, description="a path under the pool's data root")]
 
 
@@ -124,6 +137,8 @@ class Manifest(Model):
         for where, name in [*named, *((f"dirs.{i}", d) for i, d in enumerate(self.dirs))]:
             if "\\" in name:  # a pool path reads it as a separator: a name would turn a path
                 raise ValueError(f"{where}: {name!r} holds a backslash")
+            if len(name) * 4 > NAME_MAX and (long := too_long(name.split("/"))) is not None:
+                raise ValueError(f"{where}: {long}")
         return self
 
     @property

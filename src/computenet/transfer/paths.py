@@ -19,6 +19,7 @@ import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from computenet.model.transfer import too_long
 from computenet.transfer.wire import TransferError
 
 RESERVED = ".cnet"  # the data server's own files, under the root
@@ -41,6 +42,8 @@ def normalise(path: str) -> str:
         raise PathError(f"{path!r}: {RESERVED} is reserved for the data server")
     if any(p.endswith(PART) for p in parts):
         raise PathError(f"{path!r}: names ending {PART} are reserved for partial files")
+    if (long := too_long(parts)) is not None:
+        raise PathError(long)
     return "/".join(parts)
 
 
