@@ -1049,6 +1049,34 @@ def test_removing_a_version_whose_copy_is_gone_already_succeeds(
     assert f"{a}:/home/admin/nothere  (gone already)" in proc.stdout
 
 
+def test_a_copy_removed_by_hand_is_passed_over_and_named_when_none_is_left(
+    net: Network, tmp_path: Path
+) -> None:
+    """The node names copies it cannot see go: a copy of the version comes from another
+    pool's copy, and with none left the error names the version and where its copies
+    were, not a path under a data root."""
+    src = corpus(tmp_path, "hand")
+    publish(net, src, "cnet://dataset/corpus-hand", "pool-a")
+    uri = "cnet://dataset/corpus-hand@1"
+    a, b = cpi(net, "pool-a"), cpi(net, "pool-b")
+    copied = cnet(net, "cp", "--json", uri, f"{b}:/copies/hand")
+    assert json.loads(copied.stdout)["replica_of"] == uri, copied.stderr
+    with net.client() as c:
+        (v,) = c.dataset("corpus-hand").versions
+    at_a = next(r.path for r in v.replicas if r.pool == a)
+    agents = net.home / "agents"
+    shutil.rmtree(agents / "pool-a" / "data" / at_a.strip("/"))
+    _same(net, uri, src, tmp_path)  # from pool-b's copy
+    shutil.rmtree(agents / "pool-b" / "data" / "copies" / "hand")
+    for args in (("cp", uri, str(tmp_path / "none")), ("ls", uri)):
+        proc = cnet(net, *args)
+        assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert f"{uri}: its cop" in proc.stderr and " gone (removed by hand?)" in proc.stderr
+        assert "cnet dataset rm corpus-hand@1" in proc.stderr, proc.stderr
+    assert f"{a}:{at_a}" in proc.stderr or f"{b}:/copies/hand" in proc.stderr
+    assert not (tmp_path / "none").exists()
+
+
 def test_a_copy_whose_record_cannot_be_read_goes_by_what_it_holds(
     net: Network, tmp_path: Path
 ) -> None:

@@ -43,7 +43,7 @@ from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.manifest import subtree, total_size, travels, tree_hash
 from computenet.transfer.paths import PathError, normalise
-from computenet.transfer.wire import TransferError
+from computenet.transfer.wire import Code, TransferError
 
 Grant = Callable[[TransferRequest], Awaitable[TransferGrant]]
 
@@ -170,6 +170,16 @@ async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, li
     return v, held
 
 
+def gone_copies(v: DatasetVersion, where: list[str]) -> str:
+    """Why a version cannot be read: the copies the node names are not there any more."""
+    one = len(where) == 1
+    return (
+        f"{v.uri}: its {'copy' if one else 'copies'} in {', '.join(where)} "
+        f"{'is' if one else 'are'} gone (removed by hand?): nothing was read; "
+        f"`cnet dataset rm {v.name}@{v.version}` forgets the version"
+    )
+
+
 def dataset_part(text: str) -> tuple[DatasetRef, str] | None:
     """The dataset a ``cnet://`` URI names and the path inside it ('' for all of it):
     ``cnet://dataset/NAME[@VERSION][/path]``, split as a job input's is."""
@@ -237,6 +247,27 @@ async def _inside(
     return f"{held.pool}:{held.path.rstrip('/')}/{inside}", part.tree_hash
 
 
+async def _from_copy(
+    api: Api,
+    v: DatasetVersion,
+    mine: Replica,
+    inside: str,
+    dst: str,
+    options: Options | None,
+    ref: DatasetRef,
+) -> tuple[TransferResult, str]:
+    """A copy of the version (or of the path ``inside`` it) from the copy ``mine``, and
+    the tree hash it must have."""
+    where, expect = f"{mine.pool}:{mine.path}", v.tree_hash
+    if inside:
+        where, expect = await _inside(api, v, mine, inside, options or Options())
+    # A version that is one file lies at a path the node chose (``u-…``, ``1``): into
+    # a directory, it is named after its dataset.
+    one = None if inside else ref.name  # checked here, as the URI was parsed
+    checked = replace(options or Options(), tree_hash=expect, name=one)
+    return await copy(where, dst, api.grant, checked), expect
+
+
 async def copy_data(
     src: str,
     dst: str,
@@ -255,15 +286,17 @@ async def copy_data(
         s_ref, inside = s_part
         v, held = await online_replicas(api, s_ref)
         d = location(dst)
-        mine = next((r for r in held if r.pool == d.pool), held[0])
-        where, expect = f"{mine.pool}:{mine.path}", v.tree_hash
-        if inside:
-            where, expect = await _inside(api, v, mine, inside, options or Options())
-        # A version that is one file lies at a path the node chose (``u-…``, ``1``): into
-        # a directory, it is named after its dataset.
-        one = None if inside else s_ref.name  # checked here, as the URI was parsed
-        checked = replace(options or Options(), tree_hash=expect, name=one)
-        result = await copy(where, dst, api.grant, checked)
+        gone: list[str] = []
+        for mine in sorted(held, key=lambda r: r.pool != d.pool):  # the destination's first
+            try:
+                result, expect = await _from_copy(api, v, mine, inside, dst, options, s_ref)
+                break
+            except TransferError as e:
+                if e.code is not Code.MISSING:
+                    raise
+                gone.append(f"{mine.pool}:{mine.path}")
+        else:
+            raise TransferError(gone_copies(v, gone))
         if result.tree_hash != expect:
             what = f"{v.uri}/{inside}: the part's" if inside else f"{v.uri}: the copy's"
             raise TransferError(f"{what} tree hash is not the version's")

@@ -29,9 +29,9 @@ from computenet.model.transfer import (
     TransferRequest,
 )
 from computenet.transfer import client
-from computenet.transfer.copy import Api, dataset_part, location, online_replicas
+from computenet.transfer.copy import Api, dataset_part, gone_copies, location, online_replicas
 from computenet.transfer.paths import PART, RESERVED, normalise, open_dir, parent_of
-from computenet.transfer.wire import Refused, TransferError
+from computenet.transfer.wire import Code, Refused, TransferError
 
 
 def kind_of(mode: int) -> EntryKind:
@@ -85,7 +85,9 @@ def page(root: Path, pool: str, path: str, query: ListQuery) -> PoolListing:
             finally:
                 os.close(fd)
     except FileNotFoundError:
-        raise TransferError(f"{shown}: no such file or directory in the pool") from None
+        raise TransferError(
+            f"{shown}: no such file or directory in the pool", Code.MISSING
+        ) from None
     except OSError as e:
         raise TransferError(f"{shown}: cannot list it: {e.strerror}") from None
 
@@ -160,6 +162,8 @@ async def ls(
     try:
         listing = await _ask(grant, query, tls)
     except Refused as e:
+        if version and held and not inside and e.code is Code.MISSING:
+            raise Refused(gone_copies(version, [f"{held.pool}:{held.path}"])) from None
         if version and held and inside and await _one_file(api, held, tls):
             raise Refused(f"{version.uri} is one file: nothing lies inside it") from None
         shown = "/" + normalise(spot.path) + ":"

@@ -727,7 +727,7 @@ class DataServer:
         reader, writer, _, tid, path = ctl
         source = confine(self.root, path, links=False)
         if not source.exists():
-            raise TransferError(f"/{path}: no such file or directory in the pool")
+            raise TransferError(f"/{path}: no such file or directory in the pool", Code.MISSING)
         try:
             whole = source == self.root.resolve()  # its .cnet is this server's own
             src = await asyncio.to_thread(build, source, CHUNK, self.hashes, whole)
