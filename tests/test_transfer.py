@@ -8,12 +8,13 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import time
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -659,7 +660,10 @@ def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
     src.write_bytes(b"data")
     over_dir = cp(shared, str(src), f"{pool}:/taken/dir")
     assert over_dir.returncode == 1
-    assert over_dir.stderr.strip() == "error: /taken/dir is a directory; a file cannot replace it"
+    assert over_dir.stderr.strip() == (
+        "error: /taken/dir is a directory; a file cannot replace it: to copy into it, end "
+        "the path with /"
+    )
     under_file = cp(shared, str(src), f"{pool}:/taken/plain/f.bin")
     assert under_file.returncode == 1
     assert "/taken/plain: a file stands where a directory must be" in under_file.stderr
@@ -725,6 +729,16 @@ def test_ls_shows_a_pool_directory_in_pages_and_only_its_data(
         assert after == page.entries[-1].name
     assert [len(p) for p in pages] == [10, 10, 7]
     assert [n for p in pages for n in p] == names
+    with shared.client() as c:  # the SDK's own pages, and its bad arguments named
+        assert [x.name for x in c.ls(f"{pool}:/listing", limit=10).entries] == names[:10]
+        for bad, why in (
+            (0, "limit: Input should be greater than or equal to 1, not 0"),
+            (-1, "limit: "),
+            ("", "after: "),
+        ):
+            kw: dict[str, Any] = {"after": bad} if bad == "" else {"limit": bad}
+            with pytest.raises(ValueError, match=re.escape(why)):
+                c.ls(f"{pool}:/listing", **kw)
 
     link = listed(shared, f"{pool}:/listing/out")
     assert link.kind is EntryKind.link and [x.name for x in link.entries] == ["out"]

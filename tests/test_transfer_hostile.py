@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -98,6 +99,8 @@ class Peer:
         payload = self._exact(length)
         if kind is wire.Kind.ACK:
             return kind, wire.ACK.unpack(payload)
+        if kind in (wire.Kind.DATA, wire.Kind.DATAZ):
+            return kind, payload
         return kind, json.loads(payload) if payload else {}
 
     def refusal(self) -> str:
@@ -216,15 +219,19 @@ def test_a_sender_cannot_write_more_than_its_manifest_states(
 def test_a_zstd_frame_that_claims_more_than_its_chunk_is_refused_unread(
     shared: Network, quiet: str, peers: list[Peer]
 ) -> None:
-    data = os.urandom(4096)
+    data = os.urandom(64 << 10)  # larger than the bomb: packing it shrank it, it says
     g, _, tid = moving(shared, quiet, "/hostile/bomb.bin", data, peers)
     bomb = zstandard.ZstdCompressor().compress(bytes(1 << 30))  # 1 GiB of zeros, ~32 KiB
     agent = psutil.Process(shared.agents["quiet"].popen.pid)  # type: ignore[union-attr]
     before = agent.memory_info().rss
     data_conn = stream(g, tid, peers)
     data_conn.send(wire.Kind.DATAZ, wire.DATAZ.pack(0, 0, len(data)) + bomb)
-    assert "states 1073741824 bytes in its frame, not 4096" in data_conn.refusal()
+    assert "states 1073741824 bytes in its frame, not 65536" in data_conn.refusal()
     assert agent.memory_info().rss - before < 256 << 20  # the 1 GiB was never made
+    g, _, tid = moving(shared, quiet, "/hostile/unpacked.bin", data, peers)
+    padded = stream(g, tid, peers)  # "packed" into more than it unpacks to: read into a
+    padded.send(wire.Kind.DATAZ, wire.DATAZ.pack(0, 0, len(data)) + bytes(len(data)))
+    assert "a packed chunk of 65536 bytes unpacks to only 65536" in padded.refusal()
 
 
 def test_a_hello_that_is_too_large_or_not_an_object_is_refused_before_any_ticket(
@@ -245,9 +252,9 @@ def test_a_hello_that_is_too_large_or_not_an_object_is_refused_before_any_ticket
     assert "names a direction" in way.refusal()
     wordy = Peer(g)  # a reason that would quote 50 KB back is cut short
     peers.append(wordy)
-    wordy.hello("control", "t2", path="/hostile/" + "y" * 50_000)
+    wordy.hello("control", "t2", path="/hostile/" + "y/" * 25_000)
     why = wordy.refusal()
-    assert why.startswith(f"ticket {g.ticket.claims.id} is for /hostile/x, not /hostile/yyy")
+    assert why.startswith(f"ticket {g.ticket.claims.id} is for /hostile/x, not /hostile/y/y/")
     assert len(why) == 4096 and why.endswith("…")
     silent = Peer(g)  # says nothing: closed after the handshake's time
     peers.append(silent)
@@ -292,6 +299,123 @@ def test_a_transfer_takes_no_more_data_connections_than_a_client_opens(
     peers.append(extra)
     extra.hello("data", tid)
     assert f"has {MAX_STREAMS} data connections, the most it may" in extra.refusal()
+
+
+def test_one_ticket_moves_a_few_copies_at_once_not_any_number(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    """Each copy holds threads and buffers: a ticket is for one copy and its reruns."""
+    from computenet.transfer.server import PER_TICKET
+
+    data = os.urandom(100)
+    g = grant(shared, quiet, "/hostile/tk", size=len(data))
+    frame = {"manifest": manifest([entry(data, CHUNK)], CHUNK)}
+    for i in range(PER_TICKET + 1):
+        peer = Peer(g)
+        peers.append(peer)
+        peer.hello("control", secrets.token_hex(8), path=f"/hostile/tk/{i}")
+        if i == PER_TICKET:
+            assert f"has {PER_TICKET} copies moving, the most one may" in peer.refusal()
+            break
+        assert peer.read()[0] is wire.Kind.OK
+        peer.send_json(wire.Kind.MANIFEST, frame)
+        assert peer.read()[0] is wire.Kind.NEED
+
+
+def test_a_sender_takes_only_acks_and_reads_no_other_frame_whole(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    """A frame of another kind on a data stream of a get drops the stream on its header:
+    read whole first, 256 MiB of it on every stream would take the server's memory."""
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
+    (root_of(shared, "quiet") / "hostile" / "read.bin").write_bytes(os.urandom(3 * CHUNK))
+    g = grant(shared, quiet, "/hostile/read.bin", direction="get")
+    ctl, tid = Peer(g), secrets.token_hex(8)
+    peers.append(ctl)
+    ctl.hello("control", tid, direction="get")
+    assert ctl.read()[0] is wire.Kind.OK
+    kind, offered = ctl.read()
+    assert kind is wire.Kind.MANIFEST
+    chunks = len(offered["manifest"]["files"][0]["chunks"])
+    ctl.send_json(wire.Kind.NEED, {"need": [list(range(chunks))], "compress": False})
+    assert ctl.read()[0] is wire.Kind.OK
+    data = Peer(g)
+    peers.append(data)
+    data.hello("data", tid, direction="get")
+    assert data.read()[0] is wire.Kind.OK
+    data.sock.sendall(wire.header(wire.Kind.MANIFEST, (256 << 20) - 1))
+    data.sock.settimeout(10)  # not waited for: the stream is dropped on the header alone
+    assert data.refusal() == ""
+
+
+def test_a_relay_frame_is_checked_whole_before_it_is_acted_on(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    (root_of(shared, "quiet") / "hostile").mkdir(exist_ok=True)
+    (root_of(shared, "quiet") / "hostile" / "relayed.bin").write_bytes(b"relayed")
+    g = grant(shared, quiet, "/hostile/relayed.bin", direction="get")
+    put = grant(shared, quiet, "/hostile/relayed-to.bin", size=7).model_dump(mode="json")
+    for body, why in (
+        ([1, 2], "malformed request: "),
+        ({"grant": put, "streams": "many"}, "malformed request: streams:"),
+        ({"grant": put, "sync": "bogus"}, "malformed request: sync:"),
+        ({"grant": put, "streams": 1000}, "malformed request: streams:"),
+    ):
+        peer = Peer(g)
+        peers.append(peer)
+        peer.hello("relay", secrets.token_hex(8), direction="get")
+        answer = peer.read()
+        assert answer[0] is wire.Kind.OK, answer
+        peer.send_json(wire.Kind.RELAY, body)
+        assert why in peer.refusal(), body
+    assert "data server error" not in shared.agents["quiet"].output()
+    assert not (root_of(shared, "quiet") / "hostile" / "relayed-to.bin").exists()
+
+
+def test_a_put_stopped_before_its_commit_counts_against_the_quota(
+    shared: Network, tmp_path: Path, peers: list[Peer]
+) -> None:
+    """Its partial file stays for a rerun to resume, and takes its space: a second put
+    cannot claim that space again, and the rerun commits without claiming it twice."""
+    if "tight" not in shared.agents:
+        shared.start_agent("tight", "--no-calibrate", "--data-quota", "1M")
+    tight = shared.wait_pool("tight")
+    data = os.urandom(700 << 10)
+    frame = {"manifest": manifest([entry(data, CHUNK)], CHUNK)}
+
+    def partly(tid: str) -> tuple[Peer, TransferGrant]:
+        g = grant(shared, tight, "/q/f0", size=len(data))
+        peer = Peer(g)
+        peers.append(peer)
+        peer.hello("control", tid)
+        assert peer.read()[0] is wire.Kind.OK
+        peer.send_json(wire.Kind.MANIFEST, frame)
+        return peer, g
+
+    first, g = partly(tid := secrets.token_hex(8))
+    assert first.read()[0] is wire.Kind.NEED
+    conn = stream(g, tid, peers)
+    conn.send(wire.Kind.DATA, wire.DATA.pack(0, 0) + data)
+    assert conn.read() == (wire.Kind.ACK, (0, 0, wire.Status.OK))
+    first.close()  # no COMMIT: the copy stops, its partial file kept
+    conn.close()
+    other = tmp_path / "f1.bin"
+    other.write_bytes(os.urandom(700 << 10))
+    deadline = time.monotonic() + 30
+    while True:  # the stopped copy lets go of its claim as its session ends
+        second = shared.cnet("cp", str(other), f"{tight}:/q/f1", token=shared.token)
+        if second.returncode or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert second.returncode == 1, second.stderr
+    assert "the pool's data quota is 1.0 MiB and it holds 700.0 KiB" in second.stderr
+    rerun, _ = partly(secrets.token_hex(8))
+    kind, need = rerun.read()
+    assert kind is wire.Kind.NEED and need["need"] == [[]], need
+    rerun.send(wire.Kind.COMMIT)
+    assert rerun.read()[0] is wire.Kind.DONE
+    assert (root_of(shared, "tight") / "q" / "f0").read_bytes() == data
+    assert not (root_of(shared, "tight") / "q" / "f1").exists()
 
 
 def test_set_id_bits_do_not_travel(shared: Network, quiet: str, tmp_path: Path) -> None:
@@ -384,6 +508,15 @@ def test_a_dataset_version_holds_only_what_was_copied(
     read = shared.cnet("cp", "cnet://dataset/squat@2", str(back), token=mal)
     assert read.returncode == 0, read.stderr
     assert sorted(p.name for p in back.iterdir()) == ["a.txt"]
+    # Unnumbered, the version goes where its source's own tag says: planted there, only
+    # naming a version moves it, and the refusal says so.
+    key = "\0".join((socket.gethostname(), quiet, str(data.resolve()))).encode()
+    tag = "u-" + hashlib.sha256(key).hexdigest()[:12]
+    squat = shared.cnet("cp", str(evil), f"{quiet}:/datasets/squat2/{tag}/evil.txt", token=mal)
+    assert squat.returncode == 0, squat.stderr
+    auto = shared.cnet("cp", "--pool", quiet, str(data), "cnet://dataset/squat2", token=bob)
+    assert auto.returncode == 1 and len(auto.stderr.strip().splitlines()) == 1, auto.stderr
+    assert auto.stderr.strip().endswith(": name one, cnet://dataset/squat2@VERSION"), auto.stderr
 
 
 def test_two_puts_into_one_path_at_once_are_not_merged(
@@ -486,7 +619,7 @@ def test_a_name_longer_than_a_file_system_takes_is_refused_before_anything_is_ma
     long = "c" * 300
     put = shared.cnet("cp", str(tree), f"{quiet}:/hostile/mk/a/{long}", token=shared.token)
     assert put.returncode == 1 and len(put.stderr.strip().splitlines()) == 1, put.stderr
-    assert f"the name {'c' * 24}… is 300 bytes; a name takes at most 255" in put.stderr
+    assert f"the name {'c' * 24}… is 300 bytes; a name takes at most 245" in put.stderr
     assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
     g = grant(shared, quiet, "/hostile/mk", size=1)
     bad = {"manifest": manifest([entry(b"x", CHUNK, f"d/{long}")], CHUNK)}

@@ -6,6 +6,7 @@ import asyncio
 import errno
 import json
 import os
+import re
 import threading
 import time
 from pathlib import Path
@@ -350,6 +351,27 @@ def test_an_error_carries_its_code_and_one_from_a_newer_peer_still_reads() -> No
         wire.control(wire.Kind.ERROR, json.dumps(newer).encode(), (wire.Kind.OK,))
     assert unknown.value.code is None
     assert wire.error_body("plain", ValueError("x")) == {"error": "plain"}
+
+
+@pytest.mark.parametrize(
+    ("files", "dirs", "why"),
+    [
+        (["a"], ["a"], "dirs.0: 'a' is named twice"),
+        ([], ["d", "d"], "dirs.1: 'd' is named twice"),
+        (["a", "a/b"], [], "'a/b' lies under 'a', which is a file"),
+        (["a"], ["a/x/y"], "dirs.0: 'a/x/y' lies under 'a', which is a file"),
+        (["", "b"], [], "a file with no name is the whole transfer"),
+        (["x/" + "n" * 246], [], "is 246 bytes; a name takes at most 245"),
+    ],
+)
+def test_a_manifest_lands_every_name_in_one_place(
+    files: list[str], dirs: list[str], why: str
+) -> None:
+    """Names that collide would fail halfway through a commit, with part of the tree in
+    place: refused with the manifest instead."""
+    entries = [ManifestEntry(path=f, size=0) for f in files]
+    with pytest.raises(ValidationError, match=re.escape(why)):
+        Manifest(chunk_size=4096, files=entries, dirs=dirs, tree_hash="0" * 64)
 
 
 def test_a_manifest_frame_is_parsed_whole_and_a_bad_one_names_its_field(

@@ -18,7 +18,9 @@ from computenet.model.common import Model
 MAX_TTL = 86400.0
 MAX_ENTRIES = 1_000_000  # files and directories in one transfer
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-NAME_MAX = 255  # bytes of one name, on every file system a data root is likely to be on
+# Bytes of one name: 255 on every file system a data root is likely to be on, less the
+# 10 that a partial file's name (".NAME.cnetpart") adds.
+NAME_MAX = 245
 
 
 def too_long(parts: list[str]) -> str | None:
@@ -27,8 +29,14 @@ def too_long(parts: list[str]) -> str | None:
     for p in parts:
         n = len(p.encode(errors="surrogateescape")) if len(p) * 4 > NAME_MAX else 0
         if n > NAME_MAX:
-            return f"the name {p[:24]}… is {n} bytes; a name takes at most {NAME_MAX}"
+            return (
+                f"the name {p[:24]}… is {n} bytes; a name takes at most {NAME_MAX} (a partial "
+                "file's name adds 10 to it)"
+            )
     return None
+
+
+MAX_STREAMS = 64  # data connections of one transfer
 
 
 PoolPath = Annotated[str, Field(max_length=4096, description="a path under the pool's data root")]
@@ -107,6 +115,27 @@ class ManifestEntry(Model):
     chunks: list[Hex32] = Field(default_factory=list, description="BLAKE3 of each chunk")
 
 
+def _one_place(files: set[str], dirs: list[str]) -> None:
+    """Every name lands in one place: a directory named twice, a file and a directory
+    of one name, or anything under a file would fail halfway through the commit."""
+    if "" in files and (len(files) > 1 or dirs):
+        raise ValueError("files: a file with no name is the whole transfer, and alone in it")
+    named: set[str] = set()
+    for i, d in enumerate(dirs):
+        if d in named or d in files:
+            raise ValueError(f"dirs.{i}: {d!r} is named twice")
+        named.add(d)
+    for where, path in [
+        *((f"dirs.{i}", d) for i, d in enumerate(dirs)),
+        *(("files", f) for f in files),
+    ]:
+        up = path.rfind("/")
+        while up > 0:
+            if path[:up] in files:
+                raise ValueError(f"{where}: {path!r} lies under {path[:up]!r}, which is a file")
+            up = path.rfind("/", 0, up)
+
+
 class Manifest(Model):
     """What one transfer moves. A single file has one entry with path ''."""
 
@@ -139,6 +168,7 @@ class Manifest(Model):
                 raise ValueError(f"{where}: {name!r} holds a backslash")
             if len(name) * 4 > NAME_MAX and (long := too_long(name.split("/"))) is not None:
                 raise ValueError(f"{where}: {long}")
+        _one_place(seen, self.dirs)
         return self
 
     @property
@@ -176,6 +206,19 @@ class ManifestFrame(Model):
         description="on a put: say in DONE whether the destination then holds anything "
         "besides this copy (asked for a dataset version's copy, recorded only where not)",
     )
+
+
+class RelayFrame(Model):
+    """The RELAY frame: the put ticket a pool-to-pool copy goes under, and how it goes."""
+
+    grant: TransferGrant
+    streams: Annotated[int, Field(ge=1, le=MAX_STREAMS)] | None = None
+    sync: SyncLevel = SyncLevel.none
+    verify: bool = True
+    tls: bool | None = None
+    compress: bool | None = None
+    tree_hash: Hex32 | None = None
+    exact: bool = False
 
 
 class TransferCounters(Model):

@@ -335,7 +335,8 @@ class CopyOptions(TypedDict, total=False):
 def _copy_options(given: CopyOptions) -> Options:
     """Checked here, as the CLI checks its flags: a bad option fails before any request,
     naming the option."""
-    from computenet.transfer.client import MAX_STREAMS, Options
+    from computenet.model.transfer import MAX_STREAMS
+    from computenet.transfer.client import Options
 
     unknown = sorted(set(given) - set(CopyOptions.__annotations__))
     if unknown:

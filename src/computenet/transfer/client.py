@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from computenet.model.transfer import (
+    MAX_STREAMS,
     DataEndpoint,
     Direction,
     Manifest,
     ManifestFrame,
+    RelayFrame,
     SyncLevel,
     TransferCounters,
     TransferGrant,
@@ -41,7 +43,6 @@ from computenet.transfer.sender import Sender, checked_need, need_limit
 from computenet.transfer.sockets import Sock
 from computenet.transfer.wire import Kind, TransferError
 
-MAX_STREAMS = 64
 CONNECT_TIMEOUT = 30.0
 ASK_ROOM = 256 << 20  # a put this large asks whether it fits before hashing its source
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -512,17 +513,17 @@ async def _relay(
         grant = await destination(
             int(link.welcome.get("total_bytes", 0)), bool(link.welcome.get("file"))
         )
-        body = {
-            "grant": grant.model_dump(mode="json"),
-            "streams": options.streams,
-            "sync": options.sync.value,
-            "verify": options.verify,
-            "tls": options.tls,
-            "compress": options.compress,
-            "tree_hash": options.tree_hash,
-            "exact": options.exact,
-        }
-        wire.send_json(writer, Kind.RELAY, body)
+        frame = RelayFrame(
+            grant=grant,
+            streams=options.streams,
+            sync=options.sync,
+            verify=options.verify,
+            tls=options.tls,
+            compress=options.compress,
+            tree_hash=options.tree_hash,
+            exact=options.exact,
+        )
+        wire.send_model(writer, Kind.RELAY, frame)
         await writer.drain()
         seen, w = 0, options.watcher
         while True:

@@ -334,7 +334,12 @@ async def copy_data(
         raise TransferError(f"pool {target} is not online with a data server")
     path = f"/datasets/{d_ref.name}/{d_ref.version or await _unnumbered(api, d_ref, target, s)}"
     exact = replace(options or Options(), exact=True)  # a version is what was copied
-    result = await copy(src, f"{target}:{path}", api.grant, exact)
+    try:
+        result = await copy(src, f"{target}:{path}", api.grant, exact)
+    except TransferError as e:  # the path numbered for it is taken: only a name moves it
+        if e.code is not Code.OCCUPIED or d_ref.version is not None:
+            raise
+        raise TransferError(f"{e}: name one, cnet://dataset/{d_ref.name}@VERSION") from None
     v = await api.publish(
         DatasetPublish(
             name=d_ref.name,

@@ -17,6 +17,8 @@ import os
 import stat
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from computenet.model.dataset import Replica
 from computenet.model.transfer import (
     LIST_PAGE,
@@ -142,6 +144,11 @@ async def ls(
     """What a pool path (``POOL-CPI:/path``) or a dataset (``cnet://dataset/NAME[@V]``,
     listed where one of its copies is) holds. With ``limit`` one page comes back, whose
     ``next`` is the ``after`` of the page that follows; without it, every page as one."""
+    try:
+        query = ListQuery(after=after, limit=LIST_PAGE if limit is None else limit)
+    except ValidationError as e:  # a caller's argument: named as the caller named it
+        first = e.errors()[0]
+        raise ValueError(f"{first['loc'][0]}: {first['msg']}, not {first['input']!r}") from None
     part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
     version, held, inside = None, None, ""
     if part is not None:
@@ -158,7 +165,6 @@ async def ls(
     grant = await api.grant(
         TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
     )
-    query = ListQuery(after=after, limit=limit or LIST_PAGE)
     try:
         listing = await _ask(grant, query, tls)
     except Refused as e:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import blake3
 
-from computenet.model.transfer import MAX_ENTRIES, Manifest, ManifestEntry
+from computenet.model.transfer import MAX_ENTRIES, NAME_MAX, Manifest, ManifestEntry, too_long
 from computenet.transfer.hashes import HashCache
 from computenet.transfer.paths import PART, RESERVED, open_read
 from computenet.transfer.wire import TransferError
@@ -196,6 +196,8 @@ def travels(rel: str) -> None:
             f"{rel}: its name holds a backslash, which a pool path reads as a "
             "separator, so it cannot travel; rename it"
         )
+    if len(rel) * 4 > NAME_MAX and (long := too_long(rel.split("/"))) is not None:
+        raise TransferError(f"{rel}: {long}, so it cannot travel; rename it")
 
 
 def _entry(

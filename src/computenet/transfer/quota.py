@@ -10,6 +10,7 @@ by other ways (a job's outputs moved in) are seen at the next walk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import time
@@ -44,9 +45,16 @@ def fits(where: Path, total: int, entries: int, what: str) -> None:
         )
 
 
-def held(root: Path) -> int:
-    """Bytes of every regular file under ``root``, the data server's own aside."""
-    return sum(st.st_size for _, st in files_under(root))
+def held(root: Path, also: Path | None = None) -> int:
+    """Bytes of every regular file under ``root``, the data server's own aside, and under
+    ``also``, one of its folders that peers fill."""
+    n = sum(st.st_size for _, st in files_under(root))
+    if also is not None:
+        with contextlib.suppress(FileNotFoundError), os.scandir(also) as entries:
+            for e in entries:
+                with contextlib.suppress(FileNotFoundError):  # replaced meanwhile
+                    n += e.stat(follow_symlinks=False).st_size if e.is_file() else 0
+    return n
 
 
 class Quota:
@@ -54,8 +62,16 @@ class Quota:
     puts still moving have claimed. A walk sees a moving put's partial files as well as
     its claim: counted twice, which errs on the side of the cap."""
 
-    def __init__(self, root: Path, limit: int | None, what: str = "the pool's data") -> None:
-        self.root, self.limit, self.what = root, limit, what
+    def __init__(
+        self,
+        root: Path,
+        limit: int | None,
+        what: str = "the pool's data",
+        also: Path | None = None,
+    ) -> None:
+        """``also``: a folder of the server's own that counts too (the puts' records,
+        which a put's manifest sizes)."""
+        self.root, self.limit, self.what, self.also = root, limit, what, also
         self.walked = 0  # bytes under the root at the last walk
         self.since = 0  # bytes that puts committed after it began
         self.open = 0  # bytes claimed by puts still moving
@@ -80,7 +96,7 @@ class Quota:
         async with self._lock:
             if time.monotonic() - self._at > STALE:
                 before = self.since
-                self.walked = await asyncio.to_thread(held, self.root)
+                self.walked = await asyncio.to_thread(held, self.root, self.also)
                 self.since -= before  # what the walk counted; later commits stay
                 self._at = time.monotonic()
             if self.used + n > limit:
@@ -94,12 +110,15 @@ class Quota:
                 self.open += n
 
     def settle(self, n: int, landed: bool) -> None:
-        """Ends a claim: its bytes are in the root now (``landed``) or never will be."""
+        """Ends a claim: its bytes are in the root now (``landed``), or what of them
+        landed lies in partial files."""
         if self.limit is None or n <= 0:
             return
         self.open -= n
         if landed:
             self.since += n
+        else:  # its partial files stay, for a rerun to resume: the next claim walks them
+            self.changed()
 
     def changed(self) -> None:
         """Files left the root: the next claim walks it again. Subtracting what a removal

@@ -107,6 +107,9 @@ class Receiver:
         self._closed = False
         self._made: set[Path] = set()  # directories this copy made for its partial files
         self._arrived = 0
+        # the longest chunk: a stream's buffer, never a whole chunk for a tree of small files
+        sizes = (e.size for e in self.manifest.files)
+        self._longest = max(1, min(self.manifest.chunk_size, max(sizes, default=0)))
 
     @property
     def complete(self) -> bool:
@@ -133,8 +136,9 @@ class Receiver:
                     ) from None
             there = names.get(final.name)
             if there is not None and there.is_dir():
+                into = ": to copy into it, end the path with /" if self.manifest.single else ""
                 raise TransferError(
-                    f"{self._shown(final)} is a directory; a file cannot replace it"
+                    f"{self._shown(final)} is a directory; a file cannot replace it{into}"
                 )
             if there is not None and unchanged(final, e, self.sync, chunk):
                 plan.skip.append(i)
@@ -413,8 +417,8 @@ class Receiver:
             buf = memoryview(b"")  # made when the first chunk comes: not for idle streams
             while (head := self._head(sock)) is not None:
                 f, c, n, size = head
-                if len(buf) < self.manifest.chunk_size:
-                    buf = memoryview(bytearray(self.manifest.chunk_size))
+                if len(buf) < self._longest:
+                    buf = memoryview(bytearray(self._longest))
                 if size is not None:
                     self._ack(sock, f, c, self._packed(sock, buf, f, c, n, size))
                     continue
@@ -427,7 +431,7 @@ class Receiver:
         work: queue.SimpleQueue[tuple[int, int, int, wire.Status | None] | None]
         work = queue.SimpleQueue()
         failed: list[BaseException] = []
-        small = memoryview(bytearray(min(SPLICE_MIN, self.manifest.chunk_size)))
+        small = memoryview(bytearray(min(SPLICE_MIN, self._longest)))
         packed = memoryview(b"")  # a chunk-sized buffer, made when the first DATAZ comes
         sending = threading.Lock()
         ready = bytearray()  # ACKs of small chunks, written when the socket runs dry
@@ -466,8 +470,8 @@ class Receiver:
                     self.pace.take(head[2])
                 f, c, n, size = head
                 if size is not None:
-                    if len(packed) < self.manifest.chunk_size:
-                        packed = memoryview(bytearray(self.manifest.chunk_size))
+                    if len(packed) < self._longest:
+                        packed = memoryview(bytearray(self._longest))
                     ready += _ack_frame(f, c, self._packed(sock, packed, f, c, n, size))
                     continue
                 if n < SPLICE_MIN:  # a syscall or two: cheaper than splicing
@@ -533,6 +537,8 @@ class Receiver:
                 raise ConnectionResetError("the sender closed the stream inside a chunk")
             _, _, size = wire.DATAZ.unpack_from(head, wire.HEADER.size)
             n = length - wire.DATAZ.size
+            if n >= size:  # a sender packs only what shrinks
+                raise wire.WireError(f"a packed chunk of {n} bytes unpacks to only {size}")
         elif kind is wire.Kind.DATA:
             n = length - wire.DATA.size
         else:

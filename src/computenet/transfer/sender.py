@@ -254,6 +254,8 @@ class Sender:
         buf += data
         while len(buf) >= wire.HEADER.size:
             kind, length = wire.parse_header(buf)
+            if (kind, length) != (wire.Kind.ACK, wire.ACK.size) and kind is not wire.Kind.ERROR:
+                raise wire.WireError(f"expected ACK, got a {kind.name} of {length} bytes")
             end = wire.HEADER.size + length
             if len(buf) < end:
                 break

@@ -29,12 +29,13 @@ from typing import Any, NamedTuple, TypeVar
 from pydantic import ValidationError
 
 from computenet.model.transfer import (
+    MAX_STREAMS,
     DataEndpoint,
     Direction,
     ListQuery,
     Manifest,
     ManifestFrame,
-    SyncLevel,
+    RelayFrame,
     Ticket,
     TransferGrant,
 )
@@ -75,6 +76,8 @@ NEED_TIMEOUT = 3600.0  # the longest a get's client may take to say what it need
 HASH_FLOOR = 50e6  # bytes a second a client hashes its partial files at, on a slow disk
 MAX_REASON = 4096  # characters of an ERROR's reason
 KEPT = "it is left in place"  # a copy removal refuses: another tree, or more than the version
+MAX_SESSIONS = 256  # copies a data server moves at once
+PER_TICKET = 4  # copies one ticket moves at once
 STREAMS_END = 10.0  # seconds a stopped transfer waits for its streams' threads
 T = TypeVar("T")
 PART_DAYS = 7.0  # a partial file no copy has written to for this long is removed
@@ -128,7 +131,7 @@ class _Session:
         """Holds a place for one more data connection; False once the session has as
         many as a client ever opens (each may hold a thread and a chunk's buffer)."""
         with self.lock:
-            if self.ended or self.admitted >= client.MAX_STREAMS:
+            if self.ended or self.admitted >= MAX_STREAMS:
                 return False
             self.admitted += 1
             return True
@@ -179,7 +182,7 @@ class DataServer:
         copies: Callable[[str], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.root = root
-        self.quota = Quota(root, quota)
+        self.quota = Quota(root, quota, also=records.folder(root))
         self._homes: dict[str, Quota] = {}  # tenants' homes with a data quota
         self.pool, self._fetch_key = pool, node_key
         self._copies = copies
@@ -250,7 +253,7 @@ class DataServer:
             log.info("transfer refused: %s", why)
             with contextlib.suppress(Exception):
                 wire.send_json(writer, Kind.ERROR, wire.error_body(why, e))
-                await writer.drain()
+                await _drain(writer)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except TimeoutError:
@@ -270,7 +273,7 @@ class DataServer:
             tls_data = bool(hello.get("starttls")) and hello.get("role") == "data"
             if hello.get("starttls") and not tls_data:
                 wire.send(writer, Kind.OK)
-                await writer.drain()
+                await _drain(writer)
                 await writer.start_tls(self._tls)  # type: ignore[arg-type]
                 hello = _hello((await wire.expect(reader, Kind.HELLO))[1])
         if tls_data:  # its handshake runs on its own thread, under its own timeout
@@ -298,23 +301,36 @@ class DataServer:
             query = ListQuery.model_validate(hello.get("list") or {})
             shown = await asyncio.to_thread(listing.page, self.root, self.pool(), path, query)
             wire.send_model(writer, Kind.OK, shown)
-            await writer.drain()
+            await _drain(writer)
             return
         if direction is Direction.delete:
             raise Refused(f"ticket {t.claims.id} only removes /{path}")
         if role != "control" or not tid or tid in self.sessions:
             raise Refused("a transfer starts with one control connection of a new id")
+        self._room_for(t.claims.id)
         writes = direction is Direction.put
         if writes and (busy := self._writing(path)) is not None:
             raise Refused(f"a copy into /{busy} is still moving: run this one once it ends")
         session = self.sessions[tid] = _Session(t.claims.id, path, writes=writes)
         try:
             wire.send(writer, Kind.OK)
-            await writer.drain()
+            await _drain(writer)
             await (self._put if direction is Direction.put else self._get)(ctl)
         finally:
             self.sessions.pop(tid, None)
             session.end()
+
+    def _room_for(self, ticket: str) -> None:
+        """Refuses a copy past the most this server moves at once, and past the most one
+        ticket moves: each holds threads and a chunk's buffer a stream, and a ticket is
+        for one copy (and its reruns while the last one drains)."""
+        if len(self.sessions) >= MAX_SESSIONS:
+            raise Refused(
+                f"this data server is moving {MAX_SESSIONS} copies, the most it takes at "
+                "once: run this one when others end"
+            )
+        if sum(s.ticket == ticket for s in self.sessions.values()) >= PER_TICKET:
+            raise Refused(f"ticket {ticket} has {PER_TICKET} copies moving, the most one may")
 
     def _writing(self, path: str) -> str | None:
         """The path of a put still moving at, above or below ``path``: two puts into
@@ -333,9 +349,7 @@ class DataServer:
         if s is None or s.ticket != t.claims.id or (s.receiver is None and s.sender is None):
             raise Refused(f"no transfer {tid!r} under ticket {t.claims.id} is ready for data")
         if not s.admit():
-            raise Refused(
-                f"transfer {tid!r} has {client.MAX_STREAMS} data connections, the most it may"
-            )
+            raise Refused(f"transfer {tid!r} has {MAX_STREAMS} data connections, the most it may")
         return s
 
     def _data(self, sock: Sock, s: _Session) -> None:
@@ -421,7 +435,7 @@ class DataServer:
         await asyncio.to_thread(records.forget, self.root, ctl.path)
         log.info("removed %s (%d files, %d bytes)", gone.path, gone.files, gone.bytes)
         wire.send_model(ctl.writer, Kind.OK, gone)
-        await ctl.writer.drain()
+        await _drain(ctl.writer)
 
     async def _only(self, path: str, tree: str) -> None:
         """Refuses to remove ``path`` as a copy of ``tree`` unless that is what it holds
@@ -456,6 +470,7 @@ class DataServer:
         """Pool to pool: this server puts its own file or tree straight into another pool,
         under the put ticket the client brings, and reports progress on the way."""
         key = f"relay-{secrets.token_hex(8)}"
+        self._room_for(ctl.ticket.claims.id)
         self.sessions[key] = _Session(ctl.ticket.claims.id, ctl.path)
         try:
             await self._relay_from(ctl)
@@ -468,22 +483,23 @@ class DataServer:
             raise TransferError(f"/{ctl.path}: no such file or directory in the pool")
         welcome = {"total_bytes": total_size(source), "file": source.is_file()}
         wire.send_json(ctl.writer, Kind.OK, welcome)
-        await ctl.writer.drain()
-        _, body = await _within(IDLE_TIMEOUT, wire.expect(ctl.reader, Kind.RELAY), "RELAY")
-        grant = TransferGrant.model_validate(body.get("grant"))
+        await _drain(ctl.writer)
+        asked = wire.expect_model(ctl.reader, Kind.RELAY, RelayFrame)
+        relay = await _within(IDLE_TIMEOUT, asked, "RELAY")
+        grant = relay.grant
         await self._relayable(ctl.ticket, grant)
         tell = _Teller(ctl.writer)
         options = client.Options(
-            streams=body.get("streams"),
-            sync=SyncLevel(body.get("sync", "none")),
-            verify=bool(body.get("verify", True)),
-            tls=body.get("tls"),
-            compress=body.get("compress"),
+            streams=relay.streams,
+            sync=relay.sync,
+            verify=relay.verify,
+            tls=relay.tls,
+            compress=relay.compress,
             watcher=tell,
             faults=Faults(),
             hashes=self.hashes,
-            tree_hash=_hex(body.get("tree_hash")),
-            exact=bool(body.get("exact")),
+            tree_hash=relay.tree_hash,
+            exact=relay.exact,
         )
         put = asyncio.ensure_future(
             client.put(grant, source, options, where=f"{self.pool()}:/{ctl.path}")
@@ -504,7 +520,7 @@ class DataServer:
         result.source = f"{self.pool()}:/{ctl.path}"
         done = result.model_dump(mode="json", exclude_none=True)  # fields added since: if used
         wire.send_json(ctl.writer, Kind.DONE, {"result": done})
-        await ctl.writer.drain()
+        await _drain(ctl.writer)
 
     async def _keep_out(self, path: str, m: Manifest) -> None:
         """Refuses a put that would write into a dataset's copy. The node names the
@@ -613,7 +629,7 @@ class DataServer:
         # What partial files hold is on the disk already.
         await asyncio.to_thread(fits, self.root, disk - partial, 0, ROOT)
         wire.send_json(writer, Kind.OK, {"size": size})
-        await writer.drain()
+        await _drain(writer)
 
     async def _put(self, ctl: _Control) -> None:
         reader, writer, t, tid, path = ctl
@@ -661,7 +677,7 @@ class DataServer:
                 raise TransferError(_write_error(e)) from None
             self.sessions[tid].receiver = receiver  # data streams may join from here
             wire.send_json(writer, Kind.NEED, plan.wire())
-            await writer.drain()
+            await _drain(writer)
             c = receiver.counters
             await _while_moving(reader, Kind.COMMIT, lambda: c.chunks)
             landed = receiver.complete  # in place or in partial files: held either way
@@ -673,7 +689,10 @@ class DataServer:
                 raise
             if frame.exact:
                 await self._nothing_else(path, m)  # nor written beside it meanwhile
-            await asyncio.to_thread(receiver.commit)
+            try:
+                await asyncio.to_thread(receiver.commit)
+            except OSError as e:  # what landed stays, and a rerun of the copy resumes
+                raise TransferError(f"the commit stopped: {_write_error(e)}") from None
             if frame.exact and not m.single:  # nor an earlier copy's partial files
                 here = await asyncio.to_thread(confine, self.root, path, False)
                 await asyncio.to_thread(drop_parts, here)
@@ -685,7 +704,7 @@ class DataServer:
                 with contextlib.suppress(OSError, PathError):
                     done["merged"] = not m.single and bool(await self._beside(path, m))
             wire.send_json(writer, Kind.DONE, {**done, "tree_hash": m.tree_hash})
-            await writer.drain()
+            await _drain(writer)
         finally:
             await self.sessions[tid].stopped()  # no stream writes through a closed descriptor
             receiver.close()
@@ -703,7 +722,8 @@ class DataServer:
         if extra:
             raise TransferError(
                 f"/{path} holds {_some(extra)}, which this copy does not: a dataset "
-                "version holds exactly what was copied; publish it as another version"
+                "version holds exactly what was copied; publish it as another version",
+                Code.OCCUPIED,
             )
 
     async def _beside(self, path: str, m: Manifest) -> list[str]:
@@ -737,7 +757,7 @@ class DataServer:
             ) from None
         frame = ManifestFrame(manifest=src.manifest, left_out=src.left_out)
         wire.send_model(writer, Kind.MANIFEST, frame, {"sole"})
-        await writer.drain()
+        await _drain(writer)
         m = src.manifest  # the client hashes its partial files first: a slow disk's time
         wait = min(NEED_TIMEOUT, IDLE_TIMEOUT + round(m.total_bytes / HASH_FLOOR))
         asked = wire.expect(reader, Kind.NEED, limit=need_limit(m))
@@ -749,7 +769,7 @@ class DataServer:
         sender = Sender(src.manifest, src.paths, need.chunks, compress=packed)
         self.sessions[tid].sender = sender
         wire.send(writer, Kind.OK)
-        await writer.drain()
+        await _drain(writer)
         try:
             with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
                 await _while_moving(reader, Kind.DONE, lambda: sender.remaining)
@@ -791,6 +811,19 @@ async def _within(seconds: float, frame: Awaitable[T], what: str) -> T:
             return await frame
     except TimeoutError:
         raise TransferError(f"no {what} came within {seconds:g} s: the copy is stopped") from None
+
+
+async def _drain(writer: asyncio.StreamWriter) -> None:
+    """What this server wrote, taken by the peer within the idle limit: one that stops
+    reading would hold its session (and the path, and its quota claim) for as long as
+    it liked."""
+    try:
+        async with asyncio.timeout(IDLE_TIMEOUT):
+            await writer.drain()
+    except TimeoutError:
+        raise TransferError(
+            f"the peer took nothing for {IDLE_TIMEOUT:g} s: the copy is stopped"
+        ) from None
 
 
 def _present(here: Path) -> tuple[int, int]:

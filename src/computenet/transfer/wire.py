@@ -70,6 +70,7 @@ class Code(StrEnum):
 
     MISSING = "missing"  # no such path in the pool
     KEPT = "kept"  # not a dataset version's copy alone: left in place
+    OCCUPIED = "occupied"  # a version's copy would land beside what is there already
 
 
 class TransferError(Exception):
