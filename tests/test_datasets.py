@@ -1053,8 +1053,9 @@ def test_a_copy_removed_by_hand_is_passed_over_and_named_when_none_is_left(
     net: Network, tmp_path: Path
 ) -> None:
     """The node names copies it cannot see go: a copy of the version comes from another
-    pool's copy, and with none left the error names the version and where its copies
-    were, not a path under a data root."""
+    pool's copy (pool to pool too, where the destination's own copy is the gone one),
+    and with none left the error names the version and where its copies were, not a
+    path under a data root."""
     src = corpus(tmp_path, "hand")
     publish(net, src, "cnet://dataset/corpus-hand", "pool-a")
     uri = "cnet://dataset/corpus-hand@1"
@@ -1065,15 +1066,20 @@ def test_a_copy_removed_by_hand_is_passed_over_and_named_when_none_is_left(
         (v,) = c.dataset("corpus-hand").versions
     at_a = next(r.path for r in v.replicas if r.pool == a)
     agents = net.home / "agents"
-    shutil.rmtree(agents / "pool-a" / "data" / at_a.strip("/"))
-    _same(net, uri, src, tmp_path)  # from pool-b's copy
     shutil.rmtree(agents / "pool-b" / "data" / "copies" / "hand")
-    for args in (("cp", uri, str(tmp_path / "none")), ("ls", uri)):
+    again = cnet(net, "cp", uri, f"{b}:/again")  # pool-b's own copy first: gone
+    assert again.returncode == 0, again.stderr
+    assert (agents / "pool-b" / "data" / "again" / "a.txt").read_text() == "alpha hand\n"
+    _same(net, uri, src, tmp_path)
+    listed = cnet(net, "ls", uri)
+    assert listed.returncode == 0 and "a.txt" in listed.stdout, listed.stderr
+    shutil.rmtree(agents / "pool-a" / "data" / at_a.strip("/"))
+    for args in (("cp", uri, str(tmp_path / "none")), ("ls", uri), ("ls", f"{uri}/sub")):
         proc = cnet(net, *args)
         assert proc.returncode == 1 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-        assert f"{uri}: its cop" in proc.stderr and " gone (removed by hand?)" in proc.stderr
+        assert f"{uri}: its copies in " in proc.stderr and " gone (removed by hand?)" in proc.stderr
+        assert f"{a}:{at_a}" in proc.stderr and f"{b}:/copies/hand" in proc.stderr
         assert "cnet dataset rm corpus-hand@1" in proc.stderr, proc.stderr
-    assert f"{a}:{at_a}" in proc.stderr or f"{b}:/copies/hand" in proc.stderr
     assert not (tmp_path / "none").exists()
 
 

@@ -619,7 +619,7 @@ def test_a_name_longer_than_a_file_system_takes_is_refused_before_anything_is_ma
     long = "c" * 300
     put = shared.cnet("cp", str(tree), f"{quiet}:/hostile/mk/a/{long}", token=shared.token)
     assert put.returncode == 1 and len(put.stderr.strip().splitlines()) == 1, put.stderr
-    assert f"the name {'c' * 24}… is 300 bytes; a name takes at most 245" in put.stderr
+    assert f"the name {'c' * 24}… is 300 bytes; a name takes at most 240" in put.stderr
     assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
     g = grant(shared, quiet, "/hostile/mk", size=1)
     bad = {"manifest": manifest([entry(b"x", CHUNK, f"d/{long}")], CHUNK)}
@@ -627,6 +627,13 @@ def test_a_name_longer_than_a_file_system_takes_is_refused_before_anything_is_ma
     peer.close()
     assert kind is wire.Kind.ERROR and "files.0.path: the name" in body["error"], body
     assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
+    made = root_of(shared, "quiet") / "hostile" / ("m" * 250)  # made otherwise: a job's, say
+    made.parent.mkdir(exist_ok=True)
+    made.write_text("kept")
+    listed = shared.cnet("ls", f"{quiet}:/hostile/{made.name}", token=shared.token)
+    assert listed.returncode == 0 and "m" * 60 in listed.stdout, listed.stderr
+    gone = shared.cnet("rm", f"{quiet}:/hostile/{made.name}", token=shared.token)
+    assert gone.returncode == 0 and not made.exists(), gone.stderr
 
 
 def test_a_local_link_named_as_the_source_is_followed(

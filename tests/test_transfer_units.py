@@ -356,12 +356,13 @@ def test_an_error_carries_its_code_and_one_from_a_newer_peer_still_reads() -> No
 @pytest.mark.parametrize(
     ("files", "dirs", "why"),
     [
-        (["a"], ["a"], "dirs.0: 'a' is named twice"),
-        ([], ["d", "d"], "dirs.1: 'd' is named twice"),
-        (["a", "a/b"], [], "'a/b' lies under 'a', which is a file"),
-        (["a"], ["a/x/y"], "dirs.0: 'a/x/y' lies under 'a', which is a file"),
+        (["a"], ["a"], "dirs: 'a' is named twice"),
+        ([], ["d", "d"], "dirs: 'd' is named twice"),
+        (["a", "a-b", "a/b"], [], "'a/b' lies under 'a', which is a file"),
+        (["a"], ["a.x", "a/x/y"], "'a/x/y' lies under 'a', which is a file"),
+        (["a\0b"], [], "files.0.path: a name may not hold NUL"),
         (["", "b"], [], "a file with no name is the whole transfer"),
-        (["x/" + "n" * 246], [], "is 246 bytes; a name takes at most 245"),
+        (["x/" + "n" * 241], [], "is 241 bytes; a name takes at most 240"),
     ],
 )
 def test_a_manifest_lands_every_name_in_one_place(

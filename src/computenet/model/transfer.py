@@ -8,6 +8,7 @@ ticket; the agent's data server checks the ticket on every connection. See
 from __future__ import annotations
 
 from enum import StrEnum
+from itertools import pairwise
 from typing import Annotated
 
 from pydantic import Field, model_validator
@@ -19,19 +20,19 @@ MAX_TTL = 86400.0
 MAX_ENTRIES = 1_000_000  # files and directories in one transfer
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 # Bytes of one name: 255 on every file system a data root is likely to be on, less the
-# 10 that a partial file's name (".NAME.cnetpart") adds.
-NAME_MAX = 245
+# 15 that the files a copy keeps beside it while it moves add (".NAME.lock.cnetpart").
+NAME_MAX = 240
 
 
 def too_long(parts: list[str]) -> str | None:
     """Why one of the names is longer than a file system takes, or None: refused by name
     before anything is made, not as a write that fails halfway down the path."""
     for p in parts:
-        n = len(p.encode(errors="surrogateescape")) if len(p) * 4 > NAME_MAX else 0
+        n = len(p.encode(errors="surrogatepass")) if len(p) * 4 > NAME_MAX else 0
         if n > NAME_MAX:
             return (
-                f"the name {p[:24]}… is {n} bytes; a name takes at most {NAME_MAX} (a partial "
-                "file's name adds 10 to it)"
+                f"the name {p[:24]}… is {n} bytes; a name takes at most {NAME_MAX} (a copy's "
+                "files kept beside it while it moves add up to 15 to it)"
             )
     return None
 
@@ -117,23 +118,20 @@ class ManifestEntry(Model):
 
 def _one_place(files: set[str], dirs: list[str]) -> None:
     """Every name lands in one place: a directory named twice, a file and a directory
-    of one name, or anything under a file would fail halfway through the commit."""
+    of one name, or anything under a file would fail halfway through the commit. In
+    the order that puts what lies under a name right after it, each name is compared
+    with the one before only: linear in the manifest's length, however deep."""
     if "" in files and (len(files) > 1 or dirs):
         raise ValueError("files: a file with no name is the whole transfer, and alone in it")
-    named: set[str] = set()
-    for i, d in enumerate(dirs):
-        if d in named or d in files:
-            raise ValueError(f"dirs.{i}: {d!r} is named twice")
-        named.add(d)
-    for where, path in [
-        *((f"dirs.{i}", d) for i, d in enumerate(dirs)),
-        *(("files", f) for f in files),
-    ]:
-        up = path.rfind("/")
-        while up > 0:
-            if path[:up] in files:
-                raise ValueError(f"{where}: {path!r} lies under {path[:up]!r}, which is a file")
-            up = path.rfind("/", 0, up)
+    named = sorted(
+        [*((d, False) for d in dirs), *((f, True) for f in files)],
+        key=lambda x: x[0].replace("/", "\0"),
+    )
+    for (before, is_file), (name, _) in pairwise(named):
+        if name == before:
+            raise ValueError(f"dirs: {name!r} is named twice")
+        if is_file and name.startswith(before + "/"):
+            raise ValueError(f"{name!r} lies under {before!r}, which is a file")
 
 
 class Manifest(Model):
@@ -141,7 +139,9 @@ class Manifest(Model):
 
     chunk_size: Annotated[int, Field(ge=4096, le=64 << 20)]
     files: list[ManifestEntry]
-    dirs: list[str] = Field(default_factory=list, description="empty directories too")
+    dirs: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list, description="empty directories too"
+    )
     tree_hash: Hex32
 
     @model_validator(mode="after")
@@ -166,6 +166,8 @@ class Manifest(Model):
         for where, name in [*named, *((f"dirs.{i}", d) for i, d in enumerate(self.dirs))]:
             if "\\" in name:  # a pool path reads it as a separator: a name would turn a path
                 raise ValueError(f"{where}: {name!r} holds a backslash")
+            if "\x00" in name:
+                raise ValueError(f"{where}: a name may not hold NUL")
             if len(name) * 4 > NAME_MAX and (long := too_long(name.split("/"))) is not None:
                 raise ValueError(f"{where}: {long}")
         _one_place(seen, self.dirs)

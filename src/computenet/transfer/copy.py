@@ -171,13 +171,16 @@ async def online_replicas(api: Api, ref: DatasetRef) -> tuple[DatasetVersion, li
 
 
 def gone_copies(v: DatasetVersion, where: list[str]) -> str:
-    """Why a version cannot be read: the copies the node names are not there any more."""
+    """Why a version cannot be read: the copies the node names are not there any more
+    (and the rest, where there are others, are in pools that are offline)."""
     one = len(where) == 1
-    return (
+    said = (
         f"{v.uri}: its {'copy' if one else 'copies'} in {', '.join(where)} "
-        f"{'is' if one else 'are'} gone (removed by hand?): nothing was read; "
-        f"`cnet dataset rm {v.name}@{v.version}` forgets the version"
+        f"{'is' if one else 'are'} gone (removed by hand?): nothing was read"
     )
+    if len(where) < len(v.replicas):
+        return f"{said}; its other copies are in pools that are offline"
+    return f"{said}; `cnet dataset rm {v.name}@{v.version}` forgets the version"
 
 
 def dataset_part(text: str) -> tuple[DatasetRef, str] | None:
@@ -306,7 +309,7 @@ async def copy_data(
             return result
         if (
             landed is not None
-            and landed.pool != mine.pool
+            and landed.pool not in {r.pool for r in v.replicas}  # one copy a pool
             and _recordable(landed.path)
             and result.merged is False  # a server that cannot say: not recorded
         ):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from computenet.model.dataset import Replica
+from computenet.model.dataset import DatasetRef, DatasetVersion, Replica
 from computenet.model.transfer import (
     LIST_PAGE,
     Direction,
@@ -125,13 +125,46 @@ async def _ask(grant: TransferGrant, query: ListQuery, tls: bool | None) -> Pool
     return PoolListing.model_validate(answer)
 
 
-async def _one_file(api: Api, copy: Replica, tls: bool | None) -> bool:
-    """Whether a version's copy is one file; False where that cannot be learnt."""
+async def _copy_kind(api: Api, copy: Replica, tls: bool | None) -> EntryKind | None:
+    """What a version's copy is; None where it is gone, and a directory where that
+    cannot be learnt (the refusal that led here says more)."""
     ask = TransferRequest(pool=copy.pool, path=copy.path, direction=Direction.get)
     try:
-        return (await _ask(await api.grant(ask), ListQuery(limit=1), tls)).kind is EntryKind.file
-    except Exception:  # the refusal that led here says more
-        return False
+        return (await _ask(await api.grant(ask), ListQuery(limit=1), tls)).kind
+    except Refused as e:
+        return None if e.code is Code.MISSING else EntryKind.dir
+    except Exception:
+        return EntryKind.dir
+
+
+async def _in_version(
+    api: Api, ref: DatasetRef, inside: str, query: ListQuery, tls: bool | None
+) -> tuple[TransferGrant, PoolListing, DatasetVersion]:
+    """The first page of a path in a version, from the first of its copies that is still
+    there; a refusal names the version's path, not its copy's."""
+    version, copies = await online_replicas(api, ref)
+    gone: list[str] = []
+    for held in copies:
+        path = held.path.rstrip("/") + (f"/{inside}" if inside else "")
+        ask = TransferRequest(pool=held.pool, path=path, direction=Direction.get)
+        grant = await api.grant(ask)
+        try:
+            return grant, await _ask(grant, query, tls), version
+        except Refused as e:
+            kind = await _copy_kind(api, held, tls) if inside else None
+            if kind is None and (inside or e.code is Code.MISSING):
+                gone.append(f"{held.pool}:{held.path}")
+                continue
+            if not inside:
+                raise
+            if kind is EntryKind.file:
+                raise Refused(f"{version.uri} is one file: nothing lies inside it") from None
+            shown = "/" + normalise(path) + ":"
+            if not str(e).startswith(shown):
+                raise
+            why = str(e)[len(shown) :].replace(" in the pool", " in the version")
+            raise Refused(f"{version.uri}/{inside}:{why}") from None
+    raise Refused(gone_copies(version, gone))
 
 
 async def ls(
@@ -150,33 +183,21 @@ async def ls(
         first = e.errors()[0]
         raise ValueError(f"{first['loc'][0]}: {first['msg']}, not {first['input']!r}") from None
     part = dataset_part(target)  # a path inside a version: NAME@V/some/dir
-    version, held, inside = None, None, ""
+    version, inside = None, ""
     if part is not None:
         ref, inside = part
-        version, copies = await online_replicas(api, ref)
-        held = copies[0]
-        target = f"{held.pool}:{held.path.rstrip('/')}" + (f"/{inside}" if inside else "")
-    spot = location(target)
-    if spot.pool is None:
-        raise TransferError(
-            f"{target}: name a pool path (POOL-CPI:/path) or a dataset "
-            "(cnet://dataset/NAME[@VERSION][/path])"
+        grant, listing, version = await _in_version(api, ref, inside, query, tls)
+    else:
+        spot = location(target)
+        if spot.pool is None:
+            raise TransferError(
+                f"{target}: name a pool path (POOL-CPI:/path) or a dataset "
+                "(cnet://dataset/NAME[@VERSION][/path])"
+            )
+        grant = await api.grant(
+            TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
         )
-    grant = await api.grant(
-        TransferRequest(pool=spot.pool, path=spot.path, direction=Direction.get)
-    )
-    try:
         listing = await _ask(grant, query, tls)
-    except Refused as e:
-        if version and held and not inside and e.code is Code.MISSING:
-            raise Refused(gone_copies(version, [f"{held.pool}:{held.path}"])) from None
-        if version and held and inside and await _one_file(api, held, tls):
-            raise Refused(f"{version.uri} is one file: nothing lies inside it") from None
-        shown = "/" + normalise(spot.path) + ":"
-        if not (version and inside) or not str(e).startswith(shown):
-            raise  # a refusal of a path in a version names that, not its copy's path
-        why = str(e)[len(shown) :].replace(" in the pool", " in the version")
-        raise Refused(f"{version.uri}/{inside}:{why}") from None
     if version and not inside and listing.kind is EntryKind.file:
         # a version of one file lies at a name the node chose: it goes by its dataset's
         listing.entries = [e.model_copy(update={"name": version.name}) for e in listing.entries]

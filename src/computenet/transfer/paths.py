@@ -42,9 +42,15 @@ def normalise(path: str) -> str:
         raise PathError(f"{path!r}: {RESERVED} is reserved for the data server")
     if any(p.endswith(PART) for p in parts):
         raise PathError(f"{path!r}: names ending {PART} are reserved for partial files")
-    if (long := too_long(parts)) is not None:
-        raise PathError(long)
     return "/".join(parts)
+
+
+def writable_name(path: str) -> None:
+    """Refuses a path a put could not land, by the name that is too long: the check is
+    for writes only, so that a name made otherwise can still be listed, read by name
+    and removed."""
+    if (long := too_long(path.split("/"))) is not None:
+        raise PathError(long)
 
 
 def within(prefix: str, path: str) -> bool:

@@ -109,16 +109,13 @@ class Quota:
             if take:
                 self.open += n
 
-    def settle(self, n: int, landed: bool) -> None:
-        """Ends a claim: its bytes are in the root now (``landed``), or what of them
-        landed lies in partial files."""
+    def settle(self, n: int, landed: bool, written: int = 0) -> None:
+        """Ends a claim: its bytes are in the root now (``landed``), or ``written`` of
+        them are, in partial files kept for a rerun to resume."""
         if self.limit is None or n <= 0:
             return
         self.open -= n
-        if landed:
-            self.since += n
-        else:  # its partial files stay, for a rerun to resume: the next claim walks them
-            self.changed()
+        self.since += n if landed else min(n, written)
 
     def changed(self) -> None:
         """Files left the root: the next claim walks it again. Subtracting what a removal

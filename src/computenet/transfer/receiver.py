@@ -543,14 +543,14 @@ class Receiver:
             n = length - wire.DATA.size
         else:
             raise wire.WireError(f"expected DATA on a data stream, got {kind.name}")
-        if n < 0 or max(n, size or 0) > self.manifest.chunk_size:
-            raise wire.WireError(f"a chunk of {n} bytes is larger than the manifest's chunks")
         want = self._length(f, c)
-        if want is not None and (n if size is None else size) != want:
+        if want is not None and n >= 0 and (n if size is None else size) != want:
             raise wire.WireError(
                 f"chunk {c} of file {f} is {n if size is None else size} bytes; "
                 f"its manifest makes it {want}"
             )
+        if n < 0 or max(n, size or 0) > self._longest:  # the buffers' length
+            raise wire.WireError(f"a chunk of {n} bytes is larger than the manifest's chunks")
         return f, c, n, size
 
     def _length(self, f: int, c: int) -> int | None:

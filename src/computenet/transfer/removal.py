@@ -78,7 +78,8 @@ def remove(root: Path, pool: str, path: str, recursive: bool) -> Removal:
                 os.unlink(name, dir_fd=parent)
                 size = st.st_size if kind is EntryKind.file else 0
             part = f".{name}{PART}"  # a copy that never finished leaves only this
-            left = _lstat(parent, part)
+            fits = len(os.fsencode(part)) <= 255  # none beside a name too long to have one
+            left = _lstat(parent, part) if fits else None
             if left is not None and stat.S_ISREG(left.st_mode):
                 os.unlink(part, dir_fd=parent)
                 size += left.st_size
@@ -108,6 +109,13 @@ async def rm(
     return Removal.model_validate(answer)
 
 
+def _code_of(reason: str) -> Code | None:
+    """The code of a reason from a data server that sends none (one older than codes)."""
+    if reason.endswith(MISSING):
+        return Code.MISSING
+    return Code.KEPT if reason.endswith("it is left in place") else None
+
+
 async def drop_version(api: Api, ref: DatasetRef, tls: bool | None = None) -> DatasetRemoval:
     """Forgets one version (never "the newest": it must be named) and removes its copies."""
     if ref.version is None:
@@ -119,7 +127,7 @@ async def drop_version(api: Api, ref: DatasetRef, tls: bool | None = None) -> Da
         try:
             out.removed.append(await rm(where, api.grant, True, tls, v.tree_hash))
         except Exception as e:
-            code = getattr(e, "code", None)
+            code = getattr(e, "code", None) or _code_of(str(e))
             if code is Code.MISSING:
                 out.gone.append(where)
             elif code is Code.KEPT:  # not the version's alone: nothing to advise removing

@@ -56,6 +56,7 @@ from computenet.transfer.paths import (
     sweep_fetches,
     sweep_parts,
     within,
+    writable_name,
 )
 from computenet.transfer.quota import Quota, fits
 from computenet.transfer.receiver import Receiver
@@ -76,6 +77,7 @@ NEED_TIMEOUT = 3600.0  # the longest a get's client may take to say what it need
 HASH_FLOOR = 50e6  # bytes a second a client hashes its partial files at, on a slow disk
 MAX_REASON = 4096  # characters of an ERROR's reason
 KEPT = "it is left in place"  # a copy removal refuses: another tree, or more than the version
+ERROR_WAIT = 5.0  # seconds an ERROR waits to be taken before its connection closes
 MAX_SESSIONS = 256  # copies a data server moves at once
 PER_TICKET = 4  # copies one ticket moves at once
 STREAMS_END = 10.0  # seconds a stopped transfer waits for its streams' threads
@@ -253,7 +255,7 @@ class DataServer:
             log.info("transfer refused: %s", why)
             with contextlib.suppress(Exception):
                 wire.send_json(writer, Kind.ERROR, wire.error_body(why, e))
-                await _drain(writer)
+                await _drain(writer, ERROR_WAIT)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except TimeoutError:
@@ -423,13 +425,16 @@ class DataServer:
         ]
         if moving:
             raise Refused(f"a copy of /{moving[0]} is still moving: remove it when it ends")
-        if tree is not None:
-            await self._only(ctl.path, tree)
+        key = f"remove-{secrets.token_hex(8)}"  # no put starts there while it is checked
+        self.sessions[key] = _Session(ctl.ticket.claims.id, ctl.path, writes=True)
         try:
+            if tree is not None:
+                await self._only(ctl.path, tree)
             gone = await asyncio.to_thread(
                 removal.remove, self.root, self.pool(), ctl.path, recursive
             )
         finally:
+            self.sessions.pop(key, None)
             for q in (self.quota, *self._homes.values()):
                 q.changed()
         await asyncio.to_thread(records.forget, self.root, ctl.path)
@@ -480,7 +485,7 @@ class DataServer:
     async def _relay_from(self, ctl: _Control) -> None:
         source = confine(self.root, ctl.path, links=False)
         if not source.exists():
-            raise TransferError(f"/{ctl.path}: no such file or directory in the pool")
+            raise TransferError(f"/{ctl.path}: no such file or directory in the pool", Code.MISSING)
         welcome = {"total_bytes": total_size(source), "file": source.is_file()}
         wire.send_json(ctl.writer, Kind.OK, welcome)
         await _drain(ctl.writer)
@@ -570,6 +575,8 @@ class DataServer:
 
     def _verify(self, t: Ticket, direction: Direction, path: str, pool: str | None) -> str:
         assert self._key is not None
+        if direction is Direction.put:
+            writable_name(path)
         return tickets.check(t, self._key, pool=pool or self.pool(), direction=direction, path=path)
 
     async def _refresh_key(self) -> None:
@@ -710,7 +717,7 @@ class DataServer:
             receiver.close()
             for q in (self.quota, home):
                 if q is not None:
-                    q.settle(adds, landed)
+                    q.settle(adds, landed, receiver.counters.bytes)
 
     async def _nothing_else(self, path: str, m: Manifest) -> None:
         """Refuses a put that must be all its destination holds (a dataset's version)
@@ -813,17 +820,25 @@ async def _within(seconds: float, frame: Awaitable[T], what: str) -> T:
         raise TransferError(f"no {what} came within {seconds:g} s: the copy is stopped") from None
 
 
-async def _drain(writer: asyncio.StreamWriter) -> None:
-    """What this server wrote, taken by the peer within the idle limit: one that stops
-    reading would hold its session (and the path, and its quota claim) for as long as
-    it liked."""
-    try:
-        async with asyncio.timeout(IDLE_TIMEOUT):
-            await writer.drain()
-    except TimeoutError:
-        raise TransferError(
-            f"the peer took nothing for {IDLE_TIMEOUT:g} s: the copy is stopped"
-        ) from None
+async def _drain(writer: asyncio.StreamWriter, idle: float | None = None) -> None:
+    """What this server wrote, taken by the peer: a peer that takes none of it for
+    ``idle`` seconds (the idle limit) would hold its session, the path and its quota
+    claim for as long as it liked. A slow one that keeps reading a large frame is not
+    cut off."""
+    idle = IDLE_TIMEOUT if idle is None else idle
+    left = writer.transport.get_write_buffer_size()
+    while True:
+        try:
+            async with asyncio.timeout(idle):
+                await writer.drain()
+            return
+        except TimeoutError:
+            now = writer.transport.get_write_buffer_size()
+            if now >= left:
+                raise TransferError(
+                    f"the peer took nothing for {idle:g} s: the copy is stopped"
+                ) from None
+            left = now
 
 
 def _present(here: Path) -> tuple[int, int]:

@@ -30,7 +30,7 @@ from computenet.node.store import links as link_store
 from computenet.node.store import pools as pool_store
 from computenet.node.store import tenants as tenant_store
 from computenet.transfer import ticket as tickets
-from computenet.transfer.paths import PathError, normalise, within
+from computenet.transfer.paths import PathError, normalise, within, writable_name
 
 router = APIRouter(prefix="/v1", tags=["transfers"])
 MAX_TRANSFER = int(os.environ.get("CNET_MAX_TRANSFER", str(1 << 40)))
@@ -69,6 +69,8 @@ async def issue(
     (``field`` prefixes the fields a refusal names)."""
     try:
         path = normalise(body.path)
+        if body.direction is Direction.put:
+            writable_name(path)
     except PathError as e:
         raise Invalid(str(e), field=f"{field}path") from e
     if confined:
