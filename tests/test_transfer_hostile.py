@@ -155,6 +155,15 @@ def control(g: TransferGrant, frame: dict[str, Any]) -> tuple[Peer, str, Any]:
     return peer, tid, peer.read()
 
 
+def refused_manifest(net: Network, pool: str, path: str, bad: ManifestEntry) -> str:
+    """Why a put whose manifest names ``bad`` is refused, as the data server says it."""
+    g = grant(net, pool, path, size=bad.size)
+    peer, _, (kind, body) = control(g, {"manifest": manifest([bad], CHUNK)})
+    peer.close()
+    assert kind is wire.Kind.ERROR, (kind, body)
+    return str(body["error"])
+
+
 def moving(
     net: Network, pool: str, path: str, data: bytes, peers: list[Peer]
 ) -> tuple[TransferGrant, Peer, str]:
@@ -602,11 +611,8 @@ def test_a_name_with_a_backslash_is_refused_by_name(
     one = shared.cnet("cp", str(tree / "..\\..\\x"), f"{quiet}:/hostile/bs/", token=shared.token)
     assert one.returncode == 1 and "its name holds a backslash" in one.stderr, one.stderr
     assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
-    g = grant(shared, quiet, "/hostile/bs", size=2)
-    bad = {"manifest": manifest([entry(b"no", CHUNK, "a\\b")], CHUNK)}
-    peer, _, (kind, body) = control(g, bad)
-    peer.close()
-    assert kind is wire.Kind.ERROR and "files.0.path: 'a\\\\b' holds a backslash" in body["error"]
+    why = refused_manifest(shared, quiet, "/hostile/bs", entry(b"no", CHUNK, "a\\b"))
+    assert "files.0.path: 'a\\\\b' holds a backslash" in why
     assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
 
 
@@ -621,11 +627,8 @@ def test_a_name_longer_than_a_file_system_takes_is_refused_before_anything_is_ma
     assert put.returncode == 1 and len(put.stderr.strip().splitlines()) == 1, put.stderr
     assert f"the name {'c' * 24}… is 300 bytes; a name takes at most 240" in put.stderr
     assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
-    g = grant(shared, quiet, "/hostile/mk", size=1)
-    bad = {"manifest": manifest([entry(b"x", CHUNK, f"d/{long}")], CHUNK)}
-    peer, _, (kind, body) = control(g, bad)
-    peer.close()
-    assert kind is wire.Kind.ERROR and "files.0.path: the name" in body["error"], body
+    why = refused_manifest(shared, quiet, "/hostile/mk", entry(b"x", CHUNK, f"d/{long}"))
+    assert "files.0.path: the name" in why, why
     assert not (root_of(shared, "quiet") / "hostile" / "mk").exists()
     made = root_of(shared, "quiet") / "hostile" / ("m" * 250)  # made otherwise: a job's, say
     made.parent.mkdir(exist_ok=True)
