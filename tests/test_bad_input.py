@@ -345,6 +345,41 @@ def test_signed_heartbeat_then_replay(shared: Network, pool_cpi: str, pool_key: 
     assert "replayed" in p["detail"]
 
 
+def test_signed_numbers_past_a_database_integer_are_refused(
+    shared: Network, pool_cpi: str, pool_key: KeyPair
+) -> None:
+    """Signed by the pool's own key and still refused: a seq of 2**63 was taken, and then
+    every pool's heartbeats failed to save and liveness stopped for the whole node."""
+    seq = now_seq()
+    body = heartbeat_body(seq).replace(f'"seq":{seq}'.encode(), f'"seq":{2**63}'.encode())
+    resp, _ = post_heartbeat(shared, pool_cpi, body, pool_key)
+    assert fields(problem(resp, 422)) == ["seq"]
+    job = "j-" + "0" * 12
+    ref = {"job_id": job, "attempt": 1}
+    log = {**ref, "stream": "stdout", "offset": 2**63, "data": "x"}
+    report = {**ref, "state": "RUNNING", "at": time.time(), "exit_code": 2**63}
+    path = f"/v1/pools/{pool_cpi}/reports"
+    for batch, field in (
+        ({"logs": [log]}, "logs.0.offset"),
+        ({"reports": [report]}, "reports.0.exit_code"),
+        (
+            {
+                "reports": [
+                    {**report, "exit_code": 0, "usage": {"wall_seconds": 1, "max_rss_bytes": 2**63}}
+                ]
+            },
+            "reports.0.usage.max_rss_bytes",
+        ),
+    ):
+        raw = json.dumps(batch).encode()
+        headers = signed.sign(pool_key, pool_cpi, "POST", path, raw)
+        with http(shared) as c:
+            resp = c.post(
+                path, content=raw, headers={**headers, "content-type": "application/json"}
+            )
+        assert fields(problem(resp, 422)) == [field], resp.text
+
+
 def test_real_agent_unharmed_by_forged_heartbeats(shared: Network, pool_cpi: str) -> None:
     """After all of the above the pool still heartbeats and stays online."""
     with shared.client() as c:
@@ -445,6 +480,113 @@ def test_job_reading_or_writing_an_unknown_pool_is_refused_at_submission(
         assert fields(p) == ["jobs.1.outputs.0.uri"]
         p = problem(c.post("/v1/jobs/plan", json=bad_in), 422)
         assert fields(p) == ["inputs.0.uri"]
+
+
+# Raw JSON: a lone surrogate cannot be sent as a Python str through httpx's encoder.
+NOT_TEXT = [
+    ("surrogate-label", r'{"command": ["true"], "labels": {"k": "\udfff"}}', "labels.k"),
+    ("surrogate-key", r'{"command": ["true"], "labels": {"\ud800": "v"}}', "labels.\\ud800"),
+    ("nul-name", r'{"command": ["true"], "name": "a\u0000b"}', "name"),
+    ("nul-label", r'{"command": ["true"], "labels": {"k": "a\u0000"}}', "labels.k"),
+    (
+        "surrogate-deep",
+        r'{"command": ["true"], "inputs": [{"path": "\udc00", "uri": "x"}]}',
+        "inputs.0.path",
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "field"), [c[1:] for c in NOT_TEXT], ids=[c[0] for c in NOT_TEXT])
+def test_strings_that_are_not_text_are_refused(
+    shared: Network, tenants: Tenants, raw: str, field: str
+) -> None:
+    """Stored, such a string failed every later read of the job: its tenant's listings and
+    the pool's directives answered 500, and the pool took no more work."""
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        resp = c.post(
+            "/v1/jobs", content=raw.encode(), headers={"content-type": "application/json"}
+        )
+        p = problem(resp, 422)
+    assert fields(p) == [field], p
+    assert "lone surrogate" in p["detail"] or "NUL" in p["detail"]
+
+
+BAD_LABELS = [
+    ("rtl-override-key", {"\u202eevil": "x"}, "labels.\u202eevil.[key]"),
+    ("newline-key", {"a\nb": "x"}, "labels.a\nb.[key]"),
+    ("empty-key", {"": "x"}, "labels..[key]"),
+    ("long-key", {"k" * 257: "x"}, "labels." + "k" * 257 + ".[key]"),
+    ("long-value", {"k": "v" * 4097}, "labels.k"),
+    ("too-many", {f"k{i}": "v" for i in range(65)}, "labels"),
+]
+
+
+@pytest.mark.parametrize(
+    ("labels", "field"), [c[1:] for c in BAD_LABELS], ids=[c[0] for c in BAD_LABELS]
+)
+def test_labels_are_bounded_and_plain(
+    shared: Network, tenants: Tenants, labels: dict[str, str], field: str
+) -> None:
+    """Labels travel with every listing and every assignment: a 7 MB label made each page
+    of jobs 7 MB, and a key with a control character reads as something else."""
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        p = problem(c.post("/v1/jobs", json={"command": ["true"], "labels": labels}), 422)
+    assert fields(p) == [field], p
+
+
+HUGE = "1" + "0" * 309  # a float reads it as infinity
+
+
+def test_sizes_past_infinity_are_refused_by_name(shared: Network, tenants: Tenants) -> None:
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        for memory in (f'"{HUGE}"', f'"{HUGE}T"', "1e400", "Infinity", "NaN"):
+            raw = f'{{"command": ["true"], "resources": {{"memory": {memory}}}}}'.encode()
+            for route in ("/v1/jobs", "/v1/jobs/plan"):
+                resp = c.post(route, content=raw, headers={"content-type": "application/json"})
+                assert fields(problem(resp, 422)) == ["resources.memory"], memory
+        p = problem(c.get("/v1/discover", params={"q": f"mem>={HUGE}"}), 422)
+        assert fields(p) == ["q"], p
+    with http(shared, shared.token) as admin:
+        p = problem(admin.put("/v1/tenants/tenant-a", json={"max_data": HUGE}), 422)
+        assert fields(p) == ["max_data"], p
+
+
+def test_bodies_past_what_json_reads_name_the_body(shared: Network, tenants: Tenants) -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    digits = b'{"command": ["true"], "priority": 1' + b"0" * 5000 + b"}"
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        for raw in (deep, digits):
+            resp = c.post("/v1/jobs", content=raw, headers={"content-type": "application/json"})
+            assert fields(problem(resp, 422)) == ["body"]
+
+
+def test_a_plan_refuses_what_submission_refuses_for_reach(
+    shared: Network, tenants: Tenants, pool_cpi: str
+) -> None:
+    """A plan answers as submission would: another tenant's home is not read, even to
+    price a job."""
+    spec = {"command": ["true"], "inputs": [{"path": "x", "uri": f"{pool_cpi}:/home/tenant-a/x"}]}
+    with http(shared, tenants.b) as c:
+        for route in ("/v1/jobs", "/v1/jobs/plan"):
+            p = problem(c.post(route, json=spec), 403)
+            assert fields(p) == ["inputs.0.uri"], p
+
+
+def test_output_that_is_not_text_comes_back_marked(shared: Network, tenants: Tenants) -> None:
+    """A job that prints NUL and bytes that are not UTF-8 finishes with its log: each shows
+    as U+FFFD. PostgreSQL holds no NUL, and the pool's reports were refused whole."""
+    with shared.client(tenants.a) as c:
+        job = c.submit(command=["printf", "a\\000b\\377c\\n"])
+        done = c.wait(job.id, timeout=60)
+        out = "".join(x["data"] for x in c.logs(job.id))
+    assert done.state.value == "COMPLETE", done.reason
+    assert out == "a\ufffdb\ufffdc\n"
+
+
+def test_a_malformed_cpi_to_resolve_is_invalid(shared: Network, tenants: Tenants) -> None:
+    with http(shared, tenants.a) as c:
+        p = problem(c.get("/v1/resolve/not-a-cpi"), 422)
+    assert fields(p) == ["cpi"]
 
 
 @pytest.mark.parametrize("job_id", ["BAD", "j-UPPER", "j-" + "a" * 41, "x-abc"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 from pathlib import Path
 
@@ -74,3 +75,34 @@ def test_unknown_pool_is_turned_away(shared: Network) -> None:
 
     with pytest.raises(websockets.exceptions.WebSocketException):
         asyncio.run(go())
+
+
+def test_beats_out_of_range_are_refused_and_a_binary_frame_closes(shared: Network) -> None:
+    """A signed heartbeat whose numbers no store or clock comparison can take is refused
+    by name; the pool's key signed it, but it must not stop the node's bookkeeping."""
+    with shared.client() as c:
+        pool = next(p for p in c.pools() if p.name == "alpha")
+    key = KeyPair.load_or_create(Path(shared.home) / "agents" / "alpha" / "identity" / "pool.key")
+    url = shared.url.replace("http", "ws", 1) + f"/v1/pools/{pool.cpi}/beats"
+    seq = time.time_ns() // 1000
+    texts = [
+        beat(seq).replace(f'"seq":{seq}', f'"seq":{2**63}'),
+        re.sub(r'"sent_at":[^,]+', '"sent_at":NaN', beat(seq)),
+        json.dumps(json.loads(beat(seq)) | {"sent_at": 1e400}),
+    ]
+    messages = [json.dumps({"heartbeat": t, "signature": key.sign(t.encode())}) for t in texts]
+    replies = asyncio.run(exchange(url, messages))
+    assert all("malformed heartbeat" in str(r["error"]) for r in replies), replies
+
+    async def binary() -> websockets.frames.Close | None:
+        async with websockets.connect(url) as ws:
+            await ws.send(b"\x00\x01")
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await ws.recv()
+            return closed.value.rcvd
+
+    close = asyncio.run(binary())
+    assert close is not None and close.code == 1003
+    good = beat(seq + 1)  # the refused seq was not taken: a later one still lands
+    signed = json.dumps({"heartbeat": good, "signature": key.sign(good.encode())})
+    assert asyncio.run(exchange(url, [signed])) == [{"seq": seq + 1, "stop": []}]

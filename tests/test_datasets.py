@@ -682,6 +682,12 @@ def test_nothing_writes_into_a_dataset_copy(net: Network, tmp_path: Path) -> Non
             headers=headers,
         )
         assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path", r.text
+        made = {"name": "whole-w", "pool": a, "path": whole, "tree_hash": "0" * 64}
+        r = httpx.post(
+            f"{net.url}/v1/datasets", json={**made, "total_bytes": 1, "files": 1}, headers=headers
+        )
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "path", r.text
+    assert httpx.get(f"{net.url}/v1/datasets/whole-w", headers=headers).status_code == 404
     with net.client() as c:
         tree_hash = c.dataset("corpus-w").versions[0].tree_hash
     replicas = f"{net.url}/v1/datasets/corpus-w/1/replicas"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 import computenet
@@ -111,3 +112,40 @@ def test_a_pinned_session_is_checked_against_the_pools_recorded_runtime(shared: 
         ex.submit(abs, -1)
     assert e.value.status == 409 and "runtime mismatch" in str(e.value)
     ex.shutdown()
+
+
+def test_calls_beyond_the_nodes_room_wait_for_the_workers(shared: Network) -> None:
+    """A session holds so much of its calls for its workers, and then answers 429 naming
+    ``calls``, so that a client sending faster than the workers take cannot fill the node's
+    memory; the Executor sends again once there is room."""
+    headers = {"authorization": f"Bearer {shared.token}"}
+    with httpx.Client(base_url=shared.url, headers=headers, timeout=60) as c:
+        made = c.post("/v1/functions/sessions", json={"resources": {"cpus": 0.5}})
+        assert made.status_code == 201, made.text
+        sid = made.json()["id"]
+        try:
+            for job in made.json()["jobs"]:  # no worker takes anything from here on
+                assert c.post(f"/v1/jobs/{job}/cancel").status_code == 200
+            payload = "A" * (2 << 20)  # the most one call inlines
+            answers = [
+                c.post(
+                    f"/v1/functions/sessions/{sid}/calls",
+                    json={"calls": [{"id": 3 * i + k, "payload": payload} for k in range(3)]},
+                )
+                for i in range(11)
+            ]
+        finally:
+            c.delete(f"/v1/functions/sessions/{sid}")
+    assert [r.status_code for r in answers[:10]] == [202] * 10
+    refused = answers[10]
+    assert refused.status_code == 429, refused.text[:300]
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["errors"][0]["field"] == "calls"
+    assert "send these once they have taken some" in refused.json()["detail"]
+
+
+def test_a_map_of_megabyte_arguments_goes_through(ex: computenet.Executor) -> None:
+    """Ninety calls of nearly 1 MiB each, inline: more than one request can carry, and more
+    than the node holds for the workers at once; every one comes back."""
+    sizes = [(900 << 10) + i for i in range(90)]
+    assert list(ex.map(size_of, (b"x" * n for n in sizes))) == sizes

@@ -54,6 +54,7 @@ from computenet.model import (
     ReportBatch,
     Usage,
 )
+from computenet.model.common import as_text
 from computenet.sdk.client import ApiError
 from computenet.transfer.server import DataServer
 
@@ -513,7 +514,7 @@ class Agent:
             state=outcome.state,
             at=outcome.ended_at,
             exit_code=outcome.exit_code,
-            reason=outcome.reason,
+            reason=as_text(outcome.reason)[:4096],  # an error may name a file in any bytes
             usage=outcome.usage,
         )
         # On disk first: if the node is away, or this agent restarts, the result survives.

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from computenet.agent import workdir as job_files
 from computenet.model.agent import MAX_LOG_CHUNK
+from computenet.model.common import as_text
 
 READ = MAX_LOG_CHUNK // 4  # leaves room for the worst-case UTF-8 → JSON escaping growth
 
@@ -32,12 +33,12 @@ class Tail:
                 if not raw:
                     break
                 self.offset += len(raw)
-                text = self._decoder.decode(raw)
+                text = as_text(self._decoder.decode(raw))  # a NUL the job wrote
                 if text:
                     out.append((self.sent, text))
                     self.sent += len(text)
         if final:
-            rest = self._decoder.decode(b"", final=True)
+            rest = as_text(self._decoder.decode(b"", final=True))
             if rest:
                 out.append((self.sent, rest))
                 self.sent += len(rest)

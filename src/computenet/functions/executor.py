@@ -30,6 +30,7 @@ import queue
 import site
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor as _Executor
 from concurrent.futures import Future
@@ -46,6 +47,7 @@ from computenet.sdk.client import Client, check
 P = ParamSpec("P")
 R = TypeVar("R")
 SEND_BATCH = 1000
+SEND_BYTES = 4 << 20  # of inline payloads in one request: a call inlines up to 2 MiB of them
 JSON = {"content-type": "application/json"}
 
 
@@ -171,11 +173,13 @@ class Executor(_Executor):
     # --- the two threads ------------------------------------------------------------------
 
     def _send_loop(self) -> None:
+        held: Call | None = None  # taken from the outbox, but for the next request
         while True:
-            first = self._outbox.get()
+            first = self._outbox.get() if held is None else held
             if first is None:
                 return
-            batch = [first]
+            batch, held = [first], None
+            size = len(first.payload or "")
             while len(batch) < SEND_BATCH:
                 try:
                     nxt = self._outbox.get_nowait()
@@ -184,13 +188,21 @@ class Executor(_Executor):
                 if nxt is None:
                     self._outbox.put(None)
                     break
+                size += len(nxt.payload or "")
+                if size > SEND_BYTES:  # the node takes 8 MiB a request
+                    held = nxt
+                    break
                 batch.append(nxt)
+            body, pause = Calls(calls=batch).model_dump_json(), 0.05
             try:
-                r = self._http.post(
-                    f"/v1/functions/sessions/{self._session}/calls",
-                    content=Calls(calls=batch).model_dump_json(),
-                    headers=JSON,
-                )
+                while True:
+                    r = self._http.post(
+                        f"/v1/functions/sessions/{self._session}/calls", content=body, headers=JSON
+                    )
+                    if r.status_code != 429 or self._closed:  # 429: the node's queue is full
+                        break
+                    time.sleep(pause)
+                    pause = min(2.0, pause * 2)
                 check(r)
             except Exception as e:
                 self._fail(SessionError(f"sending calls failed: {e}"))

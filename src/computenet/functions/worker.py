@@ -17,6 +17,7 @@ import cloudpickle
 import httpx
 
 from computenet.functions.wire import HEADER_TOKEN, fetch_blob, runtime, upload_blob
+from computenet.model.common import as_text
 from computenet.model.functions import INLINE_MAX, Call, Calls, Result, Results
 
 BATCH = 32  # calls taken at once: enough to amortise the round trip, few enough to share
@@ -97,7 +98,7 @@ def _call(raw: bytes) -> tuple[bool, bytes, str]:
         fn, args, kwargs = cloudpickle.loads(raw)
         return True, cloudpickle.dumps(fn(*args, **kwargs)), ""
     except BaseException as e:
-        text = "".join(traceback.format_exception(e))[-65_000:]
+        text = as_text("".join(traceback.format_exception(e))[-65_000:])
         try:
             return False, cloudpickle.dumps(e), text
         except Exception:

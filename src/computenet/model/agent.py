@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from computenet.model.common import Model
+from computenet.model.common import INT64, Model
 from computenet.model.job import JobSpec, JobState
 from computenet.model.usage import Usage
 
@@ -16,7 +16,7 @@ MAX_LOG_CHUNK = 256 * 1024
 
 class AttemptRef(Model):
     job_id: JobId
-    attempt: int = Field(ge=1)
+    attempt: int = Field(ge=1, le=INT64)
 
 
 class Assignment(AttemptRef):
@@ -43,14 +43,14 @@ class Report(AttemptRef):
         JobState.STAGING, JobState.RUNNING, JobState.COMPLETE, JobState.FAILED, JobState.CANCELED
     ]
     at: float
-    exit_code: int | None = None
+    exit_code: int | None = Field(default=None, ge=-(2**31), le=2**31 - 1)
     reason: Annotated[str, Field(max_length=4096)] = ""
     usage: Usage | None = None
 
 
 class LogChunk(AttemptRef):
     stream: Literal["stdout", "stderr"]
-    offset: int = Field(ge=0)
+    offset: int = Field(ge=0, le=INT64)
     data: Annotated[str, Field(max_length=MAX_LOG_CHUNK)]
 
 

@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import math
 import re
+import unicodedata
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 
 class Model(BaseModel):
-    """Base of every wire model: unknown fields are errors, so typos never pass silently."""
+    """Base of every wire model: unknown fields are errors, so typos never pass silently;
+    NaN and infinity are refused, since no comparison or store handles them."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, allow_inf_nan=False)
+
+
+INT64 = 2**63 - 1  # a database's integer column: larger does not fit
+
+
+def as_text(text: str) -> str:
+    """``text`` as a node takes it: NUL and lone surrogates (a file name read with
+    ``surrogateescape``) become U+FFFD, as undecodable bytes do. One character each, so
+    lengths stay."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text)
+    return text
 
 
 def utcnow() -> datetime:
@@ -59,6 +78,8 @@ def parse_memory(value: Any) -> Any:
     factor = _MEM_SHORT.get(unit) or _MEM_UNITS.get(unit)
     if factor is None:
         raise ValueError(f"unknown size unit {m.group(2)!r} in {value!r}")
+    if not math.isfinite(number * factor):
+        raise ValueError(f"{value!r} is too large a size")
     return int(number * factor)
 
 
@@ -115,4 +136,16 @@ MAX_DURATION = 366 * 86400.0
 MemoryBytes = Annotated[int, BeforeValidator(parse_memory), Field(ge=0, le=MAX_MEMORY)]
 Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION)]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
-Labels = Annotated[dict[str, str], Field(max_length=64)]
+
+
+def _plain(text: str) -> str:
+    """Refuses control and format characters (a newline, an escape, a right-to-left
+    override): a key shown in a listing must read as what it is."""
+    if any(unicodedata.category(ch) in ("Cc", "Cf") for ch in text):
+        raise ValueError(f"{text[:40]!r} holds a control or format character")
+    return text
+
+
+LabelKey = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_plain)]
+LabelValue = Annotated[str, Field(max_length=4096)]
+Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from computenet.model.common import Model
+from computenet.model.common import INT64, Model
 
 
 class Usage(Model):
     wall_seconds: float = Field(ge=0)
     cpu_seconds: float = Field(default=0, ge=0)
-    max_rss_bytes: int = Field(default=0, ge=0)
+    max_rss_bytes: int = Field(default=0, ge=0, le=INT64)
 
 
 class UsageRecord(Usage):

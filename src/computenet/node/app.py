@@ -31,6 +31,7 @@ from computenet.node.routers import (
 )
 from computenet.node.runtime import Node
 from computenet.node.settings import Settings
+from computenet.node.text import TextOnly
 
 log = logging.getLogger("computenet.node")
 
@@ -143,7 +144,8 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
         datasets.router,
     ):
         app.include_router(r)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(TextOnly)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)  # outermost: bounds the rest
     return app
 
 

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from computenet.model.functions import Call, Result
 
 SESSION_IDLE = 3600.0  # a session nobody polls for this long is dropped
+MAX_WAITING = 100_000  # calls a session holds for its workers; the client keeps the rest
+MAX_WAITING_BYTES = 64 << 20  # of inline payloads among them
 
 
 @dataclass
@@ -40,12 +42,25 @@ class SessionState:
     def check(self, token: str) -> bool:
         return hmac.compare_digest(self.token_hash, _hash(token))
 
+    waiting_bytes: int = 0
+
+    def room(self, calls: list[Call]) -> bool:
+        """Whether ``calls`` fit beside those waiting. A batch always fits an empty queue,
+        so a client that waits for room is never refused for good."""
+        n = sum(len(c.payload or "") for c in calls)
+        return not self.calls or (
+            len(self.calls) + len(calls) <= MAX_WAITING
+            and self.waiting_bytes + n <= MAX_WAITING_BYTES
+        )
+
     def push_calls(self, calls: list[Call]) -> None:
         self.calls.extend(calls)
+        self.waiting_bytes += sum(len(c.payload or "") for c in calls)
         self.calls_ready.set()
 
     def take_calls(self, most: int) -> list[Call]:
         out = [self.calls.popleft() for _ in range(min(most, len(self.calls)))]
+        self.waiting_bytes -= sum(len(c.payload or "") for c in out)
         if not self.calls:
             self.calls_ready.clear()
         return out

@@ -41,3 +41,10 @@ class Conflict(NodeError):
 class TooLarge(NodeError):
     status = 413
     title = "Request too large"
+
+
+class Busy(NodeError):
+    """Full for now: the caller sends again once the other end has taken some."""
+
+    status = 429
+    title = "Too many requests"

@@ -45,7 +45,7 @@ from computenet.model.federation import (
     Summary,
     TreeView,
 )
-from computenet.node.errors import Conflict, NotFound, Unauthorized
+from computenet.node.errors import Conflict, Invalid, NotFound, Unauthorized
 from computenet.node.index import LiveIndex
 from computenet.node.store import federation as fed_store
 from computenet.node.store import pools as pool_store
@@ -221,7 +221,7 @@ class Federation:
         try:
             cpi = parse(text)
         except CPIError as e:
-            raise NotFound(str(e), field="cpi") from e
+            raise Invalid(str(e), field="cpi") from e
         if cpi.authority == self.code:
             return await self._local(str(cpi))
         hit = self.cache.get(str(cpi))

@@ -14,6 +14,7 @@ from computenet.node.errors import NodeError
 
 log = logging.getLogger("computenet.node")
 MEDIA_TYPE = "application/problem+json"
+UNPARSED = "There was an error parsing the body"  # FastAPI's 400 when decoding itself fails
 
 
 def problem_response(
@@ -57,6 +58,12 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400 and exc.detail == UNPARSED:  # past what json.loads takes
+            why = "not valid JSON: nested too deeply, or a number too long to read"
+            errors = [FieldError(field="body", message=why)]
+            return problem_response(
+                422, "Invalid request", f"body: {why}", request.url.path, errors
+            )
         return problem_response(exc.status_code, str(exc.detail), str(exc.detail), request.url.path)
 
     @app.exception_handler(Exception)

@@ -11,6 +11,7 @@ in the path and each message must verify against that pool's key.
 from __future__ import annotations
 
 import json
+import math
 import time
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
@@ -42,7 +43,13 @@ async def beats(ws: WebSocket, pool: str) -> None:
     await ws.accept()
     try:
         while True:
-            text = await ws.receive_text()
+            msg = await ws.receive()
+            if msg["type"] == "websocket.disconnect":
+                return
+            text = msg.get("text")
+            if text is None:  # a binary frame: heartbeats are text
+                await ws.close(code=1003, reason="heartbeats are text frames of JSON")
+                return
             await ws.send_text(json.dumps(await _one(node, pool, key, text)))
     except WebSocketDisconnect:
         return
@@ -62,7 +69,7 @@ async def _one(node: Node, pool: str, key: str, text: str) -> dict[str, object]:
         return {"error": f"bad pool signature: {e}"}
     except (ValueError, KeyError, TypeError, ValidationError) as e:
         return {"error": f"malformed heartbeat: {str(e).splitlines()[0][:200]}"}
-    if abs(hb.sent_at - time.time()) > 300:
+    if not math.isfinite(hb.sent_at) or abs(hb.sent_at - time.time()) > 300:
         return {"seq": hb.seq, "error": "heartbeat timestamp outside the accepted window"}
     try:
         stale = await take(node, pool, hb)

@@ -72,8 +72,8 @@ async def publish(
     body: DatasetPublish, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> DatasetVersion:
     path = _pool_path(body.path)
-    if path == "/":
-        raise Invalid("a dataset is a file or directory under the data root", field="path")
+    if (why := unrecordable(path)) is not None:
+        raise Invalid(why, "path")
     await _reached(node, who, body.pool, path)
     await node.reading(pool_store.get, body.pool)
     return await node.writing(

@@ -16,7 +16,7 @@ from computenet.model import JobSpec
 from computenet.model.functions import Calls, Hello, Results, Session, SessionCreate
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.calls import SessionState, mismatch
-from computenet.node.errors import Conflict, NotFound, TooLarge, Unauthorized
+from computenet.node.errors import Busy, Conflict, NotFound, TooLarge, Unauthorized
 from computenet.node.routers.jobs import admit
 from computenet.node.runtime import Node
 from computenet.node.store import jobs as job_store
@@ -87,6 +87,12 @@ async def send_calls(
     sid: SessionId, body: Calls, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> dict[str, int]:
     s = _mine(node, sid, who)
+    if not s.room(body.calls):
+        raise Busy(
+            f"{len(s.calls):,} calls ({s.waiting_bytes:,} bytes) wait for this session's "
+            "workers already: send these once they have taken some",
+            field="calls",
+        )
     s.push_calls(body.calls)
     return {"queued": len(s.calls)}
 

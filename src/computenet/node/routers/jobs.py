@@ -254,6 +254,10 @@ async def plan(
 
     def run(conn: Connection) -> Plan:
         check_pools(conn, spec, code)
+        if not _elsewhere(spec, code):
+            check_outputs(conn, spec, who.tenant)
+            if not who.admin:
+                homes.check_job(conn, spec, who.tenant)
         pinned = pin_inputs(conn, spec)  # as submission names its data: a version moves once
         return plan_job(conn, node.profile, _view(pinned, who.tenant, "j-plan"))
 
