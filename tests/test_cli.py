@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 from conftest import PYTHON
 
@@ -42,6 +43,10 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("cp", "--pool", "", "a", "cnet://dataset/x"),
         ("run", "--pool", " ", "--", "true"),
         ("ls", "--after", "", "cpi:x:y/z:/b"),
+        ("up", "--port", "99999"),
+        ("up", "--port", "0"),
+        ("node", "serve", "--port", "99999"),
+        ("agent", "run", "--data-port", "-1"),
     )
     for args in cases:
         r = cnet(*args)
@@ -64,3 +69,29 @@ def test_help_wraps_to_the_terminal_not_to_the_source() -> None:
     )
     assert r.returncode == 0
     assert "one nothing crossed for a week counts as unknown again" in r.stdout, r.stdout
+
+
+def test_a_scheduling_file_a_node_cannot_use_stops_it_at_start(tmp_path: Path) -> None:
+    """An unknown goal used to pass at start and fail every scheduling pass after it: the
+    node ran, and no job was ever placed."""
+    cases = {
+        "goal: cheapest\n": "goal 'cheapest' is none of balanced, cost, time, carbon",
+        "weights: {cost: {prise: 1}}\n": "weights.cost names no score prise",
+        "weigths: {}\n": "unknown keys weigths",
+        "goal: [\n": "not valid YAML",
+        "weights: {cost: 3}\n": "weights are {goal: {score: number}}",
+    }
+    for text, says in cases.items():
+        f = tmp_path / "scheduling.yaml"
+        f.write_text(text)
+        env = {**os.environ, "CNET_SCHEDULING": str(f), "HOME": str(tmp_path)}
+        args = ["node", "serve", "--port", "1", "--data-dir", str(tmp_path / "node")]
+        r = subprocess.run([*PYTHON, *args], capture_output=True, text=True, timeout=60, env=env)
+        assert r.returncode == 2, (text, r.stderr)
+        assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+        assert says in r.stderr, r.stderr
+    env = {**os.environ, "CNET_SCHEDULING": str(tmp_path / "none.yaml"), "HOME": str(tmp_path)}
+    r = subprocess.run(
+        [*PYTHON, "node", "serve"], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert r.returncode == 2 and "none.yaml: No such file or directory" in r.stderr, r.stderr

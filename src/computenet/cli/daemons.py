@@ -39,7 +39,7 @@ def _logging(level: str) -> None:
 @node_app.command("serve")
 def node_serve(
     host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port")] = config.DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="port", min=1, max=65535)] = config.DEFAULT_PORT,
     db: Annotated[
         str | None,
         typer.Option(
@@ -59,7 +59,12 @@ def node_serve(
     from computenet.node.settings import Settings
 
     _logging(log_level)
-    settings = Settings(database_url=db or "", host=host, port=port, code=code)
+    try:
+        settings = Settings(database_url=db or "", host=host, port=port, code=code)
+    except OSError as e:  # CNET_SCHEDULING names a file that cannot be read
+        raise CLIError(f"{e.filename}: {e.strerror}", 2) from e
+    except ValueError as e:
+        raise CLIError(str(e), 2) from e
     if data_dir is not None:
         settings.data_dir = data_dir
     serve(settings, log_level="warning")
@@ -117,7 +122,9 @@ def agent_run(
         Path | None, typer.Option(help="what the data server serves (default: STATE_DIR/data)")
     ] = None,
     data_host: Annotated[str, typer.Option(help="the data server's bind address")] = "127.0.0.1",
-    data_port: Annotated[int, typer.Option(help="the data server's port (0: any free)")] = 0,
+    data_port: Annotated[
+        int, typer.Option(help="the data server's port (0: any free)", min=0, max=65535)
+    ] = 0,
     data_tls: Annotated[bool, typer.Option(help="advise clients to use TLS for data")] = False,
     data_quota: Annotated[
         str | None,
@@ -280,7 +287,7 @@ def _die_with_parent() -> None:
 
 
 def up(
-    port: Annotated[int, typer.Option(help="node port")] = config.DEFAULT_PORT,
+    port: Annotated[int, typer.Option(help="node port", min=1, max=65535)] = config.DEFAULT_PORT,
     db: Annotated[
         str | None, typer.Option("--db", envvar="CNET_DATABASE_URL", help="database URL")
     ] = None,
@@ -318,7 +325,10 @@ def up(
         _wait_ready(url, node, 60)
         token = config.token_for(url)
         if not token:
-            raise CLIError(f"no admin token for {url} in {config.credentials_path()}")
+            raise CLIError(
+                f"no admin token for {url} in {config.credentials_path()}: the node saved it "
+                "under the URL of its first start; set CNET_TOKEN to it"
+            )
         agent = subprocess.Popen(
             [*exe, "agent", "run", "--node", url, "--log-level", log_level]
             + [arg for item in option or [] for arg in ("--option", item)],

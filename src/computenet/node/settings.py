@@ -55,19 +55,40 @@ class Settings:
     def load_scheduling(self, path: Path) -> None:
         """A YAML file: ``region``, ``goal``, ``weights: {goal: {score: w}}`` and
         ``latency: {region: {region: ms}}`` (the network-distance matrix)."""
-        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a mapping")
         unknown = set(data) - {"region", "goal", "weights", "latency"}
         if unknown:
             raise ValueError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
-        self.region = str(data.get("region", self.region))
-        self.goal = str(data.get("goal", self.goal))
-        self.weights = {
-            str(g): {str(k): float(v) for k, v in w.items()}
-            for g, w in (data.get("weights") or {}).items()
-        }
-        self.latency = {
-            str(a): {str(b): float(ms) for b, ms in row.items()}
-            for a, row in (data.get("latency") or {}).items()
-        }
+        from computenet.node.sched.profile import GOALS, SCORES
+
+        try:
+            weights = {
+                str(g): {str(k): float(v) for k, v in w.items()}
+                for g, w in (data.get("weights") or {}).items()
+            }
+            latency = {
+                str(a): {str(b): float(ms) for b, ms in row.items()}
+                for a, row in (data.get("latency") or {}).items()
+            }
+        except (AttributeError, TypeError, ValueError):
+            raise ValueError(
+                f"{path}: weights are {{goal: {{score: number}}}} and latency is "
+                "{region: {region: milliseconds}}"
+            ) from None
+        goal = str(data.get("goal", self.goal))
+        if goal not in (*GOALS, *weights):
+            known = ", ".join((*GOALS, *(g for g in weights if g not in GOALS)))
+            raise ValueError(f"{path}: goal {goal!r} is none of {known}")
+        for g, w in weights.items():
+            if extra := sorted(set(w) - set(SCORES)):
+                raise ValueError(
+                    f"{path}: weights.{g} names no score {', '.join(extra)}; "
+                    f"the scores are {', '.join(SCORES)}"
+                )
+        self.region, self.goal = str(data.get("region", self.region)), goal
+        self.weights, self.latency = weights, latency

@@ -216,7 +216,7 @@ class Profile:
         return row.get(region, back.get(self.region))
 
     def goal_weights(self, goal: str | None) -> dict[str, float]:
-        return self.weights.get(goal or self.default_goal, self.weights[self.default_goal])
+        return self.weights.get(goal or self.default_goal) or self.weights[self.default_goal]
 
     def rank(self, job: JobView, pools: list[PoolView], ctx: Context) -> Ranking:
         shape = job.shape

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from computenet.node.sched.filters import Capacious, Devices, Pinned, Regions
-from computenet.node.sched.framework import Profile
+from computenet.node.sched.framework import Profile, ScorePlugin
 from computenet.node.sched.scores.balance import Balance
 from computenet.node.sched.scores.carbon import Carbon
 from computenet.node.sched.scores.locality import DataLocality
@@ -30,12 +30,19 @@ WEIGHTS: dict[str, dict[str, float]] = {
 }
 
 
+def _scores() -> list[ScorePlugin]:
+    return [StartTime(), Price(), NetworkDistance(), Balance(), Carbon(), DataLocality()]
+
+
+SCORES = tuple(s.name for s in _scores())  # what a settings file's weights may name
+
+
 def default_profile(weights: dict[str, dict[str, float]] | None = None) -> Profile:
     merged = {goal: dict(w) for goal, w in WEIGHTS.items()}
     for goal, w in (weights or {}).items():
         merged.setdefault(goal, {}).update(w)
     return Profile(
         filters=[Pinned(), Regions(), Devices(), Capacious()],
-        scores=[StartTime(), Price(), NetworkDistance(), Balance(), Carbon(), DataLocality()],
+        scores=_scores(),
         weights=merged,
     )
