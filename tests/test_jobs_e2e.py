@@ -341,6 +341,30 @@ def test_cancel_queued_job_never_runs(shared: Network) -> None:
         assert list(c.logs(queued.id)) == []
 
 
+def test_cancel_of_several_goes_past_an_unknown_id(shared: Network) -> None:
+    """As scancel does: the jobs that exist are canceled, the unknown id is named, and the
+    command exits 1."""
+    with shared.client() as c:
+        a = c.submit(command=["sleep", "60"])
+        b = c.submit(command=["sleep", "60"])
+    r = shared.cnet("cancel", a.id, "j-zzzz", b.id)
+    assert r.returncode == 1, r.stdout
+    assert r.stderr.strip().splitlines() == [r.stderr.strip()]
+    assert r.stderr.startswith("error: j-zzzz: ") and "no job" in r.stderr
+    with shared.client() as c:
+        assert c.get(a.id).state is JobState.CANCELED
+        assert c.get(b.id).state is JobState.CANCELED
+        assert {j.id for j in c.list(state=["CANCELED"]).items} >= {a.id, b.id}  # by name
+
+
+def test_every_tenants_jobs_need_the_admin(shared: Network) -> None:
+    with shared.client() as admin:
+        secret = admin.create_token("peeker", "peeker").secret
+    r = shared.cnet("ps", "--all", token=secret)
+    assert r.returncode == 1 and "needs the admin role" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_logs_follow_streams_while_running(shared: Network) -> None:
     with shared.client() as c:
         job = c.submit(command=["sh", "-c", "for i in 1 2 3; do echo line$i; sleep 0.3; done"])

@@ -230,3 +230,23 @@ def test_admin_token_file_is_private(shared: Network) -> None:
     # and what it holds is the working admin token for this node
     with shared.client(shared.token) as admin:
         assert any(t.role is Role.admin for t in admin.tokens())
+
+
+def test_the_last_admin_token_cannot_be_revoked(network: Network) -> None:
+    """Revoking it left a node nobody could administer: a restart makes no new token while
+    any exists. Once another admin token exists, the first may go."""
+    with network.client() as admin:
+        (first,) = [t for t in admin.tokens() if t.role is Role.admin]
+        with pytest.raises(ApiError) as exc:
+            admin.revoke_token(first.id)
+        assert exc.value.status == 409
+        assert exc.value.problem.errors[0].field == "token_id"
+        assert "last admin token" in exc.value.problem.detail
+        one_line_error(network.cnet("token", "revoke", first.id), "last admin token")
+        assert admin.counts() is not None  # still usable
+        spare = admin.create_token("spare", role=Role.admin)
+    with network.client(spare.secret) as other:
+        assert other.revoke_token(first.id).revoked_at is not None
+        with pytest.raises(ApiError) as exc:
+            other.revoke_token(spare.id)
+        assert exc.value.status == 409

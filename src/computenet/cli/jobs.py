@@ -18,7 +18,7 @@ from computenet.cli.session import client, pool_cpi
 from computenet.model import Job, JobSpec, JobState
 from computenet.model.common import format_bytes
 from computenet.model.plan import Plan
-from computenet.sdk.client import Client
+from computenet.sdk.client import ApiError, Client
 
 MAX_SPEC_FILE = 1024 * 1024
 WAIT_NOTICE_S = 2.0
@@ -273,12 +273,20 @@ def logs(
 
 def cancel(job_ids: Annotated[list[str], typer.Argument(help="job ids")]) -> None:
     """Cancel jobs: queued ones at once, running ones with their whole process tree."""
+    failed: list[str] = []
     with client() as c:
-        for job_id in job_ids:
-            job = c.cancel(job_id)
-            if not job.state.terminal:
-                job = c.wait(job_id, timeout=30)
+        for job_id in job_ids:  # like scancel: one bad id does not keep the others running
+            try:
+                job = c.cancel(job_id)
+                if not job.state.terminal:
+                    job = c.wait(job_id, timeout=30)
+            except ApiError as e:  # a line each, as any error; exit 1 once the rest are done
+                err.print(f"error: {job_id}: {e}", markup=False, highlight=False)
+                failed.append(job_id)
+                continue
             out.print(f"{job.id} {state(job.state)}")
+    if failed:
+        raise typer.Exit(1)
 
 
 def show(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:

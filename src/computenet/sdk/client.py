@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypedDict, TypeVar, Unpack
 
@@ -184,7 +184,7 @@ class _Calls:
 
     @staticmethod
     def list(
-        state: list[JobState] | None,
+        state: Sequence[JobState | str] | None,
         pool: str | None,
         name: str | None,
         limit: int,
@@ -192,7 +192,7 @@ class _Calls:
         all_tenants: bool,
     ) -> _Call:
         params = {
-            "state": [s.value for s in state] if state else None,
+            "state": [JobState(s).value for s in state] if state else None,
             "pool": pool,
             "name": name,
             "limit": limit,
@@ -484,7 +484,7 @@ class Client:
 
     def list(
         self,
-        state: builtins.list[JobState] | None = None,
+        state: Sequence[JobState | str] | None = None,
         pool: str | None = None,
         name: str | None = None,
         limit: int = 100,
@@ -771,7 +771,7 @@ class AsyncClient:
 
     async def list(
         self,
-        state: builtins.list[JobState] | None = None,
+        state: Sequence[JobState | str] | None = None,
         pool: str | None = None,
         name: str | None = None,
         limit: int = 100,

@@ -302,6 +302,8 @@ async def list_jobs(
     cursor: Annotated[str | None, Query(pattern=r"^j-[0-9a-z]{1,40}$")] = None,
     all_tenants: Annotated[bool, Query(alias="all")] = False,
 ) -> JobPage:
+    if all_tenants and not who.admin:  # a tenant's own list would pass for everyone's
+        raise Forbidden("listing every tenant's jobs needs the admin role", field="all")
     scope = who.scope if all_tenants else who.tenant
     return await node.reading(job_store.list_page, scope, state, pool, name, limit, cursor)
 

@@ -10,7 +10,7 @@ import time
 from sqlalchemy import Connection, select, update
 
 from computenet.model import Role, Token, TokenSecret
-from computenet.node.errors import NotFound, Unauthorized
+from computenet.node.errors import Conflict, NotFound, Unauthorized
 from computenet.node.store import rows
 from computenet.node.store.tables import tokens
 
@@ -67,6 +67,23 @@ def list_all(conn: Connection, tenant: str | None = None) -> list[Token]:
 
 
 def revoke(conn: Connection, token_id: str) -> Token:
+    """Revokes a token, but never the last live admin one: nothing could then make
+    another, and a restart makes none while any token exists."""
+    row = conn.execute(select(tokens).where(tokens.c.id == token_id)).first()
+    if row is None:
+        raise NotFound(f"no token {token_id!r}", field="token_id")
+    if row.role == Role.admin.value and row.revoked_at is None:
+        live = select(tokens.c.id).where(
+            tokens.c.role == Role.admin.value,
+            tokens.c.revoked_at.is_(None),
+            tokens.c.id != token_id,
+        )
+        if conn.execute(live.limit(1)).first() is None:
+            raise Conflict(
+                f"{token_id} is the node's last admin token: create another first "
+                "(cnet token create NAME --role admin)",
+                field="token_id",
+            )
     conn.execute(
         update(tokens)
         .where(tokens.c.id == token_id, tokens.c.revoked_at.is_(None))
