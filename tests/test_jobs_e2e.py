@@ -335,6 +335,11 @@ def test_cancel_queued_job_never_runs(shared: Network) -> None:
         blocker = c.submit(command=["sleep", "30"], resources={"cpus": pool.capacity.cpus})
         queued = c.submit(command=["sh", "-c", "echo ran"])
         assert c.get(queued.id).state is JobState.QUEUED
+        deadline = time.monotonic() + 15  # a job waiting on a full network says why
+        while not (reason := c.get(queued.id).reason) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert c.get(queued.id).state is JobState.QUEUED
+        assert "no pool online has a CPU free" in reason or "waiting for cpi:" in reason, reason
         assert c.cancel(queued.id).state is JobState.CANCELED
         c.cancel(blocker.id)
         assert c.wait(blocker.id, timeout=20).state is JobState.CANCELED

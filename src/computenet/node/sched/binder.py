@@ -304,6 +304,9 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         result.scanned += 1
         if result.scanned >= MAX_SCAN:
             break
+    else:
+        if share.queues:  # no pool has a CPU free: the rest are not ranked, but say why
+            conn.execute(_ALL_BUSY)
     if changed:  # tell the user why a job waits (only when the reason changed)
         conn.execute(_WAIT_REASON, changed)
     return result
@@ -327,6 +330,11 @@ _PIN_NOT_ONLINE = (
         jobs.c.reason != _NOT_ONLINE,
     )
     .values(reason=_NOT_ONLINE)
+)
+_ALL_BUSY = (
+    update(jobs)
+    .where(jobs.c.state == JobState.QUEUED.value, jobs.c.reason == "")
+    .values(reason="waiting for capacity: no pool online has a CPU free")
 )
 _REGISTERED_HERE = select(pools.c.cpi).where(pools.c.cpi == bindparam("cpi"))
 
