@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
+import time
 from pathlib import Path
 
-from conftest import PYTHON
+import httpx
+
+from conftest import PYTHON, free_port
 
 
 def cnet(*args: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +51,13 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("up", "--port", "0"),
         ("node", "serve", "--port", "99999"),
         ("agent", "run", "--data-port", "-1"),
+        ("agent", "run", "--token", "x", "--heartbeat", "-5"),  # sent 1,800 heartbeats a second
+        ("agent", "run", "--token", "x", "--heartbeat", "0"),  # became 5 s, unsaid
+        ("agent", "run", "--token", "x", "--provider", "BAD_P"),  # the agent hung, unsaid
+        ("node", "serve", "--db", "garbage"),
+        ("node", "serve", "--db", "mysql://x@localhost/db"),
+        ("node", "serve", "--code", "BAD_CODE"),
+        ("node", "init", "--root", "--code", "BAD", "--url", "http://127.0.0.1:1"),
     )
     for args in cases:
         r = cnet(*args)
@@ -95,3 +106,32 @@ def test_a_scheduling_file_a_node_cannot_use_stops_it_at_start(tmp_path: Path) -
         [*PYTHON, "node", "serve"], capture_output=True, text=True, timeout=60, env=env
     )
     assert r.returncode == 2 and "none.yaml: No such file or directory" in r.stderr, r.stderr
+
+
+def test_a_node_keeps_its_database_in_its_data_dir(tmp_path: Path) -> None:
+    """With --data-dir the database was still made in the default place: two nodes of one
+    user shared it, tokens and tree included."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "CNET_DATABASE_URL"}
+    env["HOME"] = str(tmp_path / "home")
+    kid = tmp_path / "kid"
+    args = ["node", "serve", "--port", str(port), "--data-dir", str(kid)]
+    proc = subprocess.Popen(
+        [*PYTHON, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.2)
+        else:
+            raise AssertionError("the node did not start")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    assert (kid / "computenet.db").exists()
+    assert not (tmp_path / "home" / ".local" / "share" / "computenet" / "node").exists()
+    assert stat.S_IMODE(kid.stat().st_mode) == 0o700

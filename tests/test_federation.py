@@ -297,6 +297,19 @@ def test_job_for_another_nodes_pool_runs_there(tree: dict[str, Network]) -> None
     assert any(j.tenant == "admin.cn.east.fin" and j.exit_code == 3 for j in there)
 
 
+def test_a_function_session_on_another_nodes_pool_is_refused(tree: dict[str, Network]) -> None:
+    """Its workers would call the pool's own node, which does not hold the session: the
+    Executor waited for ever. It is refused, naming the pool."""
+    west_pool = _west_pool(tree)
+    fin = tree["fin"]
+    headers = {"authorization": f"Bearer {fin.token}"}
+    r = httpx.post(f"{fin.url}/v1/functions/sessions", json={"pool": west_pool}, headers=headers)
+    assert r.status_code == 409, r.text
+    assert r.json()["errors"][0]["field"] == "pool" and "open the session at that node" in r.text
+    with fin.client() as c:
+        assert not [j for j in c.list(limit=50).items if j.name.startswith("functions ")]
+
+
 def test_a_job_sent_elsewhere_with_an_unknown_pool_of_this_node_is_refused(
     tree: dict[str, Network],
 ) -> None:

@@ -98,6 +98,7 @@ def test_a_session_nobody_can_run_is_refused(shared: Network) -> None:
     with pytest.raises(computenet.sdk.ApiError) as e:
         ex.submit(abs, -1)
     assert e.value.status == 409
+    assert e.value.problem.errors[0].field == "resources"
     ex.shutdown()
 
 

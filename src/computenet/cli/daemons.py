@@ -19,7 +19,7 @@ import yaml
 from pydantic import ValidationError
 
 from computenet import config
-from computenet.cli.output import CLIError, err, out
+from computenet.cli.output import CLIError, err, friendly, out
 from computenet.model import PoolConfig
 from computenet.model.common import parse_memory
 
@@ -59,15 +59,46 @@ def node_serve(
     from computenet.node.settings import Settings
 
     _logging(log_level)
+    where: dict[str, Any] = {} if data_dir is None else {"data_dir": data_dir}  # the db's too
     try:
-        settings = Settings(database_url=db or "", host=host, port=port, code=code)
+        settings = Settings(database_url=db or "", host=host, port=port, code=code, **where)
     except OSError as e:  # CNET_SCHEDULING names a file that cannot be read
         raise CLIError(f"{e.filename}: {e.strerror}", 2) from e
-    except ValueError as e:
+    except ValueError as e:  # the code, or the scheduling file
         raise CLIError(str(e), 2) from e
-    if data_dir is not None:
-        settings.data_dir = data_dir
+    _check_store(settings)
     serve(settings, log_level="warning")
+
+
+def _check_store(settings: Any) -> None:
+    """What the node could only fail on inside the server, said in one line first: a
+    database it cannot open, a membership file that is damaged."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    from computenet.node.federation import FILE, load_membership
+    from computenet.node.store.db import make_engine
+
+    try:
+        shown = make_url(settings.database_url).render_as_string(hide_password=True)
+        engine = make_engine(settings.database_url)
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise CLIError(f"--db: not a database URL this node can use: {e}", 2) from e
+    except ModuleNotFoundError as e:
+        raise CLIError(f"--db: no driver for it here ({e.name})", 2) from e
+    try:
+        with engine.connect():
+            pass
+    except OperationalError as e:
+        why = str(e.orig).strip().splitlines()[0] if e.orig is not None else str(e)
+        raise CLIError(f"cannot open the database {shown}: {why}", 1) from e
+    finally:
+        engine.dispose()
+    try:
+        load_membership(settings.data_dir)
+    except (ValueError, KeyError, TypeError) as e:
+        where = settings.data_dir / FILE
+        raise CLIError(f"{where} is damaged ({e}); restore it, or join the tree again", 1) from e
 
 
 def _pool_config(path: Path | None) -> PoolConfig:
@@ -151,6 +182,15 @@ def agent_run(
     if not token:
         raise CLIError(f"no token for {node}: pass --token or set CNET_TOKEN")
     pc = _pool_config(config_file)
+    flags: dict[str, object] = {"provider": provider, "pool": pool, "region": region}
+    flags |= {"backend": backend, "heartbeat": heartbeat}
+    try:  # checked as the file's fields are: a bad one otherwise stops the agent unseen
+        pc = PoolConfig.model_validate(
+            pc.model_dump(exclude_unset=True) | {k: v for k, v in flags.items() if v is not None}
+        )
+    except ValidationError as e:
+        first = e.errors()[0]
+        raise CLIError(f"--{first['loc'][0]}: {friendly(first)}", 2) from e
     options = dict(pc.options)
     if ray_address:
         options["address"] = ray_address
@@ -161,7 +201,7 @@ def agent_run(
         if not sep:
             raise CLIError(f"--option {item!r}: expected KEY=VALUE", 2)
         options[key] = value
-    pool_name = pool or pc.pool or ""
+    pool_name = pc.pool or ""
     try:
         quota = None if data_quota is None else int(parse_memory(data_quota))
     except ValueError as e:
@@ -178,15 +218,15 @@ def agent_run(
         node_url=node,
         token=token,
         state_dir=state_dir or config.data_dir() / "agent" / (pool_name or "default"),
-        provider=provider or pc.provider,
+        provider=pc.provider,
         pool=pool_name,
-        region=region if region is not None else pc.region,
-        backend=backend or pc.backend,
+        region=pc.region,
+        backend=pc.backend,
         options=options,
         labels=pc.labels,
         machines=pc.machines,
         capacity=pc.capacity,
-        heartbeat_interval=heartbeat or pc.heartbeat,
+        heartbeat_interval=pc.heartbeat,
         provider_key=provider_key,
         price=pc.price,
         carbon_intensity=pc.carbon_intensity,

@@ -38,7 +38,10 @@ def node_init(
 
     if not is_root:
         fail("only a root is initialised; other nodes join one with 'cnet node join'")
-    check_authority(code)
+    try:
+        check_authority(code)
+    except ValueError as e:
+        fail(f"--code: {e}", 2)
     where = _data_dir(data_dir)
     if load_membership(where) is not None:
         fail(f"{where} already belongs to a hierarchy")

@@ -88,7 +88,7 @@ def load_membership(data_dir: Path) -> Membership | None:
 
 
 def save_membership(data_dir: Path, m: Membership) -> None:
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # the database goes here too
     body = {"chain": [x.model_dump(mode="json") for x in m.chain], "parent_url": m.parent_url}
     tmp = data_dir / f"{FILE}.tmp"
     tmp.write_text(json.dumps(body, indent=2))

@@ -17,7 +17,7 @@ from computenet.model.functions import Calls, Hello, Results, Session, SessionCr
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.calls import SessionState, mismatch
 from computenet.node.errors import Busy, Conflict, NotFound, TooLarge, Unauthorized
-from computenet.node.routers.jobs import admit
+from computenet.node.routers.jobs import admit, elsewhere
 from computenet.node.runtime import Node
 from computenet.node.store import jobs as job_store
 
@@ -51,10 +51,18 @@ async def open_session(
         labels={"cnet.functions": s.id},
     )
 
+    code = node.federation.code if node.federation.chain else ""
+    if elsewhere(spec, code):  # its workers would call their own node, which lacks it
+        node.broker.close(s.id)
+        raise Conflict(
+            f"{body.pool} is another node's pool: a function session runs on the pools of "
+            "the node that holds it; open the session at that node",
+            field="pool",
+        )
+
     def run() -> list[str]:
         with node.store.write() as conn:
-            code = node.federation.code if node.federation.chain else ""
-            admit(conn, node.profile, who.tenant, [spec], ["resources."], code)
+            admit(conn, node.profile, who.tenant, [spec], [""], code)
             return [j.id for j in job_store.insert_many(conn, who.tenant, [spec] * body.workers)]
 
     try:

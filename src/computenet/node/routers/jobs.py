@@ -82,7 +82,7 @@ def admit(
                 field=f"{field}resources.gpus",
             )
         key = spec.model_dump_json(include={"resources", "pool", "regions", "variants"})
-        if key in seen or _elsewhere(spec, own_code):
+        if key in seen or elsewhere(spec, own_code):
             continue  # another node's pool: its owner decides when the job gets there
         seen.add(key)
         why = ever_fits(conn, profile, _view(spec, tenant))
@@ -182,7 +182,7 @@ def _keepable(conn: Connection, pool: str, path: str, field: str) -> None:
         raise Conflict(dataset_store.unwritable(*held[0]), field=field)
 
 
-def _elsewhere(spec: JobSpec, own_code: str) -> bool:
+def elsewhere(spec: JobSpec, own_code: str) -> bool:
     return bool(own_code and spec.pool and not spec.pool.startswith(f"cpi:{own_code}:"))
 
 
@@ -222,7 +222,7 @@ async def submit(
         with node.store.write() as conn:
             admit(conn, node.profile, who.tenant, [spec], [""], code)
             check_pools(conn, spec, code)  # this node's pools, wherever the job runs
-            if not _elsewhere(spec, code):  # else its pool's node checks them
+            if not elsewhere(spec, code):  # else its pool's node checks them
                 check_outputs(conn, spec, who.tenant)
                 if not who.admin:
                     homes.check_job(conn, spec, who.tenant)
@@ -254,7 +254,7 @@ async def plan(
 
     def run(conn: Connection) -> Plan:
         check_pools(conn, spec, code)
-        if not _elsewhere(spec, code):
+        if not elsewhere(spec, code):
             check_outputs(conn, spec, who.tenant)
             if not who.admin:
                 homes.check_job(conn, spec, who.tenant)
@@ -278,7 +278,7 @@ async def submit_batch(
             named: dict[str, str] = {}
             for s, f in zip(batch.jobs, fields, strict=True):
                 check_pools(conn, s, code, f)
-                if not _elsewhere(s, code):
+                if not elsewhere(s, code):
                     check_outputs(conn, s, who.tenant, f, named)
                     if not who.admin:
                         homes.check_job(conn, s, who.tenant, f)
