@@ -583,6 +583,20 @@ def test_output_that_is_not_text_comes_back_marked(shared: Network, tenants: Ten
     assert out == "a\ufffdb\ufffdc\n"
 
 
+def test_a_tenants_blob_is_not_anothers(shared: Network, tenants: Tenants) -> None:
+    """A blob is stored by its hash, which anyone can compute from content they guess: the
+    hash alone let every tenant read every other's."""
+    body = b"tenant-a's private payload"
+    octets = {"content-type": "application/octet-stream"}
+    with http(shared, tenants.a) as a:
+        made = a.put("/v1/blobs", content=body, headers=octets)
+        assert made.status_code == 201, made.text
+        blob = made.json()["id"]
+        assert a.get(f"/v1/blobs/{blob}").content == body
+    with http(shared, tenants.b) as b:
+        assert fields(problem(b.get(f"/v1/blobs/{blob}"), 404)) == ["blob"]
+
+
 def test_a_malformed_cpi_to_resolve_is_invalid(shared: Network, tenants: Tenants) -> None:
     with http(shared, tenants.a) as c:
         p = problem(c.get("/v1/resolve/not-a-cpi"), 422)

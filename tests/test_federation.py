@@ -356,6 +356,31 @@ def test_job_that_fits_only_elsewhere_is_placed_there(tree: dict[str, Network]) 
         assert e.value.status == 409
 
 
+def test_a_node_without_pools_places_work_in_its_tree(
+    tree: dict[str, Network], tmp_path: Path
+) -> None:
+    """A node that joined the tree but fronts no pool of its own: its jobs waited for ever
+    ('no pool online'). They go to a pool of the tree that can take them, and one that
+    fits nowhere is refused."""
+    bare = Network(tmp_path / "bare", f"sqlite:///{tmp_path}/bare.db")
+    with tree["east"].client() as c:
+        inv = c.invite("bare")
+    r = bare.cnet("node", "join", tree["east"].url, "--token", inv.token, "--url", bare.url)
+    assert r.returncode == 0, r.stderr
+    bare.start_node()
+    try:
+        with bare.client() as c:
+            job = c.submit(command=["echo", "from somewhere in the tree"])
+            done = c.wait(job.id, timeout=90)
+            assert done.state is JobState.COMPLETE, done.reason
+            assert done.pool is not None and not done.pool.startswith("cpi:cn.east.bare:")
+            with pytest.raises(ApiError) as refused:
+                c.submit(command=["true"], regions=["mars"])
+            assert refused.value.status == 409
+    finally:
+        bare.stop()
+
+
 def test_cancel_at_the_submitting_node_stops_it_there(tree: dict[str, Network]) -> None:
     west_pool = _west_pool(tree)
     marker = "sleep 301.5"

@@ -167,20 +167,21 @@ async def give_results(sid: SessionId, body: Results, request: Request) -> dict[
 
 
 async def _blob_caller(request: Request) -> str:
-    """A user's token, or a function session's worker token (``X-CNet-Session``)."""
+    """The tenant whose blobs these are: a user's, or that of the function session whose
+    worker token (``X-CNet-Session``) is shown. Each tenant's are kept apart: a blob's
+    hash is no secret, and another tenant could otherwise read it by the hash alone."""
     sid = request.headers.get("X-CNet-Session")
     if sid:
-        _worker(request, sid)
-        return sid
+        return _worker(request, sid).tenant
     return (await principal(request)).tenant
 
 
 @router.put("/blobs", status_code=201)
-async def put_blob(request: Request, _: str = Depends(_blob_caller)) -> dict[str, object]:
+async def put_blob(request: Request, tenant: str = Depends(_blob_caller)) -> dict[str, object]:
     """Streamed to disk and hashed on the way; stored under its hash, so a second upload
     of the same bytes is the same blob."""
-    root = node_of(request).settings.data_dir / "blobs"
-    root.mkdir(parents=True, exist_ok=True)
+    root = node_of(request).settings.data_dir / "blobs" / tenant
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = root / f".up-{os.getpid()}-{id(request)}"
     h, size = blake3.blake3(), 0
     try:
@@ -199,8 +200,10 @@ async def put_blob(request: Request, _: str = Depends(_blob_caller)) -> dict[str
 
 
 @router.get("/blobs/{blob}")
-async def get_blob(blob: BlobId, request: Request, _: str = Depends(_blob_caller)) -> FileResponse:
-    path = node_of(request).settings.data_dir / "blobs" / blob
+async def get_blob(
+    blob: BlobId, request: Request, tenant: str = Depends(_blob_caller)
+) -> FileResponse:
+    path = node_of(request).settings.data_dir / "blobs" / tenant / blob
     if not path.is_file():
         raise NotFound(f"no blob {blob}", field="blob")
     return FileResponse(path, media_type="application/octet-stream")

@@ -217,6 +217,15 @@ async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
     code = node.federation.code if node.federation.chain else ""
+    if code and not spec.pool and not node.index.entries:  # a node of the tree with no pools
+        far = await _in_the_tree(node, spec)
+        if far is None:
+            raise Conflict(
+                "this node has no pools, and no pool in its tree can take the job now: "
+                "submit it again later, or pin it to a pool with --pool",
+                field="resources",
+            )
+        spec = spec.model_copy(update={"pool": far})
 
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
