@@ -652,6 +652,33 @@ def test_cli_submit_not_yaml(shared: Network, tenants: Tenants, tmp_path: Path) 
     assert_one_line_error(proc, "not valid YAML")
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('command: ["true"]\ncommand: ["false"]\n', "duplicate key 'command'"),  # ran false
+        ('command: ["true"]\nresources: {time: 1:00:00:00}\n', "invalid duration"),  # was 60 h
+        ('command: ["true"]\nresources: {time: 99:99:99}\n', "minutes and seconds"),
+    ],
+    ids=["duplicate-key", "base-60-time", "minutes-past-59"],
+)
+def test_cli_submit_reads_yaml_as_written(
+    shared: Network, tenants: Tenants, tmp_path: Path, text: str, says: str
+) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_text(text)
+    with nothing_written(shared, tenants):
+        proc = shared.cnet("submit", str(spec), token=tenants.rejected)
+    assert_one_line_error(proc, says)
+
+
+def test_cli_submit_binary_file(shared: Network, tenants: Tenants, tmp_path: Path) -> None:
+    spec = tmp_path / "job.yaml"
+    spec.write_bytes(b"\xff\xfe\x00command")
+    with nothing_written(shared, tenants):
+        proc = shared.cnet("submit", str(spec), token=tenants.rejected)
+    assert_one_line_error(proc, "not UTF-8 text")
+
+
 def test_cli_submit_refused_by_node(shared: Network, tenants: Tenants, pool_cpi: str) -> None:
     """Valid locally, refused by the node (409): still one line, naming the pool."""
     with nothing_written(shared, tenants):

@@ -54,6 +54,7 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("agent", "run", "--token", "x", "--heartbeat", "-5"),  # sent 1,800 heartbeats a second
         ("agent", "run", "--token", "x", "--heartbeat", "0"),  # became 5 s, unsaid
         ("agent", "run", "--token", "x", "--provider", "BAD_P"),  # the agent hung, unsaid
+        ("agent", "run", "--token", "x", "--node", "notaurl"),  # retried for ever
         ("node", "serve", "--db", "garbage"),
         ("node", "serve", "--db", "mysql://x@localhost/db"),
         ("node", "serve", "--code", "BAD_CODE"),
@@ -135,3 +136,9 @@ def test_a_node_keeps_its_database_in_its_data_dir(tmp_path: Path) -> None:
     assert (kid / "computenet.db").exists()
     assert not (tmp_path / "home" / ".local" / "share" / "computenet" / "node").exists()
     assert stat.S_IMODE(kid.stat().st_mode) == 0o700
+
+
+def test_schema_into_a_place_it_cannot_write_fails_in_one_line() -> None:
+    r = cnet("schema", "/etc/passwd/schemas")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1

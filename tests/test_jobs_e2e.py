@@ -362,6 +362,23 @@ def test_cancel_of_several_goes_past_an_unknown_id(shared: Network) -> None:
         assert {j.id for j in c.list(state=["CANCELED"]).items} >= {a.id, b.id}  # by name
 
 
+def test_listings_show_a_job_on_one_line_as_typed(shared: Network) -> None:
+    """A command across lines broke the table into several rows, and brackets in a name
+    were read as markup (``[/x]`` stopped the command with an error)."""
+    with shared.client() as c:
+        odd = c.submit(command=["python3", "-c", "import sys\nprint(1)"], name="[/x] [red]y")
+        plain = c.submit(command=["sh", "-c", "echo 1\necho 2"])
+        c.wait(odd.id, timeout=60)
+        c.wait(plain.id, timeout=60)
+    ps = shared.cnet("ps", "--limit", "2")
+    assert ps.returncode == 0, ps.stderr
+    rows = ps.stdout.strip().splitlines()
+    assert len(rows) == 3, ps.stdout  # a header and a row per job
+    assert "[/x] [red]y" in ps.stdout and "sh -c echo 1 echo 2" in ps.stdout
+    show = shared.cnet("show", odd.id)
+    assert show.returncode == 0 and "[/x] [red]y" in show.stdout, show.stderr
+
+
 def test_every_tenants_jobs_need_the_admin(shared: Network) -> None:
     with shared.client() as admin:
         secret = admin.create_token("peeker", "peeker").secret

@@ -128,6 +128,7 @@ def test_every_state_reaches_a_terminal_state() -> None:
         ("100B", 100),
         ("0", 0),
         (" 4 G ", 4 * 2**30),
+        ("1P", 2**50),
         (123, 123),
     ],
 )
@@ -141,7 +142,7 @@ def test_parse_memory_good(text: str | int, expected: int) -> None:
     [
         ("5Q", "unknown size unit 'Q'"),
         ("4GX", "unknown size unit 'GX'"),
-        ("2000P", "unknown size unit 'P'"),
+        ("2000X", "unknown size unit 'X'"),
         ("-1G", "invalid size"),
         ("G", "invalid size"),
         ("", "invalid size"),
@@ -195,6 +196,7 @@ def test_memory_limit_is_one_pebibyte_inclusive() -> None:
         (" 10m ", 600),
         ("01:30:00", 5400),
         ("1:30", 90),
+        ("90:00", 5400),  # as Slurm reads it: the first part may run past 59
         ("45", 45),
         (12.5, 12.5),
     ],
@@ -210,7 +212,10 @@ def test_parse_duration_milliseconds() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["", "   ", "10x", "-5m", "1h 30m", "h", "10mm", "1:2:3:4", "1:-2", "::", "1:a", "5 minutes"],
+    [
+        *("", "   ", "10x", "-5m", "1h 30m", "h", "10mm", "1:2:3:4", "1:-2", "::", "1:a"),
+        *("5 minutes", "99:99:99", "1:60", "1:00:60", "1:٣٠"),
+    ],
 )
 def test_parse_duration_bad(text: str) -> None:
     with pytest.raises(ValueError, match="invalid duration"):
@@ -461,3 +466,11 @@ def test_a_bad_path_inside_a_version_is_refused(uri: str) -> None:
         DataInput(uri=uri, path="in")
     with pytest.raises(ValidationError, match="a job's inputs"):
         DataOutput(uri="cnet://dataset/x/a", path="out")
+
+
+def test_limits_are_said_in_the_units_asked() -> None:
+    with pytest.raises(ValidationError) as exc:
+        ResourceRequest(memory="2P", time="400d")
+    errors = _errors(exc)
+    assert errors["memory"].endswith("2.0 PiB is more than the limit, 1 PiB")
+    assert errors["time"].endswith("400 days is more than the limit, 366 days")

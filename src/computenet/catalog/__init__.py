@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from computenet import yamlfile
 from computenet.model.catalog import (
     PRECISIONS,
     RUNTIME_ENV,
@@ -54,28 +55,6 @@ class CatalogError(ValueError):
     """The catalog data is malformed; the message lists every problem, one per line."""
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML silently keeps the last of two equal keys; in a data file that is a lost edit."""
-
-
-def _construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node)
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen.add(key)
-    return loader.construct_mapping(node)
-
-
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _construct_mapping,
-)
-
-
 def data_path() -> Traversable:
     """The packaged data file (inside the wheel or the source tree)."""
     return files(__name__) / DATA_FILE
@@ -97,7 +76,7 @@ def read(path: Path | Traversable, origin: str | None = None) -> Catalog:
     except OSError as e:
         raise CatalogError(f"{name}: cannot read: {e}") from None
     try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass: no object tags
+        data = yamlfile.load(text)
     except yaml.YAMLError as e:
         raise CatalogError(f"{name}: not valid YAML: {e}") from None
     return parse(data, name)

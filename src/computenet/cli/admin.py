@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from computenet.cli.output import ago, fail, out
+from computenet.cli.output import CLIError, ago, fail, out
 from computenet.cli.session import client
 from computenet.model import DeviceKind, Pool, Role, TenantPolicy
 from computenet.model.common import format_bytes, parse_memory
@@ -240,7 +240,11 @@ def schema(
     """Export the standard interfaces as JSON Schema files."""
     from computenet.model.schema import export
 
-    for path in export(directory):
+    try:
+        written = export(directory)
+    except OSError as e:
+        raise CLIError(f"{e.filename or directory}: {e.strerror}", 1) from e
+    for path in written:
         out.print(str(path))
 
 

@@ -18,7 +18,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
-from computenet import config
+from computenet import config, yamlfile
 from computenet.cli.output import CLIError, err, friendly, out
 from computenet.model import PoolConfig
 from computenet.model.common import parse_memory
@@ -105,10 +105,12 @@ def _pool_config(path: Path | None) -> PoolConfig:
     if path is None:
         return PoolConfig()
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yamlfile.load(path.read_text()) or {}
         return PoolConfig.model_validate(data)
     except OSError as e:
         raise CLIError(f"{path}: {e.strerror}", 2) from e
+    except UnicodeDecodeError:
+        raise CLIError(f"{path}: not UTF-8 text", 2) from None
     except yaml.YAMLError as e:
         raise CLIError(f"{path}: not valid YAML: {str(e).splitlines()[0]}", 2) from e
     except ValidationError as e:
@@ -178,6 +180,8 @@ def agent_run(
     from computenet.agent.agent import Agent, AgentConfig
 
     _logging(log_level)
+    if not node.startswith(("http://", "https://")):  # else every retry fails the same way
+        raise CLIError(f"--node: {node!r} is not a URL; for example http://127.0.0.1:8787", 2)
     token = token or config.token_for(node)
     if not token:
         raise CLIError(f"no token for {node}: pass --token or set CNET_TOKEN")

@@ -11,8 +11,10 @@ from typing import Annotated, Any
 import typer
 import yaml
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
+from computenet import yamlfile
 from computenet.cli.output import CLIError, ago, duration, err, friendly, out, state
 from computenet.cli.session import client, pool_cpi
 from computenet.model import Job, JobSpec, JobState
@@ -222,9 +224,11 @@ def load_spec(file: Path) -> JobSpec:
     try:
         if file.stat().st_size > MAX_SPEC_FILE:
             raise CLIError(f"{file}: larger than {MAX_SPEC_FILE} bytes", 2)
-        data = yaml.safe_load(file.read_text())
+        data = yamlfile.load(file.read_text())
     except OSError as e:
         raise CLIError(f"{file}: {e.strerror}", 2) from e
+    except UnicodeDecodeError:
+        raise CLIError(f"{file}: not UTF-8 text", 2) from None
     except yaml.YAMLError as e:
         raise CLIError(f"{file}: not valid YAML: {str(e).splitlines()[0]}", 2) from e
     if not isinstance(data, dict):
@@ -246,10 +250,9 @@ def ps(
     for col in ("JOB", "NAME / COMMAND", "STATE", "EXIT", "POOL", "SUBMITTED", "RAN"):
         table.add_column(col, no_wrap=col != "NAME / COMMAND", overflow="fold")
     for j in page.items:
-        label = j.name or " ".join(j.spec.command)
         table.add_row(
             j.id,
-            label[:60],
+            _label(j, 60),
             state(j.state),
             "-" if j.exit_code is None else str(j.exit_code),
             j.pool or "-",
@@ -289,12 +292,18 @@ def cancel(job_ids: Annotated[list[str], typer.Argument(help="job ids")]) -> Non
         raise typer.Exit(1)
 
 
+def _label(j: Job, most: int) -> str:
+    """A job's name or command on one line (a row per job), shown as typed: a ``[red]`` in
+    it is not markup."""
+    return escape(" ".join((j.name or " ".join(j.spec.command)).split())[:most])
+
+
 def show(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     """One job in full: state and why, pool, exit code, times, and every attempt."""
     with client() as c:
         j = c.get(job_id)
-    out.print(f"[bold]{j.id}[/] {j.name or ' '.join(j.spec.command)[:80]}")
-    out.print(f"state:     {state(j.state)}" + (f"  ({j.reason})" if j.reason else ""))
+    out.print(f"[bold]{j.id}[/] {_label(j, 80)}")
+    out.print(f"state:     {state(j.state)}" + (f"  ({escape(j.reason)})" if j.reason else ""))
     out.print(f"exit code: {'-' if j.exit_code is None else j.exit_code}")
     out.print(f"pool:      {j.pool or '-'}")
     r = j.spec.resources
@@ -309,5 +318,5 @@ def show(job_id: Annotated[str, typer.Argument(help="job id")]) -> None:
     )
     out.print(f"submitted: {ago(j.created_at)}; ran {duration(j.started_at, j.ended_at)}")
     for a in j.attempts:
-        reason = f" ({a.reason})" if a.reason else ""
+        reason = f" ({escape(a.reason)})" if a.reason else ""
         out.print(f"  attempt {a.number} on {a.pool}: {state(a.state)}{reason}")

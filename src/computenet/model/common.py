@@ -57,10 +57,14 @@ _MEM_UNITS = {
     "tb": 10**12,
     "ti": 2**40,
     "tib": 2**40,
+    "p": 10**15,
+    "pb": 10**15,
+    "pi": 2**50,
+    "pib": 2**50,
 }
 _MEM_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
 # "4G" means 4 GiB, as in Slurm and docker: users size memory in binary units.
-_MEM_SHORT = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
+_MEM_SHORT = {"k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40, "p": 2**50}
 
 
 def parse_memory(value: Any) -> Any:
@@ -73,7 +77,7 @@ def parse_memory(value: Any) -> Any:
         return value
     m = _MEM_RE.match(value)
     if not m:
-        raise ValueError(f"invalid size {value!r}; use a number with K, M, G or T, e.g. 4G")
+        raise ValueError(f"invalid size {value!r}; use a number with K, M, G, T or P, e.g. 4G")
     number, unit = float(m.group(1)), m.group(2).lower()
     factor = _MEM_SHORT.get(unit) or _MEM_UNITS.get(unit)
     if factor is None:
@@ -96,8 +100,10 @@ def parse_duration(value: Any) -> Any:
     text = value.strip()
     if ":" in text:
         parts = text.split(":")
-        if len(parts) > 3 or not all(p.isdigit() for p in parts):
+        if len(parts) > 3 or not all(p.isascii() and p.isdigit() for p in parts):
             raise ValueError(f"invalid duration {value!r}")
+        if any(int(p) >= 60 for p in parts[1:]):  # the first may run on: 90:00 is 90 minutes
+            raise ValueError(f"invalid duration {value!r}: minutes and seconds go up to 59")
         total = 0.0
         for p in parts:
             total = total * 60 + int(p)
@@ -114,11 +120,11 @@ def parse_duration(value: Any) -> Any:
 
 
 def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(round(n, 1)) < 1024 or unit == "TiB":  # never "1024.0 KiB"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if abs(round(n, 1)) < 1024 or unit == "PiB":  # never "1024.0 KiB"
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return f"{n:.1f} TiB"
+    return f"{n:.1f} PiB"
 
 
 def format_apart(a: float, b: float) -> tuple[str, str]:
@@ -133,8 +139,25 @@ def format_apart(a: float, b: float) -> tuple[str, str]:
 MAX_MEMORY = 2**50  # 1 PiB: larger is a typo, not a request
 MAX_DURATION = 366 * 86400.0
 
-MemoryBytes = Annotated[int, BeforeValidator(parse_memory), Field(ge=0, le=MAX_MEMORY)]
-Seconds = Annotated[float, BeforeValidator(parse_duration), Field(gt=0, le=MAX_DURATION)]
+
+def _at_most_pib(n: int) -> int:
+    if n > MAX_MEMORY:  # said in the units it was asked in, not in bytes
+        raise ValueError(f"{format_bytes(n)} is more than the limit, 1 PiB")
+    return n
+
+
+def _at_most_a_year(s: float) -> float:
+    if s > MAX_DURATION:
+        raise ValueError(f"{s / 86400:,.0f} days is more than the limit, 366 days")
+    return s
+
+
+MemoryBytes = Annotated[
+    int, BeforeValidator(parse_memory), Field(ge=0), AfterValidator(_at_most_pib)
+]
+Seconds = Annotated[
+    float, BeforeValidator(parse_duration), Field(gt=0), AfterValidator(_at_most_a_year)
+]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 
 

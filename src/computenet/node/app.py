@@ -152,6 +152,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
 # Longer than any client's own idle expiry (httpx: 5 s): the client, not the node, ends an
 # idle connection, so a request is never sent down a socket the node is closing.
 KEEP_ALIVE = 65
+GRACE = 5  # seconds open requests get to finish once the node is told to stop
 
 
 def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -> None:
@@ -165,5 +166,8 @@ def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=KEEP_ALIVE,
+        # agents' long polls end with the node: a stopped node that lingered on them kept
+        # writing to its database beside the one started after it
+        timeout_graceful_shutdown=GRACE,
         **uvicorn_args,
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from computenet import config
+from computenet import config, yamlfile
 from computenet.ident.cpi import check_authority
 from computenet.node.store.db import sqlite_url
 
@@ -56,7 +56,9 @@ class Settings:
         """A YAML file: ``region``, ``goal``, ``weights: {goal: {score: w}}`` and
         ``latency: {region: {region: ms}}`` (the network-distance matrix)."""
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = yamlfile.load(path.read_text()) or {}
+        except UnicodeDecodeError:
+            raise ValueError(f"{path}: not UTF-8 text") from None
         except yaml.YAMLError as e:
             raise ValueError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(data, dict):
