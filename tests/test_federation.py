@@ -367,6 +367,8 @@ def test_a_node_without_pools_places_work_in_its_tree(
         inv = c.invite("bare")
     r = bare.cnet("node", "join", tree["east"].url, "--token", inv.token, "--url", bare.url)
     assert r.returncode == 0, r.stderr
+    r = bare.cnet("node", "serve", "--code", "zz", "--db", bare.db_url)  # ignored, unsaid
+    assert r.returncode == 2 and "this node is cn.east.bare of its tree" in r.stderr, r.stderr
     bare.start_node()
     try:
         with bare.client() as c:

@@ -95,10 +95,16 @@ def _check_store(settings: Any) -> None:
     finally:
         engine.dispose()
     try:
-        load_membership(settings.data_dir)
+        member = load_membership(settings.data_dir)
     except (ValueError, KeyError, TypeError) as e:
         where = settings.data_dir / FILE
         raise CLIError(f"{where} is damaged ({e}); restore it, or join the tree again", 1) from e
+    if member is not None and settings.code not in ("local", member.code):
+        raise CLIError(
+            f"--code {settings.code}: this node is {member.code} of its tree, by its "
+            "membership; its code comes from there",
+            2,
+        )
 
 
 def _pool_config(path: Path | None) -> PoolConfig:

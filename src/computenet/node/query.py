@@ -7,15 +7,17 @@ One parser for the REST API and the CLI (which sends the text as it is). A term 
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from computenet.model.common import parse_memory
+from computenet.model.resources import DeviceKind, PoolStatus
 from computenet.node.errors import Invalid
 
-_TERM = re.compile(r"^(?P<key>[a-z][a-z0-9_.-]*)(?P<op>>=|<=|!=|=|>|<)(?P<value>.+)$")
+_TERM = re.compile(r"^(?P<key>[a-z][a-z0-9_.-]*)(?P<op>>=|<=|!=|=|>|<)(?P<value>[^<>=!].*)$")
 OPS: dict[str, Callable[[float, float], bool]] = {
     ">=": operator.ge,
     "<=": operator.le,
@@ -28,6 +30,7 @@ NUMERIC = {"cpus", "gpus", "mem", "gpumem", "price", "scu", "carbon"}
 TEXT = {"region", "provider", "backend", "status", "vendor", "model", "arch", "kind", "name"}
 ALIASES = {"cpu": "cpus", "gpu": "gpus", "memory": "mem", "accelerators": "gpus"}
 SIZES = {"mem", "gpumem"}
+CLOSED = {"status": {s.value for s in PoolStatus}, "kind": {k.value for k in DeviceKind}}
 ORDERS = {"price", "scu", "cpus", "gpus", "mem", "carbon", "name", "region"}
 
 
@@ -66,7 +69,11 @@ def parse(text: str) -> Query:
         elif key in TEXT or key.startswith("label."):
             if op not in ("=", "!="):
                 raise Invalid(f"{key} takes = or !=, not {op}", field="q")
-            terms.append(Term(key, op, words=tuple(w.lower() for w in value.split(",") if w)))
+            words = tuple(w.lower() for w in value.split(",") if w)
+            if key in CLOSED and (odd := [w for w in words if w not in CLOSED[key]]):
+                known = ", ".join(sorted(CLOSED[key]))
+                raise Invalid(f"{key} is one of {known}, not {odd[0]!r}", field="q")
+            terms.append(Term(key, op, words=words))
         else:
             known = ", ".join(sorted(NUMERIC | TEXT | {"label.KEY"}))
             raise Invalid(f"unknown key {m['key']!r}; known: {known}", field="q")
@@ -76,8 +83,12 @@ def parse(text: str) -> Query:
 def _number(key: str, value: str) -> float:
     try:
         if key in SIZES:
-            return float(parse_memory(value))
-        return float(value.rstrip("T") if key == "scu" else value)
+            n = float(parse_memory(value))
+        else:
+            n = float(value.removesuffix("T") if key == "scu" else value)
+        if not math.isfinite(n):
+            raise ValueError(value)
+        return n
     except ValueError as e:
         raise Invalid(
             f"{key}: {value!r} is not a number{' or size' if key in SIZES else ''}", field="q"
