@@ -117,6 +117,10 @@ def test_filters_by_resources_region_vendor_and_price(fleet: Network) -> None:
 def test_orders_and_reports_prices(fleet: Network) -> None:
     assert names(fleet, "gpu>=1", order="price") == ["mi300-east", "a100-west"]
     assert names(fleet, "gpu>=1", order="-price") == ["a100-west", "mi300-east"]
+    with fleet.client() as c:  # a pool with no region is unknown: last either way
+        for order in ("region", "-region"):
+            regions = [s.region for s in c.discover("", order=order).items]
+            assert "" in regions and regions[-1] == "" and regions[0] != "", regions
     with fleet.client() as c:
         page = c.discover("vendor=amd")
     s = page.items[0]

@@ -118,6 +118,7 @@ class Columns:
             if name in ("name", "region"):
                 words = [self.entries[i].text(name)[0] for i in found]
                 idx = sorted(range(len(found)), key=lambda j: words[j], reverse=desc)
+                idx.sort(key=lambda j: not words[j])  # stable: an empty one is unknown, last
                 return [int(found[j]) for j in idx[:limit]]
             col = self._numeric(name, query)[found]
             key = np.where(np.isnan(col), np.inf, -col if desc else col)  # unknowns last
