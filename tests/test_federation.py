@@ -398,6 +398,23 @@ def test_cancel_at_the_submitting_node_stops_it_there(tree: dict[str, Network]) 
     assert any(j.state is JobState.CANCELED for j in there)
 
 
+def test_a_forwarded_job_says_why_it_waits_at_its_owner(tree: dict[str, Network]) -> None:
+    """Here it is SCHEDULED once forwarded; while the owner still queues it, its reason says
+    why, as a job waiting here would."""
+    west_pool = _west_pool(tree)
+    with tree["west"].client() as c:
+        cpus = next(p for p in c.pools() if p.cpi == west_pool).capacity.cpus
+        blocker = c.submit(command=["sleep", "60"], pool=west_pool, resources={"cpus": cpus})
+        try:
+            with tree["fin"].client() as far:
+                job = far.submit(command=["true"], pool=west_pool)
+                _wait(lambda: "there: waiting" in far.get(job.id).reason, 60, "the reason")
+                assert far.get(job.id).state is JobState.SCHEDULED
+                far.cancel(job.id)
+        finally:
+            c.cancel(blocker.id)
+
+
 def test_killed_regional_node_drops_out_and_comes_back(tree: dict[str, Network]) -> None:
     east = tree["east"]
     before = {c for c, n in _pools(tree).items() if n in ("east", "fin")}

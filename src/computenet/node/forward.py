@@ -118,6 +118,10 @@ class Forwarder:
                     await asyncio.sleep(1.0)
                     continue
                 remote = Job.model_validate(r.json())
+                if remote.state in (JobState.QUEUED, JobState.SCHEDULED):
+                    why = remote.reason if remote.state is JobState.QUEUED else ""
+                    if await self.node.writing(fwd_store.waits_there, f, why):
+                        self.node.events.jobs.notify(f.job_id)
                 chunks = await self._logs(f, offsets)
                 reports = _reports(f, remote, state)
                 if chunks or reports:

@@ -95,6 +95,23 @@ def bind(conn: Connection, w: Waiting, node_url: str, owner: str, remote_id: str
     return int(row.attempt)
 
 
+def waits_there(conn: Connection, f: Followed, why: str) -> bool:
+    """Says, in the job's reason, why the owner has not started it yet: here it is only
+    SCHEDULED, and the user would not otherwise see that it waits. True if it changed."""
+    reason = f"forwarded to {f.owner} as {f.remote_id}" + (f"; there: {why}" if why else "")
+    done = conn.execute(
+        update(jobs)
+        .where(
+            jobs.c.id == f.job_id,
+            jobs.c.attempt == f.attempt,
+            jobs.c.state == JobState.SCHEDULED.value,
+            jobs.c.reason != reason[:4096],
+        )
+        .values(reason=reason[:4096], updated_at=time.time())
+    )
+    return bool(done.rowcount)
+
+
 def refuse(conn: Connection, job_id: str, reason: str) -> None:
     now = time.time()
     conn.execute(
