@@ -141,6 +141,9 @@ def test_an_attached_run_pinned_to_a_silent_pool_says_why_it_waits(
                 "the pool to fall silent",
             )
             cpi = next(p.cpi for p in c.pools() if p.name == "near")
+        dry = network.cnet("run", "--dry-run", "--pool", "near", "--", "true")
+        assert dry.returncode == 0, dry.stderr  # as the run that follows: it waits
+        assert f"would wait for {cpi}, which is not online" in dry.stdout, dry.stdout
         errors = tmp_path / "run.err"
         with open(errors, "w") as e:
             run = subprocess.Popen(

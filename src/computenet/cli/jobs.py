@@ -160,7 +160,7 @@ def run(
         with client() as c:
             plan = c.plan(spec)
         show_plan(plan)
-        if not plan.candidates:
+        if not plan.candidates and not plan.decision.startswith("would wait"):
             raise typer.Exit(1)
         return
     submit_spec(spec, detach)

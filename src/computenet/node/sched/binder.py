@@ -237,6 +237,9 @@ def plan(conn: Connection, profile: Profile, job: JobView) -> Plan:
     """What a pass would do with this job now, without doing it."""
     ranking = profile.rank(job, load_pools(conn), context(conn, profile))
     choice, decision = None, "no pool can run it"
+    pinned = job.pool and not ranking and job.pool not in ranking.rejected
+    if pinned and conn.execute(_REGISTERED_HERE, {"cpi": job.pool}).first() is not None:
+        decision = f"would wait for {job.pool}, which is not online"  # as a pass does
     for cand in ranking.candidates:
         if not cand.fits_now:
             decision = f"would wait for {cand.pool.cpi} (about {cand.est_start_s:.0f}s)"
