@@ -380,6 +380,22 @@ def test_signed_numbers_past_a_database_integer_are_refused(
         assert fields(problem(resp, 422)) == [field], resp.text
 
 
+def test_an_agents_output_that_is_not_text_does_not_block_its_reports(
+    shared: Network, pool_cpi: str, pool_key: KeyPair
+) -> None:
+    """An agent of an earlier release sends a job's NUL as it is: refusing the batch held
+    back every report after it, for good. The batch is taken; each item answers alone."""
+    ref = {"job_id": "j-" + "0" * 12, "attempt": 1}
+    log = {**ref, "stream": "stdout", "offset": 0, "data": "a\u0000b"}
+    raw = json.dumps({"logs": [log]}).encode()
+    path = f"/v1/pools/{pool_cpi}/reports"
+    headers = signed.sign(pool_key, pool_cpi, "POST", path, raw)
+    with http(shared) as c:
+        resp = c.post(path, content=raw, headers={**headers, "content-type": "application/json"})
+    assert resp.status_code == 200, resp.text
+    assert resp.json()["accepted"] == 0 and len(resp.json()["refused"]) == 1
+
+
 def test_real_agent_unharmed_by_forged_heartbeats(shared: Network, pool_cpi: str) -> None:
     """After all of the above the pool still heartbeats and stays online."""
     with shared.client() as c:
@@ -510,6 +526,16 @@ def test_strings_that_are_not_text_are_refused(
         p = problem(resp, 422)
     assert fields(p) == [field], p
     assert "lone surrogate" in p["detail"] or "NUL" in p["detail"]
+
+
+def test_text_checks_hold_whatever_the_media_types_case_and_in_the_url(
+    shared: Network, tenants: Tenants
+) -> None:
+    raw = b'{"command": ["true"], "labels": {"k": "x\\u0000y"}}'
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        resp = c.post("/v1/jobs", content=raw, headers={"content-type": "Application/JSON"})
+        assert fields(problem(resp, 422)) == ["labels.k"]
+        assert fields(problem(c.get("/v1/jobs", params={"name": "a\x00b"}), 422)) == ["name"]
 
 
 BAD_LABELS = [

@@ -54,7 +54,7 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("agent", "run", "--token", "x", "--heartbeat", "-5"),  # sent 1,800 heartbeats a second
         ("agent", "run", "--token", "x", "--heartbeat", "0"),  # became 5 s, unsaid
         ("agent", "run", "--token", "x", "--provider", "BAD_P"),  # the agent hung, unsaid
-        ("agent", "run", "--token", "x", "--node", "notaurl"),  # retried for ever
+        ("agent", "run", "--token", "x", "--node", "ftp://127.0.0.1:1"),  # retried for ever
         ("node", "serve", "--db", "garbage"),
         ("node", "serve", "--db", "mysql://x@localhost/db"),
         ("node", "serve", "--code", "BAD_CODE"),
@@ -92,6 +92,8 @@ def test_a_scheduling_file_a_node_cannot_use_stops_it_at_start(tmp_path: Path) -
         "weigths: {}\n": "unknown keys weigths",
         "goal: [\n": "not valid YAML",
         "weights: {cost: 3}\n": "weights are {goal: {score: number}}",
+        "latency: {a: {b: .inf}}\n": "each number finite and at least 0",  # plans were 500
+        "weights: {cost: {price: -1}}\n": "each number finite and at least 0",
     }
     for text, says in cases.items():
         f = tmp_path / "scheduling.yaml"

@@ -376,6 +376,9 @@ def test_a_node_without_pools_places_work_in_its_tree(
             done = c.wait(job.id, timeout=90)
             assert done.state is JobState.COMPLETE, done.reason
             assert done.pool is not None and not done.pool.startswith("cpi:cn.east.bare:")
+            batch = c.submit_many([{"command": ["true"]}, {"command": ["true"]}])
+            for job in batch:
+                assert c.wait(job.id, timeout=90).state is JobState.COMPLETE
             with pytest.raises(ApiError) as refused:
                 c.submit(command=["true"], regions=["mars"])
             assert refused.value.status == 409

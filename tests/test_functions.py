@@ -150,3 +150,18 @@ def test_a_map_of_megabyte_arguments_goes_through(ex: computenet.Executor) -> No
     than the node holds for the workers at once; every one comes back."""
     sizes = [(900 << 10) + i for i in range(90)]
     assert list(ex.map(size_of, (b"x" * n for n in sizes))) == sizes
+
+
+def test_a_map_of_megabyte_results_comes_back(ex: computenet.Executor) -> None:
+    """A worker sent the results of a batch of calls in one request: 32 results of nearly
+    1 MiB each were past the node's 8 MiB, refused, and waited on for ever."""
+    sizes = [(900 << 10) + i for i in range(40)]
+    assert [len(b) for b in ex.map(make, sizes)] == sizes
+
+
+def test_leaving_an_executor_waits_for_its_calls(shared: Network) -> None:
+    """``with Executor() as e`` ends with shutdown(wait=True): its calls still finish (the
+    threads that receive results stopped as soon as shutdown began)."""
+    with computenet.Executor(resources={"cpus": 0.5}, url=shared.url, token=shared.token) as e:
+        futures = [e.submit(divide, i, 2) for i in range(20)]
+    assert [f.result(timeout=0) for f in futures] == [i / 2 for i in range(20)]

@@ -472,5 +472,5 @@ def test_limits_are_said_in_the_units_asked() -> None:
     with pytest.raises(ValidationError) as exc:
         ResourceRequest(memory="2P", time="400d")
     errors = _errors(exc)
-    assert errors["memory"].endswith("2.0 PiB is more than the limit, 1 PiB")
+    assert errors["memory"].endswith("2.0 PiB is more than the limit, 1.0 PiB")
     assert errors["time"].endswith("400 days is more than the limit, 366 days")

@@ -77,3 +77,25 @@ def test_a_link_nothing_crossed_for_a_week_starts_afresh(store: Store) -> None:
     with store.read() as conn:
         [link] = links.list_all(conn)
     assert (link.rate, link.samples) == (100 << 20, 1)  # not averaged with the old rate
+
+
+def test_labels_stored_under_the_older_rule_read_back(store: Store) -> None:
+    """A job stored before labels were bounded would fail every read of it (its listings,
+    its pool's directives): the migration brings it within the rule."""
+    from alembic import command
+
+    from computenet.model import JobSpec
+    from computenet.node.store import jobs as job_store
+    from computenet.node.store.db import alembic_config
+
+    store.migrate()
+    with store.write() as conn:
+        job = job_store.insert(conn, "t", JobSpec(command=["true"]))
+        old = {"command": ["true"], "labels": {"a\nb": "x", "": "y", "k": "v" * 5000}}
+        conn.execute(update(tables.jobs).where(tables.jobs.c.id == job.id).values(spec=old))
+    cfg = alembic_config(store.engine)
+    command.downgrade(cfg, "0012")
+    command.upgrade(cfg, "head")
+    with store.engine.connect() as conn:
+        labels = job_store.get(conn, job.id, None).spec.labels
+    assert labels == {"a\ufffdb": "x", "k": "v" * 4096}

@@ -582,7 +582,20 @@ class Agent:
             logs.append(chunk)
             size += len(chunk.data)
         reports = self._reports[:MAX_BATCH] if len(logs) == len(self._logs) else []
-        result = await self.link.report(ReportBatch(logs=logs, reports=[r for r, _ in reports]))
+        try:
+            result = await self.link.report(ReportBatch(logs=logs, reports=[r for r, _ in reports]))
+        except ApiError as e:
+            if e.status != 422:
+                raise
+            # Sent again it would be refused again, and hold back all that follows it: the
+            # output goes first, then (sent alone next time) the reports.
+            if logs:
+                log.error("the node refused %d chunks of output, dropped: %s", len(logs), e)
+                del self._logs[: len(logs)]
+            else:
+                log.error("the node refused %d reports, dropped: %s", len(reports), e)
+                del self._reports[: len(reports)]
+            return
         del self._logs[: len(logs)]
         del self._reports[: len(reports)]
         for why in result.refused:

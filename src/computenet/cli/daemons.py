@@ -66,6 +66,15 @@ def node_serve(
         raise CLIError(f"{e.filename}: {e.strerror}", 2) from e
     except ValueError as e:  # the code, or the scheduling file
         raise CLIError(str(e), 2) from e
+    old = config.data_dir() / "node" / "computenet.db"
+    moved = data_dir is not None and not (data_dir / "computenet.db").exists()
+    if moved and not db and old.exists() and old.parent != data_dir:  # run this way before
+        err.print(
+            f"note: a new database in {data_dir}; before this release --data-dir kept "
+            f"it at {old}: to go on with that one, pass --db sqlite:///{old}",
+            markup=False,
+            highlight=False,
+        )
     _check_store(settings)
     serve(settings, log_level="warning")
 
@@ -186,7 +195,8 @@ def agent_run(
     from computenet.agent.agent import Agent, AgentConfig
 
     _logging(log_level)
-    if not node.startswith(("http://", "https://")):  # else every retry fails the same way
+    node = node.strip() if "://" in node else f"http://{node.strip()}"  # as CNET_URL reads
+    if not httpx.URL(node).host or not node.startswith(("http://", "https://")):
         raise CLIError(f"--node: {node!r} is not a URL; for example http://127.0.0.1:8787", 2)
     token = token or config.token_for(node)
     if not token:

@@ -47,7 +47,7 @@ from computenet.sdk.client import Client, check
 P = ParamSpec("P")
 R = TypeVar("R")
 SEND_BATCH = 1000
-SEND_BYTES = 4 << 20  # of inline payloads in one request: a call inlines up to 2 MiB of them
+SEND_BYTES = 4 << 20  # of inline payloads in a request (each at most 4/3 of INLINE_MAX)
 JSON = {"content-type": "application/json"}
 
 
@@ -93,7 +93,8 @@ class Executor(_Executor):
         self._outbox: queue.Queue[Call | None] = queue.Queue()
         self._session: str | None = None
         self._error: BaseException | None = None
-        self._closed = False
+        self._closed = False  # no new calls: shutdown began
+        self._stopped = False  # the threads stop: every call is over, or abandoned
         self._threads: list[threading.Thread] = []
 
     @property
@@ -157,10 +158,11 @@ class Executor(_Executor):
         if cancel_futures:
             for f in pending:
                 f.cancel()
-        elif wait:
+        elif wait:  # the threads go on sending and receiving until these are over
             for f in pending:
                 with contextlib.suppress(BaseException):  # canceled: nothing to wait for
                     f.exception()
+        self._stopped = True
         self._outbox.put(None)
         if self._session is not None:
             with contextlib.suppress(httpx.HTTPError):
@@ -199,9 +201,9 @@ class Executor(_Executor):
                     r = self._http.post(
                         f"/v1/functions/sessions/{self._session}/calls", content=body, headers=JSON
                     )
-                    if r.status_code != 429 or self._closed:  # 429: the node's queue is full
+                    if r.status_code != 429 or self._stopped or self._error is not None:
                         break
-                    time.sleep(pause)
+                    time.sleep(pause)  # 429: the node holds all it will; the workers take some
                     pause = min(2.0, pause * 2)
                 check(r)
             except Exception as e:
@@ -209,18 +211,18 @@ class Executor(_Executor):
                 return
 
     def _receive_loop(self) -> None:
-        while not self._closed:
+        while not self._stopped:
             try:
                 r = self._http.get(
                     f"/v1/functions/sessions/{self._session}/results",
                     params={"wait": 5},
                     timeout=30,
                 )
-                if self._closed:
+                if self._stopped:
                     return
                 check(r)
             except Exception as e:
-                if not self._closed:
+                if not self._stopped:
                     self._fail(SessionError(f"the node lost the session: {e}"))
                 return
             got = Results.model_validate_json(r.content)

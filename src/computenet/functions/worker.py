@@ -20,6 +20,7 @@ from computenet.functions.wire import HEADER_TOKEN, fetch_blob, runtime, upload_
 from computenet.model.common import as_text
 from computenet.model.functions import INLINE_MAX, Call, Calls, Result, Results
 
+PART_BYTES = 4 << 20
 BATCH = 32  # calls taken at once: enough to amortise the round trip, few enough to share
 
 
@@ -48,14 +49,30 @@ def main() -> int:
             calls = Calls.model_validate_json(r.content).calls
             if not calls:
                 continue
-            done = Results(results=on_ray(c, calls) if ray else [run(c, call) for call in calls])
-            r = c.post(
-                f"{base}/results",
-                content=done.model_dump_json(),
-                headers={"content-type": "application/json"},
-            )
-            if r.status_code == 404:
-                return 0
+            done = on_ray(c, calls) if ray else [run(c, call) for call in calls]
+            for part in _parts(done):  # the node takes 8 MiB a request
+                r = c.post(
+                    f"{base}/results",
+                    content=Results(results=part).model_dump_json(),
+                    headers={"content-type": "application/json"},
+                )
+                if r.status_code == 404:
+                    return 0
+                r.raise_for_status()  # a result the node refused would be waited on for ever
+
+
+def _parts(results: list[Result]) -> list[list[Result]]:
+    """``results`` in requests of at most ``PART_BYTES`` of inline payload, one at least."""
+    parts: list[list[Result]] = [[]]
+    size = 0
+    for res in results:
+        n = len(res.payload or "") + len(res.error)
+        if parts[-1] and size + n > PART_BYTES:
+            parts.append([])
+            size = 0
+        parts[-1].append(res)
+        size += n
+    return parts
 
 
 def run(c: httpx.Client, call: Call) -> Result:

@@ -16,7 +16,7 @@ MAX_LOG_CHUNK = 256 * 1024
 
 class AttemptRef(Model):
     job_id: JobId
-    attempt: int = Field(ge=1, le=INT64)
+    attempt: int = Field(ge=1, le=2**31 - 1)  # an Integer column
 
 
 class Assignment(AttemptRef):

@@ -142,21 +142,30 @@ MAX_DURATION = 366 * 86400.0
 
 def _at_most_pib(n: int) -> int:
     if n > MAX_MEMORY:  # said in the units it was asked in, not in bytes
-        raise ValueError(f"{format_bytes(n)} is more than the limit, 1 PiB")
+        asked, most = format_apart(n, MAX_MEMORY)
+        raise ValueError(f"{asked} is more than the limit, {most}")
     return n
 
 
 def _at_most_a_year(s: float) -> float:
     if s > MAX_DURATION:
-        raise ValueError(f"{s / 86400:,.0f} days is more than the limit, 366 days")
+        days = f"{s / 86400:,.0f} days"
+        asked = days if days != "366 days" else f"{s:,.0f} seconds"  # not "366 is over 366"
+        raise ValueError(f"{asked} is more than the limit, 366 days")
     return s
 
 
 MemoryBytes = Annotated[
-    int, BeforeValidator(parse_memory), Field(ge=0), AfterValidator(_at_most_pib)
+    int,
+    BeforeValidator(parse_memory),
+    Field(ge=0, json_schema_extra={"maximum": MAX_MEMORY}),
+    AfterValidator(_at_most_pib),
 ]
 Seconds = Annotated[
-    float, BeforeValidator(parse_duration), Field(gt=0), AfterValidator(_at_most_a_year)
+    float,
+    BeforeValidator(parse_duration),
+    Field(gt=0, json_schema_extra={"maximum": MAX_DURATION}),
+    AfterValidator(_at_most_a_year),
 ]
 Name = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,10 +78,13 @@ class Settings:
                 str(a): {str(b): float(ms) for b, ms in row.items()}
                 for a, row in (data.get("latency") or {}).items()
             }
+            numbers = [v for w in (*weights.values(), *latency.values()) for v in w.values()]
+            if not all(math.isfinite(v) and v >= 0 for v in numbers):
+                raise ValueError("not a finite number of at least 0")  # .inf ranks nothing
         except (AttributeError, TypeError, ValueError):
             raise ValueError(
                 f"{path}: weights are {{goal: {{score: number}}}} and latency is "
-                "{region: {region: milliseconds}}"
+                "{region: {region: milliseconds}}, each number finite and at least 0"
             ) from None
         goal = str(data.get("goal", self.goal))
         if goal not in (*GOALS, *weights):

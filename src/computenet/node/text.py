@@ -12,12 +12,15 @@ from __future__ import annotations
 import json
 import re
 from typing import Any
+from urllib.parse import parse_qsl
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from computenet.model import FieldError
 from computenet.node import problems
 
+# an agent's output and reasons: taken, with such characters made U+FFFD, by the route
+_REPORTS = re.compile(r"^/v1/pools/.+/reports$")
 _SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
@@ -59,9 +62,15 @@ class TextOnly:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        headers = dict(scope.get("headers", [])) if scope["type"] == "http" else {}
-        kind = headers.get(b"content-type", b"application/json")
-        if scope["type"] != "http" or scope["path"] == "/v1/blobs" or b"json" not in kind:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if (bad := _in_url(scope)) is not None:
+            await self._refuse(bad, scope, receive, send)
+            return
+        headers = dict(scope.get("headers", []))
+        kind = headers.get(b"content-type", b"application/json").lower()  # a media type's case
+        if scope["path"] == "/v1/blobs" or b"json" not in kind or _REPORTS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
@@ -79,10 +88,7 @@ class TextOnly:
             except (ValueError, RecursionError):
                 bad = None  # not JSON: the route says so
             if bad is not None:
-                resp = problems.problem_response(
-                    422, "Invalid request", f"{bad.field}: {bad.message}", scope["path"], [bad]
-                )
-                await resp(scope, receive, send)
+                await self._refuse(bad, scope, receive, send)
                 return
         sent = False
 
@@ -94,3 +100,26 @@ class TextOnly:
             return await receive()
 
         await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(bad: FieldError, scope: Scope, receive: Receive, send: Send) -> None:
+        detail = f"{bad.field}: {bad.message}"
+        await problems.problem_response(422, "Invalid request", detail, scope["path"], [bad])(
+            scope, receive, send
+        )
+
+
+def _in_url(scope: Scope) -> FieldError | None:
+    """NUL in the path or a query parameter (``%00``): a route would compare it with a
+    column, which PostgreSQL refuses with an error."""
+    if "\x00" in scope["path"]:
+        return FieldError(field="path", message="holds NUL, which is not allowed in text")
+    query = scope.get("query_string", b"")
+    if b"%00" in query or b"\x00" in query:
+        for name, value in parse_qsl(query.decode("latin-1"), keep_blank_values=True):
+            if "\x00" in value or "\x00" in name:
+                return FieldError(
+                    field=name.replace("\x00", "\\0"),
+                    message="holds NUL, which is not allowed in text",
+                )
+    return None

@@ -128,6 +128,14 @@ def check(resp: httpx.Response) -> None:
     raise ApiError(resp.status_code, problem)
 
 
+def _states(state: JobState | str | Sequence[JobState | str] | None) -> list[str] | None:
+    """States as the node names them, from members or names in any case ("running")."""
+    if not state:
+        return None
+    given = [state] if isinstance(state, str) else state
+    return [JobState(str(s).upper()).value for s in given]
+
+
 def _spec(spec: JobSpec | dict[str, Any] | None, kwargs: dict[str, Any]) -> JobSpec:
     """Checked here with the node's own model, and refused the way the node would refuse it."""
     try:
@@ -184,7 +192,7 @@ class _Calls:
 
     @staticmethod
     def list(
-        state: Sequence[JobState | str] | None,
+        state: JobState | str | Sequence[JobState | str] | None,
         pool: str | None,
         name: str | None,
         limit: int,
@@ -192,7 +200,7 @@ class _Calls:
         all_tenants: bool,
     ) -> _Call:
         params = {
-            "state": [JobState(s).value for s in state] if state else None,
+            "state": _states(state),
             "pool": pool,
             "name": name,
             "limit": limit,
@@ -484,7 +492,7 @@ class Client:
 
     def list(
         self,
-        state: Sequence[JobState | str] | None = None,
+        state: JobState | str | Sequence[JobState | str] | None = None,
         pool: str | None = None,
         name: str | None = None,
         limit: int = 100,
@@ -771,7 +779,7 @@ class AsyncClient:
 
     async def list(
         self,
-        state: Sequence[JobState | str] | None = None,
+        state: JobState | str | Sequence[JobState | str] | None = None,
         pool: str | None = None,
         name: str | None = None,
         limit: int = 100,

@@ -186,6 +186,21 @@ def elsewhere(spec: JobSpec, own_code: str) -> bool:
     return bool(own_code and spec.pool and not spec.pool.startswith(f"cpi:{own_code}:"))
 
 
+async def _poolless(node: Node, spec: JobSpec, field: str = "") -> JobSpec:
+    """``spec`` placed on a pool of the tree, where this node is in one and has no pools of
+    its own: here it would wait for ever."""
+    if not node.federation.chain or spec.pool or node.index.entries:
+        return spec
+    far = await _in_the_tree(node, spec)
+    if far is None:
+        raise Conflict(
+            "this node has no pools, and no pool in its tree can take the job now: "
+            "submit it again later, or pin it to a pool with --pool",
+            field=f"{field}resources",
+        )
+    return spec.model_copy(update={"pool": far})
+
+
 async def _in_the_tree(node: Node, spec: JobSpec) -> str | None:
     """A pool elsewhere in the tree that can take the job now, for a job no pool here
     could ever run."""
@@ -196,6 +211,10 @@ async def _in_the_tree(node: Node, spec: JobSpec) -> str | None:
     terms = [f"cpus>={r.cpus:g}", f"mem>={r.memory}", f"gpus>={r.gpus}"]
     if spec.regions:
         terms.append("region=" + ",".join(spec.regions))
+    if r.gpus and r.vendor:  # the owner checks the rest (an accelerator grammar, variants)
+        terms.append("vendor=" + ",".join(r.vendor))
+    if r.gpus and r.arch:
+        terms.append("arch=" + ",".join(r.arch))
     q = " ".join(terms)
     if fed.membership is not None and fed.membership.parent_url:
         r2 = await fed.call(
@@ -217,15 +236,7 @@ async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
     code = node.federation.code if node.federation.chain else ""
-    if code and not spec.pool and not node.index.entries:  # a node of the tree with no pools
-        far = await _in_the_tree(node, spec)
-        if far is None:
-            raise Conflict(
-                "this node has no pools, and no pool in its tree can take the job now: "
-                "submit it again later, or pin it to a pool with --pool",
-                field="resources",
-            )
-        spec = spec.model_copy(update={"pool": far})
+    spec = await _poolless(node, spec)
 
     def run(spec: JobSpec) -> Job:
         with node.store.write() as conn:
@@ -278,6 +289,8 @@ async def submit_batch(
     batch: JobBatch, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> list[Job]:
     """Up to 1,000 jobs in one transaction: all are accepted, or none."""
+    specs = [await _poolless(node, s, f"jobs.{i}.") for i, s in enumerate(batch.jobs)]
+    batch = batch.model_copy(update={"jobs": specs})
 
     def run() -> list[Job]:
         with node.store.write() as conn:

@@ -23,6 +23,7 @@ from computenet.model import (
     ReportResult,
     Role,
 )
+from computenet.model.common import as_text
 from computenet.node.auth import Principal, node_of, principal, signed_pool
 from computenet.node.beats import take
 from computenet.node.errors import Unauthorized
@@ -146,7 +147,13 @@ async def reports(
     signer: str = Depends(signed_pool),
     node: Node = Depends(node_of),
 ) -> ReportResult:
-    """State and log reports; the answer carries new directives, saving the agent a round trip."""
+    """State and log reports; the answer carries new directives, saving the agent a round trip.
+    A job's output is whatever it wrote: NUL and lone surrogates are taken as U+FFFD (an
+    agent that sends them is not refused, and its later reports not held back)."""
+    for chunk in batch.logs:
+        chunk.data = as_text(chunk.data)
+    for report in batch.reports:
+        report.reason = as_text(report.reason)
 
     def run() -> tuple[job_store.Applied, PassResult, Directives]:
         with node.store.write() as conn:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, literal, select, update
+from sqlalchemy import Connection, and_, bindparam, literal, or_, select, update
 
 from computenet.model import Capacity, JobState, PoolStatus, Price
 from computenet.model.dataset import DataURIError, PoolRef, parse_data_uri, split_input
@@ -334,9 +334,14 @@ _PIN_NOT_ONLINE = (
     )
     .values(reason=_NOT_ONLINE)
 )
-_ALL_BUSY = (
+_ONLINE_HERE = select(pools.c.cpi).where(pools.c.status == PoolStatus.online.value)
+_ALL_BUSY = (  # not a job for another node's pool, nor one pinned to a pool not online
     update(jobs)
-    .where(jobs.c.state == JobState.QUEUED.value, jobs.c.reason == "")
+    .where(
+        jobs.c.state == JobState.QUEUED.value,
+        jobs.c.reason == "",
+        or_(jobs.c.pin_pool.is_(None), jobs.c.pin_pool.in_(_ONLINE_HERE)),
+    )
     .values(reason="waiting for capacity: no pool online has a CPU free")
 )
 _REGISTERED_HERE = select(pools.c.cpi).where(pools.c.cpi == bindparam("cpi"))

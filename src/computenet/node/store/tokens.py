@@ -73,12 +73,11 @@ def revoke(conn: Connection, token_id: str) -> Token:
     if row is None:
         raise NotFound(f"no token {token_id!r}", field="token_id")
     if row.role == Role.admin.value and row.revoked_at is None:
+        # locked: two admins revoking each other at once would each see the other live
         live = select(tokens.c.id).where(
-            tokens.c.role == Role.admin.value,
-            tokens.c.revoked_at.is_(None),
-            tokens.c.id != token_id,
+            tokens.c.role == Role.admin.value, tokens.c.revoked_at.is_(None)
         )
-        if conn.execute(live.limit(1)).first() is None:
+        if {r.id for r in conn.execute(live.with_for_update())} <= {token_id}:
             raise Conflict(
                 f"{token_id} is the node's last admin token: create another first "
                 "(cnet token create NAME --role admin)",
