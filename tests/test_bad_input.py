@@ -129,6 +129,13 @@ def test_invalid_spec_refused(shared: Network, tenants: Tenants, body: Any, fiel
     assert p["instance"] == "/v1/jobs"
 
 
+def test_a_form_is_said_not_shown_as_a_pattern(shared: Network, tenants: Tenants) -> None:
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        p = problem(c.post("/v1/jobs", json={"command": ["true"], "env": {"1BAD": "x"}}), 422)
+    assert "'1BAD' is not in the allowed form: 1 to 128 of A-Z, a-z, 0-9, '_'" in p["detail"]
+    assert "^[" not in p["detail"]
+
+
 def test_unknown_field_says_so(shared: Network, tenants: Tenants) -> None:
     with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
         p = problem(c.post("/v1/jobs", json={"command": ["true"], "resources": {"cpu": 2}}), 422)

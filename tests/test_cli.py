@@ -59,12 +59,16 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("node", "serve", "--db", "mysql://x@localhost/db"),
         ("node", "serve", "--code", "BAD_CODE"),
         ("node", "init", "--root", "--code", "BAD", "--url", "http://127.0.0.1:1"),
+        ("catalog", "--vendor", "nosuch"),  # an empty table, exit 0
+        ("tenant", "set", "x", "--no-limits", "--max-cpus", "2"),  # applied the 2, unsaid
     )
     for args in cases:
         r = cnet(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
         assert "Value error" not in r.stderr and r.stderr.startswith("error: ")
+    provider = cnet("agent", "run", "--token", "x", "--provider", "BAD_P").stderr
+    assert "1 to 63 of a-z, 0-9, '_', '.', '-', starting with a-z, 0-9" in provider  # the form
     sync = cnet("cp", "--sync", "bogus", "a", "b").stderr
     assert "'--sync': 'bogus' is not one of 'none', 'exists'" in sync
     assert sync.rstrip().endswith("(see cnet cp --help)")

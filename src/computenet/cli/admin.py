@@ -119,6 +119,8 @@ def tenant_set(
     no_limits: Annotated[bool, typer.Option("--no-limits", help="remove every quota")] = False,
 ) -> None:
     """Change a tenant's weight and quotas (admin); what you leave out stays as it was."""
+    if no_limits and (max_cpus is not None or max_gpus is not None or max_data is not None):
+        fail("--no-limits removes every quota: give it alone, or give the quotas alone", 2)
     try:
         data = None if max_data is None else int(parse_memory(max_data))
     except ValueError as e:
@@ -332,6 +334,9 @@ def catalog(
     entries = list(cat.entries)
     if vendor:
         entries = cat.by_vendor(vendor)
+        if not entries:  # a typo, not a vendor with no entries
+            known = sorted({e.vendor for e in cat.entries})
+            fail(f"--vendor {vendor}: no such vendor in the catalog; it has {', '.join(known)}", 2)
     if name:
         found = {e.id for e in cat.find(name)}
         entries = [e for e in entries if e.id in found]

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from computenet.model import JobState
+from computenet.model.common import allowed_form
 
 # Piped output keeps whole rows: wrapping at 80 columns would break scripts and grep.
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
@@ -81,7 +82,8 @@ def friendly(error: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown field"
     if kind == "string_pattern_mismatch":
-        return f"{error.get('input')!r} is not in the allowed form"
+        form = allowed_form(str(error.get("ctx", {}).get("pattern", "")))
+        return f"{error.get('input')!r} is not in the allowed form" + (f": {form}" if form else "")
     if kind == "string_type" and isinstance(error.get("input"), bool):
         return 'expected text; in YAML write it in quotes ("true"), or it reads as a boolean'
     return msg.removeprefix("Value error, ")

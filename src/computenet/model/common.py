@@ -181,3 +181,24 @@ def _plain(text: str) -> str:
 LabelKey = Annotated[str, Field(min_length=1, max_length=256), AfterValidator(_plain)]
 LabelValue = Annotated[str, Field(max_length=4096)]
 Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]
+
+
+_SIMPLE = re.compile(r"^\^\[([^\]]+)\](?:\[([^\]]+)\]\{(\d+),(\d+)\})?\$$")
+
+
+def _chars(cls: str) -> str:
+    ranges = re.findall(r".-.|.", cls.replace("\\", ""))
+    return ", ".join(r if len(r) == 3 else repr(r) for r in ranges)
+
+
+def allowed_form(pattern: str) -> str | None:
+    """A pattern of one or two character classes as a person would say it, so that a
+    refusal says what is allowed: ``^[a-z0-9][a-z0-9_.-]{0,62}$`` is "1 to 63 of a-z, 0-9,
+    '_', '.', '-', starting with a-z, 0-9". None for any other pattern."""
+    m = _SIMPLE.match(pattern)
+    if m is None:
+        return None
+    first, rest, low, high = m.groups()
+    if rest is None:
+        return f"one of {_chars(first)}"
+    return f"{int(low) + 1} to {int(high) + 1} of {_chars(rest)}, starting with {_chars(first)}"

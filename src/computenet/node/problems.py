@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from computenet.model import FieldError, Problem
+from computenet.model.common import allowed_form
 from computenet.node.errors import NodeError
 
 log = logging.getLogger("computenet.node")
@@ -50,6 +51,10 @@ def install(app: FastAPI) -> None:
             field = _field(tuple(e.get("loc", ())))
             if e.get("type") == "extra_forbidden":
                 msg = "unknown field"
+            elif e.get("type") == "string_pattern_mismatch" and (
+                form := allowed_form(str(e.get("ctx", {}).get("pattern", "")))
+            ):
+                msg = f"{e.get('input')!r} is not in the allowed form: {form}"
             elif e.get("type") == "json_invalid":
                 field, msg = "body", f"not valid JSON: {e.get('ctx', {}).get('error', msg)}"
             errors.append(FieldError(field=field, message=msg))
