@@ -47,7 +47,7 @@ class SessionState:
     def room(self, calls: list[Call]) -> bool:
         """Whether ``calls`` fit beside those waiting. A batch always fits an empty queue,
         so a client that waits for room is never refused for good."""
-        n = sum(len(c.payload or "") for c in calls)
+        n = _inline(calls)
         return not self.calls or (
             len(self.calls) + len(calls) <= MAX_WAITING
             and self.waiting_bytes + n <= MAX_WAITING_BYTES
@@ -55,12 +55,12 @@ class SessionState:
 
     def push_calls(self, calls: list[Call]) -> None:
         self.calls.extend(calls)
-        self.waiting_bytes += sum(len(c.payload or "") for c in calls)
+        self.waiting_bytes += _inline(calls)
         self.calls_ready.set()
 
     def take_calls(self, most: int) -> list[Call]:
         out = [self.calls.popleft() for _ in range(min(most, len(self.calls)))]
-        self.waiting_bytes -= sum(len(c.payload or "") for c in out)
+        self.waiting_bytes -= _inline(out)
         if not self.calls:
             self.calls_ready.clear()
         return out
@@ -82,6 +82,11 @@ class SessionState:
         if diff and not self.error:
             self.error = "runtime mismatch on the pool (" + "; ".join(diff) + ")"
             self.results_ready.set()
+
+
+def _inline(calls: list[Call]) -> int:
+    """Bytes of inline payload: what a session's queue holds in the node's memory."""
+    return sum(len(c.payload or "") for c in calls)
 
 
 class Broker:
