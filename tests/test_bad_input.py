@@ -479,6 +479,19 @@ def test_job_needing_more_memory_than_every_pool(
     assert "memory" in p["detail"]
 
 
+def test_vendors_without_accelerators_are_refused(shared: Network, tenants: Tenants) -> None:
+    """Before, ``--vendor nvidia`` alone ran the job on CPUs, the vendor silently ignored."""
+    body = {"command": ["true"], "resources": {"vendor": ["nvidia"]}}
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        for path in ("/v1/jobs", "/v1/jobs/plan"):
+            p = problem(c.post(path, json=body), 422)
+            assert fields(p) == ["resources.vendor"] and "gpus" in p["detail"]
+        p = problem(c.post("/v1/jobs/batch", json={"jobs": [{"command": ["true"]}, body]}), 422)
+        assert fields(p) == ["jobs.1.resources.vendor"]
+        proc = shared.cnet("run", "--vendor", "nvidia", "--", "true", token=tenants.rejected)
+    assert_one_line_error(proc, "resources.vendor", "gpus")
+
+
 def test_job_pinned_to_unknown_pool(shared: Network, tenants: Tenants, pool_cpi: str) -> None:
     unknown = pool_cpi.rsplit("/", 1)[0] + "/nosuchpool"
     with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
@@ -543,6 +556,19 @@ def test_text_checks_hold_whatever_the_media_types_case_and_in_the_url(
         resp = c.post("/v1/jobs", content=raw, headers={"content-type": "Application/JSON"})
         assert fields(problem(resp, 422)) == ["labels.k"]
         assert fields(problem(c.get("/v1/jobs", params={"name": "a\x00b"}), 422)) == ["name"]
+
+
+def test_a_body_that_is_not_json_is_refused_by_its_media_type(
+    shared: Network, tenants: Tenants
+) -> None:
+    raw = b'{"command": ["true"]}'
+    with nothing_written(shared, tenants), http(shared, tenants.rejected) as c:
+        for kind in ("text/plain", "application/x-www-form-urlencoded", "application/jsonx"):
+            p = problem(c.post("/v1/jobs", content=raw, headers={"content-type": kind}), 415)
+            assert fields(p) == ["content-type"] and kind in p["detail"]
+        for kind in ("application/json; charset=utf-8", "application/merge-patch+json"):
+            resp = c.post("/v1/jobs/plan", content=raw, headers={"content-type": kind})
+            assert resp.status_code == 200, resp.text
 
 
 BAD_LABELS = [

@@ -949,6 +949,29 @@ def test_a_version_keeps_no_partial_file_of_an_earlier_copy_cut_short(
     _same(net, v.uri, other, tmp_path)
 
 
+def test_a_publish_keeps_no_file_of_the_same_size_that_is_not_its_own(
+    net: Network, tmp_path: Path
+) -> None:
+    """``--sync size`` passed over a file of the same size already at the version's path:
+    the version was recorded with a tree hash its copy did not hold, and every later
+    fetch refused it. A version's copy is checked by content, whatever the sync level."""
+    a = cpi(net, "pool-a")
+    mine, planted = tmp_path / "mine", tmp_path / "planted.bin"
+    mine.mkdir()
+    (mine / "b.bin").write_bytes(b"A" * 5000)
+    planted.write_bytes(b"B" * 5000)
+    there = cnet(net, "cp", str(planted), f"{a}:/datasets/sized/v1/b.bin")
+    assert there.returncode == 0, there.stderr
+    proc = cnet(
+        net, "cp", "--json", "--sync", "size", "--pool", a, str(mine), "cnet://dataset/sized@v1"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert TransferResult.model_validate_json(proc.stdout).counters.files == 1
+    root = net.home / "agents" / "pool-a" / "data"
+    assert (root / "datasets" / "sized" / "v1" / "b.bin").read_bytes() == b"A" * 5000
+    _same(net, "cnet://dataset/sized@v1", mine, tmp_path)
+
+
 def test_a_version_registered_at_the_wrong_path_leaves_that_paths_data_when_removed(
     net: Network, tmp_path: Path
 ) -> None:

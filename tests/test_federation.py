@@ -284,13 +284,14 @@ def test_job_for_another_nodes_pool_runs_there(tree: dict[str, Network]) -> None
     runs there, and the user at the industry node sees its output and exit code."""
     west_pool = _west_pool(tree)
     r = tree["fin"].cnet(
-        "run", "--pool", west_pool, "--", "sh", "-c", "echo from west; echo oops >&2; exit 3",
+        "run", "--pool", west_pool, "--", "sh", "-c",
+        'echo from west $CNET_JOB_ID; echo oops >&2; exit 3',
         timeout=120,
     )  # fmt: skip
     assert r.returncode == 3, r.stderr
-    assert r.stdout == "from west\n" and "oops" in r.stderr
     with tree["fin"].client() as c:
         job = c.list(limit=1).items[0]
+    assert r.stdout == f"from west {job.id}\n" and "oops" in r.stderr  # the id known here
     assert (job.pool, job.state, job.exit_code) == (west_pool, JobState.FAILED, 3)
     with tree["west"].client() as c:
         there = [j for j in c.list(all_tenants=True, limit=50).items if j.pool == west_pool]

@@ -53,6 +53,22 @@ def test_restart_keeps_history_and_pool_identity(network: Network) -> None:
     assert r.returncode == 0
 
 
+def test_a_second_agent_on_one_state_directory_is_refused(network: Network) -> None:
+    """It would be the same pool twice: one identity, one heartbeat sequence."""
+    first = network.start_agent("alpha")
+    second = subprocess.run(
+        [*PYTHON, "agent", "run", "--node", network.url, "--token", network.token,
+         "--pool", "alpha", "--state-dir", str(network.home / "agents" / "alpha")],
+        env=network.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert first.popen is not None
+    assert f"another agent (pid {first.popen.pid}) runs with" in second.stderr, second.stderr
+    assert network.wait_pool("alpha")  # the first is unharmed
+    first.stop()
+    network.start_agent("alpha")  # the lock went with it
+
+
 def test_job_finishing_while_node_is_down_is_reported_when_it_returns(network: Network) -> None:
     network.start_agent("alpha")
     with network.client() as c:
@@ -113,6 +129,23 @@ def test_agent_stopped_cleanly_stops_its_jobs_and_reports_them(network: Network)
         assert final.reason == "the agent was stopped"
 
 
+def _first_run(env: dict[str, str], up: subprocess.Popen[bytes]) -> str:
+    """The output of the first ``cnet run`` that succeeds once ``cnet up`` is ready."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and up.poll() is None:
+        ran = subprocess.run(
+            [*PYTHON, "run", "--", "python3", "-c", "print(6*7)"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if ran.returncode == 0:
+            return ran.stdout
+        time.sleep(0.5)
+    return ""
+
+
 def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # type: ignore[no-untyped-def]
     port = free_port()
     env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("CNET_")}
@@ -124,20 +157,7 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # 
         [*PYTHON, "up", "--port", str(port), *asked], env=env, stdout=log, stderr=log
     )
     try:
-        deadline = time.monotonic() + 60
-        ran = None
-        while time.monotonic() < deadline:
-            ran = subprocess.run(
-                [*PYTHON, "run", "--", "python3", "-c", "print(6*7)"],
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=60,
-            )
-            if ran.returncode == 0:
-                break
-            time.sleep(0.5)
-        assert ran is not None and ran.stdout == "42\n", (tmp_path / "up.log").read_text()
+        assert _first_run(env, up) == "42\n", (tmp_path / "up.log").read_text()
         who = subprocess.run(
             [*PYTHON, "run", "--", "id", "-un"], env=env, capture_output=True, text=True
         )
@@ -161,6 +181,18 @@ def test_up_starts_everything_and_ctrl_c_stops_everything(tmp_path) -> None:  # 
         assert not alive, [p.cmdline() for p in alive]
         with pytest.raises(httpx.TransportError):
             httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
+
+        # Started again on another port, it is the same node: the CLI needs no CNET_TOKEN.
+        env["CNET_URL"] = f"http://127.0.0.1:{free_port()}"
+        up = subprocess.Popen(
+            [*PYTHON, "up", "--port", env["CNET_URL"].rsplit(":", 1)[1], *asked],
+            env=env,
+            stdout=log,
+            stderr=log,
+        )
+        assert _first_run(env, up) == "42\n", (tmp_path / "up.log").read_text()
+        up.send_signal(signal.SIGINT)
+        assert up.wait(40) == 0
     finally:
         if up.poll() is None:
             up.kill()

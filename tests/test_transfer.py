@@ -651,6 +651,24 @@ def test_partial_files_past_their_days_are_swept_at_start(shared: Network) -> No
     assert bad.returncode == 2 and "--part-days: 0 is not a number of days above 0" in bad.stderr
 
 
+def test_a_data_root_that_is_a_link_serves_listings_and_removals(
+    shared: Network, tmp_path: Path
+) -> None:
+    """A data root linked to a larger disk: copies worked, and every ls and rm failed."""
+    disk = tmp_path / "big-disk"
+    (disk / "in").mkdir(parents=True)
+    (disk / "in" / "a.txt").write_text("on the big disk")
+    (tmp_path / "root").symlink_to(disk)
+    if "linked" not in shared.agents:
+        shared.start_agent("linked", "--no-calibrate", "--data-root", str(tmp_path / "root"))
+    linked = shared.wait_pool("linked")
+    assert [x.name for x in listed(shared, f"{linked}:/in").entries] == ["a.txt"]
+    result(cp(shared, f"{linked}:/in/a.txt", str(tmp_path / "back.txt")))
+    assert (tmp_path / "back.txt").read_text() == "on the big disk"
+    assert removed(shared, f"{linked}:/in/a.txt").files == 1
+    assert not (disk / "in" / "a.txt").exists()
+
+
 def test_a_file_cannot_replace_a_directory_and_is_told_by_pool_path(
     shared: Network, pool: str, tmp_path: Path
 ) -> None:
@@ -975,6 +993,9 @@ def test_a_tenants_home_holds_no_more_than_its_data_quota(
         q = admin.create_token("home-q", "home-q").secret
     capped = cli(shared, "tenant", "set", "home-q", "--max-data", "1K")
     assert capped.returncode == 0 and "max data 1.0 KiB" in capped.stdout, capped.stderr
+    assert "note" not in capped.stderr  # its token names it
+    typo = cli(shared, "tenant", "set", "home-qq", "--max-data", "1K")
+    assert typo.returncode == 0 and "no live token names it" in typo.stderr, typo.stderr
     f = tmp_path / "600"
     f.write_bytes(b"x" * 600)
     home = root_of(shared) / "home" / "home-q"

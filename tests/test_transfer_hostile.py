@@ -9,6 +9,7 @@ relay to a host the node never named, a dataset version squatted before it is pu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -616,6 +617,14 @@ def test_a_name_with_a_backslash_is_refused_by_name(
     assert not (root_of(shared, "quiet") / "hostile" / "bs").exists()
 
 
+def test_a_time_past_what_a_file_holds_is_refused_by_name(shared: Network, quiet: str) -> None:
+    """It failed at the commit with a traceback in the agent's log, again at each rerun."""
+    bad = entry(b"late", CHUNK).model_copy(update={"mtime_ns": 10**40})  # unchecked: sent raw
+    why = refused_manifest(shared, quiet, "/hostile/late.bin", bad)
+    assert "files.0.mtime_ns" in why, why
+    assert not (root_of(shared, "quiet") / "hostile" / "late.bin").exists()
+
+
 def test_a_name_longer_than_a_file_system_takes_is_refused_before_anything_is_made(
     shared: Network, quiet: str, tmp_path: Path
 ) -> None:
@@ -889,6 +898,62 @@ def test_a_relay_stops_when_its_client_goes(shared: Network, quiet: str, tmp_pat
     assert seen.get("eof") is True  # the source's agent let go of the copy
 
 
+def test_a_manifest_that_does_not_hash_to_its_tree_hash_lands_nothing(
+    shared: Network, tmp_path: Path
+) -> None:
+    """A data server that claimed a dataset version's tree hash over files of its own
+    would have them verified chunk by chunk against its own manifest, landed, and
+    recorded as that version: the client hashes the manifest itself."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(60)
+    forged = manifest([entry(b"not what was published", CHUNK)], CHUNK)
+    forged["tree_hash"] = tree_hash([entry(b"what was published", CHUNK)], [])
+
+    def lying_server() -> None:
+        conn, _ = listener.accept()
+        conn.settimeout(60)
+        with conn:
+            _, length = wire.parse_header(_recv(conn, wire.HEADER.size))
+            _recv(conn, length)
+            conn.sendall(wire.header(wire.Kind.OK, 0))
+            body = json.dumps({"manifest": forged}).encode()
+            conn.sendall(wire.header(wire.Kind.MANIFEST, len(body)) + body)
+            with contextlib.suppress(OSError):
+                conn.recv(1 << 16)
+
+    server = threading.Thread(target=lying_server, daemon=True)
+    server.start()
+    far = asyncio.run(_bare_pool(shared, tmp_path, listener.getsockname()[1], "liar"))
+    try:
+        got = shared.cnet("cp", f"{far}:/v1.bin", str(tmp_path / "got.bin"), token=shared.token)
+    finally:
+        server.join(timeout=60)
+        listener.close()
+    assert got.returncode == 1 and "Traceback" not in got.stderr
+    assert "does not hash to the tree hash it gives" in got.stderr, got.stderr
+    assert not (tmp_path / "got.bin").exists()
+
+
+def test_a_frame_other_than_a_hello_is_refused_on_its_header(
+    shared: Network, quiet: str, peers: list[Peer]
+) -> None:
+    """Its payload was read first: a header alone made the data server hold 256 MiB."""
+    g = grant(shared, quiet, "/hostile/x")
+    before = _rss(shared, "quiet")
+    for kind in (wire.Kind.MANIFEST, wire.Kind.NEED, wire.Kind.DONE):
+        p = Peer(g)
+        peers.append(p)
+        p.sock.sendall(wire.HEADER.pack(wire.MAGIC, wire.VERSION, kind, 256 << 20))
+        assert f"expected HELLO, got {kind.name}" in p.refusal()
+    assert _rss(shared, "quiet") < before + (128 << 20)
+
+
+def _rss(net: Network, agent: str) -> int:
+    proc = net.agents[agent].popen
+    assert proc is not None
+    return int(psutil.Process(proc.pid).memory_info().rss)
+
+
 def _recv(conn: socket.socket, n: int) -> bytes:
     out = b""
     while len(out) < n:
@@ -899,15 +964,15 @@ def _recv(conn: socket.socket, n: int) -> bytes:
     return out
 
 
-async def _bare_pool(net: Network, tmp: Path, port: int) -> str:
+async def _bare_pool(net: Network, tmp: Path, port: int, name: str = "far") -> str:
     """A pool with no agent, whose data server is the test's own listener."""
     link = NodeLink(net.url, net.token, Identity.load(tmp / "identity", tmp / "provider.key"))
     try:
         pool = await link.register(
-            ProviderRegistration(name="far", public_key=link.identity.provider_key.public_key),
+            ProviderRegistration(name=name, public_key=link.identity.provider_key.public_key),
             PoolInventory(
-                provider="far",
-                name="far",
+                provider=name,
+                name=name,
                 public_key=link.identity.pool_key.public_key,
                 machines=[Machine(name="m0", cpus=1, memory_bytes=2**30)],
                 data=DataEndpoint(host="127.0.0.1", port=port),

@@ -146,7 +146,7 @@ class Agent:
         self._seq = 0
         self.pool_cpi = ""
         self.fatal: Exception | None = None
-        data_root = cfg.data_root or cfg.state_dir / "data"
+        data_root = (cfg.data_root or cfg.state_dir / "data").resolve()
         self.data = DataServer(
             data_root,
             lambda: self.pool_cpi,

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from computenet.cli.output import CLIError, ago, fail, out
+from computenet.cli.output import CLIError, ago, err, fail, out
 from computenet.cli.session import client
 from computenet.model import DeviceKind, Pool, Role, TenantPolicy
 from computenet.model.common import format_bytes, parse_memory
@@ -135,6 +135,15 @@ def tenant_set(
             max_gpus if max_gpus is not None else keep.max_gpus,
             data if data is not None else keep.max_data,
         )
+        if now is None and not any(
+            x.tenant == name and x.revoked_at is None for x in c.tokens()
+        ):  # most likely a typo; else set before its first token, which is allowed
+            err.print(
+                f"note: no tenant {name} was known and no live token names it; "
+                f"the policy applies once one does (`cnet token create NAME --tenant {name}`)",
+                soft_wrap=True,
+                markup=False,
+            )
     cpus = "-" if t.max_cpus is None else f"{t.max_cpus:g}"
     gpus = "-" if t.max_gpus is None else str(t.max_gpus)
     most = "-" if t.max_data is None else format_bytes(t.max_data)
@@ -271,7 +280,7 @@ def find(
         return
     with client() as c:
         if watch:
-            for s in c.watch(query):
+            for s in c.watch(query, all_pools):
                 free = f"{s.free.cpus:g}/{s.capacity.cpus:g} cpus, {s.free.gpus}/{s.capacity.gpus} gpus"
                 out.print(f"{ago(s.last_heartbeat_at):>9}  {s.status.value:<8} {s.cpi}  {free}")
             return

@@ -260,6 +260,8 @@ def agent_run(
         fetch_rate=rate,
     )
 
+    held = _only_agent(cfg.state_dir)
+
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -271,6 +273,33 @@ def agent_run(
         asyncio.run(main())
     except Exception as e:
         raise CLIError(str(e)) from e
+    finally:
+        os.close(held)
+
+
+def _only_agent(state_dir: Path) -> int:
+    """Two agents with one state directory would be one pool twice: one identity, one
+    heartbeat sequence, one job directory. The lock goes with the process."""
+    import fcntl
+
+    try:
+        state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(state_dir / "agent.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as e:
+        raise CLIError(f"--state-dir {state_dir}: {e.strerror}", 2) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise CLIError(
+            f"another agent (pid {pid}) runs with {state_dir}: stop it, "
+            "or give this one --state-dir (or another --pool)",
+            1,
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
 
 
 @agent_app.command("calibrate")

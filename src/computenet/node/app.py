@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from computenet import __version__
 from computenet.node import problems
-from computenet.node.bootstrap import ensure_admin_token
+from computenet.node.bootstrap import adopt_admin_token, ensure_admin_token
 from computenet.node.routers import (
     beats,
     datasets,
@@ -96,6 +96,11 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             secret, path = created
             where = f" (saved to {path})" if path else ""
             print(f"computenet: admin token, shown once{where}:\n  {secret}", file=sys.stderr)
+        elif (adopted := await node.db(adopt_admin_token, node)) and announce:
+            print(
+                f"computenet: this node's admin token is saved for {settings.url} too, in {adopted}",
+                file=sys.stderr,
+            )
         await node.load_index()
         await node.federation.load()
         # The index can hold millions of long-lived objects; the collector need not

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from computenet import config
 from computenet.model import Role
+from computenet.node.errors import NodeError
 from computenet.node.runtime import Node
 from computenet.node.store import tokens as token_store
 
@@ -23,3 +24,22 @@ def ensure_admin_token(node: Node) -> tuple[str, Path | None] | None:
     if node.settings.write_credentials:
         path = config.save_token(node.settings.url, secret)
     return secret, path
+
+
+def adopt_admin_token(node: Node) -> Path | None:
+    """A node started again at another address (another port) is still the same node: an
+    admin token of its own that the local CLI holds for an earlier address is saved for
+    this one too, so that ``cnet`` works there without ``CNET_TOKEN``."""
+    url = node.settings.url
+    creds = config.load_credentials()
+    if not node.settings.write_credentials or creds.get(url.rstrip("/")):
+        return None
+    with node.store.read() as conn:
+        for secret in dict.fromkeys(creds.values()):
+            try:
+                token = token_store.authenticate(conn, secret)
+            except NodeError:
+                continue  # another node's, or revoked
+            if token.role is Role.admin:
+                return config.save_token(url, secret)
+    return None

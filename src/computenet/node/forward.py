@@ -73,7 +73,9 @@ class Forwarder:
             await self.node.writing(fwd_store.refuse, w.job_id, f"{w.pool} is not a pool")
             return
         url, owner = res.record.endpoints[0], res.record.owner
-        body = w.spec.model_dump_json().encode()
+        # The job sees the id its submitter knows it by, not the one its owner gives it.
+        env = {"CNET_JOB_ID": w.job_id, **w.spec.env}
+        body = w.spec.model_copy(update={"env": env}).model_dump_json().encode()
         try:
             r = await fed.call("POST", url, "/v1/jobs", content=body, tenant=w.tenant)
         except httpx.HTTPError as e:

@@ -146,6 +146,13 @@ class Entry:
     def matches(self, query: Query) -> bool:
         return all(self._holds(t, query) for t in query.terms)
 
+    def listed(self, query: Query, include_all: bool) -> bool:
+        """What a listing shows: online pools only, unless all or a status term is asked."""
+        shown = include_all or query.wants("status") is not None
+        if not shown and self.pool.status is not PoolStatus.online:
+            return False
+        return self.matches(query)
+
     def _holds(self, t: Term, query: Query) -> bool:
         if t.words:
             have = self.text(t.key)
@@ -169,6 +176,7 @@ def _int(v: Any) -> int | None:
 @dataclass(eq=False)  # identity: each subscriber is its own connection
 class Subscriber:
     query: Query
+    include_all: bool = False
     queue: asyncio.Queue[PoolSummary | None] = field(
         default_factory=lambda: asyncio.Queue(QUEUE_SIZE)
     )
@@ -269,11 +277,11 @@ class LiveIndex:
         rows = cols.ordered(found, order, query, limit)
         return [cols.entries[i].to_summary() for i in rows], len(found)
 
-    def subscribe(self, query: Query) -> Subscriber:
-        sub = Subscriber(query)
+    def subscribe(self, query: Query, include_all: bool = False) -> Subscriber:
+        sub = Subscriber(query, include_all)
         self.subscribers.add(sub)
         for e in self.entries.values():
-            if e.matches(query) and not sub.queue.full():
+            if e.listed(query, include_all) and not sub.queue.full():
                 sub.shown.add(e.pool.cpi)
                 sub.queue.put_nowait(e.to_summary())
         return sub
@@ -284,12 +292,12 @@ class LiveIndex:
     def _publish(self, entry: Entry) -> None:
         """A pool that stops matching is sent once more, so the subscriber sees it go."""
         for sub in list(self.subscribers):
-            match = entry.matches(sub.query)
+            match = entry.listed(sub.query, sub.include_all)
             if not match and entry.pool.cpi not in sub.shown:
                 continue
             if match:
                 sub.shown.add(entry.pool.cpi)
-            else:
+            elif not entry.matches(sub.query):  # a pool shown is followed down to offline
                 sub.shown.discard(entry.pool.cpi)
             try:
                 sub.queue.put_nowait(entry.to_summary())

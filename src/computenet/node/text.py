@@ -21,6 +21,8 @@ from computenet.node import problems
 
 # an agent's output and reasons: taken, with such characters made U+FFFD, by the route
 _REPORTS = re.compile(r"^/v1/pools/.+/reports$")
+_JSON = re.compile(rb"^\s*application/([a-z0-9.+-]*\+)?json\s*(;|$)")
+_BODIES = ("POST", "PUT", "PATCH")
 _SUSPECT = re.compile(rb"\\u(?:0000|[dD][89a-fA-F][0-9a-fA-F]{2})")
 
 
@@ -56,7 +58,8 @@ def untextual(doc: Any) -> FieldError | None:
 class TextOnly:
     """Reads a JSON body whole (the body limit outside it bounds that), and answers 422
     where a string in it is not text. Most bodies hold no escape that could be one, and
-    are passed on without being parsed here."""
+    are passed on without being parsed here. A body of another media type is answered 415:
+    a route would read it as one string and say only that it is not an object."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -70,7 +73,23 @@ class TextOnly:
             return
         headers = dict(scope.get("headers", []))
         kind = headers.get(b"content-type", b"application/json").lower()  # a media type's case
-        if scope["path"] == "/v1/blobs" or b"json" not in kind or _REPORTS.match(scope["path"]):
+        if scope["path"] == "/v1/blobs":
+            await self.app(scope, receive, send)
+            return
+        if not _JSON.match(kind):
+            if scope["method"] in _BODIES and headers.get(b"content-length") != b"0":
+                said = kind.decode("latin-1")[:100]
+                await problems.problem_response(
+                    415,
+                    "Unsupported media type",
+                    f"content-type: this route takes application/json, not {said}",
+                    scope["path"],
+                    [FieldError(field="content-type", message="not application/json")],
+                )(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if _REPORTS.match(scope["path"]):
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []

@@ -556,9 +556,15 @@ class Client:
         out: Invite = self._do(_Calls.invite(label, ttl))
         return out
 
-    def watch(self, q: str = "") -> Iterator[PoolSummary]:
-        """Every matching pool, then each change as it happens (server-sent events)."""
-        params = {"q": q} if q else {}
+    def watch(self, q: str = "", all_pools: bool = False) -> Iterator[PoolSummary]:
+        """Every matching pool, then each change as it happens (server-sent events).
+
+        Like :meth:`discover`, the first listing holds online pools unless ``all_pools``;
+        a pool that goes offline later is still sent once, so the watcher sees it go.
+        """
+        params: dict[str, str] = {"q": q} if q else {}
+        if all_pools:
+            params["all"] = "true"
         try:
             with self._http.stream(
                 "GET",

@@ -34,7 +34,7 @@ from computenet.model.transfer import (
 from computenet.transfer import compress, sockets, tls, wire
 from computenet.transfer.faults import Faults
 from computenet.transfer.hashes import HashCache
-from computenet.transfer.manifest import CHUNK, Source, build, sizes
+from computenet.transfer.manifest import CHUNK, Source, build, sizes, tree_hash
 from computenet.transfer.pace import Pace
 from computenet.transfer.paths import PART, PathError, confine, exclusive, normalise
 from computenet.transfer.quota import fits
@@ -74,6 +74,17 @@ class Options:
     name: str | None = None  # a single file's name in a destination directory (default: its own)
     into: bool = False  # a get's local destination is a directory, made if need be
     pace: Pace | None = None  # a get takes data in no faster than this; None: as fast as it can
+
+
+async def _honest(m: Manifest, where: str) -> None:
+    """A manifest from a data server is checked against its own tree hash, hashed here:
+    every chunk is then verified against it, so a server that claimed a version's hash
+    over other files would otherwise have them landed, and recorded, as that version."""
+    if await asyncio.to_thread(tree_hash, m.files, m.dirs) != m.tree_hash:
+        raise TransferError(
+            f"{where}: the data server's manifest does not hash to the tree hash it gives; "
+            "nothing was copied"
+        )
 
 
 def _expected(options: Options, m: Manifest, where: str) -> None:
@@ -381,6 +392,7 @@ async def manifest(grant: TransferGrant, options: Options | None = None) -> Mani
         wire.send(writer, Kind.DONE)
         with contextlib.suppress(Exception):
             await writer.drain()
+        await _honest(m, f"{grant.ticket.claims.pool}:{grant.path}")
         return m
 
     try:
@@ -408,7 +420,9 @@ async def _get(grant: TransferGrant, dest: Path, options: Options) -> TransferRe
         reader, writer = await link.open("control")
         offer = await wire.expect_model(reader, Kind.MANIFEST, ManifestFrame)
         m, counters.left_out = offer.manifest, offer.left_out
-        _expected(options, m, f"{grant.ticket.claims.pool}:{grant.path}")
+        where = f"{grant.ticket.claims.pool}:{grant.path}"
+        await _honest(m, where)
+        _expected(options, m, where)
         if m.single:
             name = options.name or grant.path.rstrip("/").rsplit("/", 1)[-1]
             target = dest / name if options.into or dest.is_dir() else dest

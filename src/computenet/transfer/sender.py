@@ -14,6 +14,7 @@ import itertools
 import os
 import socket
 import ssl
+import stat
 import threading
 from collections import Counter, deque
 from dataclasses import dataclass, field
@@ -316,7 +317,12 @@ class _Files:
         if fd is None:
             if len(self._open) >= 8:
                 self.close()
-            fd = self._open[f] = open_read(self.sources[f])
+            # A file swapped for a FIFO since it was listed would block the open for ever.
+            fd = open_read(self.sources[f], nonblock=True)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise TransferError(f"{self.sources[f]}: no longer a regular file; run it again")
+            self._open[f] = fd
         return fd
 
     def close(self) -> None:

@@ -36,6 +36,7 @@ from computenet.model.transfer import (
     Manifest,
     ManifestFrame,
     RelayFrame,
+    SyncLevel,
     Ticket,
     TransferGrant,
 )
@@ -183,6 +184,7 @@ class DataServer:
         part_days: float = PART_DAYS,
         copies: Callable[[str], Awaitable[list[str]]] | None = None,
     ) -> None:
+        root = root.resolve()  # a root that is a link (to a larger disk) is walked as its target
         self.root = root
         self.quota = Quota(root, quota, also=records.folder(root))
         self._homes: dict[str, Quota] = {}  # tenants' homes with a data quota
@@ -655,12 +657,17 @@ class DataServer:
         await self._keep_out(path, m)
         if frame.exact:
             await self._nothing_else(path, m)
+        # A version is what its tree hash says: a file there already stays only where its
+        # content is the manifest's, whatever the sync level asked.
+        sync = frame.sync
+        if (frame.exact or frame.sole) and sync is not SyncLevel.none:
+            sync = SyncLevel.checksum
         receiver = Receiver(
             m,
             finals,
             dirs,
-            frame.sync,
-            verify=frame.verify or frame.exact,  # a version is what its tree hash says
+            sync,
+            verify=frame.verify or frame.exact,
             root=self.root.resolve(),
         )
         plan = await asyncio.to_thread(receiver.plan)

@@ -22,7 +22,7 @@ import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from computenet.transfer.wire import HEADER, Kind, control, header, parse_header
+from computenet.transfer.wire import HEADER, Kind, control, header, parse_header, unexpected
 
 T = TypeVar("T")
 Sock = socket.socket  # an ssl.SSLSocket is one too
@@ -42,12 +42,14 @@ def recv_exact(sock: Sock, view: memoryview) -> bool:
     return True
 
 
-def read_frame(sock: Sock) -> tuple[Kind, bytes] | None:
-    """The next frame, or None at a clean end of stream."""
+def read_frame(sock: Sock, kinds: tuple[Kind, ...] = ()) -> tuple[Kind, bytes] | None:
+    """The next frame, or None at a clean end of stream; one of another kind than
+    ``kinds`` (or ERROR) is refused on its header, before its payload is held."""
     raw = bytearray(HEADER.size)
     if not recv_exact(sock, memoryview(raw)):
         return None
     kind, length = parse_header(raw)
+    unexpected(kind, kinds)
     payload = bytearray(length)
     if length and not recv_exact(sock, memoryview(payload)):
         raise ConnectionResetError("the peer closed the stream inside a frame")
@@ -64,7 +66,7 @@ def send_json(sock: Sock, kind: Kind, body: Any) -> None:
 
 def expect(sock: Sock, *kinds: Kind) -> Any:
     """The next control frame's body; an ERROR frame raises ``Refused``."""
-    frame = read_frame(sock)
+    frame = read_frame(sock, kinds)
     if frame is None:
         raise ConnectionResetError("the peer closed the stream")
     return control(*frame, kinds)

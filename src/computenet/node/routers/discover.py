@@ -72,6 +72,9 @@ async def _from_parent(
 async def stream(
     request: Request,
     q: Annotated[str, Query(max_length=2000)] = "",
+    all_pools: Annotated[
+        bool, Query(alias="all", description="include suspect and offline")
+    ] = False,
     _: Principal = Depends(principal),
     node: Node = Depends(node_of),
 ) -> StreamingResponse:
@@ -79,9 +82,10 @@ async def stream(
 
     A pool that stops matching (it went offline, or its capacity was taken) is sent once
     more with its new state, so that a subscriber sees capacity vanish as well as appear.
+    The first listing shows what ``GET /v1/discover`` would, with the same ``all``.
     """
     query = parse(q)
-    sub = node.index.subscribe(query)
+    sub = node.index.subscribe(query, all_pools)
 
     async def events() -> AsyncIterator[bytes]:
         try:

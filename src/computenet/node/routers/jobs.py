@@ -142,6 +142,18 @@ def check_outputs(
             raise Conflict(why, field=where)
 
 
+def check_request(spec: JobSpec, field: str = "") -> None:
+    """Vendors narrow the accelerators asked for; with none asked, they would be ignored and
+    the job would run without the device its author had in mind."""
+    r = spec.resources
+    if r.vendor and not r.gpus:
+        raise Invalid(
+            "vendor chooses among accelerators, and the job asks for none: "
+            "ask for them with gpus or accelerator",
+            field=f"{field}resources.vendor",
+        )
+
+
 def check_pools(conn: Connection, spec: JobSpec, own_code: str = "", field: str = "") -> None:
     """Refuses at submission inputs that overlap either way, and a pool input or output on a pool this node has never had
     (wherever the job is to run): otherwise the job waits its turn only to fail at
@@ -236,6 +248,7 @@ async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
     code = node.federation.code if node.federation.chain else ""
+    check_request(spec)
     spec = await _poolless(node, spec)
 
     def run(spec: JobSpec) -> Job:
@@ -271,6 +284,7 @@ async def plan(
     an input submission would refuse (no such dataset) is refused here too, by field."""
 
     code = node.federation.code if node.federation.chain else ""
+    check_request(spec)
 
     def run(conn: Connection) -> Plan:
         check_pools(conn, spec, code)
@@ -289,6 +303,8 @@ async def submit_batch(
     batch: JobBatch, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> list[Job]:
     """Up to 1,000 jobs in one transaction: all are accepted, or none."""
+    for i, s in enumerate(batch.jobs):
+        check_request(s, f"jobs.{i}.")
     specs = [await _poolless(node, s, f"jobs.{i}.") for i, s in enumerate(batch.jobs)]
     batch = batch.model_copy(update={"jobs": specs})
 
