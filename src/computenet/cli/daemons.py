@@ -297,6 +297,12 @@ def _only_agent(state_dir: Path) -> int:
             "or give this one --state-dir (or another --pool)",
             1,
         ) from None
+    except OSError as e:  # a file system without locks (NFS without lockd): run unguarded
+        err.print(
+            f"note: cannot lock {state_dir} ({e.strerror}); run one agent on it at a time",
+            markup=False,
+        )
+        return fd
     os.ftruncate(fd, 0)
     os.pwrite(fd, str(os.getpid()).encode(), 0)
     return fd

@@ -127,6 +127,11 @@ def accelerators(text: str) -> Accelerators:
     return resolve(text, catalog.load())
 
 
+def env_bytes(env: dict[str, str]) -> int:
+    """What an environment takes, as ``KEY=VALUE`` strings with their ends."""
+    return sum(len(k) + len(v.encode()) + 2 for k, v in env.items())
+
+
 def check_command(v: list[str]) -> list[str]:
     if not v[0]:
         raise ValueError("the program name must not be empty")
@@ -192,7 +197,7 @@ class JobSpec(Model):
 
     @model_validator(mode="after")
     def _env_size(self) -> JobSpec:
-        size = sum(len(k) + len(v.encode()) + 2 for k, v in self.env.items())
+        size = env_bytes(self.env)
         if size > MAX_ENV_BYTES:
             raise ValueError(f"env is {size} bytes; the limit is {MAX_ENV_BYTES}")
         if any("\x00" in v for v in self.env.values()):

@@ -14,7 +14,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from computenet.ident.cpi import CPIStr
-from computenet.model.common import INT64, Model
+from computenet.model.common import Model
 
 MAX_TTL = 86400.0
 MAX_ENTRIES = 1_000_000  # files and directories in one transfer
@@ -112,7 +112,7 @@ class ManifestEntry(Model):
     path: Annotated[str, Field(max_length=4096, description="relative to the transfer's root")]
     size: Annotated[int, Field(ge=0)]
     mode: Annotated[int, Field(ge=0, le=0o7777)] = 0o644
-    mtime_ns: Annotated[int, Field(ge=-INT64, le=INT64)] = 0  # what a file's time holds
+    mtime_ns: Annotated[int, Field(ge=-(2**63) * 10**9, le=2**63 * 10**9 - 1)] = 0  # time_t
     chunks: list[Hex32] = Field(default_factory=list, description="BLAKE3 of each chunk")
 
 

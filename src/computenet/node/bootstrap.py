@@ -31,15 +31,20 @@ def adopt_admin_token(node: Node) -> Path | None:
     admin token of its own that the local CLI holds for an earlier address is saved for
     this one too, so that ``cnet`` works there without ``CNET_TOKEN``."""
     url = node.settings.url
-    creds = config.load_credentials()
-    if not node.settings.write_credentials or creds.get(url.rstrip("/")):
+    if not node.settings.write_credentials:
         return None
-    with node.store.read() as conn:
-        for secret in dict.fromkeys(creds.values()):
-            try:
-                token = token_store.authenticate(conn, secret)
-            except NodeError:
-                continue  # another node's, or revoked
-            if token.role is Role.admin:
-                return config.save_token(url, secret)
+    try:
+        creds = config.load_credentials()
+        if creds.get(url.rstrip("/")):
+            return None
+        with node.store.read() as conn:
+            for secret in dict.fromkeys(creds.values()):
+                try:
+                    token = token_store.authenticate(conn, secret)
+                except NodeError:
+                    continue  # another node's, or revoked
+                if token.role is Role.admin:
+                    return config.save_token(url, secret)
+    except OSError as e:  # a credentials file it may not read or write: serve without
+        log.warning("cannot save the admin token for %s: %s", url, e)
     return None

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import httpx
 
 from computenet.model import Job, JobState, LogChunk, Report, ReportBatch
+from computenet.model.job import MAX_ENV_BYTES, JobSpec, env_bytes
 from computenet.node.errors import NodeError
 from computenet.node.store import forwards as fwd_store
 from computenet.node.store import jobs as job_store
@@ -73,9 +74,7 @@ class Forwarder:
             await self.node.writing(fwd_store.refuse, w.job_id, f"{w.pool} is not a pool")
             return
         url, owner = res.record.endpoints[0], res.record.owner
-        # The job sees the id its submitter knows it by, not the one its owner gives it.
-        env = {"CNET_JOB_ID": w.job_id, **w.spec.env}
-        body = w.spec.model_copy(update={"env": env}).model_dump_json().encode()
+        body = _as_submitted(w).model_dump_json().encode()
         try:
             r = await fed.call("POST", url, "/v1/jobs", content=body, tenant=w.tenant)
         except httpx.HTTPError as e:
@@ -161,6 +160,15 @@ class Forwarder:
             )
             offsets[stream] = seen[stream]
         return out
+
+
+def _as_submitted(w: fwd_store.Waiting) -> JobSpec:
+    """The job sees the id its submitter knows it by, not the one its owner gives it,
+    where its own env does not set one and the variable fits in the env's limit."""
+    env = w.spec.env
+    if "CNET_JOB_ID" in env or env_bytes(env) + 13 + len(w.job_id) > MAX_ENV_BYTES:
+        return w.spec
+    return w.spec.model_copy(update={"env": {"CNET_JOB_ID": w.job_id, **env}})
 
 
 def _reports(f: fwd_store.Followed, remote: Job, state: JobState) -> list[Report]:

@@ -17,6 +17,7 @@ import ssl
 import stat
 import threading
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from computenet.model.transfer import Manifest, TransferCounters
@@ -119,12 +120,17 @@ class Sender:
     def finished(self) -> bool:
         return self.remaining == 0 or self.error is not None
 
+    def name(self, f: int) -> str:
+        """A file as the peer may be told of it: by its place in the copy, never by the
+        sender's own directories."""
+        return self.manifest.files[f].path or os.path.basename(self.sources[f])
+
     def stream(self, sock: Sock) -> None:
         """Sends from the shared queue until every chunk is acknowledged; blocking, on a
         thread of its own. ACKs are read between chunks on the same thread, so a TLS
         connection is never used from two threads."""
         inflight: dict[tuple[int, int], int] = {}
-        files = _Files(self.sources)
+        files = _Files(self.sources, self.name)
         acks = bytearray()
         with self._cv:
             self.streams += 1
@@ -209,7 +215,7 @@ class Sender:
         if self.compress or n < SMALL or tamper or isinstance(sock, ssl.SSLSocket):
             data = os.pread(files.fd(f), n, offset)
             if len(data) < n:
-                raise TransferError(f"{self.sources[f]} shrank while it was being sent")
+                raise TransferError(f"{self.name(f)} shrank while it was being sent")
             if tamper and self.faults is not None:
                 data = self.faults.tamper(ordinal, data)
             packed = compress.pack(data) if self.compress and n else None
@@ -234,7 +240,7 @@ class Sender:
         while sent < n:
             k = os.sendfile(sock.fileno(), fd, offset + sent, n - sent)
             if k == 0:
-                raise TransferError(f"{self.sources[f]} shrank while it was being sent")
+                raise TransferError(f"{self.name(f)} shrank while it was being sent")
             sent += k
 
     def _sent_as(self, key: tuple[int, int], nbytes: int, packed: bool) -> None:
@@ -290,7 +296,7 @@ class Sender:
                 self.counters.faults += 1
                 self.counters.retries += 1
                 if self._attempts[(f, c)] >= MAX_ATTEMPTS:
-                    name = self.manifest.files[f].path or os.path.basename(self.sources[f])
+                    name = self.name(f)
                     self.error = TransferError(
                         f"chunk {c} of {name} failed verification {MAX_ATTEMPTS} times; "
                         "is the file changing while it is copied?"
@@ -308,8 +314,8 @@ class Sender:
 class _Files:
     """One stream's open source files: its own, because ``sendfile`` moves the position."""
 
-    def __init__(self, sources: list[str]) -> None:
-        self.sources = sources
+    def __init__(self, sources: list[str], name: Callable[[int], str]) -> None:
+        self.sources, self.name = sources, name
         self._open: dict[int, int] = {}
 
     def fd(self, f: int) -> int:
@@ -321,7 +327,7 @@ class _Files:
             fd = open_read(self.sources[f], nonblock=True)
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 os.close(fd)
-                raise TransferError(f"{self.sources[f]}: no longer a regular file; run it again")
+                raise TransferError(f"{self.name(f)}: no longer a regular file; run it again")
             self._open[f] = fd
         return fd
 
