@@ -95,9 +95,13 @@ def test_a_scheduling_file_a_node_cannot_use_stops_it_at_start(tmp_path: Path) -
         "weights: {cost: {prise: 1}}\n": "weights.cost names no score prise",
         "weigths: {}\n": "unknown keys weigths",
         "goal: [\n": "not valid YAML",
-        "weights: {cost: 3}\n": "weights are {goal: {score: number}}",
-        "latency: {a: {b: .inf}}\n": "each number finite and at least 0",  # plans were 500
-        "weights: {cost: {price: -1}}\n": "each number finite and at least 0",
+        "weights: {cost: 3}\n": "weights.cost is a mapping {score: number}",
+        "latency: {a: {b: .inf}}\n": "latency.a.b is inf: a finite number of at least 0",
+        "weights: {cost: {price: -1}}\n": "weights.cost.price is -1: a finite number",
+        "weights: {cost: {price: fast}}\n": "weights.cost.price is 'fast'",  # said nothing
+        "latency: {cn-east: {cn-west: -5}}\n": "latency.cn-east.cn-west is -5",
+        "region: CN East\n": "'CN East' is not a region's name",  # matched no pool, ever
+        "weights: {Near: {network: 1}}\n": "weights.Near: a goal's name is",
     }
     for text, says in cases.items():
         f = tmp_path / "scheduling.yaml"

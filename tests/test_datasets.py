@@ -1134,3 +1134,27 @@ def test_a_copy_whose_record_cannot_be_read_goes_by_what_it_holds(
         assert gone.returncode == 0, gone.stderr
         assert f"{b}:/copies/{tag}" in gone.stdout and "Traceback" not in gone.stderr
         assert not (data / "copies" / tag).exists() and not record.exists()
+
+
+def test_a_pool_goes_by_its_name_in_the_sdk_and_in_job_files(net: Network, tmp_path: Path) -> None:
+    """``cnet cp --pool pool-b`` took the name; ``Client.copy(pool=...)``, a job file's
+    ``pool:`` and ``cnet pool show`` did not, each with a misleading error."""
+    src = corpus(tmp_path, "named")
+    b = cpi(net, "pool-b")
+    with net.client() as c:
+        r = c.copy(str(src), "cnet://dataset/by-name", pool="pool-b")
+        assert r.destination == "cnet://dataset/by-name@1"
+        assert [x.pool for x in c.dataset("by-name").versions[0].replicas] == [b]
+        with pytest.raises(TransferError, match="pool 'nosuch': no pool is named so"):
+            c.copy(str(src), "cnet://dataset/by-name", pool="nosuch")
+    spec = tmp_path / "job.yaml"
+    spec.write_text("command: [echo, named]\npool: pool-b\n")
+    ran = cnet(net, "submit", str(spec))
+    assert ran.returncode == 0 and ran.stdout == "named\n", ran.stderr
+    with net.client() as c:
+        assert c.list(limit=1).items[0].pool == b
+    spec.write_text("command: [echo, named]\npool: pool-z\n")
+    bad = cnet(net, "submit", str(spec))
+    assert bad.returncode == 2 and f"{spec}: pool 'pool-z': no pool is named so" in bad.stderr
+    shown = cnet(net, "pool", "show", "pool-b")
+    assert shown.returncode == 0 and json.loads(shown.stdout)["cpi"] == b, shown.stderr

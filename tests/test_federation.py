@@ -275,6 +275,26 @@ def test_a_join_token_works_once(tree: dict[str, Network], tmp_path: Path) -> No
     assert r.returncode != 0 and "used already" in r.stderr and len(r.stderr.splitlines()) == 1
 
 
+def test_a_node_that_has_served_cannot_join(tree: dict[str, Network], tmp_path: Path) -> None:
+    """Its pools' CPIs were minted under 'local': joined, it served them as cn.west.…,
+    its parent refused every summary, and each agent was refused at its next start."""
+    ran = Network(tmp_path / "ran", f"sqlite:///{tmp_path}/ran.db")
+    ran.start_node()
+    try:
+        ran.start_agent("early")
+    finally:
+        ran.stop()
+    with tree["west"].client() as c:
+        inv = c.invite("late")
+    r = ran.cnet(
+        "node", "join", tree["west"].url, "--token", inv.token, "--url", ran.url,
+        "--db", ran.db_url,
+    )  # fmt: skip
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "has served already and minted the CPIs of 1 provider(s)" in r.stderr
+    assert not list((ran.home).rglob("federation.json"))
+
+
 def _west_pool(tree: dict[str, Network]) -> str:
     return next(c for c, n in _pools(tree).items() if n == "west")
 

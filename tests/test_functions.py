@@ -3,6 +3,9 @@ tracebacks, 200 MB each way, many small calls, and a runtime mismatch that fails
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import httpx
@@ -10,6 +13,7 @@ import pytest
 
 import computenet
 from computenet.functions.executor import SessionError
+from computenet.model import JobState
 from conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -165,3 +169,40 @@ def test_leaving_an_executor_waits_for_its_calls(shared: Network) -> None:
     with computenet.Executor(resources={"cpus": 0.5}, url=shared.url, token=shared.token) as e:
         futures = [e.submit(divide, i, 2) for i in range(20)]
     assert [f.result(timeout=0) for f in futures] == [i / 2 for i in range(20)]
+
+
+def test_workers_stop_when_their_client_goes_without_shutting_down(network: Network) -> None:
+    """A script that exits without ``shutdown`` (or a killed notebook) left its workers
+    running, each holding its CPUs, with no end."""
+    network.overrides["CNET_FN_CLIENT_GONE"] = "10"
+    network.stop()
+    network.start_node()
+    network.start_agent("alpha")
+    script = (
+        "import os, computenet\n"
+        "ex = computenet.Executor(resources={'cpus': 0.5}, workers=1)\n"
+        "print(ex.submit(abs, -5).result(), ex.jobs[0], flush=True)\n"
+        "os._exit(0)\n"
+    )
+    env = dict(network.env, CNET_TOKEN=network.token)
+    ran = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    value, worker = ran.stdout.split()
+    assert value == "5"
+    with network.client() as c:
+        deadline = time.monotonic() + 60
+        while c.get(worker).state is not JobState.CANCELED and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.get(worker).state is JobState.CANCELED
+
+
+def test_an_executor_takes_a_pool_by_its_name(shared: Network) -> None:
+    """Before, a name was a pydantic error: 'a CPI starts with cpi:'."""
+    with computenet.Executor(
+        resources={"cpus": 0.5}, pool="alpha", url=shared.url, token=shared.token
+    ) as e:
+        assert e.submit(abs, -3).result(timeout=120) == 3
+    with pytest.raises(ValueError, match="pool 'nosuch': no pool is named so"):
+        computenet.Executor(pool="nosuch", url=shared.url, token=shared.token)

@@ -143,3 +143,23 @@ def test_find_for_a_job_file(net: Network, tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert "green-west" in r.stdout.split("\n")[2]  # the first candidate row
     assert "not one of cn-west" in r.stdout
+
+
+def test_a_goal_the_scheduling_file_defines_can_be_asked_for(
+    network: Network, tmp_path: Path
+) -> None:
+    """Before, it could only be the node's default: ``--optimize near`` was a 422 naming
+    the four built-in goals."""
+    f = tmp_path / "scheduling.yaml"
+    f.write_text("weights: {near: {network: 1.0}}\n")
+    network.stop()
+    network.overrides["CNET_SCHEDULING"] = str(f)
+    network.start_node()
+    network.start_agent("alpha")
+    with network.client() as c:
+        assert c.plan(command=["true"], optimize="near").goal == "near"
+    ran = network.cnet("run", "--optimize", "near", "--", "echo", "near")
+    assert ran.returncode == 0 and ran.stdout == "near\n", ran.stderr
+    far = network.cnet("run", "--optimize", "far", "--", "true")
+    assert far.returncode != 0 and "no goal 'far' on this node" in far.stderr, far.stderr
+    assert "near" in far.stderr and "Traceback" not in far.stderr

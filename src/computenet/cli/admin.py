@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from computenet.cli.output import CLIError, ago, err, fail, out
-from computenet.cli.session import client
+from computenet.cli.session import client, pool_cpi
 from computenet.model import DeviceKind, Pool, Role, TenantPolicy
 from computenet.model.common import format_bytes, parse_memory
 
@@ -25,10 +25,12 @@ pool_app = typer.Typer(
 
 
 @pool_app.command("show")
-def pool_show(cpi: Annotated[str, typer.Argument(help="pool CPI")]) -> None:
+def pool_show(cpi: Annotated[str, typer.Argument(help="the pool's name or CPI")]) -> None:
     """The pool's whole record as JSON: inventory, calibration, price, state."""
+    found = pool_cpi(cpi, "pool")
+    assert found is not None
     with client() as c:
-        print(c.pool(cpi).model_dump_json(indent=2))
+        print(c.pool(found).model_dump_json(indent=2))
 
 
 @pool_app.command("links")

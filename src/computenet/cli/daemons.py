@@ -293,8 +293,8 @@ def _only_agent(state_dir: Path) -> int:
         pid = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
         os.close(fd)
         raise CLIError(
-            f"another agent (pid {pid}) runs with {state_dir}: stop it, "
-            "or give this one --state-dir (or another --pool)",
+            f"another agent (pid {pid}) runs with {state_dir}: stop it, or run another "
+            "pool beside it (--pool NAME, which has a state directory of its own)",
             1,
         ) from None
     except OSError as e:  # a file system without locks (NFS without lockd): run unguarded

@@ -23,8 +23,49 @@ DataDir = Annotated[
 ]
 
 
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--db", envvar="CNET_DATABASE_URL", help="the node's database (default: as 'node serve')"
+    ),
+]
+
+
 def _data_dir(given: Path | None) -> Path:
     return given if given is not None else config.data_dir() / "node"
+
+
+def _unminted(where: Path, db: str | None) -> None:
+    """A node that has served already minted its providers' and pools' CPIs under the
+    code it had: they never change meaning, so it cannot take a code in a tree now."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from computenet.node.store.db import make_engine, sqlite_url
+
+    url = db or sqlite_url(where / "computenet.db")
+    try:
+        parsed = make_url(url)
+        if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+            return  # never served: and no empty database is made here
+        engine = make_engine(url)
+    except Exception as e:  # a URL it cannot use: 'node serve' says which
+        fail(f"--db: not a database URL this node can use: {e}", 2)
+        return
+    try:
+        with engine.connect() as conn:
+            n = conn.execute(text("SELECT count(*) FROM providers")).scalar_one()
+    except SQLAlchemyError:
+        return  # no database, or no tables yet: nothing minted
+    finally:
+        engine.dispose()
+    if n:
+        fail(
+            f"this node has served already and minted the CPIs of {n} provider(s) under its "
+            "code; a CPI never changes meaning, so it cannot take a code in a tree now. "
+            "Join from a fresh --data-dir and database, and register its pools there"
+        )
 
 
 def node_init(
@@ -32,6 +73,7 @@ def node_init(
     url: Annotated[str, typer.Option(help="the URL this node serves at, for its children")],
     is_root: Annotated[bool, typer.Option("--root", help="make this node a root")] = False,
     data_dir: DataDir = None,
+    db: Database = None,
 ) -> None:
     """Make this node the root of a hierarchy: it certifies its own code."""
     from computenet.node.federation import Membership, load_membership, node_key, save_membership
@@ -45,6 +87,7 @@ def node_init(
     where = _data_dir(data_dir)
     if load_membership(where) is not None:
         fail(f"{where} already belongs to a hierarchy")
+    _unminted(where, db)
     key = node_key(where)
     save_membership(where, Membership([root(key, code, url.rstrip("/"))]))
     out.print(f"root {code} at {url}; key {key.public_key}")
@@ -55,6 +98,7 @@ def node_join(
     token: Annotated[str, typer.Option(help="the one-time token from 'cnet node invite'")],
     url: Annotated[str, typer.Option(help="the URL this node serves at")],
     data_dir: DataDir = None,
+    db: Database = None,
 ) -> None:
     """Join a parent node: it delegates this node a code under its own.
 
@@ -66,6 +110,7 @@ def node_join(
     where = _data_dir(data_dir)
     if load_membership(where) is not None:
         fail(f"{where} already belongs to a hierarchy")
+    _unminted(where, db)
     key = node_key(where)
     fields = {
         "token": token,

@@ -20,6 +20,7 @@ from computenet.cli.session import client, pool_cpi
 from computenet.model import Job, JobSpec, JobState
 from computenet.model.common import format_bytes
 from computenet.model.plan import Plan
+from computenet.sdk import naming
 from computenet.sdk.client import ApiError, Client
 
 MAX_SPEC_FILE = 1024 * 1024
@@ -117,7 +118,8 @@ def run(
     ] = None,
     pool: Annotated[str | None, typer.Option(help="run on this pool (its name or CPI)")] = None,
     optimize: Annotated[
-        str | None, typer.Option(help="favour cost, time, carbon or balanced")
+        str | None,
+        typer.Option(help="favour cost, time, carbon, balanced, or a goal the node defines"),
     ] = None,
     priority: Annotated[int, typer.Option(help="-1000..1000, higher first among yours")] = 0,
     region: Annotated[
@@ -233,6 +235,13 @@ def load_spec(file: Path) -> JobSpec:
         raise CLIError(f"{file}: not valid YAML: {str(e).splitlines()[0]}", 2) from e
     if not isinstance(data, dict):
         raise CLIError(f"{file}: a job spec is a mapping of fields", 2)
+    pool = data.get("pool")
+    if isinstance(pool, str) and not pool.startswith("cpi:"):  # a name, as --pool takes
+        try:
+            with client() as c:
+                data["pool"] = naming.pool_cpi(pool, c.pools())
+        except ValueError as e:
+            raise CLIError(f"{file}: {e}", 2) from None
     return spec_from(data, str(file))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from computenet.cli.output import CLIError
+from computenet.sdk import naming
 from computenet.sdk.client import Client
 
 
@@ -26,16 +27,15 @@ def client() -> Client:
     return c
 
 
-def pool_cpi(pool: str | None) -> str | None:
+def pool_cpi(pool: str | None, what: str = "--pool") -> str | None:
     """A pool named by its name, as ``cnet resources`` lists it, is looked up: one CPI
     to type less."""
     if pool is None or pool.startswith("cpi:"):
         return pool
-    if not pool.strip():
-        raise CLIError("--pool: name a pool (cnet resources lists them)", 2)
-    with client() as c:
-        found = [p.cpi for p in c.pools() if p.name == pool]
-    if len(found) != 1:
-        why = "no pool is named so" if not found else f"{len(found)} pools are: name its CPI"
-        raise CLIError(f"--pool {pool!r}: {why} (cnet resources lists them)", 2)
-    return found[0]
+    try:
+        if not pool.strip():
+            return naming.pool_cpi(pool, [])
+        with client() as c:
+            return naming.pool_cpi(pool, c.pools())
+    except ValueError as e:  # "pool …": said as the option or argument it came from
+        raise CLIError(f"{what}{str(e).removeprefix('pool')}", 2) from None

@@ -42,6 +42,7 @@ import httpx
 
 from computenet.functions.wire import fetch_blob, runtime, upload_blob
 from computenet.model.functions import INLINE_MAX, Call, Calls, Results, SessionCreate
+from computenet.sdk import naming
 from computenet.sdk.client import Client, check
 
 P = ParamSpec("P")
@@ -77,6 +78,9 @@ class Executor(_Executor):
         token: str | None = None,
         _runtime: dict[str, str] | None = None,
     ) -> None:
+        self._client = Client(url, token)
+        if pool is not None and not pool.startswith("cpi:"):  # a name, as cnet resources shows
+            pool = naming.pool_cpi(pool, self._client.pools())
         self._request = SessionCreate.model_validate(
             {
                 "resources": resources or {},
@@ -86,7 +90,6 @@ class Executor(_Executor):
                 "runtime": _runtime or runtime(),
             }
         )
-        self._client = Client(url, token)
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._futures: dict[int, Future[Any]] = {}

@@ -17,6 +17,7 @@ from computenet.model.dataset import MAX_DATA, DataInput, DataOutput
 
 MAX_COMMAND_BYTES = 128 * 1024
 MAX_ENV_BYTES = 128 * 1024
+GOAL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # a scheduling goal's name
 
 
 class JobState(StrEnum):
@@ -158,8 +159,10 @@ class JobSpec(Model):
     regions: list[Annotated[str, Field(pattern=r"^[a-z0-9-]{1,63}$")]] = Field(
         default_factory=list, max_length=64, description="run only in these regions"
     )
-    optimize: Literal["balanced", "cost", "time", "carbon"] | None = Field(
-        default=None, description="what the scheduler favours; the node's default if unset"
+    optimize: Annotated[str, Field(pattern=GOAL_PATTERN)] | None = Field(
+        default=None,
+        description="what the scheduler favours: balanced, cost, time, carbon, or a goal the "
+        "node's scheduling file defines; the node's default if unset",
     )
     priority: int = Field(default=0, ge=-1000, le=1000)
     labels: Labels = Field(default_factory=dict)

@@ -8,6 +8,7 @@ import gc
 import logging
 import sys
 from collections.abc import AsyncIterator
+from types import FrameType
 from typing import Any
 
 from fastapi import FastAPI
@@ -114,6 +115,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
             asyncio.create_task(node.liveness_loop(), name="liveness"),
             asyncio.create_task(node.index_loop(), name="index"),
             asyncio.create_task(node.beats.loop(), name="heartbeats"),
+            asyncio.create_task(functions.reap_loop(node), name="sessions"),
         ]
         try:
             yield
@@ -164,7 +166,17 @@ def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -
     import uvicorn
 
     app = create_app(settings)
-    uvicorn.run(
+    node: Node = app.state.node
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            # Long polls answer now and streams end: else they hold the stop for its grace
+            # and are cancelled mid-answer, a traceback each.
+            with contextlib.suppress(RuntimeError):  # no loop yet, or no longer
+                asyncio.get_event_loop().call_soon_threadsafe(node.events.close)
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -176,3 +188,4 @@ def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -
         timeout_graceful_shutdown=GRACE,
         **uvicorn_args,
     )
+    Server(config).run()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import os
 import secrets
 import time
 from collections import deque
@@ -19,7 +20,9 @@ from dataclasses import dataclass, field
 
 from computenet.model.functions import Call, Result
 
-SESSION_IDLE = 3600.0  # a session nobody polls for this long is dropped
+# A client polls for results every few seconds while it lives (an idle Executor too):
+# one silent this long has gone without closing its session, whose workers then stop.
+CLIENT_GONE = float(os.environ.get("CNET_FN_CLIENT_GONE", "120"))
 MAX_WAITING = 100_000  # calls a session holds for its workers; the client keeps the rest
 MAX_WAITING_BYTES = 64 << 20  # of inline payloads among them
 
@@ -37,7 +40,7 @@ class SessionState:
     results_ready: asyncio.Event = field(default_factory=asyncio.Event)
     workers: dict[str, dict[str, str]] = field(default_factory=dict)
     error: str = ""
-    touched: float = field(default_factory=time.monotonic)
+    client_seen: float = field(default_factory=time.monotonic)  # workers' polls do not count
 
     def check(self, token: str) -> bool:
         return hmac.compare_digest(self.token_hash, _hash(token))
@@ -94,25 +97,21 @@ class Broker:
         self.sessions: dict[str, SessionState] = {}
 
     def open(self, tenant: str, runtime: dict[str, str]) -> tuple[SessionState, str]:
-        self._expire()
         token = secrets.token_urlsafe(24)
         s = SessionState("s-" + secrets.token_hex(8), tenant, _hash(token), dict(runtime))
         self.sessions[s.id] = s
         return s, token
 
     def get(self, sid: str) -> SessionState | None:
-        s = self.sessions.get(sid)
-        if s is not None:
-            s.touched = time.monotonic()
-        return s
+        return self.sessions.get(sid)
 
     def close(self, sid: str) -> SessionState | None:
         return self.sessions.pop(sid, None)
 
-    def _expire(self) -> None:
-        cutoff = time.monotonic() - SESSION_IDLE
-        for sid in [k for k, s in self.sessions.items() if s.touched < cutoff]:
-            del self.sessions[sid]
+    def abandoned(self) -> list[SessionState]:
+        """Sessions whose client has stopped polling (its process ended, or was killed)."""
+        cutoff = time.monotonic() - CLIENT_GONE
+        return [s for s in self.sessions.values() if s.client_seen < cutoff]
 
 
 def _hash(token: str) -> str:

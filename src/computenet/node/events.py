@@ -30,6 +30,12 @@ class Topic:
         for k in keys:
             self.notify(k)
 
+    def wake_all(self) -> None:
+        for waiters in self._waiters.values():
+            for fut in waiters:
+                if not fut.done():
+                    fut.set_result(None)
+
     async def wait(self, key: str, seen: int, timeout: float) -> bool:
         """Returns True when ``key`` moved past version ``seen`` within ``timeout``."""
         if self._versions.get(key, 0) != seen:
@@ -54,3 +60,22 @@ class Events:
         self.pools = Topic()  # key: pool CPI; new directives for it
         self.jobs = Topic()  # key: job id; state or logs changed
         self.schedule = asyncio.Event()  # something may now be placeable
+        self.closing = asyncio.Event()  # the node is stopping: long polls answer now
+
+    def close(self) -> None:
+        """Long polls and streams end at once, rather than hold the node's stop until its
+        grace runs out and they are cancelled mid-answer."""
+        self.closing.set()
+        self.pools.wake_all()
+        self.jobs.wake_all()
+
+    async def pause(self, event: asyncio.Event, timeout: float) -> None:
+        """Until ``event`` is set, the node starts stopping, or ``timeout`` passes."""
+        if event.is_set() or self.closing.is_set():
+            return
+        waits = {asyncio.ensure_future(event.wait()), asyncio.ensure_future(self.closing.wait())}
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()

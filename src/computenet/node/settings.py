@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,25 +68,23 @@ class Settings:
         unknown = set(data) - {"region", "goal", "weights", "latency"}
         if unknown:
             raise ValueError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
+        from computenet.model.job import GOAL_PATTERN
         from computenet.node.sched.profile import GOALS, SCORES
 
-        try:
-            weights = {
-                str(g): {str(k): float(v) for k, v in w.items()}
-                for g, w in (data.get("weights") or {}).items()
-            }
-            latency = {
-                str(a): {str(b): float(ms) for b, ms in row.items()}
-                for a, row in (data.get("latency") or {}).items()
-            }
-            numbers = [v for w in (*weights.values(), *latency.values()) for v in w.values()]
-            if not all(math.isfinite(v) and v >= 0 for v in numbers):
-                raise ValueError("not a finite number of at least 0")  # .inf ranks nothing
-        except (AttributeError, TypeError, ValueError):
-            raise ValueError(
-                f"{path}: weights are {{goal: {{score: number}}}} and latency is "
-                "{region: {region: milliseconds}}, each number finite and at least 0"
-            ) from None
+        weights = _table(path, "weights", data.get("weights"), "goal", "score")
+        latency = _table(path, "latency", data.get("latency"), "region", "region")
+        for g in weights:
+            if not re.fullmatch(GOAL_PATTERN, g):
+                raise ValueError(
+                    f"{path}: weights.{g}: a goal's name is 1 to 32 of a-z, 0-9, '_', '-', "
+                    "starting with a-z"
+                )
+        for a in (data.get("region"), *latency, *(b for row in latency.values() for b in row)):
+            if a is not None and not (isinstance(a, str) and re.fullmatch(REGION, a)):
+                raise ValueError(
+                    f"{path}: {a!r} is not a region's name: 1 to 63 of a-z, 0-9 and '-', as "
+                    "pools name theirs"
+                )
         goal = str(data.get("goal", self.goal))
         if goal not in (*GOALS, *weights):
             known = ", ".join((*GOALS, *(g for g in weights if g not in GOALS)))
@@ -98,3 +97,28 @@ class Settings:
                 )
         self.region, self.goal = str(data.get("region", self.region)), goal
         self.weights, self.latency = weights, latency
+
+
+REGION = r"[a-z0-9-]{1,63}"
+
+
+def _table(
+    path: Path, key: str, table: object, rows: str, cols: str
+) -> dict[str, dict[str, float]]:
+    """``{row: {column: number}}``, each number finite and at least 0; what is not is named
+    by where it stands."""
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: {key} is a mapping {{{rows}: {{{cols}: number}}}}")
+    out: dict[str, dict[str, float]] = {}
+    for a, row in table.items():
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: {key}.{a} is a mapping {{{cols}: number}}")
+        out[str(a)] = {}
+        for b, v in row.items():
+            ok = isinstance(v, int | float) and not isinstance(v, bool)
+            if not ok or not math.isfinite(v) or v < 0:  # .inf would rank nothing
+                raise ValueError(f"{path}: {key}.{a}.{b} is {v!r}: a finite number of at least 0")
+            out[str(a)][str(b)] = float(v)
+    return out

@@ -39,6 +39,7 @@ from computenet.model.transfer import (
     TransferRequest,
     TransferResult,
 )
+from computenet.sdk import naming
 from computenet.transfer import client
 from computenet.transfer.client import Options
 from computenet.transfer.manifest import subtree, total_size, travels, tree_hash
@@ -329,8 +330,13 @@ async def copy_data(
         if named is not None and any(v.version == d_ref.version for v in named.versions):
             raise TransferError(f"{d_ref} exists; versions never change: publish a new one")
     s = location(src)
-    serving = _serving(await api.pools())
-    target = pool or s.pool or next(iter(serving), None)
+    pools = await api.pools()
+    serving = _serving(pools)
+    try:
+        chosen = naming.pool_cpi(pool, pools) if pool is not None else None
+    except ValueError as e:
+        raise TransferError(str(e)) from None
+    target = chosen or s.pool or next(iter(serving), None)
     if target is None:
         raise TransferError("no pool with a data server is online to hold the dataset")
     if target not in serving:

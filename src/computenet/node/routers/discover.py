@@ -88,14 +88,17 @@ async def stream(
     sub = node.index.subscribe(query, all_pools)
 
     async def events() -> AsyncIterator[bytes]:
+        said = time.monotonic()
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(sub.queue.get(), KEEPALIVE)
+                    item = await asyncio.wait_for(sub.queue.get(), 1.0)
                 except TimeoutError:
-                    if await request.is_disconnected():
+                    if node.events.closing.is_set() or await request.is_disconnected():
                         return
-                    yield b": keepalive\n\n"
+                    if time.monotonic() - said >= KEEPALIVE:
+                        said = time.monotonic()
+                        yield b": keepalive\n\n"
                     continue
                 if item is None:
                     yield b"event: overflow\ndata: {}\n\n"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 import os
 import time
 from typing import Annotated
@@ -15,13 +15,14 @@ from fastapi.responses import FileResponse
 from computenet.model import JobSpec
 from computenet.model.functions import Calls, Hello, Results, Session, SessionCreate
 from computenet.node.auth import Principal, node_of, principal
-from computenet.node.calls import SessionState, mismatch
+from computenet.node.calls import CLIENT_GONE, SessionState, mismatch
 from computenet.node.errors import Busy, Conflict, NotFound, TooLarge, Unauthorized
 from computenet.node.routers.jobs import admit, elsewhere
 from computenet.node.runtime import Node
 from computenet.node.store import jobs as job_store
 
 router = APIRouter(prefix="/v1", tags=["functions"])
+log = logging.getLogger("computenet.node")
 SessionId = Annotated[str, Path(pattern=r"^s-[0-9a-f]{16}$")]
 BlobId = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 HEADER_TOKEN = "X-CNet-Session-Token"
@@ -78,7 +79,32 @@ def _mine(node: Node, sid: str, who: Principal) -> SessionState:
     s = node.broker.get(sid)
     if s is None or (s.tenant != who.tenant and not who.admin):
         raise NotFound(f"no function session {sid}", field="session")
+    s.client_seen = time.monotonic()
     return s
+
+
+async def reap_loop(node: Node) -> None:
+    """Ends the sessions whose client went without closing them: a script that exited
+    before ``shutdown``, a killed notebook. Their workers would run for ever."""
+    while True:
+        await asyncio.sleep(min(10.0, CLIENT_GONE / 3))
+        for s in node.broker.abandoned():
+            log.info("function session %s: its client is gone; stopping its workers", s.id)
+            try:
+                await end_session(node, s)
+            except Exception:
+                log.exception("stopping the workers of function session %s", s.id)
+
+
+async def end_session(node: Node, s: SessionState) -> None:
+    """Its workers are cancelled: calls not yet answered are dropped."""
+    node.broker.close(s.id)
+    now = time.time()
+    for job_id in s.jobs:
+        job = await node.writing(job_store.request_cancel, job_id, None, now)
+        if job.pool and not job.state.terminal:
+            node.events.pools.notify(job.pool)
+        node.events.jobs.notify(job_id)
 
 
 def _worker(request: Request, sid: str) -> SessionState:
@@ -115,8 +141,7 @@ async def take_results(
 ) -> Results:
     s = _mine(node, sid, who)
     if not s.results and not s.error and wait:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.results_ready.wait(), wait)
+        await node.events.pause(s.results_ready, wait)
     return Results(results=s.take_results(most), error=s.error, workers=len(s.workers))
 
 
@@ -125,14 +150,7 @@ async def close_session(
     sid: SessionId, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> None:
     """Stops the workers; calls not yet answered are dropped."""
-    s = _mine(node, sid, who)
-    node.broker.close(sid)
-    now = time.time()
-    for job_id in s.jobs:
-        job = await node.writing(job_store.request_cancel, job_id, None, now)
-        if job.pool and not job.state.terminal:
-            node.events.pools.notify(job.pool)
-        node.events.jobs.notify(job_id)
+    await end_session(node, _mine(node, sid, who))
 
 
 @router.post("/functions/sessions/{sid}/hello", response_model=Results)
@@ -151,8 +169,7 @@ async def take_calls(
 ) -> Calls:
     s = _worker(request, sid)
     if not s.calls and wait:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(s.calls_ready.wait(), wait)
+        await node_of(request).events.pause(s.calls_ready, wait)
     return Calls(calls=s.take_calls(most))
 
 

@@ -142,9 +142,15 @@ def check_outputs(
             raise Conflict(why, field=where)
 
 
-def check_request(spec: JobSpec, field: str = "") -> None:
+def check_request(spec: JobSpec, profile: Profile, field: str = "") -> None:
     """Vendors narrow the accelerators asked for; with none asked, they would be ignored and
-    the job would run without the device its author had in mind."""
+    the job would run without the device its author had in mind. A goal is one this node
+    weighs: the four built in, or one its scheduling file defines."""
+    if spec.optimize is not None and spec.optimize not in profile.weights:
+        raise Invalid(
+            f"no goal {spec.optimize!r} on this node; it has {', '.join(sorted(profile.weights))}",
+            field=f"{field}optimize",
+        )
     r = spec.resources
     if r.vendor and not r.gpus:
         raise Invalid(
@@ -248,7 +254,7 @@ async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
     code = node.federation.code if node.federation.chain else ""
-    check_request(spec)
+    check_request(spec, node.profile)
     spec = await _poolless(node, spec)
 
     def run(spec: JobSpec) -> Job:
@@ -284,7 +290,7 @@ async def plan(
     an input submission would refuse (no such dataset) is refused here too, by field."""
 
     code = node.federation.code if node.federation.chain else ""
-    check_request(spec)
+    check_request(spec, node.profile)
 
     def run(conn: Connection) -> Plan:
         check_pools(conn, spec, code)
@@ -304,7 +310,7 @@ async def submit_batch(
 ) -> list[Job]:
     """Up to 1,000 jobs in one transaction: all are accepted, or none."""
     for i, s in enumerate(batch.jobs):
-        check_request(s, f"jobs.{i}.")
+        check_request(s, node.profile, f"jobs.{i}.")
     specs = [await _poolless(node, s, f"jobs.{i}.") for i, s in enumerate(batch.jobs)]
     batch = batch.model_copy(update={"jobs": specs})
 
@@ -365,7 +371,7 @@ async def get_job(
         seen = node.events.jobs.version(job_id)
         job = await node.reading(job_store.get, job_id, who.scope)
         left = deadline - time.monotonic()
-        if job.state.terminal or left <= 0:
+        if job.state.terminal or left <= 0 or node.events.closing.is_set():
             return job
         await node.events.jobs.wait(job_id, seen, min(left, 1.0))
 
@@ -411,8 +417,8 @@ async def logs(
                 if not await node.reading(job_store.read_logs, job_id, after, 1):
                     return
                 continue
-            if await request.is_disconnected():
-                return
+            if node.events.closing.is_set() or await request.is_disconnected():
+                return  # a client that follows asks again, of the node that serves next
             await node.events.jobs.wait(job_id, seen, 1.0)
 
     return StreamingResponse(chunks(), media_type="application/x-ndjson")

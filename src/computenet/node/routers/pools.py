@@ -132,6 +132,7 @@ async def directives(
             or out.cancel
             or out.calibrate
             or left <= 0
+            or node.events.closing.is_set()
             or await request.is_disconnected()
         ):
             return out

@@ -143,7 +143,20 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
     values["traits"] = traits_of(machines)
     values["runtime"] = dict(inv.runtime)
     values["data_endpoint"] = inv.data.model_dump(mode="json") if inv.data else None
-    existing = conn.execute(select(pools.c.cpi).where(pools.c.cpi == str(pool_cpi))).first()
+    existing = conn.execute(
+        select(pools.c.cpi, pools.c.public_key, pools.c.status).where(pools.c.cpi == str(pool_cpi))
+    ).first()
+    if (
+        existing is not None
+        and existing.public_key != inv.public_key
+        and existing.status == PoolStatus.online.value
+    ):  # two agents of one pool would take turns, and run its jobs twice
+        raise Conflict(
+            f"pool {pool_cpi} is online with another agent's key: another agent serves it. "
+            "Stop that agent, or name this pool otherwise (--pool); an agent whose state "
+            "directory was lost may take the pool over once it shows suspect or offline",
+            field="inventory.name",
+        )
     if existing is None:
         conn.execute(
             pools.insert().values(
