@@ -61,6 +61,8 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         ("node", "init", "--root", "--code", "BAD", "--url", "http://127.0.0.1:1"),
         ("catalog", "--vendor", "nosuch"),  # an empty table, exit 0
         ("tenant", "set", "x", "--no-limits", "--max-cpus", "2"),  # applied the 2, unsaid
+        ("node", "join", "http://127.0.0.1:1", "--token", "cnj_nope", "--url", "http://x:1"),
+        ("find", "--watch", "--order", "price"),  # the order was ignored, unsaid
     )
     for args in cases:
         r = cnet(*args)
@@ -69,6 +71,8 @@ def test_bad_options_fail_in_one_line_without_traceback() -> None:
         assert "Value error" not in r.stderr and r.stderr.startswith("error: ")
     provider = cnet("agent", "run", "--token", "x", "--provider", "BAD_P").stderr
     assert "1 to 63 of a-z, 0-9, '_', '.', '-', starting with a-z, 0-9" in provider  # the form
+    join = cnet("node", "join", "http://127.0.0.1:1", "--token", "cnj_nope", "--url", "http://x:1")
+    assert "--token: not a join token" in join.stderr  # was "String should have at least 10"
     sync = cnet("cp", "--sync", "bogus", "a", "b").stderr
     assert "'--sync': 'bogus' is not one of 'none', 'exists'" in sync
     assert sync.rstrip().endswith("(see cnet cp --help)")

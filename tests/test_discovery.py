@@ -218,3 +218,26 @@ def _first_listing(fleet: Network, q: str, all_pools: bool) -> list[str]:
     c.close()
     t.join(10)
     return got
+
+
+def test_metrics_show_what_an_operator_watches(fleet: Network) -> None:
+    """Before, /metrics held counters only: no pools by status, capacity or queue."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{fleet.url}/metrics").text
+    got = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    with fleet.client() as c:
+        pools = c.pools()
+    online = [p for p in pools if p.status is PoolStatus.online]
+    assert got[("cnet_pools", (("status", "online"),))] == len(online)
+    assert got[("cnet_capacity", (("resource", "gpus"),))] == sum(p.capacity.gpus for p in online)
+    assert got[("cnet_capacity", (("resource", "cpus"),))] == sum(p.capacity.cpus for p in online)
+    assert (
+        got[("cnet_free", (("resource", "gpus"),))]
+        <= got[("cnet_capacity", (("resource", "gpus"),))]
+    )
+    assert ("cnet_jobs", (("state", "QUEUED"),)) in got

@@ -119,6 +119,9 @@ def test_frozen_agent_job_requeued_elsewhere_and_fenced_on_return(quick: Network
         assert [a.state for a in final.attempts] == [JobState.FAILED, JobState.COMPLETE]
         out = "".join(ch["data"] for ch in c.logs(job.id))
         assert out.count("done-by-") == 1 and pools["second"] in out
+        shown = network.cnet("logs", job.id)  # which attempt said it, as the CLI shows it
+        assert shown.stdout == out and shown.stderr == "--- attempt 2 ---\n", shown.stderr
+        assert network.cnet("logs", "--attempt", "1", job.id).stdout == ""
         # and the first pool's capacity is whole again
         first_pool = next(p for p in c.pools() if p.name == "first")
         assert first_pool.allocated.cpus == 0

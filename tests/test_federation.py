@@ -163,6 +163,11 @@ def test_tree_view_and_discovery_across_the_tree(tree: dict[str, Network]) -> No
         everywhere = c.discover(scope="tree")
     assert {p.cpi.split(":")[1] for p in local.items} == {"cn.east.fin"}
     assert {p.cpi.split(":")[1] for p in everywhere.items} == set(parents)
+    found = tree["fin"].cnet("find", "--tree")  # before, the CLI could not ask the tree
+    assert found.returncode == 0 and "4 pool(s) matched" in found.stdout, found.stderr
+    assert all(f"cpi:{code}:" in found.stdout for code in parents)
+    bad = tree["fin"].cnet("find", "--watch", "--tree")
+    assert bad.returncode == 2 and "without --order or --tree" in bad.stderr
 
 
 def _node_key(net: Network) -> KeyPair:

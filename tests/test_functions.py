@@ -14,6 +14,7 @@ import pytest
 import computenet
 from computenet.functions.executor import SessionError
 from computenet.model import JobState
+from computenet.sdk import ApiError
 from conftest import Network
 
 pytestmark = pytest.mark.slow
@@ -206,3 +207,13 @@ def test_an_executor_takes_a_pool_by_its_name(shared: Network) -> None:
         assert e.submit(abs, -3).result(timeout=120) == 3
     with pytest.raises(ValueError, match="pool 'nosuch': no pool is named so"):
         computenet.Executor(pool="nosuch", url=shared.url, token=shared.token)
+
+
+def test_an_executor_that_cannot_reach_its_node_says_so_as_the_client_does() -> None:
+    """It raised httpx.ConnectError; the docs promise ApiError with status 0."""
+    from conftest import free_port
+
+    ex = computenet.Executor(url=f"http://127.0.0.1:{free_port()}", token="cnet_x.y")
+    with pytest.raises(ApiError) as e:
+        ex.submit(abs, -1)
+    assert e.value.status == 0 and "cannot reach" in str(e.value)

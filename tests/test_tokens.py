@@ -120,6 +120,17 @@ def test_cli_revoke_makes_token_fail(shared: Network) -> None:
         (t,) = [t for t in admin.tokens() if t.id == token_id]
         assert t.revoked_at is not None
         assert admin.counts() is not None  # the admin token is untouched
+    again = shared.cnet("token", "revoke", token_id)
+    assert again.returncode == 0 and "was revoked already" in again.stdout
+
+
+def test_cli_revokes_a_token_by_its_name(shared: Network) -> None:
+    """Before, a name got 'token_id: String should match pattern ...'."""
+    token_id, _ = cli_create(shared, "by-name", "--tenant", "team-n")
+    proc = shared.cnet("token", "revoke", "by-name")
+    assert proc.returncode == 0 and proc.stdout.strip() == f"revoked {token_id} (by-name)"
+    gone = shared.cnet("token", "revoke", "by-name")  # no live one is named so now
+    assert gone.returncode == 2 and "no live token is named so" in gone.stderr
 
 
 def test_revoke_is_idempotent_and_unknown_is_404(shared: Network) -> None:
@@ -250,3 +261,15 @@ def test_the_last_admin_token_cannot_be_revoked(network: Network) -> None:
         with pytest.raises(ApiError) as exc:
             other.revoke_token(spare.id)
         assert exc.value.status == 409
+
+
+def test_values_refused_before_sending_are_named_as_their_options(shared: Network) -> None:
+    """They were named as the fields they fill (``weight: …``), or by no form at all."""
+    for args, says in (
+        (("tenant", "set", "bob", "--weight", "-1"), "--weight: "),
+        (("token", "create", "x", "--tenant", "A"), "--tenant: 'A' is not in the allowed form: 1"),
+        (("node", "invite", "East"), "'East' is not in the allowed form: 1 to 32 of a-z"),
+    ):
+        r = shared.cnet(*args)
+        assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import re
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.table import Table
 
-from computenet.cli.output import CLIError, ago, err, fail, out
+from computenet.cli.output import CLIError, ago, err, fail, friendly, out
 from computenet.cli.session import client, pool_cpi
 from computenet.model import DeviceKind, Pool, Role, TenantPolicy
 from computenet.model.common import format_bytes, parse_memory
+from computenet.model.discovery import PoolSummary
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants' fair-share weights and quotas.", no_args_is_help=True)
@@ -22,6 +27,19 @@ pool_app = typer.Typer(
     help="One pool: its record, measuring it again, and the links between pools.",
     no_args_is_help=True,
 )
+
+
+@contextlib.contextmanager
+def _as_flags() -> Iterator[None]:
+    """A value refused before it is sent is named as the option it came from
+    (``--weight``), not as the field it fills (``weight``); the argument as ``NAME``."""
+    try:
+        yield
+    except ValidationError as e:
+        first = e.errors()[0]
+        key = str(first["loc"][0]) if first["loc"] else "input"
+        flag = "NAME" if key == "name" else "--" + key.replace("_", "-")
+        fail(f"{flag}: {friendly(first)}", 2)
 
 
 @pool_app.command("show")
@@ -130,13 +148,14 @@ def tenant_set(
     with client() as c:
         now = next((t for t in c.tenants() if t.name == name), None)
         keep = TenantPolicy() if no_limits or now is None else now
-        t = c.set_tenant(
-            name,
-            weight if weight is not None else (now.weight if now else 1.0),
-            max_cpus if max_cpus is not None else keep.max_cpus,
-            max_gpus if max_gpus is not None else keep.max_gpus,
-            data if data is not None else keep.max_data,
-        )
+        with _as_flags():
+            t = c.set_tenant(
+                name,
+                weight if weight is not None else (now.weight if now else 1.0),
+                max_cpus if max_cpus is not None else keep.max_cpus,
+                max_gpus if max_gpus is not None else keep.max_gpus,
+                data if data is not None else keep.max_data,
+            )
         if now is None and not any(
             x.tenant == name and x.revoked_at is None for x in c.tokens()
         ):  # most likely a typo; else set before its first token, which is allowed
@@ -222,7 +241,7 @@ def token_create(
     role: Annotated[Role, typer.Option(help="admin, tenant or provider")] = Role.tenant,
 ) -> None:
     """Create a token; its secret is printed once."""
-    with client() as c:
+    with client() as c, _as_flags():
         t = c.create_token(name, tenant, role)
     out.print(f"token {t.id} for tenant {t.tenant} ({t.role.value}); the secret is shown once:")
     print(t.secret)
@@ -241,9 +260,23 @@ def token_list() -> None:
 
 
 @token_app.command("revoke")
-def token_revoke(token_id: Annotated[str, typer.Argument(help="token id")]) -> None:
+def token_revoke(
+    token_id: Annotated[str, typer.Argument(help="the token's id, or its name where one has it")],
+) -> None:
+    """Revoke a token (admin): it stops working at once."""
     with client() as c:
+        tokens = c.tokens()
+        if not re.fullmatch(r"[0-9a-f]{1,32}", token_id):  # a name, as token list shows
+            live = [t for t in tokens if t.name == token_id and t.revoked_at is None]
+            if len(live) != 1:
+                why = "no live token is named so" if not live else f"{len(live)} are: give its id"
+                fail(f"token {token_id!r}: {why} (cnet token list shows them)", 2)
+            token_id = live[0].id
+        before = next((t for t in tokens if t.id == token_id), None)
         t = c.revoke_token(token_id)
+    if before is not None and before.revoked_at is not None:
+        out.print(f"{t.id} ({t.name}) was revoked already")
+        return
     out.print(f"revoked {t.id} ({t.name})")
 
 
@@ -269,6 +302,9 @@ def find(
     all_pools: Annotated[bool, typer.Option("--all", help="include suspect and offline")] = False,
     limit: Annotated[int, typer.Option(min=1, max=10_000)] = 50,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="follow changes live")] = False,
+    tree: Annotated[
+        bool, typer.Option("--tree", help="every node's pools in the hierarchy, not this node's")
+    ] = False,
     for_job: Annotated[
         Path | None, typer.Option("--for", help="show the optimizer table for this job file")
     ] = None,
@@ -280,13 +316,13 @@ def find(
         with client() as c:
             show_plan(c.plan(load_spec(for_job)))
         return
+    if watch and (order is not None or tree):
+        fail("--watch follows this node's pools as they change: without --order or --tree", 2)
     with client() as c:
         if watch:
-            for s in c.watch(query, all_pools):
-                free = f"{s.free.cpus:g}/{s.capacity.cpus:g} cpus, {s.free.gpus}/{s.capacity.gpus} gpus"
-                out.print(f"{ago(s.last_heartbeat_at):>9}  {s.status.value:<8} {s.cpi}  {free}")
+            _watch(c.watch(query, all_pools))
             return
-        page = c.discover(query, order, all_pools, limit)
+        page = c.discover(query, order, all_pools, limit, "tree" if tree else "local")
     table = Table(box=None, pad_edge=False)
     for col in (
         "POOL",
@@ -325,6 +361,15 @@ def find(
         )
     out.print(table)
     out.print(f"[dim]{page.total} pool(s) matched in {page.took_ms:.2f} ms[/]")
+
+
+def _watch(changes: Iterable[PoolSummary]) -> None:
+    """One line a change, stamped with when it came: a pool's free capacity and status."""
+    out.print("TIME      STATUS   POOL  FREE", markup=False)
+    for s in changes:
+        free = f"{s.free.cpus:g}/{s.capacity.cpus:g} cpus, {s.free.gpus}/{s.capacity.gpus} gpus"
+        when = datetime.now().strftime("%H:%M:%S")
+        out.print(f"{when}  {s.status.value:<8} {s.cpi}  {free}", markup=False)
 
 
 def catalog(

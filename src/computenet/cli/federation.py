@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.tree import Tree
 
 from computenet import config
-from computenet.cli.output import ago, fail, out
+from computenet.cli.output import ago, fail, friendly, out
 from computenet.cli.session import client
 from computenet.ident.cpi import check_authority
 from computenet.ident.delegation import ChainError, root, verify_chain
@@ -107,6 +107,8 @@ def node_join(
     """
     from computenet.node.federation import Membership, load_membership, node_key, save_membership
 
+    if not 10 <= len(token) <= 200:  # before anything is made: a key, a file
+        fail("--token: not a join token; 'cnet node invite' at the parent gives one", 2)
     where = _data_dir(data_dir)
     if load_membership(where) is not None:
         fail(f"{where} already belongs to a hierarchy")
@@ -121,7 +123,12 @@ def node_join(
     try:
         req = JoinRequest.model_validate({**fields, "signature": key.sign_json(fields)})
     except ValidationError as e:
-        fail(f"invalid join request: {e.errors()[0]['msg']}")
+        first = e.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        if field == "token":
+            fail("--token: not a join token; 'cnet node invite' at the parent gives one", 2)
+        said = f"--{field}" if field == "url" else "invalid join request"
+        fail(f"{said}: {friendly(first)}", 2)
         return
     try:
         r = httpx.post(

@@ -274,10 +274,23 @@ def ps(
 def logs(
     job_id: Annotated[str, typer.Argument(help="job id")],
     follow: Annotated[bool, typer.Option("--follow", "-f", help="until the job ends")] = False,
+    attempt: Annotated[
+        int | None,
+        typer.Option(min=1, help="only this attempt's output (a requeued job has several)"),
+    ] = None,
 ) -> None:
-    """Print a job's output."""
+    """Print a job's output. Where it ran again (requeued), each later attempt's output is
+    headed by a line on stderr."""
+    shown = 0
     with client() as c:
         for chunk in c.logs(job_id, follow=follow):
+            n = int(chunk.get("attempt") or 1)
+            if attempt is not None and n != attempt:
+                continue
+            if attempt is None and n != shown and (shown or n > 1):
+                sys.stdout.flush()
+                err.print(f"--- attempt {n} ---", markup=False, highlight=False)
+            shown = n
             stream = sys.stdout if chunk["stream"] == "stdout" else sys.stderr
             stream.write(chunk["data"])
             stream.flush()

@@ -43,7 +43,7 @@ import httpx
 from computenet.functions.wire import fetch_blob, runtime, upload_blob
 from computenet.model.functions import INLINE_MAX, Call, Calls, Results, SessionCreate
 from computenet.sdk import naming
-from computenet.sdk.client import Client, check
+from computenet.sdk.client import Client, check, unreachable
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -106,9 +106,12 @@ class Executor(_Executor):
 
     def _open(self) -> str:
         if self._session is None:
-            r = self._http.post(
-                "/v1/functions/sessions", content=self._request.model_dump_json(), headers=JSON
-            )
+            try:
+                r = self._http.post(
+                    "/v1/functions/sessions", content=self._request.model_dump_json(), headers=JSON
+                )
+            except httpx.TransportError as e:  # as the Client says it: ApiError, status 0
+                raise unreachable(self._client.url, e) from e
             check(r)
             self._session = str(r.json()["id"])
             self.jobs: list[str] = list(r.json()["jobs"])

@@ -184,6 +184,11 @@ Labels = Annotated[dict[LabelKey, LabelValue], Field(max_length=64)]
 
 
 _SIMPLE = re.compile(r"^\^\[([^\]]+)\](?:\[([^\]]+)\]\{(\d+),(\d+)\})?\$$")
+_FORMS = {  # patterns past the two shapes below, as a person would say them
+    r"^[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?$": "1 to 32 of a-z, 0-9, '-', starting and "
+    "ending with a-z, 0-9",
+}
+_ONE = re.compile(r"^\^\[([^\]]+)\](\*|\+|\{(\d+),(\d+)\})\$$")
 
 
 def _chars(cls: str) -> str:
@@ -195,6 +200,15 @@ def allowed_form(pattern: str) -> str | None:
     """A pattern of one or two character classes as a person would say it, so that a
     refusal says what is allowed: ``^[a-z0-9][a-z0-9_.-]{0,62}$`` is "1 to 63 of a-z, 0-9,
     '_', '.', '-', starting with a-z, 0-9". None for any other pattern."""
+    if pattern in _FORMS:
+        return _FORMS[pattern]
+    if (one := _ONE.match(pattern)) is not None:
+        cls, times, low, high = one.groups()
+        if times == "*":
+            return f"only {_chars(cls)}, or nothing"
+        if times == "+":
+            return f"one or more of {_chars(cls)}"
+        return f"{low} to {high} of {_chars(cls)}"
     m = _SIMPLE.match(pattern)
     if m is None:
         return None

@@ -423,7 +423,7 @@ def _copy_api(do: Callable[[_Call], Awaitable[Any]]) -> Api:
     )
 
 
-def _transport_error(url: str, e: httpx.TransportError) -> ApiError:
+def unreachable(url: str, e: httpx.TransportError) -> ApiError:
     return ApiError(
         0, Problem(title="Node unreachable", status=0, detail=f"cannot reach {url}: {e}")
     )
@@ -457,7 +457,7 @@ class Client:
         try:
             resp = self._http.request(call.method, call.path, **call.kwargs())
         except httpx.TransportError as e:
-            raise _transport_error(self.url, e) from e
+            raise unreachable(self.url, e) from e
         return call.parse(resp)
 
     def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
@@ -481,6 +481,8 @@ class Client:
         return job
 
     def wait(self, job_id: str, timeout: float | None = None) -> Job:
+        """The job once it has ended; with ``timeout``, as it is then, ended or not (look
+        at its ``state``)."""
         import time
 
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -579,7 +581,7 @@ class Client:
                     if line.startswith("data: ") and line != "data: {}":
                         yield PoolSummary.model_validate_json(line[6:])
         except httpx.TransportError as e:
-            raise _transport_error(self.url, e) from e
+            raise unreachable(self.url, e) from e
 
     def providers(self) -> builtins.list[Provider]:
         out: builtins.list[Provider] = self._do(_Calls.providers())
@@ -641,7 +643,7 @@ class Client:
                     if chunk is not None:
                         yield chunk
         except httpx.TransportError as e:
-            raise _transport_error(self.url, e) from e
+            raise unreachable(self.url, e) from e
 
     def _api(self) -> Api:
         """What a copy asks of the node, each call on a thread: the copy runs on a loop."""
@@ -760,7 +762,7 @@ class AsyncClient:
         try:
             resp = await self._http.request(call.method, call.path, **call.kwargs())
         except httpx.TransportError as e:
-            raise _transport_error(self.url, e) from e
+            raise unreachable(self.url, e) from e
         return call.parse(resp)
 
     async def submit(self, spec: JobSpec | dict[str, Any] | None = None, **kwargs: Any) -> Job:
@@ -836,7 +838,7 @@ class AsyncClient:
                     if chunk is not None:
                         yield chunk
         except httpx.TransportError as e:
-            raise _transport_error(self.url, e) from e
+            raise unreachable(self.url, e) from e
 
     async def ticket(self, request: TransferRequest | dict[str, Any]) -> TransferGrant:
         req = TransferRequest.model_validate(request)

@@ -9,7 +9,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from computenet import __version__
-from computenet.model import Model
+from computenet.model import JobState, Model, PoolStatus
+from computenet.node import metrics as metrics_
 from computenet.node.auth import Principal, node_of, principal
 from computenet.node.runtime import Node
 from computenet.node.store import jobs as job_store
@@ -49,5 +50,27 @@ async def status(who: Principal = Depends(principal), node: Node = Depends(node_
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics() -> Response:
+async def metrics(node: Node = Depends(node_of)) -> Response:
+    by_status = dict.fromkeys(PoolStatus, 0)
+    cap = dict.fromkeys(("cpus", "memory_bytes", "gpus"), 0.0)
+    free = dict(cap)
+    for e in node.index.entries.values():
+        by_status[e.pool.status] += 1
+        if e.pool.status is PoolStatus.online:
+            c, f = e.pool.capacity, e.free
+            cap["cpus"] += c.cpus
+            cap["memory_bytes"] += c.memory_bytes
+            cap["gpus"] += c.gpus
+            free["cpus"] += max(0.0, f.cpus)
+            free["memory_bytes"] += max(0, f.memory_bytes)
+            free["gpus"] += max(0, f.gpus)
+    for status, n in by_status.items():
+        metrics_.POOLS.labels(status.value).set(n)
+    for key in cap:
+        metrics_.CAPACITY.labels(key).set(cap[key])
+        metrics_.FREE.labels(key).set(free[key])
+    open_jobs = await node.reading(job_store.count_open)
+    for state in JobState:
+        if not state.terminal:
+            metrics_.JOBS.labels(state.value).set(open_jobs.get(state.value, 0))
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
