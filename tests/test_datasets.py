@@ -1158,3 +1158,20 @@ def test_a_pool_goes_by_its_name_in_the_sdk_and_in_job_files(net: Network, tmp_p
     assert bad.returncode == 2 and f"{spec}: pool 'pool-z': no pool is named so" in bad.stderr
     shown = cnet(net, "pool", "show", "pool-b")
     assert shown.returncode == 0 and json.loads(shown.stdout)["cpi"] == b, shown.stderr
+
+
+def test_copying_a_version_again_to_its_recorded_copy_moves_nothing(
+    net: Network, tmp_path: Path
+) -> None:
+    """Run again, as scripts do, it failed: 'X and X are the same path'."""
+    publish(net, corpus(tmp_path, "again"), "cnet://dataset/again", "pool-a")
+    b = cpi(net, "pool-b")
+    args = ["cp", "--json", "cnet://dataset/again@1", f"{b}:/shared/again"]
+    first = cnet(net, *args)
+    assert first.returncode == 0, first.stderr
+    assert TransferResult.model_validate_json(first.stdout).replica_of == "cnet://dataset/again@1"
+    again = cnet(net, *args)
+    assert again.returncode == 0, again.stderr
+    r = TransferResult.model_validate_json(again.stdout)
+    assert (r.counters.bytes, r.counters.files, r.counters.files_skipped) == (0, 0, 2)
+    assert r.replica_of == "cnet://dataset/again@1"

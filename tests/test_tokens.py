@@ -148,7 +148,8 @@ def test_revoke_is_idempotent_and_unknown_is_404(shared: Network) -> None:
 
 @pytest.mark.parametrize("args", [["Bad Name"], ["ok", "--tenant", "Not OK"]])
 def test_cli_create_bad_name(shared: Network, args: list[str]) -> None:
-    one_line_error(shared.cnet("token", "create", *args), "name" if len(args) == 1 else "tenant")
+    said = "NAME: 'Bad Name'" if len(args) == 1 else "--tenant: 'Not OK'"  # as typed
+    one_line_error(shared.cnet("token", "create", *args), said)
 
 
 def test_a_local_tenant_cannot_take_a_far_nodes_tenant_name(shared: Network) -> None:
@@ -273,3 +274,20 @@ def test_values_refused_before_sending_are_named_as_their_options(shared: Networ
         r = shared.cnet(*args)
         assert r.returncode == 2 and says in r.stderr, (args, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_revoking_a_providers_token_cuts_its_pool_off(shared: Network) -> None:
+    """Before, the agent went on serving: its pool stayed online and took jobs, signed by
+    a key its revoked token had registered."""
+    token_id, secret = cli_create(shared, "acme-agent", "--tenant", "acme", "--role", "provider")
+    agent = shared.start_agent("acme-pool", "--token", secret, "--provider", "acme")
+    pool = shared.wait_pool("acme-pool")
+    assert shared.cnet("token", "revoke", token_id).returncode == 0
+    assert agent.popen is not None
+    assert agent.popen.wait(60) == 1  # refused at its next request, and again at register
+    assert "revoked" in agent.output()
+    with shared.client() as c:
+        deadline = time.monotonic() + 40
+        while c.pool(pool).status.value == "online" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.pool(pool).status.value != "online"  # no heartbeat reaches it now

@@ -184,7 +184,7 @@ class Stager:
         if plan.local is not None:
             async with self._locks[normalise(plan.local)]:
                 src = confine(self.root, plan.local, links=False)
-                why: str | None = f"{plan.local} is not in this pool's data root"
+                why: str | None = f"{plan.local}: no such file or directory in this pool"
                 if src.exists():
                     why = await self._changed(src, plan)
                 if why is None:

@@ -133,8 +133,8 @@ def cp(
     out.print(
         f"{printable(r.source)} -> {printable(r.destination)}: {_many(files, 'file')} "
         f"({k.files_skipped} unchanged), {format_bytes(k.bytes)} moved in {r.seconds:.2f}s "
-        f"({rate}, {_many(r.streams, 'stream')}); {k.chunks_present} chunks already there, "
-        f"{k.retries} retries, {k.faults} faults"
+        f"({rate}, {_many(r.streams, 'stream')}); {_many(k.chunks_present, 'chunk')} already there, "
+        f"{_many(k.retries, 'retry', 'retries')}, {_many(k.faults, 'fault')}"
         + (f"; {format_bytes(k.bytes_holes)} of zeros left as holes" if k.bytes_holes else ""),
         markup=False,
         soft_wrap=True,  # one line however long the paths: a script reads it

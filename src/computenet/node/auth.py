@@ -75,8 +75,12 @@ async def signed_pool(request: Request) -> str:
         raise Unauthorized("signed for another pool", field="pool")
     node = node_of(request)
     key = await node.pool_key(pool)
-    if key is None:
-        raise Unauthorized(f"unknown pool {pool!r}; register it first", field="pool")
+    if key is None:  # none, or the token it registered with is revoked
+        raise Unauthorized(
+            f"pool {pool!r} is not registered, or the token it registered with is revoked; "
+            "register it again",
+            field="pool",
+        )
     await _check_signature(request, key, stamp, sig, "pool")
     return pool
 

@@ -42,7 +42,7 @@ class Node:
         self._limiter = anyio.CapacityLimiter(4 if self.store.sqlite else 16)
         self._token_cache: dict[str, tuple[float, Token]] = {}
         self._sched_lock = asyncio.Lock()
-        self._pool_keys: dict[str, str] = {}
+        self._pool_keys: dict[str, tuple[str, float]] = {}  # key, when it was read
         self.index = LiveIndex()
         self._index_since = 0.0
         from computenet.node.federation import Federation
@@ -99,16 +99,25 @@ class Node:
         self._token_cache.clear()
 
     async def pool_key(self, cpi: str) -> str | None:
-        """Pool keys change only through registration, which updates this cache."""
-        key = self._pool_keys.get(cpi)
+        """Pool keys change through registration, which updates this cache, and end with
+        the token the pool registered with. Read again after ``KEY_TTL``: another replica
+        may have revoked that token."""
+        now = time.monotonic()
+        held = self._pool_keys.get(cpi)
+        if held is not None and now - held[1] < KEY_TTL:
+            return held[0]
+        key = await self.reading(pool_store.public_key, cpi)
         if key is None:
-            key = await self.reading(pool_store.public_key, cpi)
-            if key is not None:
-                self._pool_keys[cpi] = key
+            self._pool_keys.pop(cpi, None)
+        else:
+            self._pool_keys[cpi] = (key, now)
         return key
 
     def remember_pool_key(self, cpi: str, key: str) -> None:
-        self._pool_keys[cpi] = key
+        self._pool_keys[cpi] = (key, time.monotonic())
+
+    def forget_pool_keys(self) -> None:
+        self._pool_keys.clear()
 
     # --- scheduling -------------------------------------------------------------------
 
@@ -218,6 +227,7 @@ class Node:
 
 
 TOKEN_TTL = 2.0
+KEY_TTL = 30.0  # seconds a pool's key is trusted before it is read again (another replica)
 INDEX_REFRESH = 5.0
 INDEX_OVERLAP = 10.0
 INDEX_SLICE = 500

@@ -194,10 +194,12 @@ class _Link:
 
     def _unreachable(self, e: OSError | None = None) -> TransferError:
         ep = self.grant.endpoint
-        where = f"the pool's data server at {ep.host}:{ep.port}"
+        pool = self.grant.ticket.claims.pool
+        where = f"the data server of {pool} at {ep.host}:{ep.port}"
+        hint = "; is its agent running? (`cnet resources` shows the pool's status)"
         if e is None:
-            return TransferError(f"{where} did not answer within {CONNECT_TIMEOUT:g} s")
-        return TransferError(f"cannot reach {where}: {e}")
+            return TransferError(f"{where} did not answer within {CONNECT_TIMEOUT:g} s{hint}")
+        return TransferError(f"cannot reach {where}: {e.strerror or e}{hint}")
 
     async def open_many(self, n: int) -> list[Sock]:
         return list(await asyncio.gather(*(sockets.in_thread(self.connect) for _ in range(n))))

@@ -35,6 +35,7 @@ from computenet.model.resources import Pool, PoolStatus
 from computenet.model.transfer import (
     MAX_TTL,
     Direction,
+    TransferCounters,
     TransferGrant,
     TransferRequest,
     TransferResult,
@@ -290,6 +291,22 @@ async def copy_data(
         s_ref, inside = s_part
         v, held = await online_replicas(api, s_ref)
         d = location(dst)
+        here = next(
+            (r for r in v.replicas if not inside and r.pool == d.pool and _same(r.path, d.path)),
+            None,
+        )
+        if here is not None:  # run again, as scripts do: the copy is there, and recorded
+            return TransferResult(
+                source=v.uri,
+                destination=dst,
+                direction="none",
+                streams=0,
+                seconds=0.0,
+                tree_hash=v.tree_hash,
+                total_bytes=v.total_bytes,
+                counters=TransferCounters(files_skipped=v.files, bytes_skipped=v.total_bytes),
+                replica_of=v.uri,
+            )
         gone: list[str] = []
         for mine in sorted(held, key=lambda r: r.pool != d.pool):  # the destination's first
             try:

@@ -50,6 +50,9 @@ async def beats(ws: WebSocket, pool: str) -> None:
             if text is None:  # a binary frame: heartbeats are text
                 await ws.close(code=1003, reason="heartbeats are text frames of JSON")
                 return
+            if await node.pool_key(pool) != key:  # its token was revoked, or it registered anew
+                await ws.close(code=4401, reason="the pool's registration no longer holds")
+                return
             await ws.send_text(json.dumps(await _one(node, pool, key, text)))
     except WebSocketDisconnect:
         return

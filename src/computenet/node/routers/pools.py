@@ -61,7 +61,7 @@ async def register_pool(
     node: Node = Depends(node_of),
 ) -> Pool:
     who.require(Role.provider)
-    pool = await node.writing(pool_store.register_pool, node.settings.code, body)
+    pool = await node.writing(pool_store.register_pool, node.settings.code, body, who.token.id)
     node.remember_pool_key(pool.cpi, pool.public_key)
     node.index.put(pool)
     node.events.schedule.set()

@@ -33,4 +33,5 @@ async def revoke_token(
 ) -> Token:
     token = await node.writing(token_store.revoke, token_id)
     node.forget_tokens()
+    node.forget_pool_keys()  # the pools it registered are cut off with it
     return token

@@ -24,7 +24,7 @@ from computenet.model import (
 from computenet.model.units import SCU_VERSION, scu_from_fp32_tflops
 from computenet.node.errors import Conflict, Invalid, NotFound, Unauthorized
 from computenet.node.store import rows
-from computenet.node.store.tables import pools, providers
+from computenet.node.store.tables import pools, providers, tokens
 
 SIGNATURE_WINDOW = 300.0
 
@@ -89,7 +89,9 @@ def scu_of(machines: list[Machine]) -> tuple[float | None, list[dict[str, object
     return (round(total, 6) if found else None), records
 
 
-def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
+def register_pool(
+    conn: Connection, code: str, reg: PoolRegistration, token_id: str | None = None
+) -> Pool:
     """The provider's signature proves the pool is theirs; the pool key then signs its traffic."""
     inv = reg.inventory
     prov = conn.execute(select(providers).where(providers.c.name == inv.provider)).first()
@@ -143,6 +145,7 @@ def register_pool(conn: Connection, code: str, reg: PoolRegistration) -> Pool:
     values["traits"] = traits_of(machines)
     values["runtime"] = dict(inv.runtime)
     values["data_endpoint"] = inv.data.model_dump(mode="json") if inv.data else None
+    values["token_id"] = token_id
     existing = conn.execute(
         select(pools.c.cpi, pools.c.public_key, pools.c.status).where(pools.c.cpi == str(pool_cpi))
     ).first()
@@ -182,8 +185,14 @@ def get(conn: Connection, cpi: str) -> Pool:
 
 
 def public_key(conn: Connection, cpi: str) -> str | None:
-    row = conn.execute(select(pools.c.public_key).where(pools.c.cpi == cpi)).first()
-    return None if row is None else str(row.public_key)
+    """The key the pool's requests are signed with; None where there is no such pool, or
+    where the token it registered with is revoked (its agent must register again)."""
+    row = conn.execute(
+        select(pools.c.public_key, tokens.c.revoked_at)
+        .select_from(pools.outerjoin(tokens, tokens.c.id == pools.c.token_id))
+        .where(pools.c.cpi == cpi)
+    ).first()
+    return None if row is None or row.revoked_at is not None else str(row.public_key)
 
 
 def list_all(conn: Connection) -> list[Pool]:

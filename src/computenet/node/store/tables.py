@@ -96,6 +96,9 @@ pools = Table(
     Column("traits", JSON),
     Column("runtime", JSON),
     Column("data_endpoint", JSON),
+    # The token the pool last registered with: revoked, the pool's signatures count for
+    # nothing. None for pools registered before the column was (migration 0014).
+    Column("token_id", String(32)),
     # When allocation or status last changed: how a replica's live index catches up by
     # reading only what changed. Heartbeats keep it as it is (see ``record_beats``).
     Column(
