@@ -221,6 +221,9 @@ def test_outputs_are_published_and_copied_back(net: Network, tmp_path: Path) -> 
     assert shown.returncode == 0 and "cnet://dataset/answers@1" in shown.stdout
     listed = cnet(net, "dataset", "ls", "--json")
     assert "answers" in {d["name"] for d in json.loads(listed.stdout)}
+    table = cnet(net, "dataset", "ls")  # who owns a name, before a publish is refused
+    row = next(line.split() for line in table.stdout.splitlines() if line.startswith("answers"))
+    assert row[:3] == ["answers", "1", "admin"], table.stdout
     inside = cnet(net, "ls", "--json", "cnet://dataset/answers@1")
     assert inside.returncode == 0, inside.stderr
     page = PoolListing.model_validate_json(inside.stdout)

@@ -17,7 +17,7 @@ import pytest
 from computenet import AsyncClient, JobFailed
 from computenet.agent.backends import Outcome, Task
 from computenet.agent.backends.local import LocalBackend
-from computenet.model import JobSpec, JobState
+from computenet.model import Job, JobSpec, JobState
 from computenet.sdk import ApiError
 from conftest import PYTHON, Network
 
@@ -54,6 +54,10 @@ def test_ps_lists_jobs_with_state_pool_and_times(shared: Network) -> None:
     assert "COMPLETE" in rows["ps-ok"] and pool in rows["ps-ok"]
     assert "FAILED" in rows["ps-bad"] and " 3 " in rows["ps-bad"] and pool in rows["ps-bad"]
     assert "ago" in rows["ps-ok"]  # submission time is shown
+    as_json = shared.cnet("ps", "--limit", "50", "--json")
+    jobs = [Job.model_validate_json(line) for line in as_json.stdout.splitlines()]
+    named = {j.name: j for j in jobs}
+    assert (named["ps-ok"].state, named["ps-bad"].exit_code) == (JobState.COMPLETE, 3)
 
 
 def test_show_tells_a_job_in_full(shared: Network) -> None:

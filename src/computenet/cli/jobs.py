@@ -251,10 +251,15 @@ def ps(
     ] = None,
     all_tenants: Annotated[bool, typer.Option("--all", help="every tenant's jobs (admin)")] = False,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="print as JSON, a job a line")] = False,
 ) -> None:
     """List jobs, newest first."""
     with client() as c:
         page = c.list(state=state_, limit=limit, all_tenants=all_tenants)
+    if as_json:  # for scripts: every field, one job per line
+        for j in page.items:
+            print(j.model_dump_json())
+        return
     table = Table(box=None, pad_edge=False)
     for col in ("JOB", "NAME / COMMAND", "STATE", "EXIT", "POOL", "SUBMITTED", "RAN"):
         table.add_column(col, no_wrap=col != "NAME / COMMAND", overflow="fold")

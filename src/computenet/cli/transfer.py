@@ -243,12 +243,13 @@ def dataset_ls(
         print(json.dumps([v.model_dump(mode="json") for v in versions], indent=2))
         return
     table = Table(box=None, pad_edge=False)
-    for col in ("DATASET", "VERSION", "SIZE", "FILES", "TREE HASH", "POOLS", "CREATED"):
+    for col in ("DATASET", "VERSION", "OWNER", "SIZE", "FILES", "TREE HASH", "POOLS", "CREATED"):
         table.add_column(col)
     for v in versions:
         table.add_row(
             v.name,
             v.version,
+            v.tenant,
             format_bytes(v.total_bytes),
             str(v.files),
             v.tree_hash[:12],
