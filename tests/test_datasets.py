@@ -1178,3 +1178,20 @@ def test_copying_a_version_again_to_its_recorded_copy_moves_nothing(
     r = TransferResult.model_validate_json(again.stdout)
     assert (r.counters.bytes, r.counters.files, r.counters.files_skipped) == (0, 0, 2)
     assert r.replica_of == "cnet://dataset/again@1"
+
+
+def test_run_takes_inputs_and_outputs_without_a_job_file(net: Network, tmp_path: Path) -> None:
+    """A data job needed a YAML file: ``cnet run`` had no --input or --output."""
+    publish(net, corpus(tmp_path, "flags"), "cnet://dataset/flags-in", "pool-a")
+    ran = cnet(
+        net, "run", "--input", "in=cnet://dataset/flags-in", "--output",
+        "out.txt=cnet://dataset/flags-out", "--", "sh", "-c", "tr a-z A-Z < in/a.txt > out.txt",
+    )  # fmt: skip
+    assert ran.returncode == 0, ran.stderr
+    back = tmp_path / "flags-back.txt"
+    got = cnet(net, "cp", "cnet://dataset/flags-out@1", str(back))
+    assert got.returncode == 0 and back.read_text() == "ALPHA FLAGS\n", got.stderr
+    bad = cnet(net, "run", "--input", "cnet://dataset/flags-in", "--", "true")
+    assert bad.returncode == 2 and "--input 'cnet://dataset/flags-in': expected PATH=URI" in (
+        bad.stderr
+    )

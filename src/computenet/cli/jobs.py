@@ -125,6 +125,18 @@ def run(
     region: Annotated[
         list[str] | None, typer.Option("--region", help="allowed region, repeatable")
     ] = None,
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="PATH=URI: a dataset or pool path, staged at PATH; repeatable"
+        ),
+    ] = None,
+    outputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--output", "-o", help="PATH=URI: what the job leaves at PATH, kept there; repeatable"
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="show the candidate pools and stop")
     ] = False,
@@ -152,6 +164,8 @@ def run(
             "vendor": _words(vendor),
             "arch": _words(arch),
         },
+        "inputs": [_data_pair(x, "--input") for x in inputs or []],
+        "outputs": [_data_pair(x, "--output") for x in outputs or []],
         "pool": pool_cpi(pool),
         "regions": region or [],
         "optimize": optimize,
@@ -166,6 +180,15 @@ def run(
             raise typer.Exit(1)
         return
     submit_spec(spec, detach)
+
+
+def _data_pair(item: str, flag: str) -> dict[str, str]:
+    """``PATH=URI``, as a job file's ``{path, uri}``: the path in the job's working
+    directory first, as in ``-e KEY=VALUE``."""
+    path, sep, uri = item.partition("=")
+    if not sep or not path or not uri:
+        raise CLIError(f"{flag} {item!r}: expected PATH=URI, e.g. in=cnet://dataset/corpus", 2)
+    return {"path": path, "uri": uri}
 
 
 def _words(text: str | None) -> list[str]:
