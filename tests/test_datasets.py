@@ -636,6 +636,15 @@ def test_pool_paths_as_inputs_and_outputs(net: Network, tmp_path: Path) -> None:
             inputs=[{"uri": f"{a}:/", "path": "root"}],
         )
         assert "inputs" in out.split() and ".cnet" not in out.split(), (where, out)
+    with net.client() as c:  # an output under a file: said as such, not "Not a directory"
+        job = c.submit(
+            command=["sh", "-c", "echo x > o"],
+            pool=a,
+            outputs=[{"path": "o", "uri": f"{a}:/inputs/note.txt/o"}],
+        )
+        job = c.wait(job.id, timeout=90)
+    assert job.state.value == "FAILED"
+    assert "a file stands where a directory must be" in (job.reason or ""), job.reason
 
 
 def _same(net: Network, uri: str, src: Path, tmp: Path) -> None:

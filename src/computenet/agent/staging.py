@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import os
 import shutil
 from collections import defaultdict
@@ -82,7 +83,10 @@ def _failing(what: str) -> Iterator[None]:
     except StagingError as e:
         raise StagingError(f"{what}: {e}") from None
     except OSError as e:  # its file name is the agent's own path: ``what`` names the place
-        raise StagingError(f"{what}: {e.strerror or type(e).__name__}") from e
+        why = e.strerror or type(e).__name__
+        if e.errno == errno.ENOTDIR:
+            why = "a file stands where a directory must be on the way to it"
+        raise StagingError(f"{what}: {why}") from e
     except (ApiError, TransferError, PathError, httpx.HTTPError) as e:
         raise StagingError(f"{what}: {e}") from e
 
