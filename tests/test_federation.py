@@ -321,6 +321,8 @@ def test_job_for_another_nodes_pool_runs_there(tree: dict[str, Network]) -> None
     with tree["west"].client() as c:
         there = [j for j in c.list(all_tenants=True, limit=50).items if j.pool == west_pool]
     assert any(j.tenant == "admin.cn.east.fin" and j.exit_code == 3 for j in there)
+    odd = tree["fin"].cnet("run", "--pool", west_pool, "--optimize", "near", "--", "true")
+    assert odd.returncode != 0 and "no goal 'near' for another node's pool" in odd.stderr
 
 
 def test_a_function_session_on_another_nodes_pool_is_refused(tree: dict[str, Network]) -> None:

@@ -59,24 +59,33 @@ def test_restart_keeps_history_and_pool_identity(network: Network) -> None:
 
 def test_a_second_agent_of_one_pool_is_refused(network: Network) -> None:
     """It would be the same pool twice: on one state directory, one identity and one
-    heartbeat sequence; on another, two agents taking turns and running its jobs twice."""
+    heartbeat sequence; on another, two agents taking turns and running its jobs twice.
+    An agent that crashed with its state lost is taken over once its pool goes quiet."""
     first = network.start_agent("alpha")
 
     def another(state: str) -> str:
         ran = subprocess.run(
             [*PYTHON, "agent", "run", "--node", network.url, "--token", network.token,
              "--pool", "alpha", "--state-dir", str(network.home / "agents" / state)],
-            env=network.env, capture_output=True, text=True, timeout=60,
+            env={**network.env, "CNET_TAKEOVER_WAIT": "2"},
+            capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert ran.returncode == 1 and "Traceback" not in ran.stderr, ran.stderr
         return ran.stderr
 
     assert first.popen is not None
     assert f"another agent (pid {first.popen.pid}) runs with" in another("alpha")
-    assert network.wait_pool("alpha")  # the first is unharmed
+    cpi = network.wait_pool("alpha")  # the first is unharmed
     assert "is online with another agent's key" in another("alpha-copy")
-    first.stop()
-    network.start_agent("alpha")  # the lock went with it
+    with network.client() as c:
+        key = c.pool(cpi).public_key
+        first.kill()  # and its state with it: a new agent has a new key
+        network.start_agent("alpha", "--state-dir", str(network.home / "agents" / "alpha-new"))
+        deadline = time.monotonic() + 40
+        while c.pool(cpi).public_key == key and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert c.pool(cpi).public_key != key  # taken over once the pool went quiet
+    assert network.cnet("run", "--pool", "alpha", "--", "true").returncode == 0
 
 
 def test_job_finishing_while_node_is_down_is_reported_when_it_returns(network: Network) -> None:

@@ -161,5 +161,5 @@ def test_a_goal_the_scheduling_file_defines_can_be_asked_for(
     ran = network.cnet("run", "--optimize", "near", "--", "echo", "near")
     assert ran.returncode == 0 and ran.stdout == "near\n", ran.stderr
     far = network.cnet("run", "--optimize", "far", "--", "true")
-    assert far.returncode != 0 and "no goal 'far' on this node" in far.stderr, far.stderr
+    assert far.returncode != 0 and "no goal 'far' for this node" in far.stderr, far.stderr
     assert "near" in far.stderr and "Traceback" not in far.stderr

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
 import shutil
 import socket
@@ -113,6 +114,17 @@ class _Running:
     future: asyncio.Task[None] | None = None
     staging: asyncio.Task[None] | None = None
     halted: StagingError | None = None  # why its staging was cut short
+
+
+# How long a registration refused because another agent's key holds the pool is tried
+# again: past the node's suspect time (15 s by default), after which a lost agent's pool
+# may be taken over.
+TAKEOVER_WAIT = float(os.environ.get("CNET_TAKEOVER_WAIT", "45"))
+
+
+def _held_by_another(e: ApiError) -> bool:
+    errors = e.problem.errors
+    return e.status == 409 and bool(errors) and errors[0].field == "inventory.name"
 
 
 class Agent:
@@ -261,6 +273,7 @@ class Agent:
 
     async def _register_loop(self, stop: asyncio.Event) -> None:
         backoff = Backoff(0.2, 5.0)
+        takeover_until = time.monotonic() + TAKEOVER_WAIT
         while True:
             await self._need_register.wait()
             try:
@@ -275,6 +288,12 @@ class Agent:
                 await backoff.sleep()
                 continue
             except ApiError as e:
+                if _held_by_another(e) and time.monotonic() < takeover_until:
+                    # A restart that lost its state: the old agent's pool is still heard
+                    # of until it turns suspect. A second agent beside a live one gives up.
+                    log.warning("registration refused: %s; trying again", e)
+                    await asyncio.sleep(2.0)
+                    continue
                 log.error("registration refused: %s", e)
                 if e.status in (401, 403, 409, 422):
                     self.fatal = e  # retrying cannot help: wrong token, key or inventory

@@ -266,12 +266,13 @@ def token_revoke(
     """Revoke a token (admin): it stops working at once."""
     with client() as c:
         tokens = c.tokens()
-        if not re.fullmatch(r"[0-9a-f]{1,32}", token_id):  # a name, as token list shows
+        if token_id not in {t.id for t in tokens}:  # a name, as token list shows
             live = [t for t in tokens if t.name == token_id and t.revoked_at is None]
-            if len(live) != 1:
-                why = "no live token is named so" if not live else f"{len(live)} are: give its id"
-                fail(f"token {token_id!r}: {why} (cnet token list shows them)", 2)
-            token_id = live[0].id
+            if len(live) > 1:
+                fail(f"token {token_id!r}: {len(live)} are named so: give its id", 2)
+            if not live and not re.fullmatch(r"[0-9a-f]{1,32}", token_id):
+                fail(f"token {token_id!r}: no live token is named so (cnet token list)", 2)
+            token_id = live[0].id if live else token_id  # an id: the node says it has none
         before = next((t for t in tokens if t.id == token_id), None)
         t = c.revoke_token(token_id)
     if before is not None and before.revoked_at is not None:

@@ -35,9 +35,10 @@ def _data_dir(given: Path | None) -> Path:
     return given if given is not None else config.data_dir() / "node"
 
 
-def _unminted(where: Path, db: str | None) -> None:
+def _unminted(where: Path, db: str | None, code: str | None = None) -> None:
     """A node that has served already minted its providers' and pools' CPIs under the
-    code it had: they never change meaning, so it cannot take a code in a tree now."""
+    code it had: they never change meaning, so it cannot take a code in a tree now; a
+    root may keep the ``code`` it served under."""
     from sqlalchemy import text
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
@@ -55,7 +56,10 @@ def _unminted(where: Path, db: str | None) -> None:
         return
     try:
         with engine.connect() as conn:
-            n = conn.execute(text("SELECT count(*) FROM providers")).scalar_one()
+            n = conn.execute(
+                text("SELECT count(*) FROM providers WHERE cpi NOT LIKE :mine"),
+                {"mine": f"cpi:{code}:%" if code else ""},
+            ).scalar_one()
     except SQLAlchemyError:
         return  # no database, or no tables yet: nothing minted
     finally:
@@ -87,7 +91,7 @@ def node_init(
     where = _data_dir(data_dir)
     if load_membership(where) is not None:
         fail(f"{where} already belongs to a hierarchy")
-    _unminted(where, db)
+    _unminted(where, db, code)
     key = node_key(where)
     save_membership(where, Membership([root(key, code, url.rstrip("/"))]))
     out.print(f"root {code} at {url}; key {key.public_key}")

@@ -262,7 +262,8 @@ def load_spec(file: Path) -> JobSpec:
     if isinstance(pool, str) and not pool.startswith("cpi:"):  # a name, as --pool takes
         try:
             with client() as c:
-                data["pool"] = naming.pool_cpi(pool, c.pools())
+                found = c.discover(naming.query(pool), None, True, 10).items
+            data["pool"] = naming.pool_cpi(pool, found)
         except ValueError as e:
             raise CLIError(f"{file}: {e}", 2) from None
     return spec_from(data, str(file))

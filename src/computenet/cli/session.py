@@ -36,6 +36,6 @@ def pool_cpi(pool: str | None, what: str = "--pool") -> str | None:
         if not pool.strip():
             return naming.pool_cpi(pool, [])
         with client() as c:
-            return naming.pool_cpi(pool, c.pools())
+            return naming.pool_cpi(pool, c.discover(naming.query(pool), None, True, 10).items)
     except ValueError as e:  # "pool …": said as the option or argument it came from
         raise CLIError(f"{what}{str(e).removeprefix('pool')}", 2) from None

@@ -80,7 +80,12 @@ class Executor(_Executor):
     ) -> None:
         self._client = Client(url, token)
         if pool is not None and not pool.startswith("cpi:"):  # a name, as cnet resources shows
-            pool = naming.pool_cpi(pool, self._client.pools())
+            try:
+                found = self._client.discover(naming.query(pool), None, True, 10).items
+                pool = naming.pool_cpi(pool, found)
+            except BaseException:
+                self._client.close()
+                raise
         self._request = SessionCreate.model_validate(
             {
                 "resources": resources or {},

@@ -188,4 +188,5 @@ def serve(settings: Settings, log_level: str = "warning", **uvicorn_args: Any) -
         timeout_graceful_shutdown=GRACE,
         **uvicorn_args,
     )
-    Server(config).run()
+    with contextlib.suppress(KeyboardInterrupt):  # as uvicorn.run: Ctrl-C is a clean stop
+        Server(config).run()

@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 from computenet.model.functions import Call, Result
 
-# A client polls for results every few seconds while it lives (an idle Executor too):
-# one silent this long has gone without closing its session, whose workers then stop.
-CLIENT_GONE = float(os.environ.get("CNET_FN_CLIENT_GONE", "120"))
+# A client polls for results every few seconds while it lives (an idle Executor too),
+# and between polls may fetch large results: one silent this long has gone without
+# closing its session, whose workers then stop.
+CLIENT_GONE = max(1.0, float(os.environ.get("CNET_FN_CLIENT_GONE", "900")))
 MAX_WAITING = 100_000  # calls a session holds for its workers; the client keeps the rest
 MAX_WAITING_BYTES = 64 << 20  # of inline payloads among them
 
@@ -107,6 +108,13 @@ class Broker:
 
     def close(self, sid: str) -> SessionState | None:
         return self.sessions.pop(sid, None)
+
+    def seen(self, tenant: str) -> None:
+        """A tenant's client moves blobs: its sessions' clients are alive, if busy."""
+        now = time.monotonic()
+        for s in self.sessions.values():
+            if s.tenant == tenant:
+                s.client_seen = now
 
     def abandoned(self) -> list[SessionState]:
         """Sessions whose client has stopped polling (its process ended, or was killed)."""

@@ -42,7 +42,7 @@ class Node:
         self._limiter = anyio.CapacityLimiter(4 if self.store.sqlite else 16)
         self._token_cache: dict[str, tuple[float, Token]] = {}
         self._sched_lock = asyncio.Lock()
-        self._pool_keys: dict[str, tuple[str, float]] = {}  # key, when it was read
+        self._pool_keys: dict[str, tuple[str, str | None]] = {}  # key, registering token
         self.index = LiveIndex()
         self._index_since = 0.0
         from computenet.node.federation import Federation
@@ -100,24 +100,22 @@ class Node:
 
     async def pool_key(self, cpi: str) -> str | None:
         """Pool keys change through registration, which updates this cache, and end with
-        the token the pool registered with. Read again after ``KEY_TTL``: another replica
-        may have revoked that token."""
-        now = time.monotonic()
+        the token the pool registered with: revoked here, its pools are forgotten at
+        once; revoked by another replica, within ``INDEX_REFRESH``."""
         held = self._pool_keys.get(cpi)
-        if held is not None and now - held[1] < KEY_TTL:
-            return held[0]
-        key = await self.reading(pool_store.public_key, cpi)
-        if key is None:
-            self._pool_keys.pop(cpi, None)
-        else:
-            self._pool_keys[cpi] = (key, now)
-        return key
+        if held is None:
+            held = await self.reading(pool_store.public_key, cpi)
+            if held is None:
+                return None
+            self._pool_keys[cpi] = held
+        return held[0]
 
-    def remember_pool_key(self, cpi: str, key: str) -> None:
-        self._pool_keys[cpi] = (key, time.monotonic())
+    def remember_pool_key(self, cpi: str, key: str, token_id: str | None) -> None:
+        self._pool_keys[cpi] = (key, token_id)
 
-    def forget_pool_keys(self) -> None:
-        self._pool_keys.clear()
+    def forget_pool_keys(self, token_ids: set[str]) -> None:
+        for cpi in [c for c, (_, t) in self._pool_keys.items() if t in token_ids]:
+            del self._pool_keys[cpi]
 
     # --- scheduling -------------------------------------------------------------------
 
@@ -160,6 +158,8 @@ class Node:
             await asyncio.sleep(INDEX_REFRESH)
             try:
                 now = time.time()
+                revoked = await self.reading(token_store.revoked_since, self._index_since)
+                self.forget_pool_keys(set(revoked))  # another replica's revocation
                 states = await self.reading(pool_store.states, self._index_since)
                 self._index_since = now - INDEX_OVERLAP
                 items, unknown = list(states.items()), []
@@ -227,7 +227,6 @@ class Node:
 
 
 TOKEN_TTL = 2.0
-KEY_TTL = 30.0  # seconds a pool's key is trusted before it is read again (another replica)
 INDEX_REFRESH = 5.0
 INDEX_OVERLAP = 10.0
 INDEX_SLICE = 500

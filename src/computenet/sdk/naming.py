@@ -3,11 +3,24 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Protocol
 
-from computenet.model import Pool
+
+class Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cpi(self) -> str: ...
 
 
-def pool_cpi(pool: str, pools: Iterable[Pool]) -> str:
+def query(pool: str) -> str:
+    """The discovery query that finds pools of this name, whatever their status: one
+    request, not the record of every pool."""
+    return f"name={pool}"
+
+
+def pool_cpi(pool: str, pools: Iterable[Named]) -> str:
     """``pool`` as a CPI: itself where it is one, else the one pool of that name. A name
     no pool has, or that several have, is refused (a ``ValueError``) rather than guessed."""
     if pool.startswith("cpi:"):

@@ -273,6 +273,13 @@ async def _from_copy(
     return await copy(where, dst, api.grant, checked), expect
 
 
+async def _holds(api: Api, r: Replica, tree: str, options: Options | None) -> bool:
+    """Whether the copy ``r`` still hashes to the version's tree, as its server says."""
+    g = await api.grant(TransferRequest(pool=r.pool, path=r.path, direction=Direction.get))
+    m = await client.manifest(g, options)
+    return m.tree_hash == tree
+
+
 async def copy_data(
     src: str,
     dst: str,
@@ -292,10 +299,11 @@ async def copy_data(
         v, held = await online_replicas(api, s_ref)
         d = location(dst)
         here = next(
-            (r for r in v.replicas if not inside and r.pool == d.pool and _same(r.path, d.path)),
+            (r for r in held if not inside and r.pool == d.pool and _same(r.path, d.path)),
             None,
         )
-        if here is not None:  # run again, as scripts do: the copy is there, and recorded
+        if here is not None and await _holds(api, here, v.tree_hash, options):
+            # run again, as scripts do: the copy is there, recorded, and as it was
             return TransferResult(
                 source=v.uri,
                 destination=dst,

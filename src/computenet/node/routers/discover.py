@@ -90,7 +90,7 @@ async def stream(
     async def events() -> AsyncIterator[bytes]:
         said = time.monotonic()
         try:
-            while True:
+            while not node.events.closing.is_set():  # a busy stream ends as the node stops
                 try:
                     item = await asyncio.wait_for(sub.queue.get(), 1.0)
                 except TimeoutError:

@@ -190,7 +190,9 @@ async def _blob_caller(request: Request) -> str:
     sid = request.headers.get("X-CNet-Session")
     if sid:
         return _worker(request, sid).tenant
-    return (await principal(request)).tenant
+    tenant = (await principal(request)).tenant
+    node_of(request).broker.seen(tenant)
+    return tenant
 
 
 @router.put("/blobs", status_code=201)

@@ -25,6 +25,7 @@ from computenet.node.runtime import Node
 from computenet.node.sched.binder import device_wishes, ever_fits
 from computenet.node.sched.binder import plan as plan_job
 from computenet.node.sched.framework import JobView, Profile
+from computenet.node.sched.profile import GOALS
 from computenet.node.store import datasets as dataset_store
 from computenet.node.store import jobs as job_store
 from computenet.node.store import pools as pool_store
@@ -142,13 +143,16 @@ def check_outputs(
             raise Conflict(why, field=where)
 
 
-def check_request(spec: JobSpec, profile: Profile, field: str = "") -> None:
+def check_request(spec: JobSpec, profile: Profile, own_code: str = "", field: str = "") -> None:
     """Vendors narrow the accelerators asked for; with none asked, they would be ignored and
     the job would run without the device its author had in mind. A goal is one this node
-    weighs: the four built in, or one its scheduling file defines."""
-    if spec.optimize is not None and spec.optimize not in profile.weights:
+    weighs: the four built in, or one its scheduling file defines; a job for another
+    node's pool takes only the four, which every node knows."""
+    goals = GOALS if elsewhere(spec, own_code) else profile.weights
+    if spec.optimize is not None and spec.optimize not in goals:
+        where = "another node's pool" if goals is GOALS else "this node"
         raise Invalid(
-            f"no goal {spec.optimize!r} on this node; it has {', '.join(sorted(profile.weights))}",
+            f"no goal {spec.optimize!r} for {where}; it has {', '.join(sorted(goals))}",
             field=f"{field}optimize",
         )
     r = spec.resources
@@ -209,6 +213,12 @@ async def _poolless(node: Node, spec: JobSpec, field: str = "") -> JobSpec:
     its own: here it would wait for ever."""
     if not node.federation.chain or spec.pool or node.index.entries:
         return spec
+    if spec.optimize is not None and spec.optimize not in GOALS:
+        raise Invalid(
+            f"goal {spec.optimize!r} is this node's own, and this node has no pools: its "
+            f"jobs run elsewhere in the tree, where the goals are {', '.join(GOALS)}",
+            field=f"{field}optimize",
+        )
     far = await _in_the_tree(node, spec)
     if far is None:
         raise Conflict(
@@ -223,8 +233,8 @@ async def _in_the_tree(node: Node, spec: JobSpec) -> str | None:
     """A pool elsewhere in the tree that can take the job now, for a job no pool here
     could ever run."""
     fed = node.federation
-    if not fed.chain or spec.pool:
-        return None
+    if not fed.chain or spec.pool or (spec.optimize is not None and spec.optimize not in GOALS):
+        return None  # a goal of this node's own does not travel
     r = spec.resources
     terms = [f"cpus>={r.cpus:g}", f"mem>={r.memory}", f"gpus>={r.gpus}"]
     if spec.regions:
@@ -254,7 +264,7 @@ async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
     code = node.federation.code if node.federation.chain else ""
-    check_request(spec, node.profile)
+    check_request(spec, node.profile, code)
     spec = await _poolless(node, spec)
 
     def run(spec: JobSpec) -> Job:
@@ -290,7 +300,7 @@ async def plan(
     an input submission would refuse (no such dataset) is refused here too, by field."""
 
     code = node.federation.code if node.federation.chain else ""
-    check_request(spec, node.profile)
+    check_request(spec, node.profile, code)
 
     def run(conn: Connection) -> Plan:
         check_pools(conn, spec, code)
@@ -309,15 +319,15 @@ async def submit_batch(
     batch: JobBatch, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> list[Job]:
     """Up to 1,000 jobs in one transaction: all are accepted, or none."""
+    code = node.federation.code if node.federation.chain else ""
     for i, s in enumerate(batch.jobs):
-        check_request(s, node.profile, f"jobs.{i}.")
+        check_request(s, node.profile, code, f"jobs.{i}.")
     specs = [await _poolless(node, s, f"jobs.{i}.") for i, s in enumerate(batch.jobs)]
     batch = batch.model_copy(update={"jobs": specs})
 
     def run() -> list[Job]:
         with node.store.write() as conn:
             fields = [f"jobs.{i}." for i in range(len(batch.jobs))]
-            code = node.federation.code if node.federation.chain else ""
             admit(conn, node.profile, who.tenant, batch.jobs, fields, code)
             named: dict[str, str] = {}
             for s, f in zip(batch.jobs, fields, strict=True):

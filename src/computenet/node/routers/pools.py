@@ -61,8 +61,14 @@ async def register_pool(
     node: Node = Depends(node_of),
 ) -> Pool:
     who.require(Role.provider)
-    pool = await node.writing(pool_store.register_pool, node.settings.code, body, who.token.id)
-    node.remember_pool_key(pool.cpi, pool.public_key)
+    pool = await node.writing(
+        pool_store.register_pool,
+        node.settings.code,
+        body,
+        who.token.id,
+        node.settings.suspect_after,
+    )
+    node.remember_pool_key(pool.cpi, pool.public_key, who.token.id)
     node.index.put(pool)
     node.events.schedule.set()
     return pool

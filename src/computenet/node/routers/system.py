@@ -49,8 +49,19 @@ async def status(who: Principal = Depends(principal), node: Node = Depends(node_
     )
 
 
+FRESH = 5.0  # seconds the gauges stand: a scrape needs no token, so it may come often
+_gauged_at = [-FRESH]
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(node: Node = Depends(node_of)) -> Response:
+    if time.monotonic() - _gauged_at[0] >= FRESH:
+        _gauged_at[0] = time.monotonic()
+        await _gauge(node)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _gauge(node: Node) -> None:
     by_status = dict.fromkeys(PoolStatus, 0)
     cap = dict.fromkeys(("cpus", "memory_bytes", "gpus"), 0.0)
     free = dict(cap)
@@ -73,4 +84,3 @@ async def metrics(node: Node = Depends(node_of)) -> Response:
     for state in JobState:
         if not state.terminal:
             metrics_.JOBS.labels(state.value).set(open_jobs.get(state.value, 0))
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Path
 from computenet.model import Token, TokenCreate, TokenSecret
 from computenet.node.auth import Principal, admin, node_of
 from computenet.node.runtime import Node
+from computenet.node.store import pools as pool_store
 from computenet.node.store import tokens as token_store
 
 router = APIRouter(prefix="/v1/tokens", tags=["tokens"])
@@ -33,5 +34,8 @@ async def revoke_token(
 ) -> Token:
     token = await node.writing(token_store.revoke, token_id)
     node.forget_tokens()
-    node.forget_pool_keys()  # the pools it registered are cut off with it
+    node.forget_pool_keys({token_id})  # the pools it registered are cut off with it
+    suspended = await node.writing(pool_store.suspend_token, token_id)
+    if suspended:
+        await node.reindex(set(suspended))
     return token

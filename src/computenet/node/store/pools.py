@@ -90,7 +90,11 @@ def scu_of(machines: list[Machine]) -> tuple[float | None, list[dict[str, object
 
 
 def register_pool(
-    conn: Connection, code: str, reg: PoolRegistration, token_id: str | None = None
+    conn: Connection,
+    code: str,
+    reg: PoolRegistration,
+    token_id: str | None = None,
+    live_within: float = 15.0,
 ) -> Pool:
     """The provider's signature proves the pool is theirs; the pool key then signs its traffic."""
     inv = reg.inventory
@@ -147,12 +151,15 @@ def register_pool(
     values["data_endpoint"] = inv.data.model_dump(mode="json") if inv.data else None
     values["token_id"] = token_id
     existing = conn.execute(
-        select(pools.c.cpi, pools.c.public_key, pools.c.status).where(pools.c.cpi == str(pool_cpi))
+        select(pools.c.public_key, pools.c.status, pools.c.last_heartbeat_at).where(
+            pools.c.cpi == str(pool_cpi)
+        )
     ).first()
     if (
         existing is not None
         and existing.public_key != inv.public_key
         and existing.status == PoolStatus.online.value
+        and (existing.last_heartbeat_at or 0) > time.time() - live_within
     ):  # two agents of one pool would take turns, and run its jobs twice
         raise Conflict(
             f"pool {pool_cpi} is online with another agent's key: another agent serves it. "
@@ -184,15 +191,37 @@ def get(conn: Connection, cpi: str) -> Pool:
     return rows.pool(row)
 
 
-def public_key(conn: Connection, cpi: str) -> str | None:
-    """The key the pool's requests are signed with; None where there is no such pool, or
-    where the token it registered with is revoked (its agent must register again)."""
+def public_key(conn: Connection, cpi: str) -> tuple[str, str | None] | None:
+    """The key the pool's requests are signed with, and the token it registered with;
+    None where there is no such pool, or where that token is revoked (its agent must
+    register again)."""
     row = conn.execute(
-        select(pools.c.public_key, tokens.c.revoked_at)
+        select(pools.c.public_key, pools.c.token_id, tokens.c.revoked_at)
         .select_from(pools.outerjoin(tokens, tokens.c.id == pools.c.token_id))
         .where(pools.c.cpi == cpi)
     ).first()
-    return None if row is None or row.revoked_at is not None else str(row.public_key)
+    if row is None or row.revoked_at is not None:
+        return None
+    return str(row.public_key), row.token_id
+
+
+def suspend_token(conn: Connection, token_id: str) -> list[str]:
+    """The online pools registered with a token just revoked turn suspect: no new work
+    goes to them, and the liveness check takes them offline (and requeues their jobs)
+    when no heartbeat of theirs is taken."""
+    hit = [
+        str(r.cpi)
+        for r in conn.execute(
+            select(pools.c.cpi).where(
+                pools.c.token_id == token_id, pools.c.status == PoolStatus.online.value
+            )
+        )
+    ]
+    if hit:
+        conn.execute(
+            update(pools).where(pools.c.cpi.in_(hit)).values(status=PoolStatus.suspect.value)
+        )
+    return hit
 
 
 def list_all(conn: Connection) -> list[Pool]:

@@ -96,3 +96,9 @@ def revoke(conn: Connection, token_id: str) -> Token:
 
 def count(conn: Connection) -> int:
     return len(conn.execute(select(tokens.c.id)).all())
+
+
+def revoked_since(conn: Connection, since: float) -> list[str]:
+    """Tokens revoked at or after ``since``: what another replica may have done."""
+    q = select(tokens.c.id).where(tokens.c.revoked_at >= since)
+    return [str(r.id) for r in conn.execute(q)]
