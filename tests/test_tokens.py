@@ -131,6 +131,11 @@ def test_cli_revokes_a_token_by_its_name(shared: Network) -> None:
     assert proc.returncode == 0 and proc.stdout.strip() == f"revoked {token_id} (by-name)"
     gone = shared.cnet("token", "revoke", "by-name")  # no live one is named so now
     assert gone.returncode == 2 and "no live token is named so" in gone.stderr
+    cli_create(shared, "twin", "--tenant", "team-t")
+    second = shared.cnet("token", "create", "twin", "--tenant", "team-t")
+    assert second.returncode == 0 and "2 live tokens are named twin" in second.stderr
+    both = shared.cnet("token", "revoke", "twin")
+    assert both.returncode == 2 and "2 are named so: give its id" in both.stderr
 
 
 def test_revoke_is_idempotent_and_unknown_is_404(shared: Network) -> None:
@@ -239,6 +244,8 @@ def test_admin_token_file_is_private(shared: Network) -> None:
     assert path.exists()
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert not path.with_suffix(".tmp").exists()
+    node_dir = shared.home / "data" / "node"  # on PostgreSQL too, where no database is in it
+    assert stat.S_IMODE(node_dir.stat().st_mode) == 0o700
     # and what it holds is the working admin token for this node
     with shared.client(shared.token) as admin:
         assert any(t.role is Role.admin for t in admin.tokens())

@@ -243,8 +243,14 @@ def token_create(
     """Create a token; its secret is printed once."""
     with client() as c, _as_flags():
         t = c.create_token(name, tenant, role)
+        twins = [x.id for x in c.tokens() if x.name == name and x.revoked_at is None]
     out.print(f"token {t.id} for tenant {t.tenant} ({t.role.value}); the secret is shown once:")
     print(t.secret)
+    if len(twins) > 1:  # allowed (a second secret for one agent), but revoke it by id
+        err.print(
+            f"note: {len(twins)} live tokens are named {name}: revoke one by its id",
+            markup=False,
+        )
 
 
 @token_app.command("list")

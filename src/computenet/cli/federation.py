@@ -167,6 +167,7 @@ def node_invite(
         inv = c.invite(label, ttl)
     out.print(f"code {inv.code}; join with (valid {ttl:g} s, once):")
     print(f"cnet node join {c.url} --token {inv.token} --url URL")
+    out.print("[dim](URL: where the child node will serve, e.g. http://10.0.0.7:8787)[/]")
 
 
 def node_tree() -> None:

@@ -87,6 +87,8 @@ class BodyLimit:
 
 def create_app(settings: Settings | None = None, announce: bool = True) -> FastAPI:
     settings = settings or Settings()
+    # The node's own files (its key, blobs, the SQLite database) are its user's alone.
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     node = Node(settings)
 
     @contextlib.asynccontextmanager
