@@ -164,12 +164,13 @@ class Releases:
         return DEFAULT_HOURS * 3600  # placed by this pass, not yet visible: a guess
 
 
-def context(conn: Connection, profile: Profile) -> Context:
+def context(conn: Connection, profile: Profile, views: list[PoolView]) -> Context:
     return Context(
         start_estimate=Releases(conn).start_estimate,
         latency_ms=profile.latency_ms,
         data=data_of(Holdings(conn)),
         link_rate=rates_of(conn),
+        online=frozenset(v.cpi for v in views),
     )
 
 
@@ -235,7 +236,8 @@ def device_wishes(
 
 def plan(conn: Connection, profile: Profile, job: JobView) -> Plan:
     """What a pass would do with this job now, without doing it."""
-    ranking = profile.rank(job, load_pools(conn), context(conn, profile))
+    views = load_pools(conn)
+    ranking = profile.rank(job, views, context(conn, profile, views))
     choice, decision = None, "no pool can run it"
     pinned = job.pool and not ranking and job.pool not in ranking.rejected
     if pinned and conn.execute(_REGISTERED_HERE, {"cpi": job.pool}).first() is not None:
@@ -285,7 +287,7 @@ def _pass(conn: Connection, profile: Profile) -> PassResult:
         conn.execute(_NONE_ONLINE)  # each says why it waits, once
         conn.execute(_PIN_NOT_ONLINE)
         return result
-    ctx = context(conn, profile)
+    ctx = context(conn, profile, views)
     share = FairShare(conn, views)
     pins: dict[str, bool] = {}  # pinned pools not online: whether they are this node's
     now = time.time()
@@ -620,8 +622,9 @@ def ever_fits(conn: Connection, profile: Profile, job: JobView) -> str | None:
         for i, r in enumerate(found)
     ]
     rejected: dict[str, str] = {}
+    ever = Context()  # what a pool could ever run: its data's pools may come back
     for view in views:
-        reason = next((w for f in profile.filters if (w := f.filter(job, view))), None)
+        reason = next((w for f in profile.filters if (w := f.filter(job, view, ever))), None)
         if reason is None:
             return None
         rejected[view.cpi] = reason

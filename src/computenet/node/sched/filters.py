@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from computenet.model import Capacity
 from computenet.model.common import format_bytes
+from computenet.model.dataset import split_input
 from computenet.model.job import runtime_of
-from computenet.node.sched.framework import JobView, PoolView
+from computenet.node.sched.framework import Context, JobView, PoolView
 
 
 class Pinned:
     name = "pinned"
 
-    def filter(self, job: JobView, pool: PoolView) -> str | None:
+    def filter(self, job: JobView, pool: PoolView, ctx: Context) -> str | None:
         if job.pool and job.pool != pool.cpi:
             return f"the job is pinned to {job.pool}"
         return None
@@ -22,7 +23,7 @@ class Regions:
 
     name = "regions"
 
-    def filter(self, job: JobView, pool: PoolView) -> str | None:
+    def filter(self, job: JobView, pool: PoolView, ctx: Context) -> str | None:
         if job.regions and pool.region not in job.regions:
             return f"region {pool.region or '(none)'} is not one of {', '.join(job.regions)}"
         return None
@@ -34,7 +35,7 @@ class Devices:
 
     name = "devices"
 
-    def filter(self, job: JobView, pool: PoolView) -> str | None:
+    def filter(self, job: JobView, pool: PoolView, ctx: Context) -> str | None:
         if job.archs and not pool.archs & set(job.archs):
             have = ", ".join(sorted(pool.archs)) or "unknown"
             return f"CPU architecture {have} is not one of {', '.join(job.archs)}"
@@ -60,8 +61,26 @@ class Capacious:
 
     name = "capacity"
 
-    def filter(self, job: JobView, pool: PoolView) -> str | None:
+    def filter(self, job: JobView, pool: PoolView, ctx: Context) -> str | None:
         return shortfall(job.request, pool.capacity, "the pool has")
+
+
+class DataReachable:
+    """Each input is at the pool, or at a pool it can be fetched from now. Where every copy
+    is on a pool that is not online (its agent stopped, say), the job waits for one to
+    come back, its reason naming the data, rather than be placed and fail at staging."""
+
+    name = "data"
+
+    def filter(self, job: JobView, pool: PoolView, ctx: Context) -> str | None:
+        if ctx.online is None:
+            return None
+        for uri in dict.fromkeys(split_input(u)[0] for u in job.inputs):
+            known = ctx.data(uri)
+            if known is None or pool.cpi in known[1] or known[1] & ctx.online:
+                continue
+            return f"no online pool holds {uri}: waiting for one that does"
+        return None
 
 
 def shortfall(request: Capacity, have: Capacity, what: str) -> str | None:

@@ -107,6 +107,9 @@ class Context:
     # Bytes a second from one pool to another, as copies between them measured; None:
     # nothing has crossed that link yet.
     link_rate: Callable[[str, str], float | None] = lambda source, destination: None
+    # The pools that can serve data now (online); None where the node does not say (at
+    # admission, which judges what a pool could ever run, not what it can do now).
+    online: frozenset[str] | None = None
     # Within one pass, jobs of the same shape see the same filters and, on pools whose
     # free capacity has not changed, the same raw scores: computed once, looked up after.
     filtered: dict[tuple[object, ...], tuple[list[int], dict[str, str]]] = field(
@@ -118,7 +121,7 @@ class Context:
 class FilterPlugin(Protocol):
     name: str
 
-    def filter(self, job: JobView, pool: PoolView) -> str | None:
+    def filter(self, job: JobView, pool: PoolView, ctx: Context) -> str | None:
         """None when the pool could run the job; otherwise why not, in words for the user."""
 
 
@@ -224,7 +227,7 @@ class Profile:
         if hit is None:
             feasible_idx, rejected = [], {}
             for i, pool in enumerate(pools):
-                reason = next((r for f in self.filters if (r := f.filter(job, pool))), None)
+                reason = next((r for f in self.filters if (r := f.filter(job, pool, ctx))), None)
                 if reason is None:
                     feasible_idx.append(i)
                 else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from computenet.node.sched.filters import Capacious, Devices, Pinned, Regions
+from computenet.node.sched.filters import Capacious, DataReachable, Devices, Pinned, Regions
 from computenet.node.sched.framework import Profile, ScorePlugin
 from computenet.node.sched.scores.balance import Balance
 from computenet.node.sched.scores.carbon import Carbon
@@ -42,7 +42,7 @@ def default_profile(weights: dict[str, dict[str, float]] | None = None) -> Profi
     for goal, w in (weights or {}).items():
         merged.setdefault(goal, {}).update(w)
     return Profile(
-        filters=[Pinned(), Regions(), Devices(), Capacious()],
+        filters=[Pinned(), Regions(), Devices(), Capacious(), DataReachable()],
         scores=_scores(),
         weights=merged,
     )
