@@ -165,12 +165,14 @@ class Releases:
 
 
 def context(conn: Connection, profile: Profile, views: list[PoolView]) -> Context:
+    holdings = Holdings(conn)
     return Context(
         start_estimate=Releases(conn).start_estimate,
         latency_ms=profile.latency_ms,
-        data=data_of(Holdings(conn)),
+        data=data_of(holdings),
         link_rate=rates_of(conn),
         online=frozenset(v.cpi for v in views),
+        copies=copies_of(holdings),
     )
 
 
@@ -201,6 +203,22 @@ def data_of(holdings: Holdings) -> Callable[[str], tuple[int, frozenset[str]] | 
         return holdings.dataset(ref)
 
     return data
+
+
+def copies_of(holdings: Holdings) -> Callable[[str], frozenset[str]]:
+    """This node's pools that hold an input, online or not: a pool path's own pool where
+    it is this node's, a dataset's every recorded copy."""
+
+    def copies(uri: str) -> frozenset[str]:
+        try:
+            ref = parse_data_uri(split_input(uri)[0])
+        except DataURIError:
+            return frozenset()
+        if isinstance(ref, PoolRef):
+            return frozenset({ref.pool}) if holdings.registered(ref.pool) else frozenset()
+        return holdings.copies(ref)
+
+    return copies
 
 
 def job_view(row: Any) -> JobView:

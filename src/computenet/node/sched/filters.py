@@ -79,6 +79,8 @@ class DataReachable:
             known = ctx.data(uri)
             if known is None or pool.cpi in known[1] or known[1] & ctx.online:
                 continue
+            if not ctx.copies(uri):  # none recorded here: another node's pool, or none left
+                continue
             return f"no online pool holds {uri}: waiting for one that does"
         return None
 

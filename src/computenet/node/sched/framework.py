@@ -110,6 +110,8 @@ class Context:
     # The pools that can serve data now (online); None where the node does not say (at
     # admission, which judges what a pool could ever run, not what it can do now).
     online: frozenset[str] | None = None
+    # This node's pools that hold a data URI, whatever their status (none: not known here).
+    copies: Callable[[str], frozenset[str]] = lambda uri: frozenset()
     # Within one pass, jobs of the same shape see the same filters and, on pools whose
     # free capacity has not changed, the same raw scores: computed once, looked up after.
     filtered: dict[tuple[object, ...], tuple[list[int], dict[str, str]]] = field(

@@ -286,6 +286,8 @@ class Holdings:
         self._conn = conn
         self._by_name: dict[str, list[Any]] | None = None
         self._held: dict[tuple[str, str], frozenset[str]] = {}
+        self._copies: dict[tuple[str, str], frozenset[str]] = {}  # offline pools' too
+        self._pools: frozenset[str] | None = None
 
     def _load(self) -> dict[str, list[Any]]:
         by_name: dict[str, list[Any]] = defaultdict(list)
@@ -293,15 +295,30 @@ class Holdings:
         for row in self._conn.execute(q.order_by(datasets.c.created_at.desc())).all():
             by_name[row.name].append(row)
         held: dict[tuple[str, str], set[str]] = defaultdict(set)
-        serving = select(replicas.c.name, replicas.c.version, replicas.c.pool_cpi).join(
-            pools, pools.c.cpi == replicas.c.pool_cpi
-        )  # a copy in a pool that is offline can be fetched from nowhere
-        for row in self._conn.execute(
-            serving.where(pools.c.status != PoolStatus.offline.value)
-        ).all():
-            held[(row.name, row.version)].add(row.pool_cpi)
+        copies: dict[tuple[str, str], set[str]] = defaultdict(set)
+        where = select(replicas.c.name, replicas.c.version, replicas.c.pool_cpi, pools.c.status)
+        for r in self._conn.execute(where.join(pools, pools.c.cpi == replicas.c.pool_cpi)).all():
+            copies[(r.name, r.version)].add(r.pool_cpi)
+            if r.status != PoolStatus.offline.value:  # else fetched from nowhere
+                held[(r.name, r.version)].add(r.pool_cpi)
         self._held = {k: frozenset(v) for k, v in held.items()}
+        self._copies = {k: frozenset(v) for k, v in copies.items()}
         return by_name
+
+    def copies(self, ref: DatasetRef) -> frozenset[str]:
+        """Every pool of this node that holds a copy of the version, whatever its status."""
+        if self._by_name is None:
+            self._by_name = self._load()
+        for row in self._by_name.get(ref.name, ()):
+            if ref.version is None or row.version == ref.version:
+                return self._copies.get((row.name, row.version), frozenset())
+        return frozenset()
+
+    def registered(self, pool: str) -> bool:
+        """Whether ``pool`` is one of this node's (a pool path may name another node's)."""
+        if self._pools is None:
+            self._pools = frozenset(r.cpi for r in self._conn.execute(select(pools.c.cpi)))
+        return pool in self._pools
 
     def dataset(self, ref: DatasetRef) -> tuple[int, frozenset[str]] | None:
         if self._by_name is None:
