@@ -499,3 +499,15 @@ def test_submit_many_is_all_or_nothing(shared: Network) -> None:
         assert info.value.problem.errors[0].field == "jobs.3.resources"
         after = c.counts()
         assert sum(after.values()) == sum(before.values()) + 50
+
+
+def test_the_cli_prints_job_text_as_it_is(shared: Network) -> None:
+    """Rich read it as markup and emoji codes: '[/red]' was a traceback, ':x:' an emoji."""
+    odd = shared.cnet("run", "--", "foo[/red]bar")
+    assert odd.returncode == 127 and "Traceback" not in odd.stderr, odd.stderr
+    assert "command not found: foo[/red]bar" in odd.stderr
+    assert shared.cnet("run", "--name", "n:x:y", "--", "true").returncode == 0
+    listed = shared.cnet("ps", "--limit", "5")
+    assert "n:x:y" in listed.stdout and "❌" not in listed.stdout
+    far = shared.cnet("run", "--pool", "cpi:x:acme/hpc", "--", "true")
+    assert "no pool cpi:x:acme/hpc" in far.stderr, far.stderr

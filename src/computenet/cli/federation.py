@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Annotated
@@ -217,7 +218,8 @@ def resolve(
     out.print(f"  path: {' → '.join(res.path)}{' (cached)' if res.cached else ''}")
     out.print(f"  chain: {' → '.join(link.code for link in res.chain)}, signature verified")
     for k, v in rec.capabilities.items():
-        out.print(f"  {k}: {v}")
+        shown = json.dumps(v) if isinstance(v, dict | list) else "-" if v in (None, "") else v
+        out.print(f"  {k}: {shown}", markup=False)
 
 
 def _dt(ts: float):  # type: ignore[no-untyped-def]

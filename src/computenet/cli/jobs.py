@@ -71,7 +71,9 @@ def attach(c: Client, job: Job) -> int:
     if final.state is JobState.COMPLETE:
         return 0
     err.print(
-        f"{final.id} {final.state.value}: {final.reason or 'no reason given'}", soft_wrap=True
+        f"{final.id} {final.state.value}: {final.reason or 'no reason given'}",
+        soft_wrap=True,
+        markup=False,  # a reason quotes the job's own text, brackets and all
     )
     if final.exit_code is not None and final.exit_code != 0:
         return final.exit_code
@@ -90,7 +92,7 @@ def _tell_waiting(c: Client, job_id: str, started: threading.Event) -> None:
         if job.state is not JobState.QUEUED:
             return
         if job.reason and job.reason != said:
-            err.print(f"[dim]{job_id} queued: {job.reason}[/]", soft_wrap=True)
+            err.print(f"[dim]{job_id} queued: {escape(job.reason)}[/]", soft_wrap=True)
             said = job.reason
 
 
@@ -223,8 +225,8 @@ def show_plan(plan: Plan) -> None:
         )
     out.print(table)
     for r in plan.rejected:
-        out.print(f"[dim]rejected {r.pool}: {r.reason}[/]")
-    out.print(plan.decision)
+        out.print(f"[dim]rejected {r.pool}: {escape(r.reason)}[/]")
+    out.print(plan.decision, markup=False)
 
 
 def submit_spec(spec: JobSpec, detach: bool) -> None:

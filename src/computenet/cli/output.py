@@ -13,8 +13,9 @@ from computenet.model import JobState
 from computenet.model.common import allowed_form
 
 # Piped output keeps whole rows: wrapping at 80 columns would break scripts and grep.
-out = Console(highlight=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, highlight=False, width=None if sys.stderr.isatty() else 200)
+# No emoji codes: a CPI or a job's name may hold ``:x:``, and is printed as it is.
+out = Console(highlight=False, emoji=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, highlight=False, emoji=False, width=None if sys.stderr.isatty() else 200)
 
 STATE_STYLE = {
     JobState.QUEUED: "yellow",

@@ -295,7 +295,7 @@ def dataset_show(
             f"tree {v.tree_hash}, by {v.tenant}, {ago(v.created_at)}"
         )
         for r in v.replicas:
-            out.print(f"  {r.pool}:{r.path}  (since {ago(r.added_at)})")
+            out.print(f"  {r.pool}:{printable(r.path)}  (since {ago(r.added_at)})", markup=False)
     if d.removed and ref.version is None:
         gone = some_versions(d.removed, at_most=10)
         out.print(f"removed: {gone} (never used again)", markup=False)
