@@ -98,9 +98,14 @@ def _wait_ready(url: str, alive: subprocess.Popen[bytes], log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Head]:
+    with _head(tmp_path_factory.mktemp("ray-head") / "head.log") as head:
+        yield head
+
+
+@contextlib.contextmanager
+def _head(log: Path) -> Iterator[Head]:
     """A head the way an operator starts one, bound to 127.0.0.1; stopped by its own
     process and session, never with ``ray stop``, which would take every Ray here."""
-    log = tmp_path_factory.mktemp("ray-head") / "head.log"
     temp_dir = tempfile.mkdtemp(prefix="cnet-rt-", dir="/tmp")  # Unix socket paths are short
     p = _free_ports(11)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CNET_", "RAY_"))}
@@ -486,3 +491,25 @@ def test_functions_on_a_ray_pool_run_as_ray_tasks(ray_net: RayNet, mode: str) ->
         assert ex.submit(pow, 2, 10).result(timeout=RUN_TIMEOUT) == 1024
     finally:
         ex.shutdown()
+
+
+def test_a_pool_whose_ray_cluster_is_gone_takes_no_work(network: Network, tmp_path: Path) -> None:
+    """The cluster died under its agent: the pool stayed online with all its CPUs free,
+    and jobs placed there failed at once ('Ray refused the job'). Now the agent says the
+    pool takes no work, and the job waits for a pool that can run it."""
+    with _head(tmp_path / "head.log") as head:
+        network.start_agent("gone", "--backend", "ray", "--ray-address", head.url, wait=False)
+        cpi = network.wait_pool("gone", timeout=START_TIMEOUT)
+        for proc in _session(head.popen.pid):  # the whole cluster, at once
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with network.client() as c:
+            deadline = time.monotonic() + 60
+            while c.pool(cpi).status.value == "online" and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert c.pool(cpi).status.value != "online"
+            job = c.submit(command=["true"])
+            time.sleep(3)
+            assert c.get(job.id).state is JobState.QUEUED  # not placed there to fail
+            c.cancel(job.id)
+        assert "does not answer; the pool takes no work" in network.agents["gone"].output()

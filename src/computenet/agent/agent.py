@@ -158,6 +158,7 @@ class Agent:
         self._seq = 0
         self.pool_cpi = ""
         self.fatal: Exception | None = None
+        self._down: str | None = None  # why the backend's engine takes no work, while so
         data_root = (cfg.data_root or cfg.state_dir / "data").resolve()
         self.data = DataServer(
             data_root,
@@ -319,17 +320,40 @@ class Agent:
             try:
                 async with self.link.beats() as channel:
                     while True:
-                        self._fence_all(await channel.send(await self._beat()))
+                        if not await self._engine_down():
+                            self._fence_all(await channel.send(await self._beat()))
                         await asyncio.sleep(self.cfg.heartbeat_interval)
             except BeatRefused as e:
                 log.warning("heartbeat refused: %s", e)
             except (OSError, TimeoutError, websockets.WebSocketException) as e:
                 log.debug("heartbeat channel down (%s); posting instead", e)
             try:
-                self._fence_all(await self.link.heartbeat(await self._beat()))
+                if not await self._engine_down():
+                    self._fence_all(await self.link.heartbeat(await self._beat()))
             except (httpx.TransportError, ApiError) as e:
                 log.debug("heartbeat failed: %s", e)
             await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    async def _engine_down(self) -> bool:
+        """Whether the backend's engine can take no work now. On the way down the pool
+        leaves (suspect at once: nothing more is placed on it); heartbeats stop until the
+        engine answers, so the node takes the pool offline and requeues its jobs if it
+        stays down, and the first heartbeat after brings the pool back."""
+        try:
+            why = await self.backend.unavailable()
+        except Exception as e:  # a check that fails says as much as one that answers no
+            why = f"the backend's engine cannot be asked ({e})"
+        if why is None:
+            if self._down is not None:
+                log.warning("%s answers again: the pool takes work again", self.backend.name)
+                self._down = None
+            return False
+        if self._down is None:
+            log.warning("%s; the pool takes no work until it answers", why)
+            with contextlib.suppress(httpx.HTTPError, ApiError):
+                await self.link.leave()
+        self._down = why
+        return True
 
     async def _beat(self) -> Heartbeat:
         self._seq = max(self._seq + 1, time.time_ns() // 1_000_000)

@@ -95,6 +95,13 @@ class Backend(ABC):
 
         return telemetry.sample(state_dir, running)
 
+    async def unavailable(self) -> str | None:
+        """Why the engine can take no work now (a cluster that does not answer); None
+        when it can. Meanwhile the agent sends no heartbeat: the pool turns suspect at
+        once (no new work) and offline later (its jobs requeued), and comes back with the
+        first heartbeat after the engine does."""
+        return None
+
     @abstractmethod
     async def start(self, task: Task) -> float:
         """Launches the task and returns when it started; raises ``LaunchError``."""

@@ -270,6 +270,15 @@ class RayBackend(Backend):
             free_cpus=max(0.0, cpu_total - cpu_used),
         )
 
+    async def unavailable(self) -> str | None:
+        assert self._http is not None
+        try:
+            r = await self._http.get("/api/cluster_status", params={"format": "0"})
+            r.raise_for_status()
+        except httpx.HTTPError as e:
+            return f"the Ray cluster at {self.url} does not answer ({type(e).__name__})"
+        return None
+
     async def _usage(self) -> dict[str, tuple[float, float]]:
         """Used and total per resource, from the dashboard's cluster status (what
         ``ray status`` shows); empty when the dashboard does not answer."""

@@ -299,6 +299,13 @@ class SlurmBackend(Backend):
         self._machines = machines_from(nodes)
         return self._machines
 
+    async def unavailable(self) -> str | None:
+        try:
+            await self._nodes()
+        except SlurmError as e:
+            return f"Slurm does not answer: {e}"
+        return None
+
     async def sample(self, state_dir: Path, running: int) -> TelemetrySample:
         """The partition as Slurm sees it. A heartbeat must go out even when slurmctld does
         not answer, so a failed query repeats the last sample instead of raising."""
