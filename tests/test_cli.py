@@ -156,3 +156,19 @@ def test_schema_into_a_place_it_cannot_write_fails_in_one_line() -> None:
     r = cnet("schema", "/etc/passwd/schemas")
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_backend_options_it_cannot_take_are_said_at_once(tmp_path: Path) -> None:
+    """A ray:// address waited 30 s and gave the wrong hint; '-o poll=abc' said only
+    'could not convert string to float'."""
+    env = {**os.environ, "CNET_HOME": str(tmp_path)}
+    for args, says in (
+        (("--backend", "ray", "--ray-address", "ray://127.0.0.1:1"), "ray://… is Ray Client"),
+        (("--backend", "slurm", "-o", "poll=abc"), "(options given: poll=abc)"),
+    ):
+        r = subprocess.run(
+            [*PYTHON, "agent", "run", "--token", "x", "--node", "http://127.0.0.1:1", *args],
+            capture_output=True, text=True, timeout=60, env=env,
+        )  # fmt: skip
+        assert r.returncode != 0 and says in r.stderr, (args, r.stderr)
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

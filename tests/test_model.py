@@ -474,3 +474,10 @@ def test_limits_are_said_in_the_units_asked() -> None:
     errors = _errors(exc)
     assert errors["memory"].endswith("2.0 PiB is more than the limit, 1.0 PiB")
     assert errors["time"].endswith("400 days is more than the limit, 366 days")
+
+
+def test_cpu_architectures_go_by_the_kernels_names() -> None:
+    """``--arch amd64`` matched no pool: pools report ``uname -m``'s names."""
+    from computenet.model.job import ResourceRequest
+
+    assert ResourceRequest(arch=["amd64", "x86-64", "arm64"]).arch == ["x86_64", "aarch64"]

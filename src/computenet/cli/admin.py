@@ -79,7 +79,7 @@ def pool_links(
 
 @pool_app.command("calibrate")
 def pool_calibrate(
-    cpi: Annotated[str, typer.Argument(help="pool CPI")],
+    cpi: Annotated[str, typer.Argument(help="the pool's name or CPI")],
     wait: Annotated[
         float, typer.Option(help="seconds to wait for the new figures; 0: don't")
     ] = 120,
@@ -89,6 +89,7 @@ def pool_calibrate(
     The agent runs the same measurement as at registration and registers the result; this
     waits for it and prints the new SCU. Jobs running on the machine meanwhile lower it.
     """
+    cpi = pool_cpi(cpi, "pool") or cpi
     with client() as c:
         req = c.calibrate(cpi)
         if wait <= 0:

@@ -316,7 +316,8 @@ def agent_calibrate(
 ) -> None:
     """Measure this machine (matmul per precision, memory bandwidth) and print its SCU.
 
-    The result replaces the cached calibration that agents on this machine register with.
+    The result replaces the cached calibration that agents on this machine register with
+    from their next start; a running pool takes it with 'cnet pool calibrate POOL'.
     """
     from rich.table import Table
 

@@ -18,6 +18,7 @@ from computenet.model.dataset import MAX_DATA, DataInput, DataOutput
 MAX_COMMAND_BYTES = 128 * 1024
 MAX_ENV_BYTES = 128 * 1024
 GOAL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # a scheduling goal's name
+ARCH_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
 class JobState(StrEnum):
@@ -92,6 +93,13 @@ class ResourceRequest(Model):
     arch: list[Annotated[str, Field(pattern=r"^[a-z0-9_.-]{1,32}$")]] = Field(
         default_factory=list, max_length=16, description="CPU architectures allowed: aarch64"
     )
+
+    @field_validator("arch")
+    @classmethod
+    def _arch_names(cls, v: list[str]) -> list[str]:
+        """The names the kernel gives (``uname -m``), which pools report: ``amd64`` and
+        ``x86-64`` are ``x86_64``, ``arm64`` is ``aarch64``."""
+        return list(dict.fromkeys(ARCH_ALIASES.get(a, a) for a in v))
 
     @field_validator("accelerator")
     @classmethod

@@ -31,5 +31,9 @@ def create(name: str, options: dict[str, str] | None = None) -> Backend:
             f"backend {name!r} has no option {', '.join(sorted(unknown))}; "
             f"it takes: {', '.join(sorted(known)) or 'none'}"
         )
-    backend: Backend = cls(**(options or {}))
+    try:
+        backend: Backend = cls(**(options or {}))
+    except (ValueError, TypeError) as e:  # a value the backend cannot take: say whose
+        given = ", ".join(f"{k}={v}" for k, v in (options or {}).items()) or "none"
+        raise ValueError(f"backend {name!r}: {e} (options given: {given})") from e
     return backend

@@ -129,6 +129,11 @@ class RayBackend(Backend):
         queue: float | str = 1.0,
     ) -> None:
         self.address = address.strip()
+        if self.address.startswith("ray://"):  # else a 30 s wait and a warning from Ray
+            raise ValueError(
+                "address: ray://… is Ray Client's address; give the dashboard's, "
+                "http://HEAD:8265"
+            )
         self.queue_factor = max(0.0, float(queue))
         self.num_cpus = int(num_cpus) if num_cpus not in (None, "") else None
         if self.address and self.num_cpus is not None:
@@ -686,6 +691,8 @@ def _job_env(task: Task, run_dir: str, files: bool) -> dict[str, str]:
     """The agent's job environment, less what Ray decides itself; on nodes that do not
     share the agent's files, less the agent's own paths too."""
     env = {k: v for k, v in task.env.items() if k not in DEVICE_VARS}
+    if not task.devices:  # none to pick: the job knows it has none, as on every backend
+        env["CNET_DEVICES"] = "[]"
     if not files:
         for k in ("PATH", "USER", "LOGNAME", "SHELL"):
             env.pop(k, None)

@@ -684,12 +684,16 @@ def batch_script(task: Task) -> str:
 
 def job_environment(task: Task) -> dict[str, str]:
     """What the agent prepared, less the GPU bindings that Slurm makes for its allocation
-    (unless the user set one explicitly)."""
-    return {
+    (unless the user set one explicitly). A job given no accelerator knows it has none:
+    ``CNET_DEVICES`` is ``[]``, as on every backend."""
+    env = {
         k: v
         for k, v in task.env.items()
         if ENV_NAME.match(k) and (k not in SLURM_BOUND_ENV or k in task.spec.env)
     }
+    if not task.devices:
+        env.setdefault("CNET_DEVICES", "[]")
+    return env
 
 
 def _flag(name: str, value: bool | str) -> bool:
