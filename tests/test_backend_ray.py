@@ -263,13 +263,14 @@ def test_command_not_found(ray_net: RayNet, mode: str) -> None:
 
 def test_job_environment_and_working_directory(ray_net: RayNet, mode: str) -> None:
     pool = ray_net.pools[mode]
-    script = 'echo "$CNET_JOB_ID $GREETING ${CNET_HOME:-none} $(pwd) $HOME"'
+    script = 'echo "$CNET_JOB_ID $GREETING ${CNET_HOME:-none} $(pwd) $HOME $CNET_DEVICES"'
     r = ray_net.net.cnet(
         "run", "--pool", pool, "-e", "GREETING=hi", "--", "sh", "-c", script, timeout=RUN_TIMEOUT
     )
     assert r.returncode == 0, r.stderr
-    job_id, greeting, cnet_home, cwd, home = r.stdout.split()
+    job_id, greeting, cnet_home, cwd, home, devices = r.stdout.split()
     assert job_id.startswith("j-") and greeting == "hi"
+    assert devices == "[]"  # as on every backend: unset, a job reading it failed here
     assert cnet_home == "none"  # nothing of the agent's own environment leaks in
     if mode == "local":
         expected = ray_net.net.home / "agents" / "raylocal" / "jobs" / f"{job_id}.1"
