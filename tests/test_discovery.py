@@ -241,3 +241,14 @@ def test_metrics_show_what_an_operator_watches(fleet: Network) -> None:
         <= got[("cnet_capacity", (("resource", "gpus"),))]
     )
     assert ("cnet_jobs", (("state", "QUEUED"),)) in got
+
+
+def test_a_refusal_names_the_pools_that_come_closest_first(fleet: Network) -> None:
+    """It named the first three pools registered: CPU-only ones, never the pool with
+    accelerators that fell short."""
+    h = {"authorization": f"Bearer {fleet.token}"}
+    body = {"command": ["true"], "resources": {"accelerator": "H100:8"}}
+    r = httpx.post(f"{fleet.url}/v1/jobs", json=body, headers=h)
+    assert r.status_code == 409, r.text
+    detail = r.json()["detail"]
+    assert detail.index("mi300-east") < detail.index("a100-west"), detail  # 8 GPUs, then 4

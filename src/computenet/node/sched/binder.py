@@ -499,7 +499,8 @@ def _place(
             return None, f"waiting for {job.pool}, which is not online" if pins[job.pool] else ""
         shown = [job.pool] if job.pool else list(ranking.rejected)[:3]
         reasons = "; ".join(f"{cpi}: {ranking.rejected[cpi]}" for cpi in shown)
-        return None, f"no pool can run it: {reasons}" if reasons else "no pool online"
+        # Said of the pools online now: one that could run it may be offline, and come back.
+        return None, f"no pool online can run it: {reasons}" if reasons else "no pool online"
     for cand in ranking.ordered():
         if not cand.fits_now:
             return None, f"waiting for {cand.pool.cpi} (about {cand.est_start_s:.0f}s)"
@@ -641,6 +642,10 @@ def ever_fits(conn: Connection, profile: Profile, job: JobView) -> str | None:
     ]
     rejected: dict[str, str] = {}
     ever = Context()  # what a pool could ever run: its data's pools may come back
+    # The pools that come closest are named first: the most accelerators for a job that
+    # asks for some, else the most CPUs.
+    gpus = job.request.gpus > 0
+    views.sort(key=lambda v: (v.capacity.gpus if gpus else 0, v.capacity.cpus), reverse=True)
     for view in views:
         reason = next((w for f in profile.filters if (w := f.filter(job, view, ever))), None)
         if reason is None:
