@@ -489,6 +489,10 @@ def test_vendors_without_accelerators_are_refused(shared: Network, tenants: Tena
         p = problem(c.post("/v1/jobs/batch", json={"jobs": [{"command": ["true"]}, body]}), 422)
         assert fields(p) == ["jobs.1.resources.vendor"]
         proc = shared.cnet("run", "--vendor", "nvidia", "--", "true", token=tenants.rejected)
+        typo = {"command": ["true"], "resources": {"gpus": 1, "vendor": ["amdd"]}}
+        p = problem(c.post("/v1/jobs", json=typo), 422)  # was a 409: "has 0 amdd device(s)"
+        assert fields(p) == ["resources.vendor"] and "no vendor 'amdd'" in p["detail"]
+        assert "nvidia" in p["detail"]  # the vendors there are
     assert_one_line_error(proc, "resources.vendor", "gpus")
 
 

@@ -131,8 +131,7 @@ class RayBackend(Backend):
         self.address = address.strip()
         if self.address.startswith("ray://"):  # else a 30 s wait and a warning from Ray
             raise ValueError(
-                "address: ray://… is Ray Client's address; give the dashboard's, "
-                "http://HEAD:8265"
+                "address: ray://… is Ray Client's address; give the dashboard's, http://HEAD:8265"
             )
         self.queue_factor = max(0.0, float(queue))
         self.num_cpus = int(num_cpus) if num_cpus not in (None, "") else None

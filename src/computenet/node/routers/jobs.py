@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import AsyncIterator
@@ -143,12 +144,14 @@ def check_outputs(
             raise Conflict(why, field=where)
 
 
-def check_request(spec: JobSpec, profile: Profile, own_code: str = "", field: str = "") -> None:
+def check_request(spec: JobSpec, node: Node, field: str = "") -> None:
     """Vendors narrow the accelerators asked for; with none asked, they would be ignored and
-    the job would run without the device its author had in mind. A goal is one this node
-    weighs: the four built in, or one its scheduling file defines; a job for another
-    node's pool takes only the four, which every node knows."""
-    goals = GOALS if elsewhere(spec, own_code) else profile.weights
+    the job would run without the device its author had in mind, and one neither the
+    catalog nor any pool here knows is a typo. A goal is one this node weighs: the four
+    built in, or one its scheduling file defines; a job for another node's pool takes
+    only the four, which every node knows."""
+    own_code = node.federation.code if node.federation.chain else ""
+    goals = GOALS if elsewhere(spec, own_code) else node.profile.weights
     if spec.optimize is not None and spec.optimize not in goals:
         where = "another node's pool" if goals is GOALS else "this node"
         raise Invalid(
@@ -162,6 +165,21 @@ def check_request(spec: JobSpec, profile: Profile, own_code: str = "", field: st
             "ask for them with gpus or accelerator",
             field=f"{field}resources.vendor",
         )
+    if r.vendor and not elsewhere(spec, own_code):
+        known = catalog_vendors() | {v for e in node.index.entries.values() for v in e.vendors}
+        if unknown := [v for v in r.vendor if v not in known]:
+            raise Invalid(
+                f"no vendor {unknown[0]!r} in the catalog or among the pools here; "
+                f"they have {', '.join(sorted(known))}",
+                field=f"{field}resources.vendor",
+            )
+
+
+@functools.cache
+def catalog_vendors() -> frozenset[str]:
+    from computenet import catalog
+
+    return frozenset(e.vendor.lower() for e in catalog.load().entries)
 
 
 def check_pools(conn: Connection, spec: JobSpec, own_code: str = "", field: str = "") -> None:
@@ -264,7 +282,7 @@ async def submit(
     spec: JobSpec, who: Principal = Depends(principal), node: Node = Depends(node_of)
 ) -> Job:
     code = node.federation.code if node.federation.chain else ""
-    check_request(spec, node.profile, code)
+    check_request(spec, node)
     spec = await _poolless(node, spec)
 
     def run(spec: JobSpec) -> Job:
@@ -300,7 +318,7 @@ async def plan(
     an input submission would refuse (no such dataset) is refused here too, by field."""
 
     code = node.federation.code if node.federation.chain else ""
-    check_request(spec, node.profile, code)
+    check_request(spec, node)
 
     def run(conn: Connection) -> Plan:
         check_pools(conn, spec, code)
@@ -321,7 +339,7 @@ async def submit_batch(
     """Up to 1,000 jobs in one transaction: all are accepted, or none."""
     code = node.federation.code if node.federation.chain else ""
     for i, s in enumerate(batch.jobs):
-        check_request(s, node.profile, code, f"jobs.{i}.")
+        check_request(s, node, f"jobs.{i}.")
     specs = [await _poolless(node, s, f"jobs.{i}.") for i, s in enumerate(batch.jobs)]
     batch = batch.model_copy(update={"jobs": specs})
 
