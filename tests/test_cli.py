@@ -165,6 +165,7 @@ def test_backend_options_it_cannot_take_are_said_at_once(tmp_path: Path) -> None
     for args, says in (
         (("--backend", "ray", "--ray-address", "ray://127.0.0.1:1"), "ray://… is Ray Client"),
         (("--backend", "slurm", "-o", "poll=abc"), "(options given: poll=abc)"),
+        (("--backend", "slurm", "-o", "conf=/no/such.conf"), "conf: /no/such.conf is not a file"),
     ):
         r = subprocess.run(
             [*PYTHON, "agent", "run", "--token", "x", "--node", "http://127.0.0.1:1", *args],

@@ -183,6 +183,8 @@ class SlurmBackend(Backend):
         self.poll = max(0.1, float(poll))
         self.timeout = max(1.0, float(timeout))
         self.search_path = bin_dir or os.environ.get("PATH", os.defpath)
+        if conf and not os.path.isfile(conf):  # else every command waits out its timeout
+            raise ValueError(f"conf: {conf} is not a file (the cluster's slurm.conf)")
         self.env = command_env(conf, os.environ)
         self.pool_partition = partition  # the partition inventory and telemetry describe
         self._jobs: dict[str, _Job] = {}
