@@ -857,3 +857,42 @@ def latency_probe(
     }
     result.update(_submit_to_start(submits, records, log_starts))
     return result
+
+
+def main() -> int:
+    """``python -m bench.peers.slurm [--cpus N]``: a cluster to try an agent against by
+    hand. It prints the slurm.conf to give the agent, and stops, whole, on Ctrl-C."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--cpus", type=int, default=None, help="the node's CPUs (default: all)")
+    args = ap.parse_args()
+    cluster = SlurmCluster(cpus=args.cpus)
+    try:
+        cluster.start()
+    except SlurmError as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"slurm.conf: {cluster.conf_path}  (partition {cluster.partition})", flush=True)
+    print(
+        f"try: cnet agent run --backend slurm --partition {cluster.partition} "
+        f"-o conf={cluster.conf_path}    Ctrl-C stops the cluster",
+        flush=True,
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        cluster.stop()
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _interrupt)
+    sys.exit(main())
