@@ -186,3 +186,38 @@ def test_a_variant_no_pool_offers_is_refused(shared: Network, pools: dict[str, s
         assert "variants for musa" in str(e.value) and "offers the runtimes" in str(e.value)
     r = shared.cnet("run", "--pool", pools["dev-amd"], "--", "true")
     assert r.returncode == 0  # without variants, the command runs anywhere
+
+
+def test_a_job_with_variants_gets_devices_of_one_runtime(
+    shared: Network, pools: dict[str, str], tmp_path: Path
+) -> None:
+    """On a pool of two H100s and an MI300X, three devices for a cuda/rocm job were
+    given across both runtimes, and the CUDA program saw two of its three."""
+    h100 = {
+        "kind": "gpu",
+        "vendor": "nvidia",
+        "model": "NVIDIA H100 80GB HBM3",
+        "memory_bytes": "80G",
+    }
+    mi300 = {"kind": "gpu", "vendor": "amd", "model": "AMD Instinct MI300X", "memory_bytes": "192G"}
+    devices = [
+        {**h100, "name": "gpu0", "index": 0},
+        {**h100, "name": "gpu1", "index": 1},
+        {**mi300, "name": "gpu2", "index": 2},
+    ]
+    path = tmp_path / "mixed.yaml"
+    machine = {"name": "mixed", "cpus": 2, "memory_bytes": "8G", "devices": devices}
+    path.write_text(yaml.safe_dump({"pool": "dev-mixed", "machines": [machine]}))
+    if "dev-mixed" not in shared.agents:
+        shared.start_agent("dev-mixed", "--config", str(path))
+    mixed = shared.wait_pool("dev-mixed")
+    show = ["python3", "-c", VARIANT.format(var="CUDA_VISIBLE_DEVICES")]
+    variants = {"cuda": show, "rocm": ["python3", "-c", VARIANT.format(var="ROCR_VISIBLE_DEVICES")]}
+    with shared.client() as c:
+        with pytest.raises(ApiError) as e:
+            c.submit(command=["false"], variants=variants, pool=mixed, resources={"gpus": 3})
+        assert e.value.status == 409 and "device(s) of one runtime, needs 3" in str(e.value)
+        job = c.submit(command=["false"], variants=variants, pool=mixed, resources={"gpus": 2})
+        done = c.wait(job.id, timeout=60)
+        assert done.state is JobState.COMPLETE, done.reason
+        assert "".join(ch["data"] for ch in c.logs(job.id)).split() == ["cuda", "0,1"]

@@ -565,7 +565,8 @@ def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:
     if not conn.execute(_RESERVE, params).rowcount:
         pool.free = Capacity()  # someone else took it; re-read next pass
         return False
-    devices = _pick_devices(conn, pool.cpi, req.gpus, job.usable(pool) if pool.devices else None)
+    groups = job.usable_groups(pool) if pool.devices else None
+    devices = _pick_devices(conn, pool.cpi, req.gpus, groups)
     bound = None if devices is None else conn.execute(_BIND, params).first()
     if bound is None:
         conn.execute(_UNRESERVE, params)
@@ -591,10 +592,11 @@ def _bind(conn: Connection, job: JobView, pool: PoolView, now: float) -> bool:
 
 
 def _pick_devices(
-    conn: Connection, pool_cpi: str, count: int, usable: list[int] | None
+    conn: Connection, pool_cpi: str, count: int, usable: list[list[int]] | None
 ) -> list[int] | None:
-    """Lowest-numbered accelerators the job may have (``usable``; None: any) that no live
-    attempt on the pool holds; None when too few are free."""
+    """Lowest-numbered accelerators the job may have, all from one of the ``usable``
+    groups (None: any), that no live attempt on the pool holds; None when too few are
+    free in every group."""
     if count == 0:
         return []
     live = [JobState.SCHEDULED.value, JobState.STAGING.value, JobState.RUNNING.value]
@@ -608,8 +610,11 @@ def _pick_devices(
     if usable is None:
         free = (i for i in range(1 << 16) if i not in held)
         return [next(free) for _ in range(count)]
-    left = [i for i in sorted(set(usable)) if i not in held]
-    return left[:count] if len(left) >= count else None
+    for group in sorted(usable, key=lambda g: min(g, default=1 << 16)):
+        left = [i for i in sorted(set(group)) if i not in held]
+        if len(left) >= count:
+            return left[:count]
+    return None
 
 
 _REGISTERED = select(

@@ -48,10 +48,11 @@ class Devices:
                     f"for {', '.join(sorted(job.variants))}"
                 )
         if job.request.gpus and (job.accel is not None or job.vendors or job.variants):
-            n = len(job.usable(pool))
+            n = max((len(g) for g in job.usable_groups(pool)), default=0)
             if n < job.request.gpus:
                 what = job.accelerator or "/".join(job.vendors) or "/".join(sorted(job.variants))
-                return f"has {n} {what} device(s), needs {job.request.gpus}"
+                one = " of one runtime" if job.variants else ""
+                return f"has {n} {what} device(s){one}, needs {job.request.gpus}"
         return None
 
 

@@ -91,6 +91,19 @@ class JobView:
             and (not self.variants or runtimes.get(entry) in self.variants)
         ]
 
+    def usable_groups(self, pool: PoolView) -> list[list[int]]:
+        """The usable accelerators as the sets a job may be given together: all of them,
+        or for a job with variants, those of one runtime each, since one variant runs and
+        sees only its own runtime's devices."""
+        usable = self.usable(pool)
+        if not self.variants:
+            return [usable]
+        runtimes, entry_of = runtime_of(), {i: e for i, e, _ in pool.devices}
+        groups: dict[str, list[int]] = {}
+        for i in usable:
+            groups.setdefault(runtimes.get(entry_of[i], ""), []).append(i)
+        return list(groups.values())
+
     @property
     def hours(self) -> float:
         return (self.time_limit or DEFAULT_HOURS * 3600) / 3600
