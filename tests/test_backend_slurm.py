@@ -482,3 +482,24 @@ def test_slurm_queues_more_than_it_runs(net: Network, cpi: str, cluster: SlurmCl
         assert all(c.get(j.id).state is JobState.COMPLETE for j in jobs)
         pool = next(p for p in c.pools() if p.cpi == cpi)
         assert pool.allocated.cpus == 0  # everything released again
+
+
+def test_a_time_limit_over_the_partitions_is_said_as_such(
+    net: Network, cpi: str, cluster: SlurmCluster
+) -> None:
+    """slurmctld first says PartitionConfig of such a job: failed on that reading, the
+    user never learned it was their --time."""
+
+    def scontrol(*args: str) -> None:
+        subprocess.run(
+            ["scontrol", "update", f"PartitionName={cluster.partition}", *args],
+            env=cluster.env(), capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+
+    scontrol("MaxTime=1")
+    try:
+        r = run(net, cpi, "--time", "5m", "--", "echo", "hi")
+    finally:
+        scontrol("MaxTime=UNLIMITED")
+    assert r.returncode != 0 and "hi" not in r.stdout
+    assert "its time limit (--time) is over the partition's MaxTime" in r.stderr, r.stderr

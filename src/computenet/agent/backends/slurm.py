@@ -65,9 +65,15 @@ ENDED = frozenset(
 )
 STARTED = ENDED | {"RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "SIGNALING", "STAGE_OUT"}
 # Reasons a pending job keeps for good: the request exceeds what its partition allows.
-NEVER_STARTS = frozenset(
-    {"BadConstraints", "PartitionConfig", "PartitionNodeLimit", "PartitionTimeLimit"}
-)
+NEVER_STARTS = {
+    "BadConstraints": "no node meets its constraints",
+    "PartitionConfig": "it asks for more than the partition allows (CPUs, memory, account or QoS)",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionTimeLimit": "its time limit (--time) is over the partition's MaxTime",
+}
+# slurmctld first says PartitionConfig of any such job, and the particular reason a
+# moment later: a job keeps one of these this long before it is failed with it.
+NEVER_SETTLE = 3.0
 END_REASONS = {
     "BOOT_FAIL": "the Slurm node failed to boot",
     "DEADLINE": "Slurm's deadline for the job passed",
@@ -142,6 +148,7 @@ class _Job:
     cancel_sent_at: float = 0.0
     running_seen_at: float = 0.0
     misses: int = 0
+    stuck_since: float = 0.0  # when a reason it would never start for was first seen
 
 
 class SlurmBackend(Backend):
@@ -469,7 +476,10 @@ class SlurmBackend(Backend):
                 job.misses = 0
                 self._observe(job, row, now)
                 if row.state == "PENDING" and row.reason in NEVER_STARTS:
-                    await self._fail(job, f"Slurm cannot run the job: {row.reason}")
+                    job.stuck_since = job.stuck_since or now
+                    if row.reason != "PartitionConfig" or now - job.stuck_since >= NEVER_SETTLE:
+                        why = NEVER_STARTS[row.reason]
+                        await self._fail(job, f"Slurm cannot run the job: {why} ({row.reason})")
             else:
                 job.misses += 1
                 if job.misses >= MISSES_BEFORE_GONE:
