@@ -500,6 +500,6 @@ def test_a_time_limit_over_the_partitions_is_said_as_such(
     try:
         r = run(net, cpi, "--time", "5m", "--", "echo", "hi")
     finally:
-        scontrol("MaxTime=UNLIMITED")
+        scontrol("MaxTime=INFINITE")  # as bench/peers/slurm.py writes it
     assert r.returncode != 0 and "hi" not in r.stdout
     assert "its time limit (--time) is over the partition's MaxTime" in r.stderr, r.stderr
