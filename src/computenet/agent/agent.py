@@ -159,6 +159,7 @@ class Agent:
         self.pool_cpi = ""
         self.fatal: Exception | None = None
         self._down: str | None = None  # why the backend's engine takes no work, while so
+        self._misses = 0  # checks of the engine in a row that it failed
         data_root = (cfg.data_root or cfg.state_dir / "data").resolve()
         self.data = DataServer(
             data_root,
@@ -306,6 +307,9 @@ class Agent:
             self.devices = [d for m in pool.machines for d in m.devices]  # with their CPIs
             self.identity.save(pool_cpi=pool.cpi, node_url=self.cfg.node_url)
             log.info("registered pool %s", pool.cpi)
+            if self._down is not None:  # registering made it online: its engine is not
+                with contextlib.suppress(httpx.HTTPError, ApiError):
+                    await self.link.leave()
             self._need_register.clear()
             self._registered.set()
             backoff.reset()
@@ -335,18 +339,26 @@ class Agent:
             await asyncio.sleep(self.cfg.heartbeat_interval)
 
     async def _engine_down(self) -> bool:
-        """Whether the backend's engine can take no work now. On the way down the pool
-        leaves (suspect at once: nothing more is placed on it); heartbeats stop until the
-        engine answers, so the node takes the pool offline and requeues its jobs if it
-        stays down, and the first heartbeat after brings the pool back."""
+        """Whether an idle pool's engine can take no work now (two checks running). Then
+        the pool leaves (suspect at once: nothing more is placed on it) and heartbeats
+        stop until the engine answers; the first heartbeat after brings the pool back.
+        While work runs, heartbeats go on as before: work on a cluster outlives an outage
+        of its control plane, and a pool that fell silent would have it requeued."""
+        if self.running:
+            self._misses = 0
+            return False
         try:
             why = await self.backend.unavailable()
         except Exception as e:  # a check that fails says as much as one that answers no
             why = f"the backend's engine cannot be asked ({e})"
         if why is None:
+            self._misses = 0
             if self._down is not None:
                 log.warning("%s answers again: the pool takes work again", self.backend.name)
                 self._down = None
+            return False
+        self._misses += 1
+        if self._misses < 2:  # one slow answer is no outage
             return False
         if self._down is None:
             log.warning("%s; the pool takes no work until it answers", why)

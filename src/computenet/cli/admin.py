@@ -20,6 +20,7 @@ from computenet.cli.session import client, pool_cpi
 from computenet.model import DeviceKind, Pool, Role, TenantPolicy
 from computenet.model.common import format_bytes, parse_memory
 from computenet.model.discovery import PoolSummary
+from computenet.sdk.client import ApiError
 
 token_app = typer.Typer(help="Create, list and revoke API tokens (admin).", no_args_is_help=True)
 tenant_app = typer.Typer(help="Tenants' fair-share weights and quotas.", no_args_is_help=True)
@@ -242,11 +243,15 @@ def token_create(
     role: Annotated[Role, typer.Option(help="admin, tenant or provider")] = Role.tenant,
 ) -> None:
     """Create a token; its secret is printed once."""
-    with client() as c, _as_flags():
-        t = c.create_token(name, tenant, role)
-        twins = [x.id for x in c.tokens() if x.name == name and x.revoked_at is None]
-    out.print(f"token {t.id} for tenant {t.tenant} ({t.role.value}); the secret is shown once:")
-    print(t.secret)
+    with client() as c:
+        with _as_flags():
+            t = c.create_token(name, tenant, role)
+        out.print(f"token {t.id} for tenant {t.tenant} ({t.role.value}); the secret is shown once:")
+        print(t.secret, flush=True)  # before anything else can fail
+        try:
+            twins = [x.id for x in c.tokens() if x.name == name and x.revoked_at is None]
+        except ApiError:
+            twins = []
     if len(twins) > 1:  # allowed (a second secret for one agent), but revoke it by id
         err.print(
             f"note: {len(twins)} live tokens are named {name}: revoke one by its id",

@@ -21,6 +21,13 @@ GOAL_PATTERN = r"^[a-z][a-z0-9_-]{0,31}$"  # a scheduling goal's name
 ARCH_ALIASES = {"amd64": "x86_64", "x86-64": "x86_64", "x64": "x86_64", "arm64": "aarch64"}
 
 
+def arch_name(arch: str) -> str:
+    """A CPU architecture by the name Linux gives it: ``arm64`` (macOS) is ``aarch64``,
+    ``AMD64`` (Windows) is ``x86_64``. Jobs and pools are matched by it."""
+    a = arch.lower()
+    return ARCH_ALIASES.get(a, a)
+
+
 class JobState(StrEnum):
     QUEUED = "QUEUED"
     SCHEDULED = "SCHEDULED"
@@ -99,7 +106,7 @@ class ResourceRequest(Model):
     def _arch_names(cls, v: list[str]) -> list[str]:
         """The names the kernel gives (``uname -m``), which pools report: ``amd64`` and
         ``x86-64`` are ``x86_64``, ``arm64`` is ``aarch64``."""
-        return list(dict.fromkeys(ARCH_ALIASES.get(a, a) for a in v))
+        return list(dict.fromkeys(arch_name(a) for a in v))
 
     @field_validator("accelerator")
     @classmethod

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
 import sys
 from collections.abc import AsyncIterator
 from types import FrameType
@@ -89,6 +90,7 @@ def create_app(settings: Settings | None = None, announce: bool = True) -> FastA
     settings = settings or Settings()
     # The node's own files (its key, blobs, the SQLite database) are its user's alone.
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)  # made wider by an earlier version: tightened
     node = Node(settings)
 
     @contextlib.asynccontextmanager

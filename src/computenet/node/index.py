@@ -17,6 +17,7 @@ from typing import Any
 
 from computenet.model import Capacity, DeviceKind, Pool, PoolStatus
 from computenet.model.discovery import AcceleratorGroup, PoolSummary
+from computenet.model.job import arch_name
 from computenet.node.columns import Columns
 from computenet.node.query import OPS, Query, Term
 
@@ -45,7 +46,7 @@ class Entry:
         archs, kinds, vendors = set(), set(), set()
         for m in pool.machines:
             if m.arch:
-                archs.add(m.arch.lower())
+                archs.add(arch_name(m.arch))
             for d in m.devices:
                 kinds.add(d.kind.value)
                 vendors.add(d.vendor.lower())

@@ -277,10 +277,11 @@ class RayBackend(Backend):
     async def unavailable(self) -> str | None:
         assert self._http is not None
         try:
-            r = await self._http.get("/api/cluster_status", params={"format": "0"})
-            r.raise_for_status()
-        except httpx.HTTPError as e:
+            await self._http.get("/api/cluster_status", params={"format": "0"})
+        except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as e:
             return f"the Ray cluster at {self.url} does not answer ({type(e).__name__})"
+        except httpx.HTTPError:
+            return None  # slow or unwell, but there: its jobs still run
         return None
 
     async def _usage(self) -> dict[str, tuple[float, float]]:

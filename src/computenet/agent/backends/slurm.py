@@ -73,7 +73,7 @@ NEVER_STARTS = {
 }
 # slurmctld first says PartitionConfig of any such job, and the particular reason a
 # moment later: a job keeps one of these this long before it is failed with it.
-NEVER_SETTLE = 3.0
+NEVER_SETTLE = 5.0
 END_REASONS = {
     "BOOT_FAIL": "the Slurm node failed to boot",
     "DEADLINE": "Slurm's deadline for the job passed",
@@ -475,7 +475,9 @@ class SlurmBackend(Backend):
             if row is not None:
                 job.misses = 0
                 self._observe(job, row, now)
-                if row.state == "PENDING" and row.reason in NEVER_STARTS:
+                if row.state != "PENDING" or row.reason not in NEVER_STARTS:
+                    job.stuck_since = 0.0
+                elif row.state == "PENDING" and row.reason in NEVER_STARTS:
                     job.stuck_since = job.stuck_since or now
                     if row.reason != "PartitionConfig" or now - job.stuck_since >= NEVER_SETTLE:
                         why = NEVER_STARTS[row.reason]

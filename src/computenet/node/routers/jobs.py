@@ -165,7 +165,7 @@ def check_request(spec: JobSpec, node: Node, field: str = "") -> None:
             "ask for them with gpus or accelerator",
             field=f"{field}resources.vendor",
         )
-    if r.vendor and not elsewhere(spec, own_code):
+    if r.vendor and node.index.entries and not elsewhere(spec, own_code):  # none yet: waits
         known = catalog_vendors() | {v for e in node.index.entries.values() for v in e.vendors}
         if unknown := [v for v in r.vendor if v not in known]:
             raise Invalid(

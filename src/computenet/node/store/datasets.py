@@ -287,7 +287,7 @@ class Holdings:
         self._by_name: dict[str, list[Any]] | None = None
         self._held: dict[tuple[str, str], frozenset[str]] = {}
         self._copies: dict[tuple[str, str], frozenset[str]] = {}  # offline pools' too
-        self._pools: frozenset[str] | None = None
+        self._pools: dict[str, bool] = {}  # asked of one at a time: a pass needs few
 
     def _load(self) -> dict[str, list[Any]]:
         by_name: dict[str, list[Any]] = defaultdict(list)
@@ -316,9 +316,10 @@ class Holdings:
 
     def registered(self, pool: str) -> bool:
         """Whether ``pool`` is one of this node's (a pool path may name another node's)."""
-        if self._pools is None:
-            self._pools = frozenset(r.cpi for r in self._conn.execute(select(pools.c.cpi)))
-        return pool in self._pools
+        if pool not in self._pools:
+            q = select(pools.c.cpi).where(pools.c.cpi == pool)
+            self._pools[pool] = self._conn.execute(q).first() is not None
+        return self._pools[pool]
 
     def dataset(self, ref: DatasetRef) -> tuple[int, frozenset[str]] | None:
         if self._by_name is None:

@@ -21,6 +21,7 @@ from computenet.model import (
     Provider,
     ProviderRegistration,
 )
+from computenet.model.job import arch_name
 from computenet.model.units import SCU_VERSION, scu_from_fp32_tflops
 from computenet.node.errors import Conflict, Invalid, NotFound, Unauthorized
 from computenet.node.store import rows
@@ -433,5 +434,5 @@ def traits_of(machines: list[Machine]) -> dict[str, Any]:
                 continue
             entry = cat.identify(d.vendor, d.model, d.memory_bytes or None)
             devices.append([d.index, entry.id if entry else "", d.vendor.lower()])
-    archs = sorted({m.arch.lower() for m in machines if m.arch})
+    archs = sorted({arch_name(m.arch) for m in machines if m.arch})
     return {"devices": devices, "archs": archs}
