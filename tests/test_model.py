@@ -478,6 +478,8 @@ def test_limits_are_said_in_the_units_asked() -> None:
 
 def test_cpu_architectures_go_by_the_kernels_names() -> None:
     """``--arch amd64`` matched no pool: pools report ``uname -m``'s names."""
-    from computenet.model.job import ResourceRequest
+    from computenet.model.job import ResourceRequest, arch_name
 
     assert ResourceRequest(arch=["amd64", "x86-64", "arm64"]).arch == ["x86_64", "aarch64"]
+    # and pools' as they report them (macOS, Windows), so that the two still meet
+    assert [arch_name(a) for a in ("arm64", "AMD64", "x86_64")] == ["aarch64", "x86_64", "x86_64"]
