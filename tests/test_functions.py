@@ -172,6 +172,7 @@ def test_leaving_an_executor_waits_for_its_calls(shared: Network) -> None:
     assert [f.result(timeout=0) for f in futures] == [i / 2 for i in range(20)]
 
 
+@pytest.mark.heavy  # restarts its node, and waits for a client to be given up on
 def test_workers_stop_when_their_client_goes_without_shutting_down(network: Network) -> None:
     """A script that exits without ``shutdown`` (or a killed notebook) left its workers
     running, each holding its CPUs, with no end."""

@@ -283,6 +283,7 @@ def test_values_refused_before_sending_are_named_as_their_options(shared: Networ
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
 
 
+@pytest.mark.heavy  # an agent of its own, stopped, and its pool judged
 def test_revoking_a_providers_token_cuts_its_pool_off(shared: Network) -> None:
     """Before, the agent went on serving: its pool stayed online and took jobs, signed by
     a key its revoked token had registered."""
